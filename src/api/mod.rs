@@ -1,0 +1,25 @@
+//! The SQL functions: short adapters from SQL values to the engine and back.
+
+mod classify;
+mod embed;
+mod fill_mask;
+mod models;
+mod ner;
+
+/// Checks for query cancel and statement_timeout between batches of work.
+fn interrupts() {
+    pgrx::check_for_interrupts!();
+}
+
+/// The non-NULL texts of an array with their 1-based positions; NULL elements are skipped.
+fn present(inputs: &pgrx::Array<&str>) -> (Vec<i32>, Vec<String>) {
+    let mut positions = Vec::new();
+    let mut texts = Vec::new();
+    for (i, text) in inputs.iter().enumerate() {
+        if let Some(text) = text {
+            positions.push(i as i32 + 1);
+            texts.push(text.to_string());
+        }
+    }
+    (positions, texts)
+}

@@ -1,0 +1,139 @@
+//! Registering, listing and dropping models.
+
+use crate::engine::error::{AiError, ErrorKind};
+use crate::engine::files::ModelFiles;
+use crate::engine::model::{Model, Task};
+use crate::error::{raise, OrRaise};
+use crate::store::{cache, catalog, stored_files};
+use pgrx::prelude::*;
+use std::time::UNIX_EPOCH;
+
+/// Registers a model from a save_pretrained directory or `hf:ORG/NAME` in the local Hugging Face
+/// cache; checks that it loads, and keeps it loaded in this backend. Returns the name.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ai_load_model(
+    name: &str,
+    source: &str,
+    task: default!(Option<&str>, "NULL"),
+    store: default!(bool, false),
+) -> String {
+    if name.trim().is_empty() {
+        raise(AiError::invalid("the model name is empty"));
+    }
+    if catalog::exists(name) {
+        raise(
+            AiError::new(
+                ErrorKind::Duplicate,
+                format!("model \"{name}\" already exists"),
+            )
+            .with_hint(format!(
+                "Drop it first with ai_drop_model('{name}'), or choose another name."
+            )),
+        );
+    }
+    if !catalog::may_read_server_files() {
+        raise(
+            AiError::new(
+                ErrorKind::Privilege,
+                "permission denied to load a model from the server's files",
+            )
+            .with_hint(
+                "Only superusers and members of pg_read_server_files may load models from a path.",
+            ),
+        );
+    }
+    crate::engine::threads::configure(crate::guc::threads());
+    let files = ModelFiles::locate(source, crate::guc::hf_cache_dir().as_deref()).or_raise();
+    let model = Model::load(&files).or_raise();
+    let task = match task {
+        Some(task) => {
+            let task = Task::parse(task).or_raise();
+            model.require(task, name).or_raise();
+            task
+        }
+        None => model.default_task(),
+    };
+    let sha256 = files.weights_sha256().or_raise();
+    let architecture = match model.config.architecture.as_str() {
+        "" => model.config.family.name().to_string(),
+        a => a.to_string(),
+    };
+    catalog::insert(catalog::NewModel {
+        name,
+        task: task.name(),
+        architecture: &architecture,
+        source,
+        stored: store,
+        config: model.config.raw.clone(),
+        sha256: &sha256,
+    });
+    if store {
+        stored_files::store(name, &files).or_raise();
+    }
+    name.to_string()
+}
+
+/// Forgets the model in this backend (the next call loads it again); true if it was loaded.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ai_unload_model(name: &str) -> bool {
+    cache::unload(name)
+}
+
+/// Removes the model from the catalog, with its stored files; errors if there is none.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ai_drop_model(name: &str) -> bool {
+    if !catalog::delete(name) {
+        raise(AiError::new(
+            ErrorKind::UndefinedModel,
+            format!("model \"{name}\" does not exist"),
+        ));
+    }
+    cache::unload(name);
+    true
+}
+
+fn timestamp(t: std::time::SystemTime) -> TimestampWithTimeZone {
+    // Postgres counts microseconds from 2000-01-01 UTC.
+    const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+    let micros = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+        - POSTGRES_EPOCH_MICROS;
+    TimestampWithTimeZone::try_from(micros)
+        .unwrap_or_else(|_| TimestampWithTimeZone::negative_infinity())
+}
+
+/// The models loaded in this backend, with their size in memory.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ai_loaded_models() -> TableIterator<
+    'static,
+    (
+        name!(name, String),
+        name!(architecture, String),
+        name!(parameters, i64),
+        name!(memory_bytes, i64),
+        name!(load_ms, f64),
+        name!(loaded_at, TimestampWithTimeZone),
+        name!(last_used, TimestampWithTimeZone),
+        name!(calls, i64),
+    ),
+> {
+    let mut rows = Vec::new();
+    cache::for_each(|name, l| {
+        let architecture = match l.model.config.architecture.as_str() {
+            "" => l.model.config.family.name().to_string(),
+            a => a.to_string(),
+        };
+        rows.push((
+            name.to_string(),
+            architecture,
+            (l.model.parameter_bytes / 4) as i64,
+            l.model.parameter_bytes as i64,
+            l.load_time.as_secs_f64() * 1000.0,
+            timestamp(l.loaded_at),
+            timestamp(l.last_used),
+            l.calls as i64,
+        ));
+    });
+    TableIterator::new(rows)
+}

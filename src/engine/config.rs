@@ -1,0 +1,165 @@
+//! What pg_ai needs from a transformers `config.json`, read leniently: BERT, DistilBERT and
+//! RoBERTa name the same quantities differently.
+
+use super::error::{AiError, Result};
+use serde_json::Value;
+
+/// The encoder families pg_ai runs. They share one implementation (see `encoder.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Bert,
+    DistilBert,
+    Roberta,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Bert => "bert",
+            Family::DistilBert => "distilbert",
+            Family::Roberta => "roberta",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub family: Family,
+    /// `architectures[0]`, e.g. "BertForMaskedLM"; empty when the config does not say.
+    pub architecture: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate_size: usize,
+    pub activation: String,
+    pub max_positions: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: usize,
+    /// Labels in id order, from `id2label`.
+    pub labels: Vec<String>,
+    /// "multi_label_classification" makes classification scores sigmoids instead of a softmax.
+    pub multi_label: bool,
+    pub raw: Value,
+}
+
+fn usize_field(v: &Value, names: &[&str]) -> Option<usize> {
+    names
+        .iter()
+        .find_map(|n| v.get(*n).and_then(Value::as_u64))
+        .map(|n| n as usize)
+}
+
+impl ModelConfig {
+    pub fn from_json(text: &str) -> Result<Self> {
+        let raw: Value = serde_json::from_str(text)
+            .map_err(|e| AiError::corrupt(format!("config.json is not valid JSON: {e}")))?;
+        let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let family = match model_type {
+            "bert" => Family::Bert,
+            "distilbert" => Family::DistilBert,
+            "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
+            other => {
+                return Err(
+                    AiError::invalid(format!("model_type \"{other}\" is not supported"))
+                        .with_hint("pg_ai runs bert, distilbert and roberta encoders."),
+                )
+            }
+        };
+        let need = |names: &[&str]| {
+            usize_field(&raw, names)
+                .ok_or_else(|| AiError::corrupt(format!("config.json lacks {}", names.join(" / "))))
+        };
+        let hidden_size = need(&["hidden_size", "dim"])?;
+        let labels = read_labels(&raw)?;
+        let activation = raw
+            .get("hidden_act")
+            .or_else(|| raw.get("activation"))
+            .and_then(Value::as_str)
+            .unwrap_or("gelu")
+            .to_string();
+        Ok(ModelConfig {
+            family,
+            architecture: raw
+                .get("architectures")
+                .and_then(|a| a.get(0))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            vocab_size: need(&["vocab_size"])?,
+            hidden_size,
+            layers: need(&["num_hidden_layers", "n_layers"])?,
+            heads: need(&["num_attention_heads", "n_heads"])?,
+            intermediate_size: need(&["intermediate_size", "hidden_dim"])?,
+            activation,
+            max_positions: need(&["max_position_embeddings"])?,
+            type_vocab_size: usize_field(&raw, &["type_vocab_size"]).unwrap_or(0),
+            layer_norm_eps: raw
+                .get("layer_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-12),
+            pad_token_id: usize_field(&raw, &["pad_token_id"]).unwrap_or(0),
+            multi_label: raw.get("problem_type").and_then(Value::as_str)
+                == Some("multi_label_classification"),
+            labels,
+            raw,
+        })
+    }
+
+    /// Longest input in tokens, special tokens included. RoBERTa reserves pad_token_id + 1 positions.
+    pub fn max_tokens(&self) -> usize {
+        match self.family {
+            Family::Roberta => self.max_positions.saturating_sub(self.pad_token_id + 1),
+            _ => self.max_positions,
+        }
+    }
+}
+
+fn read_labels(raw: &Value) -> Result<Vec<String>> {
+    let Some(map) = raw.get("id2label").and_then(Value::as_object) else {
+        return Ok(Vec::new());
+    };
+    let mut labels = vec![None; map.len()];
+    for (id, label) in map {
+        let i: usize = id
+            .parse()
+            .ok()
+            .filter(|i| *i < labels.len())
+            .ok_or_else(|| AiError::corrupt(format!("id2label has a bad id \"{id}\"")))?;
+        labels[i] = label.as_str().map(str::to_string);
+    }
+    labels
+        .into_iter()
+        .map(|l| l.ok_or_else(|| AiError::corrupt("id2label labels must be strings with ids 0..n")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_distilbert_names() {
+        let c = ModelConfig::from_json(
+            r#"{"model_type":"distilbert","dim":32,"n_layers":2,"n_heads":4,"hidden_dim":64,
+               "vocab_size":100,"max_position_embeddings":64,"activation":"gelu",
+               "architectures":["DistilBertForSequenceClassification"],
+               "id2label":{"1":"pos","0":"neg"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.family, Family::DistilBert);
+        assert_eq!(
+            (c.hidden_size, c.layers, c.heads, c.intermediate_size),
+            (32, 2, 4, 64)
+        );
+        assert_eq!(c.labels, vec!["neg", "pos"]);
+        assert_eq!(c.architecture, "DistilBertForSequenceClassification");
+    }
+
+    #[test]
+    fn rejects_unknown_family() {
+        let e = ModelConfig::from_json(r#"{"model_type":"mamba"}"#).unwrap_err();
+        assert_eq!(e.kind, super::super::error::ErrorKind::InvalidParameter);
+    }
+}

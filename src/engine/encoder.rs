@@ -1,0 +1,477 @@
+//! BERT, DistilBERT and RoBERTa encoders with their task heads.
+//!
+//! Written here rather than taken from candle-transformers because pg_ai needs what those models
+//! lack: the sequence- and token-classification heads, the pooler, one padding-mask convention for
+//! all three families (so a batch answers exactly as single calls do), and one code path that the
+//! training work can later switch to differentiable ops. The three families differ only in tensor
+//! names, RoBERTa's position offset and the classification head, so one implementation serves all.
+
+use super::config::{Family, ModelConfig};
+use super::error::{AiError, Result};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Activation {
+    Gelu,
+    GeluTanh,
+    Relu,
+    Silu,
+    Tanh,
+}
+
+impl Activation {
+    fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            "tanh" => Activation::Tanh,
+            other => {
+                return Err(AiError::invalid(format!(
+                    "activation \"{other}\" is not supported"
+                )))
+            }
+        })
+    }
+
+    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::Gelu => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+            Activation::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// Tensor names of one family, relative to its base prefix ("bert.", "distilbert.", "roberta.").
+struct Names {
+    type_embeddings: Option<&'static str>,
+    embeddings_norm: &'static str,
+    layer: &'static str,
+    query: &'static str,
+    key: &'static str,
+    value: &'static str,
+    attention_out: &'static str,
+    attention_norm: &'static str,
+    ffn_in: &'static str,
+    ffn_out: &'static str,
+    output_norm: &'static str,
+}
+
+const BERT_NAMES: Names = Names {
+    type_embeddings: Some("embeddings.token_type_embeddings"),
+    embeddings_norm: "embeddings.LayerNorm",
+    layer: "encoder.layer",
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attention_out: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    ffn_in: "intermediate.dense",
+    ffn_out: "output.dense",
+    output_norm: "output.LayerNorm",
+};
+
+const DISTILBERT_NAMES: Names = Names {
+    type_embeddings: None,
+    embeddings_norm: "embeddings.LayerNorm",
+    layer: "transformer.layer",
+    query: "attention.q_lin",
+    key: "attention.k_lin",
+    value: "attention.v_lin",
+    attention_out: "attention.out_lin",
+    attention_norm: "sa_layer_norm",
+    ffn_in: "ffn.lin1",
+    ffn_out: "ffn.lin2",
+    output_norm: "output_layer_norm",
+};
+
+fn linear(
+    vb: &VarBuilder,
+    name: &str,
+    in_dim: usize,
+    out_dim: usize,
+) -> candle_core::Result<Linear> {
+    candle_nn::linear(in_dim, out_dim, vb.pp(name))
+}
+
+fn layer_norm(vb: &VarBuilder, name: &str, dim: usize, eps: f64) -> candle_core::Result<LayerNorm> {
+    let vb = vb.pp(name);
+    Ok(LayerNorm::new(
+        vb.get(dim, "weight")?,
+        vb.get(dim, "bias")?,
+        eps,
+    ))
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    output_norm: LayerNorm,
+}
+
+/// One input batch: token ids, segment ids and the attention mask, all (batch, seq) u32.
+pub struct Batch {
+    pub ids: Tensor,
+    pub type_ids: Tensor,
+    pub mask: Tensor,
+}
+
+pub struct Encoder {
+    family: Family,
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    type_embeddings: Option<Embedding>,
+    embeddings_norm: LayerNorm,
+    layers: Vec<Layer>,
+    heads: usize,
+    activation: Activation,
+    position_offset: u32,
+}
+
+/// Task heads found in the weights; a model may carry none (a plain encoder for embeddings).
+pub enum Head {
+    MaskedLm {
+        transform: Linear,
+        act: Activation,
+        norm: LayerNorm,
+        decoder: Linear,
+    },
+    /// `pre` is BERT's pooler (tanh), DistilBERT's pre_classifier (relu) or RoBERTa's dense (tanh).
+    SequenceClassifier {
+        pre: Option<(Linear, Activation)>,
+        out: Linear,
+    },
+    TokenClassifier {
+        out: Linear,
+    },
+}
+
+impl Encoder {
+    /// Finds the base prefix: task models nest the encoder under "bert." etc., bare encoders do not.
+    fn base<'a>(vb: &VarBuilder<'a>, config: &ModelConfig) -> VarBuilder<'a> {
+        let prefix = config.family.name();
+        if vb.contains_tensor(&format!("{prefix}.embeddings.word_embeddings.weight")) {
+            vb.pp(prefix)
+        } else {
+            vb.clone()
+        }
+    }
+
+    pub fn load(vb: &VarBuilder, config: &ModelConfig) -> Result<Self> {
+        let names = match config.family {
+            Family::DistilBert => &DISTILBERT_NAMES,
+            Family::Bert | Family::Roberta => &BERT_NAMES,
+        };
+        let (h, eps) = (config.hidden_size, config.layer_norm_eps);
+        if config.heads == 0 || h % config.heads != 0 {
+            return Err(AiError::corrupt(
+                "hidden size is not a multiple of the number of heads",
+            ));
+        }
+        let base = Self::base(vb, config);
+        let load = || -> candle_core::Result<Encoder> {
+            let emb = |name: &str, n: usize| {
+                Ok::<_, candle_core::Error>(Embedding::new(base.pp(name).get((n, h), "weight")?, h))
+            };
+            let type_embeddings = match names.type_embeddings {
+                Some(name) if config.type_vocab_size > 0 => {
+                    Some(emb(name, config.type_vocab_size)?)
+                }
+                _ => None,
+            };
+            let mut layers = Vec::with_capacity(config.layers);
+            for i in 0..config.layers {
+                let l = base.pp(format!("{}.{i}", names.layer));
+                let inter = config.intermediate_size;
+                layers.push(Layer {
+                    query: linear(&l, names.query, h, h)?,
+                    key: linear(&l, names.key, h, h)?,
+                    value: linear(&l, names.value, h, h)?,
+                    attention_out: linear(&l, names.attention_out, h, h)?,
+                    attention_norm: layer_norm(&l, names.attention_norm, h, eps)?,
+                    ffn_in: linear(&l, names.ffn_in, h, inter)?,
+                    ffn_out: linear(&l, names.ffn_out, inter, h)?,
+                    output_norm: layer_norm(&l, names.output_norm, h, eps)?,
+                });
+            }
+            Ok(Encoder {
+                family: config.family,
+                word_embeddings: emb("embeddings.word_embeddings", config.vocab_size)?,
+                position_embeddings: emb("embeddings.position_embeddings", config.max_positions)?,
+                type_embeddings,
+                embeddings_norm: layer_norm(&base, names.embeddings_norm, h, eps)?,
+                layers,
+                heads: config.heads,
+                activation: Activation::Gelu,
+                position_offset: match config.family {
+                    Family::Roberta => config.pad_token_id as u32 + 1,
+                    _ => 0,
+                },
+            })
+        };
+        let mut encoder = load().map_err(|e| {
+            AiError::corrupt(format!("the weights do not match config.json: {e}")).with_hint(
+                "Check that config.json and the safetensors files come from the same model.",
+            )
+        })?;
+        encoder.activation = Activation::parse(&config.activation)?;
+        Ok(encoder)
+    }
+
+    /// Last hidden states, (batch, seq, hidden).
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let (_, seq) = batch.ids.dims2()?;
+        let device = batch.ids.device();
+        // Padding is always on the right, so a plain range gives every real token its position.
+        let positions = Tensor::arange(
+            self.position_offset,
+            self.position_offset + seq as u32,
+            device,
+        )?;
+        let mut x = self.word_embeddings.forward(&batch.ids)?;
+        x = x.broadcast_add(&self.position_embeddings.forward(&positions)?)?;
+        if let Some(types) = &self.type_embeddings {
+            x = (x + types.forward(&batch.type_ids)?)?;
+        }
+        x = self.embeddings_norm.forward(&x)?;
+        // Additive mask: 0 where attended, a large negative number over padding. (batch, 1, 1, seq)
+        let bias = ((batch.mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?
+            .unsqueeze(1)?
+            .unsqueeze(1)?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &bias)?;
+        }
+        Ok(x)
+    }
+
+    fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let d = h / self.heads;
+        let split = |t: Tensor| {
+            t.reshape((b, s, self.heads, d))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(l.query.forward(x)?)?;
+        let k = split(l.key.forward(x)?)?;
+        let v = split(l.value.forward(x)?)?;
+        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
+        let context = softmax_last_dim(&scores)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, s, h))?;
+        let x = l
+            .attention_norm
+            .forward(&(l.attention_out.forward(&context)? + x)?)?;
+        let ffn = l
+            .ffn_out
+            .forward(&self.activation.apply(&l.ffn_in.forward(&x)?)?)?;
+        l.output_norm.forward(&(ffn + x)?)
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        let norm = |n: &LayerNorm| n.weight().elem_count() * 2;
+        let lin = |l: &Linear| l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    &l.query,
+                    &l.key,
+                    &l.value,
+                    &l.attention_out,
+                    &l.ffn_in,
+                    &l.ffn_out,
+                ]
+                .map(lin)
+                .iter()
+                .sum::<usize>()
+                    + norm(&l.attention_norm)
+                    + norm(&l.output_norm)
+            })
+            .sum();
+        self.word_embeddings.embeddings().elem_count()
+            + self.position_embeddings.embeddings().elem_count()
+            + self
+                .type_embeddings
+                .as_ref()
+                .map_or(0, |t| t.embeddings().elem_count())
+            + norm(&self.embeddings_norm)
+            + layers
+    }
+
+    pub fn word_embeddings(&self) -> &Tensor {
+        self.word_embeddings.embeddings()
+    }
+}
+
+impl Head {
+    /// Parameters the head adds; a decoder tied to the word embeddings adds only its bias.
+    pub fn parameter_count(&self) -> usize {
+        let lin = |l: &Linear| l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count);
+        match self {
+            Head::MaskedLm {
+                transform,
+                norm,
+                decoder,
+                ..
+            } => {
+                lin(transform)
+                    + norm.weight().elem_count() * 2
+                    + decoder.bias().map_or(0, Tensor::elem_count)
+            }
+            Head::SequenceClassifier { pre, out } => {
+                pre.as_ref().map_or(0, |(d, _)| lin(d)) + lin(out)
+            }
+            Head::TokenClassifier { out } => lin(out),
+        }
+    }
+
+    /// Loads whichever head the weights carry. Decoders tied to the word embeddings are often
+    /// absent from the file; they then reuse `word_embeddings`.
+    pub fn load(
+        vb: &VarBuilder,
+        config: &ModelConfig,
+        word_embeddings: &Tensor,
+    ) -> Result<Option<Head>> {
+        let (h, v, eps) = (config.hidden_size, config.vocab_size, config.layer_norm_eps);
+        let n_labels = config.labels.len().max(1);
+        let act = Activation::parse(&config.activation)?;
+        let tied = |vb: VarBuilder, bias: Tensor| -> candle_core::Result<Linear> {
+            let weight = if vb.contains_tensor("weight") {
+                vb.get((v, h), "weight")?
+            } else {
+                word_embeddings.clone()
+            };
+            Ok(Linear::new(weight, Some(bias)))
+        };
+        let head = || -> candle_core::Result<Option<Head>> {
+            let has = |name: &str| vb.contains_tensor(name);
+            Ok(Some(match config.family {
+                Family::Bert if has("cls.predictions.transform.dense.weight") => {
+                    let p = vb.pp("cls.predictions");
+                    let bias = if p.contains_tensor("bias") {
+                        p.get(v, "bias")?
+                    } else {
+                        p.pp("decoder").get(v, "bias")?
+                    };
+                    Head::MaskedLm {
+                        transform: linear(&p, "transform.dense", h, h)?,
+                        act,
+                        norm: layer_norm(&p, "transform.LayerNorm", h, eps)?,
+                        decoder: tied(p.pp("decoder"), bias)?,
+                    }
+                }
+                Family::DistilBert if has("vocab_transform.weight") => Head::MaskedLm {
+                    transform: linear(vb, "vocab_transform", h, h)?,
+                    act,
+                    norm: layer_norm(vb, "vocab_layer_norm", h, eps)?,
+                    decoder: tied(
+                        vb.pp("vocab_projector"),
+                        vb.pp("vocab_projector").get(v, "bias")?,
+                    )?,
+                },
+                Family::Roberta if has("lm_head.dense.weight") => {
+                    let p = vb.pp("lm_head");
+                    let bias = if p.contains_tensor("bias") {
+                        p.get(v, "bias")?
+                    } else {
+                        p.pp("decoder").get(v, "bias")?
+                    };
+                    Head::MaskedLm {
+                        transform: linear(&p, "dense", h, h)?,
+                        // RobertaLMHead applies erf GELU whatever hidden_act says.
+                        act: Activation::Gelu,
+                        norm: layer_norm(&p, "layer_norm", h, eps)?,
+                        decoder: tied(p.pp("decoder"), bias)?,
+                    }
+                }
+                Family::Roberta if has("classifier.out_proj.weight") => Head::SequenceClassifier {
+                    pre: Some((linear(vb, "classifier.dense", h, h)?, Activation::Tanh)),
+                    out: linear(vb, "classifier.out_proj", h, n_labels)?,
+                },
+                _ if has("classifier.weight") => {
+                    let out = linear(vb, "classifier", h, n_labels)?;
+                    let token_level = config.architecture.ends_with("ForTokenClassification");
+                    if token_level {
+                        Head::TokenClassifier { out }
+                    } else {
+                        let pre = match config.family {
+                            Family::DistilBert => {
+                                (linear(vb, "pre_classifier", h, h)?, Activation::Relu)
+                            }
+                            _ => (
+                                linear(&Encoder::base(vb, config), "pooler.dense", h, h)?,
+                                Activation::Tanh,
+                            ),
+                        };
+                        Head::SequenceClassifier {
+                            pre: Some(pre),
+                            out,
+                        }
+                    }
+                }
+                _ => return Ok(None),
+            }))
+        };
+        head()
+            .map_err(|e| AiError::corrupt(format!("the task head does not match config.json: {e}")))
+    }
+
+    /// Masked-LM logits for one position's hidden state(s), (n, hidden) -> (n, vocab).
+    pub fn masked_lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let Head::MaskedLm {
+            transform,
+            act,
+            norm,
+            decoder,
+        } = self
+        else {
+            return Err(AiError::internal("not a masked-LM head"));
+        };
+        let x = norm.forward(&act.apply(&transform.forward(hidden)?)?)?;
+        Ok(decoder.forward(&x)?)
+    }
+
+    /// Sequence logits from the first token's hidden state, (batch, seq, hidden) -> (batch, labels).
+    pub fn sequence_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let Head::SequenceClassifier { pre, out } = self else {
+            return Err(AiError::internal("not a sequence-classification head"));
+        };
+        let mut x = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        if let Some((dense, act)) = pre {
+            x = act.apply(&dense.forward(&x)?)?;
+        }
+        Ok(out.forward(&x)?)
+    }
+
+    /// Per-token logits, (batch, seq, hidden) -> (batch, seq, labels).
+    pub fn token_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let Head::TokenClassifier { out } = self else {
+            return Err(AiError::internal("not a token-classification head"));
+        };
+        Ok(out.forward(hidden)?)
+    }
+}
+
+/// Loads weights from safetensors files, memory-mapped, converting to f32.
+pub fn var_builder(weights: &[std::path::PathBuf]) -> Result<VarBuilder<'static>> {
+    // SAFETY: the files are mapped read-only; pg_ai never writes to a model file while it is loaded.
+    unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, &Device::Cpu) }
+        .map_err(|e| AiError::corrupt(format!("cannot read the weights: {e}")))
+}

@@ -1,0 +1,208 @@
+//! Finding a model's files: a `save_pretrained` directory, or `hf:ORG/NAME` in the local
+//! Hugging Face cache. pg_ai never downloads; it reads what is on the server's disk.
+
+use super::error::{AiError, Result};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub dir: PathBuf,
+    /// Safetensors files, one or the shards named by `model.safetensors.index.json`.
+    pub weights: Vec<PathBuf>,
+}
+
+/// Files that make up a model besides its weights; `store => true` copies the ones present.
+pub const SIDE_FILES: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+    "model.safetensors.index.json",
+];
+
+impl ModelFiles {
+    /// Resolves a source string to a directory and checks that the files pg_ai needs are there.
+    pub fn locate(source: &str, hf_cache: Option<&Path>) -> Result<Self> {
+        let dir = match source.strip_prefix("hf:") {
+            Some(repo) => hf_snapshot(repo, hf_cache)?,
+            None => {
+                let path = PathBuf::from(source);
+                if !path.is_absolute() {
+                    return Err(AiError::invalid(format!("model source \"{source}\" is not an absolute path"))
+                        .with_hint("Give a directory written by save_pretrained, e.g. '/srv/models/bert', or 'hf:ORG/NAME'."));
+                }
+                if !path.is_dir() {
+                    return Err(AiError::missing_file(format!(
+                        "model directory \"{source}\" does not exist"
+                    ))
+                    .with_hint("The path is read by the database server, not by the client."));
+                }
+                path
+            }
+        };
+        Self::in_dir(dir)
+    }
+
+    pub fn in_dir(dir: PathBuf) -> Result<Self> {
+        for needed in ["config.json", "tokenizer.json"] {
+            if !dir.join(needed).is_file() {
+                return Err(AiError::missing_file(format!("{} has no {needed}", dir.display())).with_hint(
+                    "pg_ai reads directories written by transformers' save_pretrained (model and tokenizer).",
+                ));
+            }
+        }
+        let weights = weight_files(&dir)?;
+        Ok(ModelFiles { dir, weights })
+    }
+
+    /// The relative paths of every file of the model that exists, weights included.
+    pub fn all_files(&self) -> Vec<String> {
+        let mut files: Vec<String> = SIDE_FILES
+            .iter()
+            .filter(|f| self.dir.join(f).is_file())
+            .map(|f| f.to_string())
+            .collect();
+        files.extend(
+            self.weights
+                .iter()
+                .filter_map(|w| w.file_name()?.to_str().map(str::to_string)),
+        );
+        files
+    }
+
+    /// sha256 over the weight files in order, so a model can be recognised whatever its name.
+    pub fn weights_sha256(&self) -> Result<String> {
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        for path in &self.weights {
+            let mut file = std::fs::File::open(path).map_err(|e| {
+                AiError::missing_file(format!("cannot open {}: {e}", path.display()))
+            })?;
+            loop {
+                let n = file.read(&mut buffer).map_err(|e| {
+                    AiError::missing_file(format!("cannot read {}: {e}", path.display()))
+                })?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buffer[..n]);
+            }
+        }
+        Ok(format!("{:x}", hasher.finalize()))
+    }
+
+    pub fn read_json(&self, name: &str) -> Result<Option<Value>> {
+        let path = self.dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                AiError::corrupt(format!("{} is not valid JSON: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(AiError::missing_file(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index)
+            .map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", index.display())))?;
+        let json: Value = serde_json::from_str(&text)
+            .map_err(|e| AiError::corrupt(format!("{} is not valid JSON: {e}", index.display())))?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| AiError::corrupt(format!("{} has no weight_map", index.display())))?;
+        let mut shards: Vec<String> = map
+            .values()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+        shards.sort();
+        shards.dedup();
+        let mut paths = Vec::with_capacity(shards.len());
+        for shard in shards {
+            // Shard names come from the file; keep them inside the model directory.
+            if shard.contains('/') || shard.contains("..") {
+                return Err(AiError::corrupt(format!(
+                    "{} names a shard outside the directory",
+                    index.display()
+                )));
+            }
+            let path = dir.join(&shard);
+            if !path.is_file() {
+                return Err(AiError::missing_file(format!(
+                    "weight shard {} is missing",
+                    path.display()
+                )));
+            }
+            paths.push(path);
+        }
+        return Ok(paths);
+    }
+    let hint = if dir.join("pytorch_model.bin").is_file() {
+        "Only safetensors weights are read; convert pytorch_model.bin with save_pretrained(safe_serialization=True)."
+    } else {
+        "Save the model with transformers' save_pretrained, which writes model.safetensors."
+    };
+    Err(
+        AiError::missing_file(format!("{} has no model.safetensors", dir.display()))
+            .with_hint(hint),
+    )
+}
+
+/// The snapshot directory of `ORG/NAME` in the Hugging Face cache (hub layout: refs/main).
+fn hf_snapshot(repo: &str, cache_dir: Option<&Path>) -> Result<PathBuf> {
+    if repo.is_empty() || repo.contains("..") || repo.starts_with('/') {
+        return Err(AiError::invalid(format!("\"hf:{repo}\" is not a Hugging Face model id"))
+            .with_hint("Write it as 'hf:ORG/NAME', e.g. 'hf:bert-base-uncased' or 'hf:google-bert/bert-base-uncased'."));
+    }
+    let cache = match cache_dir {
+        Some(dir) => hf_hub::Cache::new(dir.to_path_buf()),
+        None => hf_hub::Cache::from_env(),
+    };
+    let config = cache.model(repo.to_string()).get("config.json").ok_or_else(|| {
+        AiError::missing_file(format!("model \"{repo}\" is not in the Hugging Face cache at {}", cache.path().display()))
+            .with_hint("pg_ai does not download models. Fetch it on the server first (huggingface-cli download) or set pg_ai.hf_cache_dir.")
+    })?;
+    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_snapshot_in_the_hub_cache() {
+        let root = std::env::temp_dir().join(format!("pg_ai_hf_{}", std::process::id()));
+        let snapshot = root.join("models--org--tiny/snapshots/abc123");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::create_dir_all(root.join("models--org--tiny/refs")).unwrap();
+        std::fs::write(root.join("models--org--tiny/refs/main"), "abc123").unwrap();
+        std::fs::write(snapshot.join("config.json"), "{}").unwrap();
+        assert_eq!(hf_snapshot("org/tiny", Some(&root)).unwrap(), snapshot);
+        let missing = hf_snapshot("org/absent", Some(&root)).unwrap_err();
+        assert_eq!(missing.kind, super::super::error::ErrorKind::MissingFile);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn relative_paths_are_refused() {
+        let e = ModelFiles::locate("models/bert", None).unwrap_err();
+        assert_eq!(e.kind, super::super::error::ErrorKind::InvalidParameter);
+    }
+}

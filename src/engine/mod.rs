@@ -1,0 +1,12 @@
+//! The engine: model files, tokenisation, the encoder and the tasks. Nothing here calls Postgres,
+//! so all of it is tested with plain `cargo test`.
+
+pub mod config;
+pub mod encoder;
+pub mod error;
+pub mod files;
+pub mod model;
+pub mod pooling;
+pub mod tasks;
+pub mod text;
+pub mod threads;

@@ -1,0 +1,181 @@
+//! Tokenisation: loading `tokenizer.json`, encoding with character offsets, batching with padding,
+//! and decoding the way transformers' fast tokenizers do.
+
+use super::encoder::Batch;
+use super::error::{AiError, Result};
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+use std::path::Path;
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    /// The mask token and its id, for fill-mask models.
+    pub mask: Option<(String, u32)>,
+    pad_id: u32,
+    /// The unknown token's id: NER reports the input's own text for it.
+    pub unk_id: Option<u32>,
+    /// transformers' `clean_up_tokenization_spaces` (" ." -> "." and the like) on decoded text.
+    cleanup: bool,
+    /// Longest encoding the model accepts.
+    pub max_tokens: usize,
+}
+
+/// A special token in tokenizer_config.json is either a string or {"content": "..."}.
+fn token_field(config: &Value, name: &str) -> Option<String> {
+    match config.get(name)? {
+        Value::String(s) => Some(s.clone()),
+        other => other.get("content")?.as_str().map(str::to_string),
+    }
+}
+
+impl TextTokenizer {
+    pub fn load(dir: &Path, model_max_tokens: usize) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let mut inner = Tokenizer::from_file(&path)
+            .map_err(|e| AiError::corrupt(format!("cannot read {}: {e}", path.display())))?;
+        let config: Value = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                AiError::corrupt(format!("tokenizer_config.json is not valid JSON: {e}"))
+            })?,
+            Err(_) => Value::Null,
+        };
+        let mask = token_field(&config, "mask_token")
+            .into_iter()
+            .chain(["[MASK]".to_string(), "<mask>".to_string()])
+            .find_map(|t| inner.token_to_id(&t).map(|id| (t, id)));
+        let pad_id = token_field(&config, "pad_token")
+            .and_then(|t| inner.token_to_id(&t))
+            .or_else(|| inner.get_padding().map(|p| p.pad_id))
+            .unwrap_or(0);
+        let unk_id = token_field(&config, "unk_token")
+            .into_iter()
+            .chain(["[UNK]".to_string(), "<unk>".to_string()])
+            .find_map(|t| inner.token_to_id(&t));
+        let cleanup = config
+            .get("clean_up_tokenization_spaces")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        // Truncate at the file's own limit (sentence-transformers models set one) or the model's;
+        // tasks that must not lose text check `truncated` and refuse instead.
+        let max_tokens = inner
+            .get_truncation()
+            .map(|t| t.max_length.min(model_max_tokens))
+            .unwrap_or(model_max_tokens);
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| AiError::corrupt(format!("tokenizer.json: {e}")))?;
+        inner.with_padding(None);
+        Ok(TextTokenizer {
+            inner,
+            mask,
+            pad_id,
+            unk_id,
+            cleanup,
+            max_tokens,
+        })
+    }
+
+    /// Encodes one text with special tokens; offsets are in characters, as Python counts them.
+    pub fn encode(&self, text: &str) -> Result<Encoding> {
+        self.inner
+            .encode_char_offsets(text, true)
+            .map_err(|e| AiError::invalid(format!("cannot tokenize the input: {e}")))
+    }
+
+    /// Like `encode`, but an input longer than the model accepts is an error rather than truncated.
+    pub fn encode_whole(&self, text: &str) -> Result<Encoding> {
+        let encoding = self.encode(text)?;
+        if !encoding.get_overflowing().is_empty() {
+            return Err(AiError::invalid(format!(
+                "the input is longer than the {} tokens this model accepts",
+                self.max_tokens
+            ))
+            .with_hint("Split the text into shorter pieces."));
+        }
+        Ok(encoding)
+    }
+
+    /// Pads encodings on the right into one batch.
+    pub fn batch(&self, encodings: &[&Encoding]) -> Result<Batch> {
+        let len = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
+        let n = encodings.len();
+        let (mut ids, mut types, mut mask) = (
+            vec![self.pad_id; n * len],
+            vec![0u32; n * len],
+            vec![0u32; n * len],
+        );
+        for (row, e) in encodings.iter().enumerate() {
+            let at = row * len;
+            ids[at..at + e.len()].copy_from_slice(e.get_ids());
+            types[at..at + e.len()].copy_from_slice(e.get_type_ids());
+            mask[at..at + e.len()].fill(1);
+        }
+        let tensor = |v: Vec<u32>| Tensor::from_vec(v, (n, len), &Device::Cpu);
+        Ok(Batch {
+            ids: tensor(ids)?,
+            type_ids: tensor(types)?,
+            mask: tensor(mask)?,
+        })
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        let text = self
+            .inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| AiError::internal(format!("cannot decode tokens: {e}")))?;
+        Ok(if self.cleanup {
+            clean_up_spaces(&text)
+        } else {
+            text
+        })
+    }
+
+    /// Joins tokens into text with the tokenizer's decoder ("##" pieces glued to their word),
+    /// as transformers' `convert_tokens_to_string` does (no extra clean-up there).
+    pub fn tokens_to_string(&self, tokens: Vec<String>) -> Result<String> {
+        match self.inner.get_decoder() {
+            Some(decoder) => tokenizers::Decoder::decode(decoder, tokens)
+                .map_err(|e| AiError::internal(format!("cannot decode tokens: {e}"))),
+            None => Ok(tokens.join(" ")),
+        }
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+}
+
+/// transformers' `clean_up_tokenization`: removes the spaces a word-piece decoder leaves before
+/// punctuation and English contractions.
+fn clean_up_spaces(text: &str) -> String {
+    const PAIRS: [(&str, &str); 10] = [
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ];
+    PAIRS
+        .iter()
+        .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cleanup_matches_transformers() {
+        assert_eq!(
+            super::clean_up_spaces("hello , world ! it 's done ."),
+            "hello, world! it's done."
+        );
+    }
+}

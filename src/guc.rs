@@ -1,0 +1,47 @@
+//! pg_ai's settings, all under the `pg_ai.` prefix.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+use std::path::PathBuf;
+
+/// Compute threads per backend; 0 = one per core. Fixed at a backend's first model call.
+static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// The Hugging Face cache that `hf:ORG/NAME` sources are read from; unset = the server's
+/// HF_HUB_CACHE / HF_HOME environment, else ~/.cache/huggingface/hub of the server's user.
+static HF_CACHE_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub fn init() {
+    GucRegistry::define_int_guc(
+        c"pg_ai.threads",
+        c"Compute threads each backend uses for model inference (0 = one per core).",
+        c"Read at a backend's first model call. With many connections, keep threads x connections near the core count.",
+        &THREADS,
+        0,
+        1024,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_ai.hf_cache_dir",
+        c"Hugging Face cache directory searched by 'hf:ORG/NAME' model sources.",
+        c"Unset: HF_HUB_CACHE or HF_HOME of the server, else ~/.cache/huggingface/hub. pg_ai never downloads.",
+        &HF_CACHE_DIR,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    // SAFETY: called from _PG_init with a static C string.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_ai".as_ptr()) };
+}
+
+pub fn threads() -> usize {
+    THREADS.get().max(0) as usize
+}
+
+pub fn hf_cache_dir() -> Option<PathBuf> {
+    HF_CACHE_DIR
+        .get()
+        .and_then(|s| s.into_string().ok())
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+}

@@ -1,0 +1,35 @@
+//! pg_ai: transformer models inside PostgreSQL.
+//!
+//! `engine` holds the models and never calls Postgres; `api` holds the SQL functions, short
+//! adapters over the engine; `store` is the model registry and the per-backend model cache.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod api;
+pub mod engine;
+mod error;
+mod guc;
+mod store;
+
+extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,72 @@
+//! Models loaded in this backend. A model's files are read once per backend; later calls reuse it
+//! until the catalog row changes (dropped and registered again) or `ai_unload_model` evicts it.
+
+use super::catalog::CatalogEntry;
+use crate::engine::error::Result;
+use crate::engine::model::Model;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub struct Loaded {
+    pub model: Rc<Model>,
+    /// sha256 and registration time of the catalog row it was loaded for.
+    identity: (String, String),
+    pub load_time: Duration,
+    pub loaded_at: SystemTime,
+    pub last_used: SystemTime,
+    pub calls: u64,
+}
+
+thread_local! {
+    // A backend runs queries on one thread, so the cache needs no lock.
+    static LOADED: RefCell<HashMap<String, Loaded>> = RefCell::new(HashMap::new());
+}
+
+pub fn get_or_load(
+    entry: &CatalogEntry,
+    load: impl FnOnce() -> Result<Model>,
+) -> Result<Rc<Model>> {
+    let identity = (entry.sha256.clone(), entry.created_at.clone());
+    let hit = LOADED.with_borrow_mut(|loaded| {
+        let l = loaded
+            .get_mut(&entry.name)
+            .filter(|l| l.identity == identity)?;
+        l.last_used = SystemTime::now();
+        l.calls += 1;
+        Some(l.model.clone())
+    });
+    if let Some(model) = hit {
+        return Ok(model);
+    }
+    let started = Instant::now();
+    let model = Rc::new(load()?);
+    let now = SystemTime::now();
+    let loaded = Loaded {
+        model: model.clone(),
+        identity,
+        load_time: started.elapsed(),
+        loaded_at: now,
+        last_used: now,
+        calls: 1,
+    };
+    LOADED.with_borrow_mut(|l| l.insert(entry.name.clone(), loaded));
+    Ok(model)
+}
+
+/// Forgets a model in this backend; true if it was loaded.
+pub fn unload(name: &str) -> bool {
+    LOADED.with_borrow_mut(|l| l.remove(name).is_some())
+}
+
+/// Calls `f` for each loaded model, by name.
+pub fn for_each(mut f: impl FnMut(&str, &Loaded)) {
+    LOADED.with_borrow(|l| {
+        let mut names: Vec<&String> = l.keys().collect();
+        names.sort();
+        for name in names {
+            f(name, &l[name]);
+        }
+    });
+}

@@ -1,0 +1,34 @@
+//! The model registry (rows of `ai.models`, files in `ai.model_files`) and the per-backend cache
+//! of loaded models.
+
+pub mod cache;
+pub mod catalog;
+pub mod stored_files;
+
+use crate::engine::error::{AiError, ErrorKind};
+use crate::engine::files::ModelFiles;
+use crate::engine::model::{Model, Task};
+use crate::error::OrRaise;
+use std::rc::Rc;
+
+/// The model registered as `name`, loaded once per backend, checked able to do `task`.
+pub fn model_for(name: &str, task: Task) -> Rc<Model> {
+    let entry = catalog::find(name).unwrap_or_else(|| {
+        crate::error::raise(
+            AiError::new(ErrorKind::UndefinedModel, format!("model \"{name}\" does not exist"))
+                .with_hint("Register it with ai_load_model(name, source); SELECT name FROM ai.models lists the models."),
+        )
+    });
+    let model = cache::get_or_load(&entry, || {
+        crate::engine::threads::configure(crate::guc::threads());
+        let files = if entry.stored {
+            stored_files::materialise(&entry.name, &entry.sha256)
+        } else {
+            ModelFiles::locate(&entry.source, crate::guc::hf_cache_dir().as_deref())
+        }?;
+        Model::load(&files)
+    })
+    .or_raise();
+    model.require(task, name).or_raise();
+    model
+}

@@ -1,0 +1,87 @@
+//! Models stored in the database are written once per server into the data directory
+//! (`pg_ai/models/<sha256>/`), then memory-mapped from there like any other model directory.
+
+use super::catalog;
+use crate::engine::error::{AiError, Result};
+use crate::engine::files::ModelFiles;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Chunk size of `ai.model_files.data`: bytea values stay far below the 1 GB limit.
+pub const CHUNK_BYTES: usize = 64 << 20;
+
+fn models_dir() -> PathBuf {
+    // SAFETY: DataDir is set by the postmaster before any backend runs extension code.
+    let data_dir = unsafe { std::ffi::CStr::from_ptr(pgrx::pg_sys::DataDir) };
+    PathBuf::from(data_dir.to_string_lossy().into_owned())
+        .join("pg_ai")
+        .join("models")
+}
+
+/// Copies a model's files into `ai.model_files`.
+pub fn store(name: &str, files: &ModelFiles) -> Result<()> {
+    for relative in files.all_files() {
+        let path = files.dir.join(&relative);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", path.display())))?;
+        for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+            pgrx::check_for_interrupts!();
+            catalog::insert_file_chunk(name, &relative, i as i32, chunk);
+        }
+    }
+    Ok(())
+}
+
+/// The directory holding the stored files of `name`, written out if this server has not yet.
+pub fn materialise(name: &str, sha256: &str) -> Result<ModelFiles> {
+    let dir = models_dir().join(sha256);
+    if !dir.join("config.json").is_file() {
+        // Write into a private directory, then rename: concurrent backends never see half a model.
+        let tmp = models_dir().join(format!(".{sha256}.{}", std::process::id()));
+        write_files(name, &tmp).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&tmp);
+        })?;
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Another backend finished first; its copy is identical.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    ModelFiles::in_dir(dir)
+}
+
+fn write_files(name: &str, dir: &Path) -> Result<()> {
+    let io = |e: std::io::Error| AiError::internal(format!("cannot write stored model files: {e}"));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut current: Option<(String, std::fs::File)> = None;
+    let mut failure = None;
+    catalog::for_each_file_chunk(name, |path, data| {
+        if failure.is_some() {
+            return;
+        }
+        let result = (|| -> std::io::Result<()> {
+            if path.starts_with('/') || path.split('/').any(|part| part == ".." || part.is_empty())
+            {
+                return Err(std::io::Error::other(format!(
+                    "stored file path \"{path}\" leaves the model directory"
+                )));
+            }
+            if current.as_ref().map(|(p, _)| p.as_str()) != Some(path) {
+                let target = dir.join(path);
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                current = Some((path.to_string(), std::fs::File::create(target)?));
+            }
+            current
+                .as_mut()
+                .expect("file opened above")
+                .1
+                .write_all(data)
+        })();
+        failure = result.err();
+    });
+    match failure {
+        Some(e) => Err(io(e)),
+        None => Ok(()),
+    }
+}

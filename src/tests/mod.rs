@@ -1,0 +1,3 @@
+//! Tests that run inside PostgreSQL (`cargo pgrx test`), against the fixtures in tests/fixtures.
+
+mod registry;

@@ -1,0 +1,156 @@
+//! The engine against transformers' own answers (tests/fixtures/golden, made by make_fixtures.py):
+//! same tokens and labels in the same order, scores within 1e-4. Runs without Postgres.
+
+use pg_ai::engine::files::ModelFiles;
+use pg_ai::engine::model::Model;
+use pg_ai::engine::tasks::{classify::classify, embed::embed, fill_mask::fill_mask, ner::ner};
+use serde_json::Value;
+use std::path::PathBuf;
+
+const TOLERANCE: f32 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn model(name: &str) -> Model {
+    Model::load(&ModelFiles::in_dir(fixtures().join("models").join(name)).unwrap()).unwrap()
+}
+
+fn golden(name: &str) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("golden").join(format!("{name}.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+fn cases<'a>(golden: &'a Value, task: &str) -> &'a Vec<Value> {
+    golden[task].as_array().unwrap()
+}
+
+fn close(actual: f32, expected: &Value, what: &str) {
+    let expected = expected.as_f64().unwrap() as f32;
+    assert!(
+        (actual - expected).abs() < TOLERANCE,
+        "{what}: {actual} vs transformers' {expected}"
+    );
+}
+
+fn check_fill_mask(name: &str) {
+    let m = model(name);
+    let g = golden(name);
+    let cases = cases(&g, "fill_mask");
+    let inputs: Vec<&str> = cases.iter().map(|c| c["input"].as_str().unwrap()).collect();
+    let batched = fill_mask(&m, &inputs, 5, &mut || ()).unwrap();
+    for (case, batch_answer) in cases.iter().zip(&batched) {
+        let input = case["input"].as_str().unwrap();
+        let single = fill_mask(&m, &[input], 5, &mut || ()).unwrap().remove(0);
+        let expected = case["answers"].as_array().unwrap();
+        assert_eq!(single.len(), expected.len());
+        for ((got, from_batch), want) in single.iter().zip(batch_answer).zip(expected) {
+            assert_eq!(
+                got.token,
+                want["token"].as_str().unwrap(),
+                "{name}: {input}"
+            );
+            assert_eq!(got.token_id as u64, want["token_id"].as_u64().unwrap());
+            assert_eq!(got.sequence, want["sequence"].as_str().unwrap());
+            close(got.score, &want["score"], input);
+            assert_eq!(
+                got.token, from_batch.token,
+                "array form differs for {input}"
+            );
+            assert!(
+                (got.score - from_batch.score).abs() < 1e-5,
+                "array form differs for {input}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bert_fill_mask_matches_transformers() {
+    check_fill_mask("bert-mlm");
+}
+
+#[test]
+fn distilbert_fill_mask_matches_transformers() {
+    check_fill_mask("distilbert-mlm");
+}
+
+fn check_classify(name: &str) {
+    let m = model(name);
+    let g = golden(name);
+    let cases = cases(&g, "classify");
+    let inputs: Vec<&str> = cases.iter().map(|c| c["input"].as_str().unwrap()).collect();
+    let batched = classify(&m, &inputs, &mut || ()).unwrap();
+    for (case, batch_answer) in cases.iter().zip(&batched) {
+        let input = case["input"].as_str().unwrap();
+        let single = classify(&m, &[input], &mut || ()).unwrap().remove(0);
+        let expected = case["answers"].as_array().unwrap();
+        assert_eq!(single.len(), expected.len());
+        for ((got, from_batch), want) in single.iter().zip(batch_answer).zip(expected) {
+            assert_eq!(
+                got.label,
+                want["label"].as_str().unwrap(),
+                "{name}: {input}"
+            );
+            close(got.score, &want["score"], input);
+            assert_eq!(got.label, from_batch.label);
+            assert!((got.score - from_batch.score).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn bert_classify_matches_transformers() {
+    check_classify("bert-classifier");
+}
+
+#[test]
+fn distilbert_classify_matches_transformers() {
+    check_classify("distilbert-classifier");
+}
+
+#[test]
+fn ner_matches_transformers() {
+    let m = model("bert-ner");
+    let g = golden("bert-ner");
+    let cases = cases(&g, "ner");
+    let inputs: Vec<&str> = cases.iter().map(|c| c["input"].as_str().unwrap()).collect();
+    let batched = ner(&m, &inputs, &mut || ()).unwrap();
+    for (case, batch_answer) in cases.iter().zip(&batched) {
+        let input = case["input"].as_str().unwrap();
+        let single = ner(&m, &[input], &mut || ()).unwrap().remove(0);
+        let expected = case["answers"].as_array().unwrap();
+        assert_eq!(
+            single.len(),
+            expected.len(),
+            "entities of {input}: {single:?}"
+        );
+        for ((got, from_batch), want) in single.iter().zip(batch_answer).zip(expected) {
+            assert_eq!(got.text, want["entity"].as_str().unwrap(), "{input}");
+            assert_eq!(got.label, want["label"].as_str().unwrap(), "{input}");
+            assert_eq!(got.start as u64, want["start"].as_u64().unwrap(), "{input}");
+            assert_eq!(got.end as u64, want["end"].as_u64().unwrap(), "{input}");
+            close(got.score, &want["score"], input);
+            assert_eq!((&got.text, got.start), (&from_batch.text, from_batch.start));
+        }
+    }
+}
+
+#[test]
+fn mean_pooled_embeddings_match_sentence_transformers() {
+    let m = model("bert-mlm");
+    let g = golden("bert-mlm-embed");
+    for case in cases(&g, "embed") {
+        let got = embed(&m, &[case["input"].as_str().unwrap()], &mut || ())
+            .unwrap()
+            .remove(0);
+        let want = case["embedding"].as_array().unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            close(*g, w, "embedding component");
+        }
+    }
+}
