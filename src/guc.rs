@@ -39,9 +39,5 @@ pub fn threads() -> usize {
 }
 
 pub fn hf_cache_dir() -> Option<PathBuf> {
-    HF_CACHE_DIR
-        .get()
-        .and_then(|s| s.into_string().ok())
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
+    HF_CACHE_DIR.get().and_then(|s| s.into_string().ok()).filter(|s| !s.is_empty()).map(PathBuf::from)
 }

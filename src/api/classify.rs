@@ -8,10 +8,7 @@ use pgrx::prelude::*;
 
 /// Every label with its score, best first.
 #[pg_extern(stable, parallel_safe)]
-fn ai_classify(
-    input: &str,
-    model: &str,
-) -> TableIterator<'static, (name!(label, String), name!(score, f32))> {
+fn ai_classify(input: &str, model: &str) -> TableIterator<'static, (name!(label, String), name!(score, f32))> {
     let m = crate::store::model_for(model, Task::TextClassification);
     let answers = classify(&m, &[input], &mut interrupts).or_raise();
     TableIterator::new(answers.into_iter().flatten().map(|s| (s.label, s.score)))
@@ -28,10 +25,7 @@ fn ai_classify_array(
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let answers = classify(&m, &texts, &mut interrupts).or_raise();
     TableIterator::new(
-        positions
-            .into_iter()
-            .zip(answers)
-            .flat_map(|(ord, s)| s.into_iter().map(move |s| (ord, s.label, s.score))),
+        positions.into_iter().zip(answers).flat_map(|(ord, s)| s.into_iter().map(move |s| (ord, s.label, s.score))),
     )
 }
 

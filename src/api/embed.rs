@@ -25,11 +25,7 @@ fn ai_embed_array(
     let mut rows = Vec::with_capacity(inputs.len());
     let mut next = positions.into_iter().peekable();
     for ord in 1..=inputs.len() as i32 {
-        let vector = if next.peek() == Some(&ord) {
-            next.next().and(vectors.next())
-        } else {
-            None
-        };
+        let vector = if next.peek() == Some(&ord) { next.next().and(vectors.next()) } else { None };
         rows.push((ord, vector));
     }
     TableIterator::new(rows)

@@ -17,22 +17,10 @@ fn ai_fill_mask(
     input: &str,
     model: &str,
     top_k: default!(i32, 5),
-) -> TableIterator<
-    'static,
-    (
-        name!(token, String),
-        name!(score, f32),
-        name!(sequence, String),
-    ),
-> {
+) -> TableIterator<'static, (name!(token, String), name!(score, f32), name!(sequence, String))> {
     let m = crate::store::model_for(model, Task::FillMask);
     let answers = fill_mask(&m, &[input], self::top_k(top_k), &mut interrupts).or_raise();
-    TableIterator::new(
-        answers
-            .into_iter()
-            .flatten()
-            .map(|f| (f.token, f.score, f.sequence)),
-    )
+    TableIterator::new(answers.into_iter().flatten().map(|f| (f.token, f.score, f.sequence)))
 }
 
 /// The array form: one forward pass per batch of inputs; `ord` is the input's position in the array.
@@ -41,15 +29,7 @@ fn ai_fill_mask_array(
     inputs: Array<&str>,
     model: &str,
     top_k: default!(i32, 5),
-) -> TableIterator<
-    'static,
-    (
-        name!(ord, i32),
-        name!(token, String),
-        name!(score, f32),
-        name!(sequence, String),
-    ),
-> {
+) -> TableIterator<'static, (name!(ord, i32), name!(token, String), name!(score, f32), name!(sequence, String))> {
     let (positions, texts) = present(&inputs);
     let m = crate::store::model_for(model, Task::FillMask);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -58,10 +38,6 @@ fn ai_fill_mask_array(
         positions
             .into_iter()
             .zip(answers)
-            .flat_map(|(ord, filled)| {
-                filled
-                    .into_iter()
-                    .map(move |f| (ord, f.token, f.score, f.sequence))
-            }),
+            .flat_map(|(ord, filled)| filled.into_iter().map(move |f| (ord, f.token, f.score, f.sequence))),
     )
 }

@@ -6,45 +6,41 @@ use crate::engine::model::{Model, Task};
 use crate::error::{raise, OrRaise};
 use crate::store::{cache, catalog, stored_files};
 use pgrx::prelude::*;
-use std::time::UNIX_EPOCH;
+use std::time::{Instant, UNIX_EPOCH};
 
 /// Registers a model from a save_pretrained directory or `hf:ORG/NAME` in the local Hugging Face
-/// cache; checks that it loads, and keeps it loaded in this backend. Returns the name.
+/// cache; checks that it loads, and keeps it loaded in this backend. Returns the name, or NULL
+/// when the name or the source is NULL.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_load_model(
-    name: &str,
-    source: &str,
+    name: Option<&str>,
+    source: Option<&str>,
     task: default!(Option<&str>, "NULL"),
-    store: default!(bool, false),
-) -> String {
+    store: default!(Option<bool>, false),
+) -> Option<String> {
+    // Not STRICT because task may be NULL; NULL name or source still gives NULL.
+    let (name, source) = (name?, source?);
+    let store = store.unwrap_or(false);
     if name.trim().is_empty() {
         raise(AiError::invalid("the model name is empty"));
     }
     if catalog::exists(name) {
         raise(
-            AiError::new(
-                ErrorKind::Duplicate,
-                format!("model \"{name}\" already exists"),
-            )
-            .with_hint(format!(
-                "Drop it first with ai_drop_model('{name}'), or choose another name."
-            )),
+            AiError::new(ErrorKind::Duplicate, format!("model \"{name}\" already exists"))
+                .with_hint(format!("Drop it first with ai_drop_model('{name}'), or choose another name.")),
         );
     }
     if !catalog::may_read_server_files() {
         raise(
-            AiError::new(
-                ErrorKind::Privilege,
-                "permission denied to load a model from the server's files",
-            )
-            .with_hint(
-                "Only superusers and members of pg_read_server_files may load models from a path.",
-            ),
+            AiError::new(ErrorKind::Privilege, "permission denied to load a model from the server's files")
+                .with_hint("Only superusers and members of pg_read_server_files may load models from a path."),
         );
     }
     crate::engine::threads::configure(crate::guc::threads());
+    let started = Instant::now();
     let files = ModelFiles::locate(source, crate::guc::hf_cache_dir().as_deref()).or_raise();
     let model = Model::load(&files).or_raise();
+    let load_time = started.elapsed();
     let task = match task {
         Some(task) => {
             let task = Task::parse(task).or_raise();
@@ -70,7 +66,10 @@ fn ai_load_model(
     if store {
         stored_files::store(name, &files).or_raise();
     }
-    name.to_string()
+    if let Some(entry) = catalog::find(name) {
+        cache::insert(&entry, model, load_time, 0);
+    }
+    Some(name.to_string())
 }
 
 /// Forgets the model in this backend (the next call loads it again); true if it was loaded.
@@ -83,10 +82,7 @@ fn ai_unload_model(name: &str) -> bool {
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_drop_model(name: &str) -> bool {
     if !catalog::delete(name) {
-        raise(AiError::new(
-            ErrorKind::UndefinedModel,
-            format!("model \"{name}\" does not exist"),
-        ));
+        raise(AiError::new(ErrorKind::UndefinedModel, format!("model \"{name}\" does not exist")));
     }
     cache::unload(name);
     true
@@ -95,12 +91,8 @@ fn ai_drop_model(name: &str) -> bool {
 fn timestamp(t: std::time::SystemTime) -> TimestampWithTimeZone {
     // Postgres counts microseconds from 2000-01-01 UTC.
     const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
-    let micros = t
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-        - POSTGRES_EPOCH_MICROS;
-    TimestampWithTimeZone::try_from(micros)
-        .unwrap_or_else(|_| TimestampWithTimeZone::negative_infinity())
+    let micros = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64) - POSTGRES_EPOCH_MICROS;
+    TimestampWithTimeZone::try_from(micros).unwrap_or_else(|_| TimestampWithTimeZone::negative_infinity())
 }
 
 /// The models loaded in this backend, with their size in memory.

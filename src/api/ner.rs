@@ -17,13 +17,7 @@ fn ai_ner(
     model: &str,
 ) -> TableIterator<
     'static,
-    (
-        name!(entity, String),
-        name!(label, String),
-        name!(start_pos, i32),
-        name!(end_pos, i32),
-        name!(score, f32),
-    ),
+    (name!(entity, String), name!(label, String), name!(start_pos, i32), name!(end_pos, i32), name!(score, f32)),
 > {
     let m = crate::store::model_for(model, Task::TokenClassification);
     let entities = ner(&m, &[input], &mut interrupts).or_raise();

@@ -45,31 +45,25 @@ pub struct ModelConfig {
 }
 
 fn usize_field(v: &Value, names: &[&str]) -> Option<usize> {
-    names
-        .iter()
-        .find_map(|n| v.get(*n).and_then(Value::as_u64))
-        .map(|n| n as usize)
+    names.iter().find_map(|n| v.get(*n).and_then(Value::as_u64)).map(|n| n as usize)
 }
 
 impl ModelConfig {
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: Value = serde_json::from_str(text)
-            .map_err(|e| AiError::corrupt(format!("config.json is not valid JSON: {e}")))?;
+        let raw: Value =
+            serde_json::from_str(text).map_err(|e| AiError::corrupt(format!("config.json is not valid JSON: {e}")))?;
         let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("");
         let family = match model_type {
             "bert" => Family::Bert,
             "distilbert" => Family::DistilBert,
             "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
             other => {
-                return Err(
-                    AiError::invalid(format!("model_type \"{other}\" is not supported"))
-                        .with_hint("pg_ai runs bert, distilbert and roberta encoders."),
-                )
+                return Err(AiError::invalid(format!("model_type \"{other}\" is not supported"))
+                    .with_hint("pg_ai runs bert, distilbert and roberta encoders."))
             }
         };
         let need = |names: &[&str]| {
-            usize_field(&raw, names)
-                .ok_or_else(|| AiError::corrupt(format!("config.json lacks {}", names.join(" / "))))
+            usize_field(&raw, names).ok_or_else(|| AiError::corrupt(format!("config.json lacks {}", names.join(" / "))))
         };
         let hidden_size = need(&["hidden_size", "dim"])?;
         let labels = read_labels(&raw)?;
@@ -95,13 +89,9 @@ impl ModelConfig {
             activation,
             max_positions: need(&["max_position_embeddings"])?,
             type_vocab_size: usize_field(&raw, &["type_vocab_size"]).unwrap_or(0),
-            layer_norm_eps: raw
-                .get("layer_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-12),
+            layer_norm_eps: raw.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12),
             pad_token_id: usize_field(&raw, &["pad_token_id"]).unwrap_or(0),
-            multi_label: raw.get("problem_type").and_then(Value::as_str)
-                == Some("multi_label_classification"),
+            multi_label: raw.get("problem_type").and_then(Value::as_str) == Some("multi_label_classification"),
             labels,
             raw,
         })
@@ -149,10 +139,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.family, Family::DistilBert);
-        assert_eq!(
-            (c.hidden_size, c.layers, c.heads, c.intermediate_size),
-            (32, 2, 4, 64)
-        );
+        assert_eq!((c.hidden_size, c.layers, c.heads, c.intermediate_size), (32, 2, 4, 64));
         assert_eq!(c.labels, vec!["neg", "pos"]);
         assert_eq!(c.architecture, "DistilBertForSequenceClassification");
     }

@@ -28,11 +28,7 @@ impl Activation {
             "relu" => Activation::Relu,
             "silu" | "swish" => Activation::Silu,
             "tanh" => Activation::Tanh,
-            other => {
-                return Err(AiError::invalid(format!(
-                    "activation \"{other}\" is not supported"
-                )))
-            }
+            other => return Err(AiError::invalid(format!("activation \"{other}\" is not supported"))),
         })
     }
 
@@ -90,22 +86,13 @@ const DISTILBERT_NAMES: Names = Names {
     output_norm: "output_layer_norm",
 };
 
-fn linear(
-    vb: &VarBuilder,
-    name: &str,
-    in_dim: usize,
-    out_dim: usize,
-) -> candle_core::Result<Linear> {
+fn linear(vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize) -> candle_core::Result<Linear> {
     candle_nn::linear(in_dim, out_dim, vb.pp(name))
 }
 
 fn layer_norm(vb: &VarBuilder, name: &str, dim: usize, eps: f64) -> candle_core::Result<LayerNorm> {
     let vb = vb.pp(name);
-    Ok(LayerNorm::new(
-        vb.get(dim, "weight")?,
-        vb.get(dim, "bias")?,
-        eps,
-    ))
+    Ok(LayerNorm::new(vb.get(dim, "weight")?, vb.get(dim, "bias")?, eps))
 }
 
 struct Layer {
@@ -174,9 +161,7 @@ impl Encoder {
         };
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
         if config.heads == 0 || h % config.heads != 0 {
-            return Err(AiError::corrupt(
-                "hidden size is not a multiple of the number of heads",
-            ));
+            return Err(AiError::corrupt("hidden size is not a multiple of the number of heads"));
         }
         let base = Self::base(vb, config);
         let load = || -> candle_core::Result<Encoder> {
@@ -184,9 +169,7 @@ impl Encoder {
                 Ok::<_, candle_core::Error>(Embedding::new(base.pp(name).get((n, h), "weight")?, h))
             };
             let type_embeddings = match names.type_embeddings {
-                Some(name) if config.type_vocab_size > 0 => {
-                    Some(emb(name, config.type_vocab_size)?)
-                }
+                Some(name) if config.type_vocab_size > 0 => Some(emb(name, config.type_vocab_size)?),
                 _ => None,
             };
             let mut layers = Vec::with_capacity(config.layers);
@@ -220,9 +203,8 @@ impl Encoder {
             })
         };
         let mut encoder = load().map_err(|e| {
-            AiError::corrupt(format!("the weights do not match config.json: {e}")).with_hint(
-                "Check that config.json and the safetensors files come from the same model.",
-            )
+            AiError::corrupt(format!("the weights do not match config.json: {e}"))
+                .with_hint("Check that config.json and the safetensors files come from the same model.")
         })?;
         encoder.activation = Activation::parse(&config.activation)?;
         Ok(encoder)
@@ -233,11 +215,7 @@ impl Encoder {
         let (_, seq) = batch.ids.dims2()?;
         let device = batch.ids.device();
         // Padding is always on the right, so a plain range gives every real token its position.
-        let positions = Tensor::arange(
-            self.position_offset,
-            self.position_offset + seq as u32,
-            device,
-        )?;
+        let positions = Tensor::arange(self.position_offset, self.position_offset + seq as u32, device)?;
         let mut x = self.word_embeddings.forward(&batch.ids)?;
         x = x.broadcast_add(&self.position_embeddings.forward(&positions)?)?;
         if let Some(types) = &self.type_embeddings {
@@ -245,9 +223,7 @@ impl Encoder {
         }
         x = self.embeddings_norm.forward(&x)?;
         // Additive mask: 0 where attended, a large negative number over padding. (batch, 1, 1, seq)
-        let bias = ((batch.mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?
-            .unsqueeze(1)?
-            .unsqueeze(1)?;
+        let bias = ((batch.mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.unsqueeze(1)?.unsqueeze(1)?;
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, &bias)?;
         }
@@ -257,25 +233,14 @@ impl Encoder {
     fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let d = h / self.heads;
-        let split = |t: Tensor| {
-            t.reshape((b, s, self.heads, d))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let split = |t: Tensor| t.reshape((b, s, self.heads, d))?.transpose(1, 2)?.contiguous();
         let q = split(l.query.forward(x)?)?;
         let k = split(l.key.forward(x)?)?;
         let v = split(l.value.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
-        let context = softmax_last_dim(&scores)?
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, s, h))?;
-        let x = l
-            .attention_norm
-            .forward(&(l.attention_out.forward(&context)? + x)?)?;
-        let ffn = l
-            .ffn_out
-            .forward(&self.activation.apply(&l.ffn_in.forward(&x)?)?)?;
+        let context = softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let x = l.attention_norm.forward(&(l.attention_out.forward(&context)? + x)?)?;
+        let ffn = l.ffn_out.forward(&self.activation.apply(&l.ffn_in.forward(&x)?)?)?;
         l.output_norm.forward(&(ffn + x)?)
     }
 
@@ -290,27 +255,14 @@ impl Encoder {
             .layers
             .iter()
             .map(|l| {
-                [
-                    &l.query,
-                    &l.key,
-                    &l.value,
-                    &l.attention_out,
-                    &l.ffn_in,
-                    &l.ffn_out,
-                ]
-                .map(lin)
-                .iter()
-                .sum::<usize>()
+                [&l.query, &l.key, &l.value, &l.attention_out, &l.ffn_in, &l.ffn_out].map(lin).iter().sum::<usize>()
                     + norm(&l.attention_norm)
                     + norm(&l.output_norm)
             })
             .sum();
         self.word_embeddings.embeddings().elem_count()
             + self.position_embeddings.embeddings().elem_count()
-            + self
-                .type_embeddings
-                .as_ref()
-                .map_or(0, |t| t.embeddings().elem_count())
+            + self.type_embeddings.as_ref().map_or(0, |t| t.embeddings().elem_count())
             + norm(&self.embeddings_norm)
             + layers
     }
@@ -325,39 +277,22 @@ impl Head {
     pub fn parameter_count(&self) -> usize {
         let lin = |l: &Linear| l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count);
         match self {
-            Head::MaskedLm {
-                transform,
-                norm,
-                decoder,
-                ..
-            } => {
-                lin(transform)
-                    + norm.weight().elem_count() * 2
-                    + decoder.bias().map_or(0, Tensor::elem_count)
+            Head::MaskedLm { transform, norm, decoder, .. } => {
+                lin(transform) + norm.weight().elem_count() * 2 + decoder.bias().map_or(0, Tensor::elem_count)
             }
-            Head::SequenceClassifier { pre, out } => {
-                pre.as_ref().map_or(0, |(d, _)| lin(d)) + lin(out)
-            }
+            Head::SequenceClassifier { pre, out } => pre.as_ref().map_or(0, |(d, _)| lin(d)) + lin(out),
             Head::TokenClassifier { out } => lin(out),
         }
     }
 
     /// Loads whichever head the weights carry. Decoders tied to the word embeddings are often
     /// absent from the file; they then reuse `word_embeddings`.
-    pub fn load(
-        vb: &VarBuilder,
-        config: &ModelConfig,
-        word_embeddings: &Tensor,
-    ) -> Result<Option<Head>> {
+    pub fn load(vb: &VarBuilder, config: &ModelConfig, word_embeddings: &Tensor) -> Result<Option<Head>> {
         let (h, v, eps) = (config.hidden_size, config.vocab_size, config.layer_norm_eps);
         let n_labels = config.labels.len().max(1);
         let act = Activation::parse(&config.activation)?;
         let tied = |vb: VarBuilder, bias: Tensor| -> candle_core::Result<Linear> {
-            let weight = if vb.contains_tensor("weight") {
-                vb.get((v, h), "weight")?
-            } else {
-                word_embeddings.clone()
-            };
+            let weight = if vb.contains_tensor("weight") { vb.get((v, h), "weight")? } else { word_embeddings.clone() };
             Ok(Linear::new(weight, Some(bias)))
         };
         let head = || -> candle_core::Result<Option<Head>> {
@@ -365,11 +300,8 @@ impl Head {
             Ok(Some(match config.family {
                 Family::Bert if has("cls.predictions.transform.dense.weight") => {
                     let p = vb.pp("cls.predictions");
-                    let bias = if p.contains_tensor("bias") {
-                        p.get(v, "bias")?
-                    } else {
-                        p.pp("decoder").get(v, "bias")?
-                    };
+                    let bias =
+                        if p.contains_tensor("bias") { p.get(v, "bias")? } else { p.pp("decoder").get(v, "bias")? };
                     Head::MaskedLm {
                         transform: linear(&p, "transform.dense", h, h)?,
                         act,
@@ -381,18 +313,12 @@ impl Head {
                     transform: linear(vb, "vocab_transform", h, h)?,
                     act,
                     norm: layer_norm(vb, "vocab_layer_norm", h, eps)?,
-                    decoder: tied(
-                        vb.pp("vocab_projector"),
-                        vb.pp("vocab_projector").get(v, "bias")?,
-                    )?,
+                    decoder: tied(vb.pp("vocab_projector"), vb.pp("vocab_projector").get(v, "bias")?)?,
                 },
                 Family::Roberta if has("lm_head.dense.weight") => {
                     let p = vb.pp("lm_head");
-                    let bias = if p.contains_tensor("bias") {
-                        p.get(v, "bias")?
-                    } else {
-                        p.pp("decoder").get(v, "bias")?
-                    };
+                    let bias =
+                        if p.contains_tensor("bias") { p.get(v, "bias")? } else { p.pp("decoder").get(v, "bias")? };
                     Head::MaskedLm {
                         transform: linear(&p, "dense", h, h)?,
                         // RobertaLMHead applies erf GELU whatever hidden_act says.
@@ -412,36 +338,21 @@ impl Head {
                         Head::TokenClassifier { out }
                     } else {
                         let pre = match config.family {
-                            Family::DistilBert => {
-                                (linear(vb, "pre_classifier", h, h)?, Activation::Relu)
-                            }
-                            _ => (
-                                linear(&Encoder::base(vb, config), "pooler.dense", h, h)?,
-                                Activation::Tanh,
-                            ),
+                            Family::DistilBert => (linear(vb, "pre_classifier", h, h)?, Activation::Relu),
+                            _ => (linear(&Encoder::base(vb, config), "pooler.dense", h, h)?, Activation::Tanh),
                         };
-                        Head::SequenceClassifier {
-                            pre: Some(pre),
-                            out,
-                        }
+                        Head::SequenceClassifier { pre: Some(pre), out }
                     }
                 }
                 _ => return Ok(None),
             }))
         };
-        head()
-            .map_err(|e| AiError::corrupt(format!("the task head does not match config.json: {e}")))
+        head().map_err(|e| AiError::corrupt(format!("the task head does not match config.json: {e}")))
     }
 
     /// Masked-LM logits for one position's hidden state(s), (n, hidden) -> (n, vocab).
     pub fn masked_lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let Head::MaskedLm {
-            transform,
-            act,
-            norm,
-            decoder,
-        } = self
-        else {
+        let Head::MaskedLm { transform, act, norm, decoder } = self else {
             return Err(AiError::internal("not a masked-LM head"));
         };
         let x = norm.forward(&act.apply(&transform.forward(hidden)?)?)?;
@@ -471,7 +382,15 @@ impl Head {
 
 /// Loads weights from safetensors files, memory-mapped, converting to f32.
 pub fn var_builder(weights: &[std::path::PathBuf]) -> Result<VarBuilder<'static>> {
+    for path in weights {
+        std::fs::File::open(path).map_err(|e| {
+            AiError::missing_file(format!("cannot open {}: {e}", path.display()))
+                .with_hint("The database server reads model files as its own operating-system user.")
+        })?;
+    }
     // SAFETY: the files are mapped read-only; pg_ai never writes to a model file while it is loaded.
-    unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, &Device::Cpu) }
-        .map_err(|e| AiError::corrupt(format!("cannot read the weights: {e}")))
+    unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, &Device::Cpu) }.map_err(|e| {
+        AiError::corrupt(format!("cannot read the weights: {e}"))
+            .with_hint("The file is not valid safetensors; write it again with save_pretrained.")
+    })
 }

@@ -32,11 +32,7 @@ pub struct AiError {
 
 impl AiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        AiError {
-            kind,
-            message: message.into(),
-            hint: None,
-        }
+        AiError { kind, message: message.into(), hint: None }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {

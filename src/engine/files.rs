@@ -35,13 +35,13 @@ impl ModelFiles {
                 let path = PathBuf::from(source);
                 if !path.is_absolute() {
                     return Err(AiError::invalid(format!("model source \"{source}\" is not an absolute path"))
-                        .with_hint("Give a directory written by save_pretrained, e.g. '/srv/models/bert', or 'hf:ORG/NAME'."));
+                        .with_hint(
+                            "Give a directory written by save_pretrained, e.g. '/srv/models/bert', or 'hf:ORG/NAME'.",
+                        ));
                 }
                 if !path.is_dir() {
-                    return Err(AiError::missing_file(format!(
-                        "model directory \"{source}\" does not exist"
-                    ))
-                    .with_hint("The path is read by the database server, not by the client."));
+                    return Err(AiError::missing_file(format!("model directory \"{source}\" does not exist"))
+                        .with_hint("The path is read by the database server, not by the client."));
                 }
                 path
             }
@@ -63,16 +63,9 @@ impl ModelFiles {
 
     /// The relative paths of every file of the model that exists, weights included.
     pub fn all_files(&self) -> Vec<String> {
-        let mut files: Vec<String> = SIDE_FILES
-            .iter()
-            .filter(|f| self.dir.join(f).is_file())
-            .map(|f| f.to_string())
-            .collect();
-        files.extend(
-            self.weights
-                .iter()
-                .filter_map(|w| w.file_name()?.to_str().map(str::to_string)),
-        );
+        let mut files: Vec<String> =
+            SIDE_FILES.iter().filter(|f| self.dir.join(f).is_file()).map(|f| f.to_string()).collect();
+        files.extend(self.weights.iter().filter_map(|w| w.file_name()?.to_str().map(str::to_string)));
         files
     }
 
@@ -81,13 +74,12 @@ impl ModelFiles {
         let mut hasher = Sha256::new();
         let mut buffer = vec![0u8; 1 << 20];
         for path in &self.weights {
-            let mut file = std::fs::File::open(path).map_err(|e| {
-                AiError::missing_file(format!("cannot open {}: {e}", path.display()))
-            })?;
+            let mut file = std::fs::File::open(path)
+                .map_err(|e| AiError::missing_file(format!("cannot open {}: {e}", path.display())))?;
             loop {
-                let n = file.read(&mut buffer).map_err(|e| {
-                    AiError::missing_file(format!("cannot read {}: {e}", path.display()))
-                })?;
+                let n = file
+                    .read(&mut buffer)
+                    .map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", path.display())))?;
                 if n == 0 {
                     break;
                 }
@@ -100,14 +92,11 @@ impl ModelFiles {
     pub fn read_json(&self, name: &str) -> Result<Option<Value>> {
         let path = self.dir.join(name);
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-                AiError::corrupt(format!("{} is not valid JSON: {e}", path.display()))
-            }),
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| AiError::corrupt(format!("{} is not valid JSON: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(AiError::missing_file(format!(
-                "cannot read {}: {e}",
-                path.display()
-            ))),
+            Err(e) => Err(AiError::missing_file(format!("cannot read {}: {e}", path.display()))),
         }
     }
 }
@@ -127,28 +116,18 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(Value::as_object)
             .ok_or_else(|| AiError::corrupt(format!("{} has no weight_map", index.display())))?;
-        let mut shards: Vec<String> = map
-            .values()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect();
+        let mut shards: Vec<String> = map.values().filter_map(Value::as_str).map(str::to_string).collect();
         shards.sort();
         shards.dedup();
         let mut paths = Vec::with_capacity(shards.len());
         for shard in shards {
             // Shard names come from the file; keep them inside the model directory.
             if shard.contains('/') || shard.contains("..") {
-                return Err(AiError::corrupt(format!(
-                    "{} names a shard outside the directory",
-                    index.display()
-                )));
+                return Err(AiError::corrupt(format!("{} names a shard outside the directory", index.display())));
             }
             let path = dir.join(&shard);
             if !path.is_file() {
-                return Err(AiError::missing_file(format!(
-                    "weight shard {} is missing",
-                    path.display()
-                )));
+                return Err(AiError::missing_file(format!("weight shard {} is missing", path.display())));
             }
             paths.push(path);
         }
@@ -159,17 +138,15 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     } else {
         "Save the model with transformers' save_pretrained, which writes model.safetensors."
     };
-    Err(
-        AiError::missing_file(format!("{} has no model.safetensors", dir.display()))
-            .with_hint(hint),
-    )
+    Err(AiError::missing_file(format!("{} has no model.safetensors", dir.display())).with_hint(hint))
 }
 
 /// The snapshot directory of `ORG/NAME` in the Hugging Face cache (hub layout: refs/main).
 fn hf_snapshot(repo: &str, cache_dir: Option<&Path>) -> Result<PathBuf> {
     if repo.is_empty() || repo.contains("..") || repo.starts_with('/') {
-        return Err(AiError::invalid(format!("\"hf:{repo}\" is not a Hugging Face model id"))
-            .with_hint("Write it as 'hf:ORG/NAME', e.g. 'hf:bert-base-uncased' or 'hf:google-bert/bert-base-uncased'."));
+        return Err(AiError::invalid(format!("\"hf:{repo}\" is not a Hugging Face model id")).with_hint(
+            "Write it as 'hf:ORG/NAME', e.g. 'hf:bert-base-uncased' or 'hf:google-bert/bert-base-uncased'.",
+        ));
     }
     let cache = match cache_dir {
         Some(dir) => hf_hub::Cache::new(dir.to_path_buf()),

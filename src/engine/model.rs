@@ -17,12 +17,8 @@ pub enum Task {
 }
 
 impl Task {
-    pub const ALL: [Task; 4] = [
-        Task::FillMask,
-        Task::TextClassification,
-        Task::TokenClassification,
-        Task::FeatureExtraction,
-    ];
+    pub const ALL: [Task; 4] =
+        [Task::FillMask, Task::TextClassification, Task::TokenClassification, Task::FeatureExtraction];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,13 +30,10 @@ impl Task {
     }
 
     pub fn parse(name: &str) -> Result<Task> {
-        Task::ALL
-            .into_iter()
-            .find(|t| t.name() == name)
-            .ok_or_else(|| {
-                AiError::invalid(format!("unknown task \"{name}\""))
-                    .with_hint(format!("Tasks: {}.", Task::ALL.map(Task::name).join(", ")))
-            })
+        Task::ALL.into_iter().find(|t| t.name() == name).ok_or_else(|| {
+            AiError::invalid(format!("unknown task \"{name}\""))
+                .with_hint(format!("Tasks: {}.", Task::ALL.map(Task::name).join(", ")))
+        })
     }
 
     /// The task a transformers architecture name implies ("BertForMaskedLM" -> fill-mask).
@@ -77,16 +70,8 @@ impl Model {
         let encoder = Encoder::load(&vb, &config)?;
         let head = Head::load(&vb, &config, encoder.word_embeddings())?;
         let pooling = Pooling::from_files(files)?;
-        let parameter_bytes =
-            encoder.parameter_count() * 4 + head.as_ref().map_or(0, Head::parameter_count) * 4;
-        Ok(Model {
-            config,
-            tokenizer,
-            encoder,
-            head,
-            pooling,
-            parameter_bytes,
-        })
+        let parameter_bytes = encoder.parameter_count() * 4 + head.as_ref().map_or(0, Head::parameter_count) * 4;
+        Ok(Model { config, tokenizer, encoder, head, pooling, parameter_bytes })
     }
 
     /// The tasks this model can answer: embeddings always, the rest by its head.
@@ -114,14 +99,8 @@ impl Model {
         if self.can(task) {
             return Ok(());
         }
-        let can: Vec<&str> = Task::ALL
-            .into_iter()
-            .filter(|t| self.can(*t))
-            .map(Task::name)
-            .collect();
-        Err(
-            AiError::wrong_task(format!("model \"{model_name}\" cannot do {}", task.name()))
-                .with_hint(format!("Its weights support: {}.", can.join(", "))),
-        )
+        let can: Vec<&str> = Task::ALL.into_iter().filter(|t| self.can(*t)).map(Task::name).collect();
+        Err(AiError::wrong_task(format!("model \"{model_name}\" cannot do {}", task.name()))
+            .with_hint(format!("Its weights support: {}.", can.join(", "))))
     }
 }

@@ -27,28 +27,16 @@ impl Pooling {
         let module_path = |kind: &str| -> Option<String> {
             modules.as_ref()?.as_array()?.iter().find_map(|m| {
                 let t = m.get("type")?.as_str()?;
-                t.ends_with(kind).then(|| {
-                    m.get("path")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string()
-                })
+                t.ends_with(kind).then(|| m.get("path").and_then(Value::as_str).unwrap_or("").to_string())
             })
         };
         let normalize = module_path("Normalize").is_some();
         let Some(pooling_dir) = module_path("Pooling") else {
-            return Ok(Pooling {
-                modes: vec![Mode::Mean],
-                normalize,
-            });
+            return Ok(Pooling { modes: vec![Mode::Mean], normalize });
         };
-        let config = files
-            .read_json(&format!("{pooling_dir}/config.json"))?
-            .ok_or_else(|| {
-                AiError::missing_file(format!(
-                    "modules.json names {pooling_dir}/config.json, which is missing"
-                ))
-            })?;
+        let config = files.read_json(&format!("{pooling_dir}/config.json"))?.ok_or_else(|| {
+            AiError::missing_file(format!("modules.json names {pooling_dir}/config.json, which is missing"))
+        })?;
         let on = |key: &str| config.get(key).and_then(Value::as_bool).unwrap_or(false);
         let modes: Vec<Mode> = [
             ("pooling_mode_cls_token", Mode::Cls),
@@ -61,10 +49,8 @@ impl Pooling {
         .map(|(_, mode)| mode)
         .collect();
         if modes.is_empty() {
-            return Err(AiError::invalid(format!(
-                "{pooling_dir}/config.json sets no pooling mode pg_ai supports"
-            ))
-            .with_hint("Supported: cls, max, mean and mean_sqrt_len tokens."));
+            return Err(AiError::invalid(format!("{pooling_dir}/config.json sets no pooling mode pg_ai supports"))
+                .with_hint("Supported: cls, max, mean and mean_sqrt_len tokens."));
         }
         Ok(Pooling { modes, normalize })
     }
@@ -82,23 +68,13 @@ impl Pooling {
                     let masked = hidden.broadcast_add(&((mask.clone() - 1.0)? * 1e9)?)?;
                     masked.max(1)?
                 }
-                Mode::Mean => hidden
-                    .broadcast_mul(&mask)?
-                    .sum(1)?
-                    .broadcast_div(&counts)?,
-                Mode::MeanSqrtLen => hidden
-                    .broadcast_mul(&mask)?
-                    .sum(1)?
-                    .broadcast_div(&counts.sqrt()?)?,
+                Mode::Mean => hidden.broadcast_mul(&mask)?.sum(1)?.broadcast_div(&counts)?,
+                Mode::MeanSqrtLen => hidden.broadcast_mul(&mask)?.sum(1)?.broadcast_div(&counts.sqrt()?)?,
             });
         }
         let mut pooled = Tensor::cat(&parts, 1)?;
         if self.normalize {
-            let norm = pooled
-                .sqr()?
-                .sum_keepdim(D::Minus1)?
-                .sqrt()?
-                .clamp(1e-12, f64::MAX)?;
+            let norm = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
             pooled = pooled.broadcast_div(&norm)?;
         }
         Ok(pooled)

@@ -35,9 +35,8 @@ impl TextTokenizer {
         let mut inner = Tokenizer::from_file(&path)
             .map_err(|e| AiError::corrupt(format!("cannot read {}: {e}", path.display())))?;
         let config: Value = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                AiError::corrupt(format!("tokenizer_config.json is not valid JSON: {e}"))
-            })?,
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| AiError::corrupt(format!("tokenizer_config.json is not valid JSON: {e}")))?,
             Err(_) => Value::Null,
         };
         let mask = token_field(&config, "mask_token")
@@ -52,31 +51,15 @@ impl TextTokenizer {
             .into_iter()
             .chain(["[UNK]".to_string(), "<unk>".to_string()])
             .find_map(|t| inner.token_to_id(&t));
-        let cleanup = config
-            .get("clean_up_tokenization_spaces")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let cleanup = config.get("clean_up_tokenization_spaces").and_then(Value::as_bool).unwrap_or(false);
         // Truncate at the file's own limit (sentence-transformers models set one) or the model's;
         // tasks that must not lose text check `truncated` and refuse instead.
-        let max_tokens = inner
-            .get_truncation()
-            .map(|t| t.max_length.min(model_max_tokens))
-            .unwrap_or(model_max_tokens);
+        let max_tokens = inner.get_truncation().map(|t| t.max_length.min(model_max_tokens)).unwrap_or(model_max_tokens);
         inner
-            .with_truncation(Some(TruncationParams {
-                max_length: max_tokens,
-                ..Default::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| AiError::corrupt(format!("tokenizer.json: {e}")))?;
         inner.with_padding(None);
-        Ok(TextTokenizer {
-            inner,
-            mask,
-            pad_id,
-            unk_id,
-            cleanup,
-            max_tokens,
-        })
+        Ok(TextTokenizer { inner, mask, pad_id, unk_id, cleanup, max_tokens })
     }
 
     /// Encodes one text with special tokens; offsets are in characters, as Python counts them.
@@ -103,11 +86,7 @@ impl TextTokenizer {
     pub fn batch(&self, encodings: &[&Encoding]) -> Result<Batch> {
         let len = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
         let n = encodings.len();
-        let (mut ids, mut types, mut mask) = (
-            vec![self.pad_id; n * len],
-            vec![0u32; n * len],
-            vec![0u32; n * len],
-        );
+        let (mut ids, mut types, mut mask) = (vec![self.pad_id; n * len], vec![0u32; n * len], vec![0u32; n * len]);
         for (row, e) in encodings.iter().enumerate() {
             let at = row * len;
             ids[at..at + e.len()].copy_from_slice(e.get_ids());
@@ -115,11 +94,7 @@ impl TextTokenizer {
             mask[at..at + e.len()].fill(1);
         }
         let tensor = |v: Vec<u32>| Tensor::from_vec(v, (n, len), &Device::Cpu);
-        Ok(Batch {
-            ids: tensor(ids)?,
-            type_ids: tensor(types)?,
-            mask: tensor(mask)?,
-        })
+        Ok(Batch { ids: tensor(ids)?, type_ids: tensor(types)?, mask: tensor(mask)? })
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
@@ -127,11 +102,7 @@ impl TextTokenizer {
             .inner
             .decode(ids, skip_special_tokens)
             .map_err(|e| AiError::internal(format!("cannot decode tokens: {e}")))?;
-        Ok(if self.cleanup {
-            clean_up_spaces(&text)
-        } else {
-            text
-        })
+        Ok(if self.cleanup { clean_up_spaces(&text) } else { text })
     }
 
     /// Joins tokens into text with the tokenizer's decoder ("##" pieces glued to their word),
@@ -164,18 +135,13 @@ fn clean_up_spaces(text: &str) -> String {
         (" 've", "'ve"),
         (" 're", "'re"),
     ];
-    PAIRS
-        .iter()
-        .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+    PAIRS.iter().fold(text.to_string(), |t, (from, to)| t.replace(from, to))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn cleanup_matches_transformers() {
-        assert_eq!(
-            super::clean_up_spaces("hello , world ! it 's done ."),
-            "hello, world! it's done."
-        );
+        assert_eq!(super::clean_up_spaces("hello , world ! it 's done ."), "hello, world! it's done.");
     }
 }

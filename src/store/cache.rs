@@ -24,15 +24,10 @@ thread_local! {
     static LOADED: RefCell<HashMap<String, Loaded>> = RefCell::new(HashMap::new());
 }
 
-pub fn get_or_load(
-    entry: &CatalogEntry,
-    load: impl FnOnce() -> Result<Model>,
-) -> Result<Rc<Model>> {
+pub fn get_or_load(entry: &CatalogEntry, load: impl FnOnce() -> Result<Model>) -> Result<Rc<Model>> {
     let identity = (entry.sha256.clone(), entry.created_at.clone());
     let hit = LOADED.with_borrow_mut(|loaded| {
-        let l = loaded
-            .get_mut(&entry.name)
-            .filter(|l| l.identity == identity)?;
+        let l = loaded.get_mut(&entry.name).filter(|l| l.identity == identity)?;
         l.last_used = SystemTime::now();
         l.calls += 1;
         Some(l.model.clone())
@@ -41,18 +36,18 @@ pub fn get_or_load(
         return Ok(model);
     }
     let started = Instant::now();
-    let model = Rc::new(load()?);
+    let model = load()?;
+    Ok(insert(entry, model, started.elapsed(), 1))
+}
+
+/// Keeps `model` as the loaded copy of `entry`; `calls` counts the task calls it has served.
+pub fn insert(entry: &CatalogEntry, model: Model, load_time: Duration, calls: u64) -> Rc<Model> {
+    let model = Rc::new(model);
     let now = SystemTime::now();
-    let loaded = Loaded {
-        model: model.clone(),
-        identity,
-        load_time: started.elapsed(),
-        loaded_at: now,
-        last_used: now,
-        calls: 1,
-    };
+    let identity = (entry.sha256.clone(), entry.created_at.clone());
+    let loaded = Loaded { model: model.clone(), identity, load_time, loaded_at: now, last_used: now, calls };
     LOADED.with_borrow_mut(|l| l.insert(entry.name.clone(), loaded));
-    Ok(model)
+    model
 }
 
 /// Forgets a model in this backend; true if it was loaded.

@@ -46,13 +46,10 @@ pub fn find(name: &str) -> Option<CatalogEntry> {
 }
 
 pub fn exists(name: &str) -> bool {
-    Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM ai.models WHERE name = $1)",
-        &[name.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM ai.models WHERE name = $1)", &[name.into()])
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 pub fn insert(m: NewModel) {
@@ -74,13 +71,10 @@ pub fn insert(m: NewModel) {
 
 /// Deletes the row (its stored files go with it); false if there was none.
 pub fn delete(name: &str) -> bool {
-    Spi::get_one_with_args::<String>(
-        "DELETE FROM ai.models WHERE name = $1 RETURNING name",
-        &[name.into()],
-    )
-    .ok()
-    .flatten()
-    .is_some()
+    Spi::get_one_with_args::<String>("DELETE FROM ai.models WHERE name = $1 RETURNING name", &[name.into()])
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 pub fn insert_file_chunk(model: &str, path: &str, chunk: i32, data: &[u8]) {
@@ -111,10 +105,8 @@ pub fn for_each_file_chunk(model: &str, mut f: impl FnMut(&str, &[u8])) {
 
 /// Superusers and members of pg_read_server_files may read model files on the server.
 pub fn may_read_server_files() -> bool {
-    Spi::get_one::<bool>(
-        "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_server_files', 'USAGE')",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    Spi::get_one::<bool>("SELECT pg_catalog.pg_has_role(current_user, 'pg_read_server_files', 'USAGE')")
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }

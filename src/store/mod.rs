@@ -15,8 +15,9 @@ use std::rc::Rc;
 pub fn model_for(name: &str, task: Task) -> Rc<Model> {
     let entry = catalog::find(name).unwrap_or_else(|| {
         crate::error::raise(
-            AiError::new(ErrorKind::UndefinedModel, format!("model \"{name}\" does not exist"))
-                .with_hint("Register it with ai_load_model(name, source); SELECT name FROM ai.models lists the models."),
+            AiError::new(ErrorKind::UndefinedModel, format!("model \"{name}\" does not exist")).with_hint(
+                "Register it with ai_load_model(name, source); SELECT name FROM ai.models lists the models.",
+            ),
         )
     });
     let model = cache::get_or_load(&entry, || {

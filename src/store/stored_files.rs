@@ -13,17 +13,15 @@ pub const CHUNK_BYTES: usize = 64 << 20;
 fn models_dir() -> PathBuf {
     // SAFETY: DataDir is set by the postmaster before any backend runs extension code.
     let data_dir = unsafe { std::ffi::CStr::from_ptr(pgrx::pg_sys::DataDir) };
-    PathBuf::from(data_dir.to_string_lossy().into_owned())
-        .join("pg_ai")
-        .join("models")
+    PathBuf::from(data_dir.to_string_lossy().into_owned()).join("pg_ai").join("models")
 }
 
 /// Copies a model's files into `ai.model_files`.
 pub fn store(name: &str, files: &ModelFiles) -> Result<()> {
     for relative in files.all_files() {
         let path = files.dir.join(&relative);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", path.display())))?;
         for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
             pgrx::check_for_interrupts!();
             catalog::insert_file_chunk(name, &relative, i as i32, chunk);
@@ -59,11 +57,8 @@ fn write_files(name: &str, dir: &Path) -> Result<()> {
             return;
         }
         let result = (|| -> std::io::Result<()> {
-            if path.starts_with('/') || path.split('/').any(|part| part == ".." || part.is_empty())
-            {
-                return Err(std::io::Error::other(format!(
-                    "stored file path \"{path}\" leaves the model directory"
-                )));
+            if path.starts_with('/') || path.split('/').any(|part| part == ".." || part.is_empty()) {
+                return Err(std::io::Error::other(format!("stored file path \"{path}\" leaves the model directory")));
             }
             if current.as_ref().map(|(p, _)| p.as_str()) != Some(path) {
                 let target = dir.join(path);
@@ -72,11 +67,7 @@ fn write_files(name: &str, dir: &Path) -> Result<()> {
                 }
                 current = Some((path.to_string(), std::fs::File::create(target)?));
             }
-            current
-                .as_mut()
-                .expect("file opened above")
-                .1
-                .write_all(data)
+            current.as_mut().expect("file opened above").1.write_all(data)
         })();
         failure = result.err();
     });

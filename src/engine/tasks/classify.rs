@@ -10,41 +10,22 @@ pub struct Scored {
     pub score: f32,
 }
 
-pub fn classify(
-    model: &Model,
-    texts: &[&str],
-    between: &mut dyn FnMut(),
-) -> Result<Vec<Vec<Scored>>> {
-    let head = model
-        .head
-        .as_ref()
-        .ok_or_else(|| AiError::wrong_task("the model has no classification head"))?;
+pub fn classify(model: &Model, texts: &[&str], between: &mut dyn FnMut()) -> Result<Vec<Vec<Scored>>> {
+    let head = model.head.as_ref().ok_or_else(|| AiError::wrong_task("the model has no classification head"))?;
     // Long texts are truncated, as classifying the start of a long row beats failing an INSERT.
-    let encodings = texts
-        .iter()
-        .map(|t| model.tokenizer.encode(t))
-        .collect::<Result<Vec<_>>>()?;
+    let encodings = texts.iter().map(|t| model.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
     // transformers: sigmoid for multi-label problems or a single output, softmax otherwise.
     let n_labels = model.config.labels.len().max(1);
     let sigmoid = model.config.multi_label || n_labels == 1;
     in_batches(&model.tokenizer, &encodings, between, |_, batch| {
         let logits = head.sequence_logits(&model.encoder.forward(batch)?)?;
-        let scores = if sigmoid {
-            candle_nn::ops::sigmoid(&logits)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&logits)?
-        };
+        let scores =
+            if sigmoid { candle_nn::ops::sigmoid(&logits)? } else { candle_nn::ops::softmax_last_dim(&logits)? };
         Ok(scores
             .to_vec2::<f32>()?
             .into_iter()
             .map(|row| {
-                ranked(&row)
-                    .into_iter()
-                    .map(|i| Scored {
-                        label: label_name(model, i),
-                        score: row[i],
-                    })
-                    .collect()
+                ranked(&row).into_iter().map(|i| Scored { label: label_name(model, i), score: row[i] }).collect()
             })
             .collect())
     })
@@ -52,10 +33,5 @@ pub fn classify(
 
 /// The label of class `i`: from id2label, or "LABEL_i" as transformers names unnamed classes.
 pub fn label_name(model: &Model, i: usize) -> String {
-    model
-        .config
-        .labels
-        .get(i)
-        .cloned()
-        .unwrap_or_else(|| format!("LABEL_{i}"))
+    model.config.labels.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}"))
 }

@@ -6,15 +6,9 @@ use crate::engine::model::Model;
 
 pub fn embed(model: &Model, texts: &[&str], between: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
     // Truncated at the model's limit, as sentence-transformers does.
-    let encodings = texts
-        .iter()
-        .map(|t| model.tokenizer.encode(t))
-        .collect::<Result<Vec<_>>>()?;
+    let encodings = texts.iter().map(|t| model.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
     in_batches(&model.tokenizer, &encodings, between, |_, batch| {
         let hidden = model.encoder.forward(batch)?;
-        Ok(model
-            .pooling
-            .apply(&hidden, &batch.mask)?
-            .to_vec2::<f32>()?)
+        Ok(model.pooling.apply(&hidden, &batch.mask)?.to_vec2::<f32>()?)
     })
 }

@@ -14,39 +14,25 @@ pub struct Filled {
     pub sequence: String,
 }
 
-pub fn fill_mask(
-    model: &Model,
-    texts: &[&str],
-    top_k: usize,
-    between: &mut dyn FnMut(),
-) -> Result<Vec<Vec<Filled>>> {
-    let (mask_token, mask_id) = model
-        .tokenizer
-        .mask
-        .clone()
-        .ok_or_else(|| AiError::wrong_task("the tokenizer has no mask token"))?;
+pub fn fill_mask(model: &Model, texts: &[&str], top_k: usize, between: &mut dyn FnMut()) -> Result<Vec<Vec<Filled>>> {
+    let (mask_token, mask_id) =
+        model.tokenizer.mask.clone().ok_or_else(|| AiError::wrong_task("the tokenizer has no mask token"))?;
     let vocab = model.config.vocab_size;
     if top_k == 0 || top_k > vocab {
-        return Err(AiError::invalid(format!(
-            "top_k must be between 1 and {vocab}, the vocabulary size"
-        )));
+        return Err(AiError::invalid(format!("top_k must be between 1 and {vocab}, the vocabulary size")));
     }
     let mut encodings = Vec::with_capacity(texts.len());
     let mut mask_positions = Vec::with_capacity(texts.len());
     for text in texts {
         let encoding = model.tokenizer.encode_whole(text)?;
-        let positions: Vec<usize> = encoding
-            .get_ids()
-            .iter()
-            .enumerate()
-            .filter(|(_, &id)| id == mask_id)
-            .map(|(i, _)| i)
-            .collect();
+        let positions: Vec<usize> =
+            encoding.get_ids().iter().enumerate().filter(|(_, &id)| id == mask_id).map(|(i, _)| i).collect();
         match positions.len() {
             1 => mask_positions.push(positions[0]),
             0 => {
-                return Err(AiError::invalid(format!("the input has no mask token {mask_token}"))
-                    .with_hint(format!("Write {mask_token} where a word should be filled in, e.g. 'Paris is the {mask_token} of France.'")))
+                return Err(AiError::invalid(format!("the input has no mask token {mask_token}")).with_hint(format!(
+                    "Write {mask_token} where a word should be filled in, e.g. 'Paris is the {mask_token} of France.'"
+                )))
             }
             n => {
                 return Err(AiError::invalid(format!("the input has {n} mask tokens; ai_fill_mask fills exactly one"))
@@ -55,10 +41,7 @@ pub fn fill_mask(
         }
         encodings.push(encoding);
     }
-    let head = model
-        .head
-        .as_ref()
-        .ok_or_else(|| AiError::wrong_task("the model has no masked-LM head"))?;
+    let head = model.head.as_ref().ok_or_else(|| AiError::wrong_task("the model has no masked-LM head"))?;
     in_batches(&model.tokenizer, &encodings, between, |rows, batch| {
         let hidden = model.encoder.forward(batch)?;
         let at_mask: Vec<Tensor> = rows

@@ -32,10 +32,7 @@ pub fn in_batches<T>(
             results[i] = Some(result);
         }
     }
-    Ok(results
-        .into_iter()
-        .map(|r| r.expect("every input has a result"))
-        .collect())
+    Ok(results.into_iter().map(|r| r.expect("every input has a result")).collect())
 }
 
 /// Indices of `scores` from best to worst; ties keep the lower index first, like a stable sort.

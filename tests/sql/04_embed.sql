@@ -1,0 +1,34 @@
+-- ai_embed with the real all-MiniLM-L6-v2 (scripts/fetch-minilm.sh): sentence-transformers'
+-- mean pooling and normalisation, and a small semantic search.
+CREATE EXTENSION pg_ai;
+\i tests/sql/_helpers.psql
+SELECT ai_load_model('minilm', :'root' || '/.models/all-MiniLM-L6-v2');
+SELECT task, architecture FROM ai.models;
+
+SELECT array_length(ai_embed('A man is eating food.', 'minilm'), 1) AS dimensions;
+SELECT round(sqrt((SELECT sum(x::float8 * x) FROM unnest(ai_embed('A man is eating food.', 'minilm')) x))::numeric, 5) AS norm;
+
+-- Cosine similarity of unit vectors is their dot product.
+CREATE FUNCTION dot(a real[], b real[]) RETURNS float8 LANGUAGE sql IMMUTABLE STRICT
+    RETURN (SELECT sum(x::float8 * y) FROM unnest(a, b) AS t(x, y));
+CREATE TABLE sentences (id int, body text);
+INSERT INTO sentences VALUES
+    (1, 'A man is eating a piece of bread.'), (2, 'The new movie is awesome.'),
+    (3, 'A man is riding a horse.'), (4, 'Someone is having a meal.');
+SELECT id, body, round(dot(ai_embed(body, 'minilm'), ai_embed('A man is eating food.', 'minilm'))::numeric, 3) AS similarity
+FROM sentences ORDER BY similarity DESC;
+
+-- sentence-transformers' own embedding (tests/fixtures/golden/all-MiniLM-L6-v2.json): cosine > 0.9999.
+SELECT dot(ai_embed('A man is eating food.', 'minilm'),
+           (SELECT array_agg(x::real ORDER BY n) FROM json_array_elements_text(
+               (pg_read_file(:'fixtures' || '/golden/all-MiniLM-L6-v2.json')::json -> 'embed' -> 0 -> 'embedding'))
+               WITH ORDINALITY AS e(x, n))) > 0.9999 AS matches_sentence_transformers;
+
+-- The array form: one row per input, NULL for NULL.
+SELECT ord, embedding IS NULL AS is_null, array_length(embedding, 1) AS dimensions
+FROM ai_embed(ARRAY['first', NULL, 'third'], 'minilm');
+SELECT bool_and(abs(x - y) < 1e-5) AS array_equals_single
+FROM ai_embed(ARRAY['A man is eating food.', 'The new movie is awesome.'], 'minilm') a,
+     unnest(a.embedding, ai_embed((ARRAY['A man is eating food.', 'The new movie is awesome.'])[a.ord], 'minilm')) AS t(x, y);
+
+SELECT ai_embed(NULL, 'minilm') IS NULL AS null_embedding;
