@@ -7,7 +7,7 @@
 //! (default: one per core). The SQL-level figures come from benches/sql.sh.
 
 use pg_ai::engine::files::ModelFiles;
-use pg_ai::engine::model::Model;
+use pg_ai::engine::model::{AnyModel, Model};
 use pg_ai::engine::tasks::{embed::embed, fill_mask::fill_mask};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,7 +20,10 @@ fn root() -> PathBuf {
 
 fn load(dir: PathBuf) -> (Model, Duration) {
     let started = Instant::now();
-    let model = Model::load(&ModelFiles::in_dir(dir).expect("model files")).expect("model loads");
+    let AnyModel::Encoder(model) = AnyModel::load(&ModelFiles::in_dir(dir).expect("model files")).expect("model loads")
+    else {
+        panic!("an encoder model")
+    };
     (model, started.elapsed())
 }
 

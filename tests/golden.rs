@@ -2,7 +2,7 @@
 //! same tokens and labels in the same order, scores within 1e-4. Runs without Postgres.
 
 use pg_ai::engine::files::ModelFiles;
-use pg_ai::engine::model::Model;
+use pg_ai::engine::model::{AnyModel, Model};
 use pg_ai::engine::tasks::{classify::classify, embed::embed, fill_mask::fill_mask, ner::ner};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -13,8 +13,15 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+fn load(dir: PathBuf) -> AnyModel {
+    AnyModel::load(&ModelFiles::in_dir(dir).unwrap()).unwrap()
+}
+
 fn model(name: &str) -> Model {
-    Model::load(&ModelFiles::in_dir(fixtures().join("models").join(name)).unwrap()).unwrap()
+    match load(fixtures().join("models").join(name)) {
+        AnyModel::Encoder(m) => m,
+        AnyModel::Causal(_) => panic!("{name} is not an encoder"),
+    }
 }
 
 fn golden(name: &str) -> Value {
@@ -150,7 +157,7 @@ fn minilm_embeddings_match_sentence_transformers() {
         let status = std::process::Command::new(root.join("scripts/fetch-minilm.sh")).status().unwrap();
         assert!(status.success(), "fetching all-MiniLM-L6-v2 failed");
     }
-    let m = Model::load(&ModelFiles::in_dir(dir).unwrap()).unwrap();
+    let AnyModel::Encoder(m) = load(dir) else { panic!("MiniLM is an encoder") };
     let g = golden("all-MiniLM-L6-v2");
     let cases = cases(&g, "embed");
     let inputs: Vec<&str> = cases.iter().map(|c| c["input"].as_str().unwrap()).collect();
@@ -166,4 +173,67 @@ fn minilm_embeddings_match_sentence_transformers() {
     // "A man is eating food." is far closer to the bread sentence than to the movie one.
     let (food, bread, movie) = (&got[0], &got[1], &got[2]);
     assert!(dot(food, bread) > 0.6 && dot(food, movie) < 0.2, "{} {}", dot(food, bread), dot(food, movie));
+}
+
+mod generation {
+    use super::*;
+    use pg_ai::engine::causal::CausalModel;
+    use pg_ai::engine::generate::{generate, GenerateOptions};
+
+    fn gpt2() -> CausalModel {
+        match load(fixtures().join("models/gpt2")) {
+            AnyModel::Causal(m) => m,
+            AnyModel::Encoder(_) => panic!("gpt2 is a decoder"),
+        }
+    }
+
+    fn run(m: &CausalModel, prompt: &str, options: &GenerateOptions) -> (Vec<u32>, Vec<String>) {
+        let mut pieces = Vec::new();
+        let ids =
+            generate(&mut m.session(), m, prompt, options, &mut || (), &mut |p| pieces.push(p.to_string())).unwrap();
+        (ids, pieces)
+    }
+
+    #[test]
+    fn gpt2_greedy_ids_and_logits_match_transformers() {
+        let m = gpt2();
+        let g = golden("gpt2");
+        let options = GenerateOptions { max_tokens: 20, ..Default::default() };
+        for case in cases(&g, "generate") {
+            let prompt = case["prompt"].as_str().unwrap();
+            let logits = m.next_token_logits(prompt).unwrap();
+            let want = case["next_token_logits"].as_array().unwrap();
+            assert_eq!(logits.len(), want.len());
+            for (got, want) in logits.iter().zip(want) {
+                close(*got, want, prompt);
+            }
+            let (ids, pieces) = run(&m, prompt, &options);
+            let want: Vec<u32> =
+                case["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            assert_eq!(ids, want, "greedy ids for {prompt:?}");
+            assert_eq!(pieces.concat(), case["greedy_text"].as_str().unwrap());
+        }
+    }
+
+    #[test]
+    fn sampling_is_repeatable_with_a_seed() {
+        let m = gpt2();
+        let sampled = |seed| {
+            let options = GenerateOptions { max_tokens: 30, temperature: 1.5, seed: Some(seed), ..Default::default() };
+            run(&m, "the", &options).1.concat()
+        };
+        assert_eq!(sampled(7), sampled(7));
+        let texts: std::collections::HashSet<String> = (0..6).map(sampled).collect();
+        assert!(texts.len() > 1, "different seeds give different texts: {texts:?}");
+    }
+
+    #[test]
+    fn stop_strings_end_the_text_before_them() {
+        let m = gpt2();
+        let full = run(&m, "alice is", &GenerateOptions { max_tokens: 20, ..Default::default() }).1.concat();
+        let word = full.split_whitespace().nth(1).expect("a few words").to_string();
+        let options = GenerateOptions { max_tokens: 20, stop: vec![word.clone()], ..Default::default() };
+        let stopped = run(&m, "alice is", &options).1.concat();
+        assert_eq!(stopped, full[..full.find(&word).unwrap()]);
+    }
 }

@@ -9,8 +9,9 @@ use pgrx::prelude::*;
 /// Every label with its score, best first.
 #[pg_extern(stable, parallel_safe)]
 fn ai_classify(input: &str, model: &str) -> TableIterator<'static, (name!(label, String), name!(score, f32))> {
-    let m = crate::store::model_for(model, Task::TextClassification);
-    let answers = classify(&m, &[input], &mut interrupts).or_raise();
+    let loaded = crate::store::model_for(model, Task::TextClassification);
+    let m = loaded.encoder().or_raise();
+    let answers = classify(m, &[input], &mut interrupts).or_raise();
     TableIterator::new(answers.into_iter().flatten().map(|s| (s.label, s.score)))
 }
 
@@ -21,9 +22,10 @@ fn ai_classify_array(
     model: &str,
 ) -> TableIterator<'static, (name!(ord, i32), name!(label, String), name!(score, f32))> {
     let (positions, texts) = present(&inputs);
-    let m = crate::store::model_for(model, Task::TextClassification);
+    let loaded = crate::store::model_for(model, Task::TextClassification);
+    let m = loaded.encoder().or_raise();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let answers = classify(&m, &texts, &mut interrupts).or_raise();
+    let answers = classify(m, &texts, &mut interrupts).or_raise();
     TableIterator::new(
         positions.into_iter().zip(answers).flat_map(|(ord, s)| s.into_iter().map(move |s| (ord, s.label, s.score))),
     )
@@ -32,8 +34,9 @@ fn ai_classify_array(
 /// The best label alone, for triggers and CHECKs.
 #[pg_extern(stable, parallel_safe)]
 fn ai_classify_label(input: &str, model: &str) -> String {
-    let m = crate::store::model_for(model, Task::TextClassification);
-    let mut answers = classify(&m, &[input], &mut interrupts).or_raise();
+    let loaded = crate::store::model_for(model, Task::TextClassification);
+    let m = loaded.encoder().or_raise();
+    let mut answers = classify(m, &[input], &mut interrupts).or_raise();
     answers.remove(0).remove(0).label
 }
 
@@ -41,9 +44,10 @@ fn ai_classify_label(input: &str, model: &str) -> String {
 #[pg_extern(stable, parallel_safe, name = "ai_classify_label")]
 fn ai_classify_label_array(inputs: Array<&str>, model: &str) -> Vec<Option<String>> {
     let (positions, texts) = present(&inputs);
-    let m = crate::store::model_for(model, Task::TextClassification);
+    let loaded = crate::store::model_for(model, Task::TextClassification);
+    let m = loaded.encoder().or_raise();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let answers = classify(&m, &texts, &mut interrupts).or_raise();
+    let answers = classify(m, &texts, &mut interrupts).or_raise();
     let mut labels = vec![None; inputs.len()];
     for (ord, mut scored) in positions.into_iter().zip(answers) {
         labels[ord as usize - 1] = Some(scored.remove(0).label);

@@ -8,8 +8,9 @@ use pgrx::prelude::*;
 
 #[pg_extern(stable, parallel_safe)]
 fn ai_embed(input: &str, model: &str) -> Vec<f32> {
-    let m = crate::store::model_for(model, Task::FeatureExtraction);
-    embed(&m, &[input], &mut interrupts).or_raise().remove(0)
+    let loaded = crate::store::model_for(model, Task::FeatureExtraction);
+    let m = loaded.encoder().or_raise();
+    embed(m, &[input], &mut interrupts).or_raise().remove(0)
 }
 
 /// The array form: one row per input, `ord` its position in the array; NULL inputs give NULL.
@@ -19,9 +20,10 @@ fn ai_embed_array(
     model: &str,
 ) -> TableIterator<'static, (name!(ord, i32), name!(embedding, Option<Vec<f32>>))> {
     let (positions, texts) = present(&inputs);
-    let m = crate::store::model_for(model, Task::FeatureExtraction);
+    let loaded = crate::store::model_for(model, Task::FeatureExtraction);
+    let m = loaded.encoder().or_raise();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let mut vectors = embed(&m, &texts, &mut interrupts).or_raise().into_iter();
+    let mut vectors = embed(m, &texts, &mut interrupts).or_raise().into_iter();
     let mut rows = Vec::with_capacity(inputs.len());
     let mut next = positions.into_iter().peekable();
     for ord in 1..=inputs.len() as i32 {

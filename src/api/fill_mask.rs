@@ -18,8 +18,9 @@ fn ai_fill_mask(
     model: &str,
     top_k: default!(i32, 5),
 ) -> TableIterator<'static, (name!(token, String), name!(score, f32), name!(sequence, String))> {
-    let m = crate::store::model_for(model, Task::FillMask);
-    let answers = fill_mask(&m, &[input], self::top_k(top_k), &mut interrupts).or_raise();
+    let loaded = crate::store::model_for(model, Task::FillMask);
+    let m = loaded.encoder().or_raise();
+    let answers = fill_mask(m, &[input], self::top_k(top_k), &mut interrupts).or_raise();
     TableIterator::new(answers.into_iter().flatten().map(|f| (f.token, f.score, f.sequence)))
 }
 
@@ -31,9 +32,10 @@ fn ai_fill_mask_array(
     top_k: default!(i32, 5),
 ) -> TableIterator<'static, (name!(ord, i32), name!(token, String), name!(score, f32), name!(sequence, String))> {
     let (positions, texts) = present(&inputs);
-    let m = crate::store::model_for(model, Task::FillMask);
+    let loaded = crate::store::model_for(model, Task::FillMask);
+    let m = loaded.encoder().or_raise();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let answers = fill_mask(&m, &texts, self::top_k(top_k), &mut interrupts).or_raise();
+    let answers = fill_mask(m, &texts, self::top_k(top_k), &mut interrupts).or_raise();
     TableIterator::new(
         positions
             .into_iter()

@@ -3,6 +3,7 @@
 mod classify;
 mod embed;
 mod fill_mask;
+mod generate;
 mod models;
 mod ner;
 

@@ -2,7 +2,7 @@
 
 use crate::engine::error::{AiError, ErrorKind};
 use crate::engine::files::ModelFiles;
-use crate::engine::model::{Model, Task};
+use crate::engine::model::{AnyModel, Task};
 use crate::error::{raise, OrRaise};
 use crate::store::{cache, catalog, stored_files};
 use pgrx::prelude::*;
@@ -39,7 +39,7 @@ fn ai_load_model(
     crate::engine::threads::configure(crate::guc::threads());
     let started = Instant::now();
     let files = ModelFiles::locate(source, crate::guc::hf_cache_dir().as_deref()).or_raise();
-    let model = Model::load(&files).or_raise();
+    let model = AnyModel::load(&files).or_raise();
     let load_time = started.elapsed();
     let task = match task {
         Some(task) => {
@@ -50,17 +50,14 @@ fn ai_load_model(
         None => model.default_task(),
     };
     let sha256 = files.weights_sha256().or_raise();
-    let architecture = match model.config.architecture.as_str() {
-        "" => model.config.family.name().to_string(),
-        a => a.to_string(),
-    };
+    let architecture = model.architecture();
     catalog::insert(catalog::NewModel {
         name,
         task: task.name(),
         architecture: &architecture,
         source,
         stored: store,
-        config: model.config.raw.clone(),
+        config: model.config_json().clone(),
         sha256: &sha256,
     });
     if store {
@@ -97,6 +94,7 @@ fn timestamp(t: std::time::SystemTime) -> TimestampWithTimeZone {
 
 /// The models loaded in this backend, with their size in memory.
 #[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)] // pgrx needs the column names inline
 fn ai_loaded_models() -> TableIterator<
     'static,
     (
@@ -112,15 +110,11 @@ fn ai_loaded_models() -> TableIterator<
 > {
     let mut rows = Vec::new();
     cache::for_each(|name, l| {
-        let architecture = match l.model.config.architecture.as_str() {
-            "" => l.model.config.family.name().to_string(),
-            a => a.to_string(),
-        };
         rows.push((
             name.to_string(),
-            architecture,
-            (l.model.parameter_bytes / 4) as i64,
-            l.model.parameter_bytes as i64,
+            l.model.architecture(),
+            (l.model.parameter_bytes() / 4) as i64,
+            l.model.parameter_bytes() as i64,
             l.load_time.as_secs_f64() * 1000.0,
             timestamp(l.loaded_at),
             timestamp(l.last_used),

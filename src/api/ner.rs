@@ -19,8 +19,9 @@ fn ai_ner(
     'static,
     (name!(entity, String), name!(label, String), name!(start_pos, i32), name!(end_pos, i32), name!(score, f32)),
 > {
-    let m = crate::store::model_for(model, Task::TokenClassification);
-    let entities = ner(&m, &[input], &mut interrupts).or_raise();
+    let loaded = crate::store::model_for(model, Task::TokenClassification);
+    let m = loaded.encoder().or_raise();
+    let entities = ner(m, &[input], &mut interrupts).or_raise();
     TableIterator::new(entities.into_iter().flatten().map(row))
 }
 
@@ -41,9 +42,10 @@ fn ai_ner_array(
     ),
 > {
     let (positions, texts) = present(&inputs);
-    let m = crate::store::model_for(model, Task::TokenClassification);
+    let loaded = crate::store::model_for(model, Task::TokenClassification);
+    let m = loaded.encoder().or_raise();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let entities = ner(&m, &texts, &mut interrupts).or_raise();
+    let entities = ner(m, &texts, &mut interrupts).or_raise();
     TableIterator::new(positions.into_iter().zip(entities).flat_map(|(ord, es)| {
         es.into_iter().map(move |e| {
             let (text, label, start, end, score) = row(e);

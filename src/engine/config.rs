@@ -52,6 +52,10 @@ impl ModelConfig {
     pub fn from_json(text: &str) -> Result<Self> {
         let raw: Value =
             serde_json::from_str(text).map_err(|e| AiError::corrupt(format!("config.json is not valid JSON: {e}")))?;
+        Self::from_value(raw)
+    }
+
+    pub fn from_value(raw: Value) -> Result<Self> {
         let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("");
         let family = match model_type {
             "bert" => Family::Bert,
@@ -59,7 +63,7 @@ impl ModelConfig {
             "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
             other => {
                 return Err(AiError::invalid(format!("model_type \"{other}\" is not supported"))
-                    .with_hint("pg_ai runs bert, distilbert and roberta encoders."))
+                    .with_hint("pg_ai runs bert, distilbert and roberta encoders and gpt2 decoders."))
             }
         };
         let need = |names: &[&str]| {

@@ -160,7 +160,7 @@ impl Encoder {
             Family::Bert | Family::Roberta => &BERT_NAMES,
         };
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
-        if config.heads == 0 || h % config.heads != 0 {
+        if config.heads == 0 || !h.is_multiple_of(config.heads) {
             return Err(AiError::corrupt("hidden size is not a multiple of the number of heads"));
         }
         let base = Self::base(vb, config);

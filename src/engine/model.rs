@@ -1,5 +1,6 @@
 //! A model ready to answer: its config, tokenizer, encoder, task head and sentence pooling.
 
+use super::causal::CausalModel;
 use super::config::ModelConfig;
 use super::encoder::{var_builder, Encoder, Head};
 use super::error::{AiError, Result};
@@ -14,11 +15,17 @@ pub enum Task {
     TextClassification,
     TokenClassification,
     FeatureExtraction,
+    TextGeneration,
 }
 
 impl Task {
-    pub const ALL: [Task; 4] =
-        [Task::FillMask, Task::TextClassification, Task::TokenClassification, Task::FeatureExtraction];
+    pub const ALL: [Task; 5] = [
+        Task::FillMask,
+        Task::TextClassification,
+        Task::TokenClassification,
+        Task::FeatureExtraction,
+        Task::TextGeneration,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -26,6 +33,7 @@ impl Task {
             Task::TextClassification => "text-classification",
             Task::TokenClassification => "token-classification",
             Task::FeatureExtraction => "feature-extraction",
+            Task::TextGeneration => "text-generation",
         }
     }
 
@@ -44,6 +52,8 @@ impl Task {
             Task::TextClassification
         } else if architecture.ends_with("ForTokenClassification") {
             Task::TokenClassification
+        } else if architecture.ends_with("LMHeadModel") || architecture.ends_with("ForCausalLM") {
+            Task::TextGeneration
         } else {
             Task::FeatureExtraction
         }
@@ -60,11 +70,90 @@ pub struct Model {
     pub parameter_bytes: usize,
 }
 
-impl Model {
-    pub fn load(files: &ModelFiles) -> Result<Model> {
+/// Any model pg_ai can load: an encoder with its task head, or a decoder that generates.
+#[allow(clippy::large_enum_variant)] // one per loaded model, behind an Rc
+pub enum AnyModel {
+    Encoder(Model),
+    Causal(CausalModel),
+}
+
+impl AnyModel {
+    pub fn load(files: &ModelFiles) -> Result<AnyModel> {
         let text = std::fs::read_to_string(files.dir.join("config.json"))
             .map_err(|e| AiError::missing_file(format!("cannot read config.json: {e}")))?;
-        let config = ModelConfig::from_json(&text)?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| AiError::corrupt(format!("config.json is not valid JSON: {e}")))?;
+        match config.get("model_type").and_then(serde_json::Value::as_str) {
+            Some("gpt2") => Ok(AnyModel::Causal(CausalModel::load(files, config)?)),
+            _ => Ok(AnyModel::Encoder(Model::load(files, ModelConfig::from_value(config)?)?)),
+        }
+    }
+
+    pub fn can(&self, task: Task) -> bool {
+        match self {
+            AnyModel::Encoder(m) => m.can(task),
+            AnyModel::Causal(_) => task == Task::TextGeneration,
+        }
+    }
+
+    pub fn default_task(&self) -> Task {
+        match self {
+            AnyModel::Encoder(m) => m.default_task(),
+            AnyModel::Causal(_) => Task::TextGeneration,
+        }
+    }
+
+    /// config.json's architecture, or the family when it names none.
+    pub fn architecture(&self) -> String {
+        match self {
+            AnyModel::Encoder(m) if m.config.architecture.is_empty() => m.config.family.name().to_string(),
+            AnyModel::Encoder(m) => m.config.architecture.clone(),
+            AnyModel::Causal(m) => m.architecture.clone(),
+        }
+    }
+
+    pub fn config_json(&self) -> &serde_json::Value {
+        match self {
+            AnyModel::Encoder(m) => &m.config.raw,
+            AnyModel::Causal(m) => &m.config,
+        }
+    }
+
+    pub fn parameter_bytes(&self) -> usize {
+        match self {
+            AnyModel::Encoder(m) => m.parameter_bytes,
+            AnyModel::Causal(m) => m.parameter_bytes,
+        }
+    }
+
+    pub fn require(&self, task: Task, model_name: &str) -> Result<()> {
+        if self.can(task) {
+            return Ok(());
+        }
+        let can: Vec<&str> = Task::ALL.into_iter().filter(|t| self.can(*t)).map(Task::name).collect();
+        Err(AiError::wrong_task(format!("model \"{model_name}\" cannot do {}", task.name()))
+            .with_hint(format!("Its weights support: {}.", can.join(", "))))
+    }
+
+    /// The encoder, for the encoder tasks; `require` has been called with one of them.
+    pub fn encoder(&self) -> Result<&Model> {
+        match self {
+            AnyModel::Encoder(m) => Ok(m),
+            AnyModel::Causal(_) => Err(AiError::wrong_task("a decoder model has no encoder tasks")),
+        }
+    }
+
+    pub fn causal(&self) -> Result<&CausalModel> {
+        match self {
+            AnyModel::Causal(m) => Ok(m),
+            AnyModel::Encoder(_) => Err(AiError::wrong_task("an encoder model cannot generate text")
+                .with_hint("Use a decoder model such as GPT-2 for ai_generate.")),
+        }
+    }
+}
+
+impl Model {
+    pub fn load(files: &ModelFiles, config: ModelConfig) -> Result<Model> {
         let tokenizer = TextTokenizer::load(&files.dir, config.max_tokens())?;
         let vb = var_builder(&files.weights)?;
         let encoder = Encoder::load(&vb, &config)?;
@@ -93,14 +182,5 @@ impl Model {
             Some(Head::TokenClassifier { .. }) => Task::TokenClassification,
             None => Task::from_architecture(&self.config.architecture),
         }
-    }
-
-    pub fn require(&self, task: Task, model_name: &str) -> Result<()> {
-        if self.can(task) {
-            return Ok(());
-        }
-        let can: Vec<&str> = Task::ALL.into_iter().filter(|t| self.can(*t)).map(Task::name).collect();
-        Err(AiError::wrong_task(format!("model \"{model_name}\" cannot do {}", task.name()))
-            .with_hint(format!("Its weights support: {}.", can.join(", "))))
     }
 }

@@ -3,14 +3,14 @@
 
 use super::catalog::CatalogEntry;
 use crate::engine::error::Result;
-use crate::engine::model::Model;
+use crate::engine::model::AnyModel;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 pub struct Loaded {
-    pub model: Rc<Model>,
+    pub model: Rc<AnyModel>,
     /// sha256 and registration time of the catalog row it was loaded for.
     identity: (String, String),
     pub load_time: Duration,
@@ -24,7 +24,7 @@ thread_local! {
     static LOADED: RefCell<HashMap<String, Loaded>> = RefCell::new(HashMap::new());
 }
 
-pub fn get_or_load(entry: &CatalogEntry, load: impl FnOnce() -> Result<Model>) -> Result<Rc<Model>> {
+pub fn get_or_load(entry: &CatalogEntry, load: impl FnOnce() -> Result<AnyModel>) -> Result<Rc<AnyModel>> {
     let identity = (entry.sha256.clone(), entry.created_at.clone());
     let hit = LOADED.with_borrow_mut(|loaded| {
         let l = loaded.get_mut(&entry.name).filter(|l| l.identity == identity)?;
@@ -41,7 +41,7 @@ pub fn get_or_load(entry: &CatalogEntry, load: impl FnOnce() -> Result<Model>) -
 }
 
 /// Keeps `model` as the loaded copy of `entry`; `calls` counts the task calls it has served.
-pub fn insert(entry: &CatalogEntry, model: Model, load_time: Duration, calls: u64) -> Rc<Model> {
+pub fn insert(entry: &CatalogEntry, model: AnyModel, load_time: Duration, calls: u64) -> Rc<AnyModel> {
     let model = Rc::new(model);
     let now = SystemTime::now();
     let identity = (entry.sha256.clone(), entry.created_at.clone());

@@ -7,12 +7,12 @@ pub mod stored_files;
 
 use crate::engine::error::{AiError, ErrorKind};
 use crate::engine::files::ModelFiles;
-use crate::engine::model::{Model, Task};
+use crate::engine::model::{AnyModel, Task};
 use crate::error::OrRaise;
 use std::rc::Rc;
 
 /// The model registered as `name`, loaded once per backend, checked able to do `task`.
-pub fn model_for(name: &str, task: Task) -> Rc<Model> {
+pub fn model_for(name: &str, task: Task) -> Rc<AnyModel> {
     let entry = catalog::find(name).unwrap_or_else(|| {
         crate::error::raise(
             AiError::new(ErrorKind::UndefinedModel, format!("model \"{name}\" does not exist")).with_hint(
@@ -27,7 +27,7 @@ pub fn model_for(name: &str, task: Task) -> Rc<Model> {
         } else {
             ModelFiles::locate(&entry.source, crate::guc::hf_cache_dir().as_deref())
         }?;
-        Model::load(&files)
+        AnyModel::load(&files)
     })
     .or_raise();
     model.require(task, name).or_raise();

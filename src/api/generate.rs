@@ -1,0 +1,78 @@
+//! ai_generate and ai_generate_stream: text generation with decoder models.
+
+use super::interrupts;
+use crate::engine::generate::{generate, GenerateOptions};
+use crate::engine::model::Task;
+use crate::error::OrRaise;
+use pgrx::prelude::*;
+
+#[allow(clippy::too_many_arguments)]
+fn options(
+    max_tokens: Option<i32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i32>,
+    seed: Option<i64>,
+    stop: Option<Array<&str>>,
+    repetition_penalty: Option<f32>,
+) -> GenerateOptions {
+    GenerateOptions {
+        // Out-of-range values fail GenerateOptions::check with the allowed range in the message.
+        max_tokens: max_tokens.map_or(GenerateOptions::default().max_tokens, |n| usize::try_from(n).unwrap_or(0)),
+        temperature: temperature.unwrap_or(0.0) as f64,
+        top_p: top_p.unwrap_or(1.0) as f64,
+        top_k: top_k.map_or(0, |k| usize::try_from(k).unwrap_or(0)),
+        seed: seed.map(|s| s as u64),
+        stop: stop.map(|a| a.iter().flatten().map(str::to_string).collect()).unwrap_or_default(),
+        repetition_penalty: repetition_penalty.unwrap_or(1.0),
+    }
+}
+
+/// Generates the pieces of the continuation of `prompt`; NULL prompt or model gives None.
+fn run(prompt: Option<&str>, model: Option<&str>, options: GenerateOptions) -> Option<Vec<String>> {
+    let (prompt, model) = (prompt?, model?);
+    let loaded = crate::store::model_for(model, Task::TextGeneration);
+    let m = loaded.causal().or_raise();
+    let mut pieces = Vec::new();
+    generate(&mut m.session(), m, prompt, &options, &mut interrupts, &mut |p| pieces.push(p.to_string())).or_raise();
+    Some(pieces)
+}
+
+/// The continuation of `prompt` (without the prompt). temperature 0 is greedy; a seed makes
+/// sampling repeatable; generation ends at the end-of-text token, at max_tokens, or before the
+/// first stop string.
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::too_many_arguments)]
+fn ai_generate(
+    prompt: Option<&str>,
+    model: Option<&str>,
+    max_tokens: default!(Option<i32>, 64),
+    temperature: default!(Option<f32>, 0),
+    top_p: default!(Option<f32>, 1),
+    top_k: default!(Option<i32>, 0),
+    seed: default!(Option<i64>, "NULL"),
+    stop: default!(Option<Array<&str>>, "NULL"),
+    repetition_penalty: default!(Option<f32>, 1),
+) -> Option<String> {
+    let options = options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty);
+    run(prompt, model, options).map(|pieces| pieces.concat())
+}
+
+/// The same continuation as ai_generate, one row per piece in the order made; pieces never
+/// split a character and concatenate to exactly what ai_generate returns.
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::too_many_arguments)]
+fn ai_generate_stream(
+    prompt: Option<&str>,
+    model: Option<&str>,
+    max_tokens: default!(Option<i32>, 64),
+    temperature: default!(Option<f32>, 0),
+    top_p: default!(Option<f32>, 1),
+    top_k: default!(Option<i32>, 0),
+    seed: default!(Option<i64>, "NULL"),
+    stop: default!(Option<Array<&str>>, "NULL"),
+    repetition_penalty: default!(Option<f32>, 1),
+) -> SetOfIterator<'static, String> {
+    let options = options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty);
+    SetOfIterator::new(run(prompt, model, options).unwrap_or_default())
+}

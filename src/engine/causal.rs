@@ -1,0 +1,85 @@
+//! A causal language model ready to generate: GPT-2 weights, its tokenizer and its end token.
+
+use super::encoder::var_builder;
+use super::error::{AiError, Result};
+use super::files::ModelFiles;
+use super::generate::{Decoder, TextCodec};
+use super::gpt2::{Gpt2, Gpt2Config, KvCache};
+use candle_core::Tensor;
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+pub struct CausalModel {
+    pub architecture: String,
+    pub config: Value,
+    model: Gpt2,
+    tokenizer: Tokenizer,
+    eos_id: Option<u32>,
+    pub parameter_bytes: usize,
+}
+
+impl CausalModel {
+    pub fn load(files: &ModelFiles, config: Value) -> Result<Self> {
+        let gpt2_config = Gpt2Config::from_json(&config)?;
+        let path = files.dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| AiError::corrupt(format!("cannot read {}: {e}", path.display())))?;
+        // Prompts are checked against the context size, never silently cut.
+        tokenizer.with_truncation(None).map_err(|e| AiError::corrupt(format!("tokenizer.json: {e}")))?;
+        tokenizer.with_padding(None);
+        let eos_id = gpt2_config.eos_token_id;
+        let model = Gpt2::load(&var_builder(&files.weights)?, gpt2_config)?;
+        let parameter_bytes = model.parameter_count() * 4;
+        let architecture =
+            config.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("GPT2LMHeadModel");
+        Ok(CausalModel { architecture: architecture.to_string(), config, model, tokenizer, eos_id, parameter_bytes })
+    }
+
+    /// A generation session: its own KV cache over the shared weights.
+    pub fn session(&self) -> Session<'_> {
+        Session { model: &self.model, cache: KvCache::default() }
+    }
+
+    /// The next-token logits after `prompt`, for checks against transformers.
+    pub fn next_token_logits(&self, prompt: &str) -> Result<Vec<f32>> {
+        let ids = self.encode_prompt(prompt)?;
+        Ok(self.model.forward(&ids, &mut KvCache::default())?.to_vec1()?)
+    }
+}
+
+pub struct Session<'a> {
+    model: &'a Gpt2,
+    cache: KvCache,
+}
+
+impl Decoder for Session<'_> {
+    fn reset(&mut self) {
+        self.cache = KvCache::default();
+    }
+
+    fn context_size(&self) -> usize {
+        self.model.config.n_positions
+    }
+
+    fn next_logits(&mut self, ids: &[u32]) -> Result<Tensor> {
+        self.model.forward(ids, &mut self.cache)
+    }
+}
+
+impl TextCodec for CausalModel {
+    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| AiError::invalid(format!("cannot tokenize the prompt: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| AiError::internal(format!("cannot decode tokens: {e}")))
+    }
+
+    fn eos_id(&self) -> Option<u32> {
+        self.eos_id
+    }
+}

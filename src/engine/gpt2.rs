@@ -1,0 +1,220 @@
+//! GPT-2 with a KV cache. candle has no GPT-2; the nearest model (bigcode) stores its projections
+//! the other way round, as GPT-2's Conv1D layers keep their weights as (in, out).
+
+use super::error::{AiError, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_positions: usize,
+    pub n_inner: usize,
+    pub layer_norm_epsilon: f64,
+    pub eos_token_id: Option<u32>,
+}
+
+impl Gpt2Config {
+    pub fn from_json(raw: &Value) -> Result<Self> {
+        let need = |name: &str| {
+            raw.get(name)
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| AiError::corrupt(format!("config.json lacks {name}")))
+        };
+        let n_embd = need("n_embd")?;
+        let activation = raw.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
+        if !matches!(activation, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
+            return Err(AiError::invalid(format!("GPT-2 activation \"{activation}\" is not supported")));
+        }
+        Ok(Gpt2Config {
+            vocab_size: need("vocab_size")?,
+            n_embd,
+            n_layer: need("n_layer")?,
+            n_head: need("n_head")?,
+            n_positions: need("n_positions")?,
+            n_inner: raw.get("n_inner").and_then(Value::as_u64).map_or(4 * n_embd, |v| v as usize),
+            layer_norm_epsilon: raw.get("layer_norm_epsilon").and_then(Value::as_f64).unwrap_or(1e-5),
+            eos_token_id: raw.get("eos_token_id").and_then(Value::as_u64).map(|v| v as u32),
+        })
+    }
+}
+
+/// GPT-2's Conv1D is a linear layer with its weight stored as (in, out).
+fn conv1d(vb: VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Linear> {
+    let weight = vb.get((d_in, d_out), "weight")?.t()?.contiguous()?;
+    Ok(Linear::new(weight, Some(vb.get(d_out, "bias")?)))
+}
+
+fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> candle_core::Result<LayerNorm> {
+    Ok(LayerNorm::new(vb.get(dim, "weight")?, vb.get(dim, "bias")?, eps))
+}
+
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Linear,
+    attn_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    mlp_proj: Linear,
+}
+
+pub struct Gpt2 {
+    pub config: Gpt2Config,
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    lm_head: Linear,
+    /// The LM head is the token embedding matrix itself.
+    tied_head: bool,
+}
+
+/// Keys and values of the tokens seen so far, per layer: (1, heads, seen, head_dim).
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Gpt2 {
+    pub fn load(vb: &VarBuilder, config: Gpt2Config) -> Result<Self> {
+        let c = &config;
+        let load = || -> candle_core::Result<Gpt2> {
+            let t = if vb.contains_tensor("transformer.wte.weight") { vb.pp("transformer") } else { vb.clone() };
+            let wte = Embedding::new(t.pp("wte").get((c.vocab_size, c.n_embd), "weight")?, c.n_embd);
+            let wpe = Embedding::new(t.pp("wpe").get((c.n_positions, c.n_embd), "weight")?, c.n_embd);
+            let mut blocks = Vec::with_capacity(c.n_layer);
+            for i in 0..c.n_layer {
+                let b = t.pp(format!("h.{i}"));
+                blocks.push(Block {
+                    ln_1: layer_norm(b.pp("ln_1"), c.n_embd, c.layer_norm_epsilon)?,
+                    c_attn: conv1d(b.pp("attn.c_attn"), c.n_embd, 3 * c.n_embd)?,
+                    attn_proj: conv1d(b.pp("attn.c_proj"), c.n_embd, c.n_embd)?,
+                    ln_2: layer_norm(b.pp("ln_2"), c.n_embd, c.layer_norm_epsilon)?,
+                    c_fc: conv1d(b.pp("mlp.c_fc"), c.n_embd, c.n_inner)?,
+                    mlp_proj: conv1d(b.pp("mlp.c_proj"), c.n_inner, c.n_embd)?,
+                });
+            }
+            // The LM head is tied to the token embeddings and usually absent from the file.
+            let tied_head = !vb.contains_tensor("lm_head.weight");
+            let head = if tied_head {
+                wte.embeddings().clone()
+            } else {
+                vb.pp("lm_head").get((c.vocab_size, c.n_embd), "weight")?
+            };
+            Ok(Gpt2 {
+                ln_f: layer_norm(t.pp("ln_f"), c.n_embd, c.layer_norm_epsilon)?,
+                lm_head: Linear::new(head, None),
+                tied_head,
+                wte,
+                wpe,
+                blocks,
+                config: config.clone(),
+            })
+        };
+        if config.n_head == 0 || !config.n_embd.is_multiple_of(config.n_head) {
+            return Err(AiError::corrupt("n_embd is not a multiple of n_head"));
+        }
+        load().map_err(|e| AiError::corrupt(format!("the weights do not match config.json: {e}")))
+    }
+
+    /// Parameters held, counting the tied LM head once.
+    pub fn parameter_count(&self) -> usize {
+        let lin = |l: &Linear| l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count);
+        let norm = |n: &LayerNorm| 2 * n.weight().elem_count();
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                norm(&b.ln_1) + norm(&b.ln_2) + lin(&b.c_attn) + lin(&b.attn_proj) + lin(&b.c_fc) + lin(&b.mlp_proj)
+            })
+            .sum();
+        self.wte.embeddings().elem_count()
+            + self.wpe.embeddings().elem_count()
+            + blocks
+            + norm(&self.ln_f)
+            + if self.tied_head { 0 } else { self.lm_head.weight().elem_count() }
+    }
+
+    /// Feeds `ids` after the tokens already in `cache` and returns the logits of the last one, (vocab).
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let c = &self.config;
+        let past = cache.len();
+        let seq = ids.len();
+        if past + seq > c.n_positions {
+            return Err(AiError::invalid(format!(
+                "the prompt and the generated text need {} tokens; this model accepts at most {}",
+                past + seq,
+                c.n_positions
+            ))
+            .with_hint("Shorten the prompt or lower max_tokens."));
+        }
+        cache.layers.resize(self.blocks.len(), None);
+        let input = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+        let positions = Tensor::arange(past as u32, (past + seq) as u32, &Device::Cpu)?;
+        let mut x = self.wte.forward(&input)?.broadcast_add(&self.wpe.forward(&positions)?)?;
+        let mask = causal_mask(seq, past)?;
+        for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = self.block_forward(block, &x, kv, mask.as_ref())?;
+        }
+        let last = self.ln_f.forward(&x.narrow(1, seq - 1, 1)?)?;
+        Ok(self.lm_head.forward(&last)?.squeeze(0)?.squeeze(0)?)
+    }
+
+    fn block_forward(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        kv: &mut Option<(Tensor, Tensor)>,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (batch, seq, h) = x.dims3()?;
+        let heads = self.config.n_head;
+        let d = h / heads;
+        let qkv = b.c_attn.forward(&b.ln_1.forward(x)?)?;
+        let split = |i: usize| qkv.narrow(D::Minus1, i * h, h)?.reshape((batch, seq, heads, d))?.transpose(1, 2);
+        let (q, mut k, mut v) = (split(0)?.contiguous()?, split(1)?, split(2)?);
+        if let Some((past_k, past_v)) = kv.as_ref() {
+            k = Tensor::cat(&[past_k, &k], 2)?;
+            v = Tensor::cat(&[past_v, &v], 2)?;
+        }
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        *kv = Some((k.clone(), v.clone()));
+        let mut scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let context = softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, h))?;
+        let x = (x + b.attn_proj.forward(&context)?)?;
+        let mlp = b.mlp_proj.forward(&b.c_fc.forward(&b.ln_2.forward(&x)?)?.gelu()?)?;
+        x + mlp
+    }
+}
+
+/// (seq, past + seq) additive mask: token i sees the past and itself, nothing after. None for one token.
+fn causal_mask(seq: usize, past: usize) -> candle_core::Result<Option<Tensor>> {
+    if seq == 1 {
+        return Ok(None);
+    }
+    let total = past + seq;
+    let mask: Vec<f32> =
+        (0..seq).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Ok(Some(Tensor::from_vec(mask, (seq, total), &Device::Cpu)?.to_dtype(DType::F32)?))
+}

@@ -1,0 +1,39 @@
+-- ai_generate and ai_generate_stream with the small GPT-2 fixture (greedy ids checked against
+-- transformers' generate in tests/golden.rs).
+CREATE EXTENSION pg_ai;
+\i tests/sql/_helpers.psql
+SELECT ai_load_model('gpt2', :'fixtures' || '/models/gpt2');
+SELECT name, task, architecture FROM ai.models;
+
+-- Greedy by default: the continuation only, ending at the end-of-text token or max_tokens.
+SELECT ai_generate('the cat', 'gpt2');
+SELECT ai_generate('bob lives in', 'gpt2', max_tokens => 2);
+
+-- The stream's pieces, in order, concatenate to what ai_generate returns.
+SELECT * FROM ai_generate_stream('the dog ran to the', 'gpt2');
+SELECT string_agg(piece, '') = ai_generate('alice is', 'gpt2') AS stream_equals_generate
+FROM ai_generate_stream('alice is', 'gpt2') AS piece;
+
+-- Sampling: the same seed gives the same text, different seeds differ.
+SELECT ai_generate('the', 'gpt2', temperature => 1.5, seed => 42)
+     = ai_generate('the', 'gpt2', temperature => 1.5, seed => 42) AS same_seed_same_text;
+SELECT count(DISTINCT ai_generate('the', 'gpt2', temperature => 1.5, top_k => 50, top_p => 0.95, seed => s)) > 1
+       AS seeds_differ
+FROM generate_series(1, 8) AS s;
+
+-- A stop string ends the text before it.
+SELECT ai_generate('alice is', 'gpt2', stop => ARRAY['ing']);
+
+-- NULL in, NULL out.
+SELECT ai_generate(NULL, 'gpt2') IS NULL AS null_prompt;
+
+-- Errors.
+SELECT pg_temp.try($$SELECT ai_generate('the', 'gpt2', max_tokens => 0)$$) AS max_tokens_zero;
+SELECT pg_temp.try($$SELECT ai_generate('the', 'gpt2', max_tokens => 100000)$$) AS max_tokens_too_large;
+SELECT pg_temp.try($$SELECT ai_generate('the', 'gpt2', temperature => -1)$$) AS negative_temperature;
+SELECT pg_temp.try($$SELECT ai_generate('the', 'gpt2', top_p => 0)$$) AS top_p_zero;
+SELECT pg_temp.try($$SELECT ai_generate('', 'gpt2')$$) AS empty_prompt;
+SELECT pg_temp.try($$SELECT ai_generate(repeat('the cat ', 40), 'gpt2')$$) AS prompt_too_long;
+SELECT ai_load_model('mlm', :'fixtures' || '/models/bert-mlm');
+SELECT pg_temp.try($$SELECT ai_generate('the', 'mlm')$$) AS encoder_cannot_generate;
+SELECT pg_temp.try($$SELECT * FROM ai_fill_mask('the [MASK]', 'gpt2')$$) AS decoder_cannot_fill_mask;
