@@ -40,6 +40,17 @@ SELECT label, round(score::numeric, 3) AS score FROM ai_classify('we watched the
 SELECT ai_load_model('tiny-ner', :'root' || '/tests/fixtures/models/bert-ner');
 SELECT entity, label, start_pos, end_pos FROM ai_ner('Carol Smith flew to New York yesterday.', 'tiny-ner');
 
+\echo '== Text generation with a small GPT-2 (tests/fixtures/models/gpt2, trained on a few template sentences)'
+SELECT ai_load_model('tiny-gpt2', :'root' || '/tests/fixtures/models/gpt2');
+SELECT ai_generate('the cat', 'tiny-gpt2') AS greedy,
+       ai_generate('alice', 'tiny-gpt2', temperature => 0.9, seed => 7) AS sampled;
+
+\echo '== A real instruction model: SmolLM2-135M-Instruct from its GGUF file (tokenizer and chat template inside)'
+SELECT ai_load_model('smollm2', :'root' || '/.models/SmolLM2-135M-Instruct.Q4_1.gguf');
+SELECT ai_chat('[{"role": "user", "content": "What is the capital of France?"}]', 'smollm2', max_tokens => 40) AS reply;
+SELECT ai_chat('[{"role": "system", "content": "You answer in one short sentence."},
+                 {"role": "user", "content": "Why is the sky blue?"}]', 'smollm2', max_tokens => 60) AS reply;
+
 \echo '== Loaded in this backend'
 SELECT name, architecture, parameters, pg_size_pretty(memory_bytes) AS memory, round(load_ms::numeric, 1) AS load_ms
 FROM ai_loaded_models() ORDER BY name;

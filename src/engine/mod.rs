@@ -2,11 +2,13 @@
 //! so all of it is tested with plain `cargo test`.
 
 pub mod causal;
+pub mod chat;
 pub mod config;
 pub mod encoder;
 pub mod error;
 pub mod files;
 pub mod generate;
+pub mod gguf;
 pub mod gpt2;
 pub mod model;
 pub mod pooling;

@@ -5,6 +5,8 @@ use super::config::ModelConfig;
 use super::encoder::{var_builder, Encoder, Head};
 use super::error::{AiError, Result};
 use super::files::ModelFiles;
+use super::generate::CausalLm;
+use super::gguf::GgufModel;
 use super::pooling::Pooling;
 use super::text::TextTokenizer;
 
@@ -75,10 +77,14 @@ pub struct Model {
 pub enum AnyModel {
     Encoder(Model),
     Causal(CausalModel),
+    Gguf(GgufModel),
 }
 
 impl AnyModel {
     pub fn load(files: &ModelFiles) -> Result<AnyModel> {
+        if let Some(path) = files.gguf() {
+            return Ok(AnyModel::Gguf(GgufModel::load(path)?));
+        }
         let text = std::fs::read_to_string(files.dir.join("config.json"))
             .map_err(|e| AiError::missing_file(format!("cannot read config.json: {e}")))?;
         let config: serde_json::Value =
@@ -92,14 +98,14 @@ impl AnyModel {
     pub fn can(&self, task: Task) -> bool {
         match self {
             AnyModel::Encoder(m) => m.can(task),
-            AnyModel::Causal(_) => task == Task::TextGeneration,
+            AnyModel::Causal(_) | AnyModel::Gguf(_) => task == Task::TextGeneration,
         }
     }
 
     pub fn default_task(&self) -> Task {
         match self {
             AnyModel::Encoder(m) => m.default_task(),
-            AnyModel::Causal(_) => Task::TextGeneration,
+            AnyModel::Causal(_) | AnyModel::Gguf(_) => Task::TextGeneration,
         }
     }
 
@@ -109,6 +115,7 @@ impl AnyModel {
             AnyModel::Encoder(m) if m.config.architecture.is_empty() => m.config.family.name().to_string(),
             AnyModel::Encoder(m) => m.config.architecture.clone(),
             AnyModel::Causal(m) => m.architecture.clone(),
+            AnyModel::Gguf(m) => m.architecture.clone(),
         }
     }
 
@@ -116,6 +123,7 @@ impl AnyModel {
         match self {
             AnyModel::Encoder(m) => &m.config.raw,
             AnyModel::Causal(m) => &m.config,
+            AnyModel::Gguf(m) => &m.metadata,
         }
     }
 
@@ -123,6 +131,8 @@ impl AnyModel {
         match self {
             AnyModel::Encoder(m) => m.parameter_bytes,
             AnyModel::Causal(m) => m.parameter_bytes,
+            // Quantized: the tensors take about what the file does.
+            AnyModel::Gguf(m) => m.file_bytes,
         }
     }
 
@@ -139,13 +149,14 @@ impl AnyModel {
     pub fn encoder(&self) -> Result<&Model> {
         match self {
             AnyModel::Encoder(m) => Ok(m),
-            AnyModel::Causal(_) => Err(AiError::wrong_task("a decoder model has no encoder tasks")),
+            AnyModel::Causal(_) | AnyModel::Gguf(_) => Err(AiError::wrong_task("a decoder model has no encoder tasks")),
         }
     }
 
-    pub fn causal(&self) -> Result<&CausalModel> {
+    pub fn causal(&self) -> Result<&dyn CausalLm> {
         match self {
             AnyModel::Causal(m) => Ok(m),
+            AnyModel::Gguf(m) => Ok(m),
             AnyModel::Encoder(_) => Err(AiError::wrong_task("an encoder model cannot generate text")
                 .with_hint("Use a decoder model such as GPT-2 for ai_generate.")),
         }

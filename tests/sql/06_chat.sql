@@ -1,0 +1,19 @@
+-- The real SmolLM2-135M-Instruct from its GGUF file (scripts/fetch-smollm2.sh): tokenizer and chat
+-- template come from the file itself.
+CREATE EXTENSION pg_ai;
+\i tests/sql/_helpers.psql
+SELECT ai_load_model('smollm2', :'root' || '/.models/SmolLM2-135M-Instruct.Q4_1.gguf');
+SELECT name, task, architecture, config->>'general.architecture' AS gguf_architecture FROM ai.models;
+
+-- Greedy answers are deterministic; this one names the capital.
+SELECT ai_chat('[{"role": "user", "content": "What is the capital of France?"}]', 'smollm2', max_tokens => 24)
+       LIKE '%Paris%' AS answers_paris;
+SELECT length(ai_generate('The three primary colours are', 'smollm2', max_tokens => 8)) > 0 AS continues_text;
+
+-- Errors.
+SELECT pg_temp.try($$SELECT ai_chat('{"role": "user"}', 'smollm2')$$) AS not_an_array;
+SELECT pg_temp.try($$SELECT ai_chat('[{"role": "robot", "content": "hi"}]', 'smollm2')$$) AS unknown_role;
+SELECT ai_load_model('gpt2', :'fixtures' || '/models/gpt2');
+SELECT pg_temp.try($$SELECT ai_chat('[{"role": "user", "content": "hi"}]', 'gpt2')$$) AS no_chat_template;
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', '/nonexistent/model.gguf')) AS missing_gguf;
+SELECT ai_chat(NULL, 'smollm2') IS NULL AS null_messages;
