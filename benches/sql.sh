@@ -18,6 +18,7 @@ sql -c "SELECT count(*) FROM ai.models WHERE name = 'minilm'" | grep -qx 1 || {
     exit 1
 }
 sql <<'SQL'
+SET client_min_messages = warning;
 DROP TABLE IF EXISTS bench_texts;
 CREATE TABLE bench_texts AS
 SELECT i, format('%s %s %s number %s.', (ARRAY['The cat', 'Alice', 'A man', 'The team', 'My neighbour'])[i % 5 + 1],
@@ -27,7 +28,7 @@ FROM generate_series(1, 1000) i;
 SQL
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "threads per backend: pg_ai.threads = $(sql -c 'SHOW pg_ai.threads') (0 = one per core)"
+echo "threads per backend: pg_ai.threads = $(sql -c 'SELECT count(*) FROM ai_loaded_models()' -c 'SHOW pg_ai.threads' | tail -n 1) (0 = one per core)"
 
 # A fresh connection's first call, less the cost of connecting and a trivial query.
 best_first=999999

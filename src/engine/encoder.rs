@@ -90,15 +90,21 @@ fn linear(vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize) -> candle_
     candle_nn::linear(in_dim, out_dim, vb.pp(name))
 }
 
+/// Stacks linear layers that read the same input into one.
+fn fused(parts: &[Linear]) -> candle_core::Result<Linear> {
+    let weights: Vec<&Tensor> = parts.iter().map(Linear::weight).collect();
+    let biases = parts.iter().map(|p| p.bias().cloned()).collect::<Option<Vec<Tensor>>>();
+    Ok(Linear::new(Tensor::cat(&weights, 0)?, biases.map(|b| Tensor::cat(&b, 0)).transpose()?))
+}
+
 fn layer_norm(vb: &VarBuilder, name: &str, dim: usize, eps: f64) -> candle_core::Result<LayerNorm> {
     let vb = vb.pp(name);
     Ok(LayerNorm::new(vb.get(dim, "weight")?, vb.get(dim, "bias")?, eps))
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Query, key and value projections in one matrix: one product instead of three.
+    qkv: Linear,
     attention_out: Linear,
     attention_norm: LayerNorm,
     ffn_in: Linear,
@@ -177,9 +183,11 @@ impl Encoder {
                 let l = base.pp(format!("{}.{i}", names.layer));
                 let inter = config.intermediate_size;
                 layers.push(Layer {
-                    query: linear(&l, names.query, h, h)?,
-                    key: linear(&l, names.key, h, h)?,
-                    value: linear(&l, names.value, h, h)?,
+                    qkv: fused(&[
+                        linear(&l, names.query, h, h)?,
+                        linear(&l, names.key, h, h)?,
+                        linear(&l, names.value, h, h)?,
+                    ])?,
                     attention_out: linear(&l, names.attention_out, h, h)?,
                     attention_norm: layer_norm(&l, names.attention_norm, h, eps)?,
                     ffn_in: linear(&l, names.ffn_in, h, inter)?,
@@ -234,9 +242,10 @@ impl Encoder {
         let (b, s, h) = x.dims3()?;
         let d = h / self.heads;
         let split = |t: Tensor| t.reshape((b, s, self.heads, d))?.transpose(1, 2)?.contiguous();
-        let q = split(l.query.forward(x)?)?;
-        let k = split(l.key.forward(x)?)?;
-        let v = split(l.value.forward(x)?)?;
+        let qkv = l.qkv.forward(x)?;
+        let q = split(qkv.narrow(2, 0, h)?)?;
+        let k = split(qkv.narrow(2, h, h)?)?;
+        let v = split(qkv.narrow(2, 2 * h, h)?)?;
         let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
         let context = softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
         let x = l.attention_norm.forward(&(l.attention_out.forward(&context)? + x)?)?;
@@ -255,7 +264,7 @@ impl Encoder {
             .layers
             .iter()
             .map(|l| {
-                [&l.query, &l.key, &l.value, &l.attention_out, &l.ffn_in, &l.ffn_out].map(lin).iter().sum::<usize>()
+                [&l.qkv, &l.attention_out, &l.ffn_in, &l.ffn_out].map(lin).iter().sum::<usize>()
                     + norm(&l.attention_norm)
                     + norm(&l.output_norm)
             })
