@@ -44,7 +44,7 @@ echo "first ai_embed in a new connection (load + answer): $(( best_first - best_
 sql <<'SQL'
 \pset format unaligned
 \pset tuples_only on
-SELECT ai_embed('warm up', 'minilm') IS NOT NULL;
+SELECT count(*) FROM ai_embed(ARRAY['warm up'], 'minilm') \g /dev/null
 CREATE TEMP TABLE timing (what text, ms float8);
 DO $$
 DECLARE t timestamptz;

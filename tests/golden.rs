@@ -252,9 +252,10 @@ fn smollm2_gguf_answers_through_its_chat_template() {
     let AnyModel::Gguf(m) = AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap()).unwrap() else {
         panic!("a GGUF model")
     };
-    let messages = parse_messages(&serde_json::json!([{"role": "user", "content": "What is the capital of France?"}]))
-        .unwrap();
-    let prompt = render(m.chat_template().expect("SmolLM2 ships a chat template"), &messages, "", "<|im_end|>").unwrap();
+    let messages =
+        parse_messages(&serde_json::json!([{"role": "user", "content": "What is the capital of France?"}])).unwrap();
+    let prompt =
+        render(m.chat_template().expect("SmolLM2 ships a chat template"), &messages, "", "<|im_end|>").unwrap();
     assert!(prompt.starts_with("<|im_start|>system\n") && prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
     let mut reply = String::new();
     let options = GenerateOptions { max_tokens: 24, ..Default::default() };

@@ -17,11 +17,37 @@ pub struct Loaded {
     pub loaded_at: SystemTime,
     pub last_used: SystemTime,
     pub calls: u64,
+    /// The statement in which the catalog row was last checked (see `checked`).
+    checked_in: Option<Statement>,
 }
+
+/// A statement of this backend: its start time and local transaction id.
+pub type Statement = (i64, u32);
 
 thread_local! {
     // A backend runs queries on one thread, so the cache needs no lock.
     static LOADED: RefCell<HashMap<String, Loaded>> = RefCell::new(HashMap::new());
+}
+
+/// The model, if the catalog row was already checked in `statement`: per-row calls then skip
+/// the catalog query. A statement's view of ai.models does not change under it, except through
+/// pg_ai's own functions, which unload or replace what they change.
+pub fn checked(name: &str, statement: Statement) -> Option<Rc<AnyModel>> {
+    LOADED.with_borrow_mut(|loaded| {
+        let l = loaded.get_mut(name).filter(|l| l.checked_in == Some(statement))?;
+        l.last_used = SystemTime::now();
+        l.calls += 1;
+        Some(l.model.clone())
+    })
+}
+
+/// Notes that `name`'s catalog row was checked in `statement`.
+pub fn mark_checked(name: &str, statement: Statement) {
+    LOADED.with_borrow_mut(|loaded| {
+        if let Some(l) = loaded.get_mut(name) {
+            l.checked_in = Some(statement);
+        }
+    });
 }
 
 pub fn get_or_load(entry: &CatalogEntry, load: impl FnOnce() -> Result<AnyModel>) -> Result<Rc<AnyModel>> {
@@ -45,7 +71,8 @@ pub fn insert(entry: &CatalogEntry, model: AnyModel, load_time: Duration, calls:
     let model = Rc::new(model);
     let now = SystemTime::now();
     let identity = (entry.sha256.clone(), entry.created_at.clone());
-    let loaded = Loaded { model: model.clone(), identity, load_time, loaded_at: now, last_used: now, calls };
+    let loaded =
+        Loaded { model: model.clone(), identity, load_time, loaded_at: now, last_used: now, calls, checked_in: None };
     LOADED.with_borrow_mut(|l| l.insert(entry.name.clone(), loaded));
     model
 }
