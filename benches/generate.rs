@@ -1,0 +1,63 @@
+//! Generation speed, engine only: prompt processing and token generation, separately.
+//!
+//!     scripts/fetch-smollm2.sh && cargo bench --bench generate
+//!
+//! SmolLM2-135M-Instruct (GGUF Q4_1) and the tiny fixture GPT-2. PG_AI_THREADS sets the threads.
+
+use pg_ai::engine::files::ModelFiles;
+use pg_ai::engine::generate::{CausalLm, Decoder};
+use pg_ai::engine::model::AnyModel;
+use std::path::PathBuf;
+use std::time::Instant;
+
+const PROMPT: &str = "PostgreSQL is a powerful, open source object-relational database system with over 35 years \
+    of active development that has earned it a strong reputation for reliability, feature robustness, and \
+    performance. It supports both SQL and JSON querying, and it runs on all major operating systems.";
+
+fn bench(name: &str, source: &str, prompt: &str, new_tokens: usize) {
+    let loaded = AnyModel::load(&ModelFiles::locate(source, None).expect("model files")).expect("model loads");
+    let model = loaded.causal().expect("a decoder");
+    let prompt = model.codec().encode_prompt(prompt).unwrap();
+    let mut session: Box<dyn Decoder + '_> = model.session();
+    // Warm up once, then time prompt processing and greedy generation separately.
+    session.next_logits(&prompt).unwrap();
+    session.reset();
+    let started = Instant::now();
+    let mut logits = session.next_logits(&prompt).unwrap();
+    let prompt_time = started.elapsed();
+    let room = session.context_size() - prompt.len() - 1;
+    let n = new_tokens.min(room);
+    let started = Instant::now();
+    for _ in 0..n {
+        let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        logits = session.next_logits(&[next]).unwrap();
+    }
+    let generation_time = started.elapsed();
+    println!("{name}");
+    println!(
+        "  prompt: {} tokens in {:.1} ms, {:.0} tokens/s",
+        prompt.len(),
+        prompt_time.as_secs_f64() * 1e3,
+        prompt.len() as f64 / prompt_time.as_secs_f64()
+    );
+    println!(
+        "  generation: {n} tokens in {:.1} ms, {:.1} tokens/s",
+        generation_time.as_secs_f64() * 1e3,
+        n as f64 / generation_time.as_secs_f64()
+    );
+}
+
+fn main() {
+    let threads = std::env::var("PG_AI_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+    pg_ai::engine::threads::configure(threads);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let smollm2 = root.join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if smollm2.is_file() {
+        bench("SmolLM2-135M-Instruct, GGUF Q4_1", smollm2.to_str().unwrap(), PROMPT, 64);
+    } else {
+        println!("skipping SmolLM2: run scripts/fetch-smollm2.sh first");
+    }
+    let gpt2 = root.join("tests/fixtures/models/gpt2");
+    let prompt = "the cat sat in the park . alice is eating bread . bob lives in";
+    bench("tests/fixtures/models/gpt2 (tiny, 64-token context)", gpt2.to_str().unwrap(), prompt, 64);
+}
