@@ -5,7 +5,7 @@
 //! SmolLM2-135M-Instruct (GGUF Q4_1) and the tiny fixture GPT-2. PG_AI_THREADS sets the threads.
 
 use pg_ai::engine::files::ModelFiles;
-use pg_ai::engine::generate::{CausalLm, Decoder};
+use pg_ai::engine::generate::Decoder;
 use pg_ai::engine::model::AnyModel;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,10 +18,10 @@ fn bench(name: &str, source: &str, prompt: &str, new_tokens: usize) {
     let loaded = AnyModel::load(&ModelFiles::locate(source, None).expect("model files")).expect("model loads");
     let model = loaded.causal().expect("a decoder");
     let prompt = model.codec().encode_prompt(prompt).unwrap();
-    let mut session: Box<dyn Decoder + '_> = model.session();
+    let mut session: Box<dyn Decoder + '_> = model.session().unwrap();
     // Warm up once, then time prompt processing and greedy generation separately.
     session.next_logits(&prompt).unwrap();
-    session.reset();
+    session.reset().unwrap();
     let started = Instant::now();
     let mut logits = session.next_logits(&prompt).unwrap();
     let prompt_time = started.elapsed();

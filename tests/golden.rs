@@ -177,49 +177,57 @@ fn minilm_embeddings_match_sentence_transformers() {
 
 mod generation {
     use super::*;
-    use pg_ai::engine::causal::CausalModel;
-    use pg_ai::engine::generate::{generate_with, GenerateOptions};
+    use pg_ai::engine::generate::{generate_with, CausalLm, GenerateOptions};
 
-    fn gpt2() -> CausalModel {
-        match load(fixtures().join("models/gpt2")) {
-            AnyModel::Causal(m) => m,
-            _ => panic!("the fixture is a GPT-2"),
-        }
+    fn decoder(name: &str) -> AnyModel {
+        load(fixtures().join("models").join(name))
     }
 
-    fn run(m: &CausalModel, prompt: &str, options: &GenerateOptions) -> (Vec<u32>, Vec<String>) {
+    fn run(m: &dyn CausalLm, prompt: &str, options: &GenerateOptions) -> (Vec<u32>, Vec<String>) {
         let mut pieces = Vec::new();
         let ids = generate_with(m, prompt, options, &mut || (), &mut |p| pieces.push(p.to_string())).unwrap();
         (ids, pieces)
     }
 
-    #[test]
-    fn gpt2_greedy_ids_and_logits_match_transformers() {
-        let m = gpt2();
-        let g = golden("gpt2");
+    fn check_greedy(name: &str) {
+        let loaded = decoder(name);
+        let m = loaded.causal().unwrap();
+        let g = golden(name);
         let options = GenerateOptions { max_tokens: 20, ..Default::default() };
         for case in cases(&g, "generate") {
             let prompt = case["prompt"].as_str().unwrap();
-            let logits = m.next_token_logits(prompt).unwrap();
+            let ids = m.codec().encode_prompt(prompt).unwrap();
+            let logits: Vec<f32> = m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap();
             let want = case["next_token_logits"].as_array().unwrap();
             assert_eq!(logits.len(), want.len());
             for (got, want) in logits.iter().zip(want) {
                 close(*got, want, prompt);
             }
-            let (ids, pieces) = run(&m, prompt, &options);
+            let (ids, pieces) = run(m, prompt, &options);
             let want: Vec<u32> =
                 case["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-            assert_eq!(ids, want, "greedy ids for {prompt:?}");
+            assert_eq!(ids, want, "{name}: greedy ids for {prompt:?}");
             assert_eq!(pieces.concat(), case["greedy_text"].as_str().unwrap());
         }
     }
 
     #[test]
+    fn gpt2_greedy_ids_and_logits_match_transformers() {
+        check_greedy("gpt2");
+    }
+
+    #[test]
+    fn llama_greedy_ids_and_logits_match_transformers() {
+        check_greedy("llama");
+    }
+
+    #[test]
     fn sampling_is_repeatable_with_a_seed() {
-        let m = gpt2();
+        let loaded = decoder("gpt2");
+        let m = loaded.causal().unwrap();
         let sampled = |seed| {
             let options = GenerateOptions { max_tokens: 30, temperature: 1.5, seed: Some(seed), ..Default::default() };
-            run(&m, "the", &options).1.concat()
+            run(m, "the", &options).1.concat()
         };
         assert_eq!(sampled(7), sampled(7));
         let texts: std::collections::HashSet<String> = (0..6).map(sampled).collect();
@@ -228,11 +236,12 @@ mod generation {
 
     #[test]
     fn stop_strings_end_the_text_before_them() {
-        let m = gpt2();
-        let full = run(&m, "alice is", &GenerateOptions { max_tokens: 20, ..Default::default() }).1.concat();
+        let loaded = decoder("gpt2");
+        let m = loaded.causal().unwrap();
+        let full = run(m, "alice is", &GenerateOptions { max_tokens: 20, ..Default::default() }).1.concat();
         let word = full.split_whitespace().nth(1).expect("a few words").to_string();
         let options = GenerateOptions { max_tokens: 20, stop: vec![word.clone()], ..Default::default() };
-        let stopped = run(&m, "alice is", &options).1.concat();
+        let stopped = run(m, "alice is", &options).1.concat();
         assert_eq!(stopped, full[..full.find(&word).unwrap()]);
     }
 }

@@ -57,15 +57,15 @@ impl ModelConfig {
 
     pub fn from_value(raw: Value) -> Result<Self> {
         let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let family = match model_type {
-            "bert" => Family::Bert,
-            "distilbert" => Family::DistilBert,
-            "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
-            other => {
-                return Err(AiError::invalid(format!("model_type \"{other}\" is not supported"))
-                    .with_hint("pg_ai runs bert, distilbert and roberta encoders and gpt2 decoders."))
-            }
-        };
+        let family =
+            match model_type {
+                "bert" => Family::Bert,
+                "distilbert" => Family::DistilBert,
+                "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
+                other => return Err(AiError::invalid(format!("model_type \"{other}\" is not supported")).with_hint(
+                    "pg_ai runs bert, distilbert and roberta encoders, gpt2 and llama decoders, and llama GGUF files.",
+                )),
+            };
         let need = |names: &[&str]| {
             usize_field(&raw, names).ok_or_else(|| AiError::corrupt(format!("config.json lacks {}", names.join(" / "))))
         };

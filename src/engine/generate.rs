@@ -83,7 +83,7 @@ fn rand_seed() -> u64 {
 /// A decoder that returns the next-token logits after feeding more tokens.
 pub trait Decoder {
     /// Forgets earlier calls' tokens.
-    fn reset(&mut self);
+    fn reset(&mut self) -> Result<()>;
     /// The most tokens, prompt and generated together, the model can attend to.
     fn context_size(&self) -> usize;
     /// Feeds `ids` after the tokens fed so far; returns the last position's logits, (vocab).
@@ -92,7 +92,7 @@ pub trait Decoder {
 
 /// A model that generates: a fresh decoding session per call, its tokenizer, its chat template.
 pub trait CausalLm {
-    fn session(&self) -> Box<dyn Decoder + '_>;
+    fn session(&self) -> Result<Box<dyn Decoder + '_>>;
     fn codec(&self) -> &dyn TextCodec;
     /// The Jinja chat template the model ships, if any.
     fn chat_template(&self) -> Option<&str>;
@@ -106,7 +106,7 @@ pub fn generate_with(
     between: &mut dyn FnMut(),
     on_piece: &mut dyn FnMut(&str),
 ) -> Result<Vec<u32>> {
-    generate(model.session().as_mut(), model.codec(), prompt, options, between, on_piece)
+    generate(model.session()?.as_mut(), model.codec(), prompt, options, between, on_piece)
 }
 
 /// What generation needs from a tokenizer: ids for the prompt, text for ids.
@@ -114,6 +114,10 @@ pub trait TextCodec {
     fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>>;
     fn decode(&self, ids: &[u32]) -> Result<String>;
     fn eos_id(&self) -> Option<u32>;
+    /// Whether `id` ends generation; models with several end tokens override it.
+    fn is_end(&self, id: u32) -> bool {
+        Some(id) == self.eos_id()
+    }
     fn id_to_token(&self, id: u32) -> Option<String>;
 }
 
@@ -141,7 +145,7 @@ pub fn generate(
         ))
         .with_hint("Shorten the prompt."));
     }
-    model.reset();
+    model.reset()?;
     let mut sampler = options.sampler();
     let mut generated: Vec<u32> = Vec::new();
     let mut text = Stream::new(&options.stop);
@@ -155,7 +159,7 @@ pub fn generate(
             logits = candle_transformers::utils::apply_repeat_penalty(&logits, options.repetition_penalty, &seen)?;
         }
         let next = sampler.sample(&logits)?;
-        if Some(next) == codec.eos_id() {
+        if codec.is_end(next) {
             break;
         }
         generated.push(next);

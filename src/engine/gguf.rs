@@ -1,6 +1,7 @@
 //! Quantized Llama-family models from a GGUF file (SmolLM2, Llama, Qwen-style llama GGUFs),
 //! with the tokenizer and chat template the file itself carries.
 
+use super::codec::DecoderTokenizer;
 use super::error::{AiError, Result};
 use super::generate::{CausalLm, Decoder, TextCodec};
 use candle_core::quantized::gguf_file;
@@ -17,8 +18,7 @@ pub struct GgufModel {
     pub metadata: Value,
     pub file_bytes: usize,
     weights: ModelWeights,
-    tokenizer: Tokenizer,
-    eos_id: Option<u32>,
+    codec: DecoderTokenizer,
     context: usize,
     chat_template: Option<String>,
 }
@@ -64,8 +64,9 @@ impl GgufModel {
                 metadata.insert(key.clone(), v);
             }
         }
-        let tokenizer = Tokenizer::from_gguf(&content).map_err(corrupt)?;
         let eos_id = content.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
+        let codec =
+            DecoderTokenizer::new(Tokenizer::from_gguf(&content).map_err(corrupt)?, eos_id.into_iter().collect())?;
         let chat_template = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
         let context = content
             .metadata
@@ -78,8 +79,7 @@ impl GgufModel {
             metadata: Value::Object(metadata),
             file_bytes,
             weights,
-            tokenizer,
-            eos_id,
+            codec,
             context,
             chat_template,
         })
@@ -94,9 +94,10 @@ struct Session {
 }
 
 impl Decoder for Session {
-    fn reset(&mut self) {
+    fn reset(&mut self) -> Result<()> {
         self.weights.clear_kv_cache();
         self.position = 0;
+        Ok(())
     }
 
     fn context_size(&self) -> usize {
@@ -111,35 +112,13 @@ impl Decoder for Session {
     }
 }
 
-impl TextCodec for GgufModel {
-    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .tokenizer
-            .encode(prompt, true)
-            .map_err(|e| AiError::invalid(format!("cannot tokenize the prompt: {e}")))?;
-        Ok(encoding.get_ids().to_vec())
-    }
-
-    fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| AiError::internal(format!("cannot decode tokens: {e}")))
-    }
-
-    fn eos_id(&self) -> Option<u32> {
-        self.eos_id
-    }
-
-    fn id_to_token(&self, id: u32) -> Option<String> {
-        self.tokenizer.id_to_token(id)
-    }
-}
-
 impl CausalLm for GgufModel {
-    fn session(&self) -> Box<dyn Decoder + '_> {
-        Box::new(Session { weights: self.weights.clone(), position: 0, context: self.context })
+    fn session(&self) -> Result<Box<dyn Decoder + '_>> {
+        Ok(Box::new(Session { weights: self.weights.clone(), position: 0, context: self.context }))
     }
 
     fn codec(&self) -> &dyn TextCodec {
-        self
+        &self.codec
     }
 
     fn chat_template(&self) -> Option<&str> {

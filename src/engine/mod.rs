@@ -1,8 +1,8 @@
-//! The engine: model files, tokenisation, the encoder and the tasks. Nothing here calls Postgres,
+//! The engine: model files, tokenisation, the models, the tasks and generation. Nothing here calls Postgres,
 //! so all of it is tested with plain `cargo test`.
 
-pub mod causal;
 pub mod chat;
+pub mod codec;
 pub mod config;
 pub mod encoder;
 pub mod error;
@@ -10,6 +10,8 @@ pub mod files;
 pub mod generate;
 pub mod gguf;
 pub mod gpt2;
+pub mod gpt2_model;
+pub mod llama;
 pub mod model;
 pub mod pooling;
 pub mod tasks;

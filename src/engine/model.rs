@@ -1,12 +1,13 @@
 //! A model ready to answer: its config, tokenizer, encoder, task head and sentence pooling.
 
-use super::causal::CausalModel;
 use super::config::ModelConfig;
 use super::encoder::{var_builder, Encoder, Head};
 use super::error::{AiError, Result};
 use super::files::ModelFiles;
 use super::generate::CausalLm;
 use super::gguf::GgufModel;
+use super::gpt2_model::Gpt2Model;
+use super::llama::LlamaModel;
 use super::pooling::Pooling;
 use super::text::TextTokenizer;
 
@@ -76,7 +77,8 @@ pub struct Model {
 #[allow(clippy::large_enum_variant)] // one per loaded model, behind an Rc
 pub enum AnyModel {
     Encoder(Model),
-    Causal(CausalModel),
+    Gpt2(Gpt2Model),
+    Llama(LlamaModel),
     Gguf(GgufModel),
 }
 
@@ -90,7 +92,8 @@ impl AnyModel {
         let config: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| AiError::corrupt(format!("config.json is not valid JSON: {e}")))?;
         match config.get("model_type").and_then(serde_json::Value::as_str) {
-            Some("gpt2") => Ok(AnyModel::Causal(CausalModel::load(files, config)?)),
+            Some("gpt2") => Ok(AnyModel::Gpt2(Gpt2Model::load(files, config)?)),
+            Some("llama") => Ok(AnyModel::Llama(LlamaModel::load(files, config)?)),
             _ => Ok(AnyModel::Encoder(Model::load(files, ModelConfig::from_value(config)?)?)),
         }
     }
@@ -98,14 +101,14 @@ impl AnyModel {
     pub fn can(&self, task: Task) -> bool {
         match self {
             AnyModel::Encoder(m) => m.can(task),
-            AnyModel::Causal(_) | AnyModel::Gguf(_) => task == Task::TextGeneration,
+            AnyModel::Gpt2(_) | AnyModel::Llama(_) | AnyModel::Gguf(_) => task == Task::TextGeneration,
         }
     }
 
     pub fn default_task(&self) -> Task {
         match self {
             AnyModel::Encoder(m) => m.default_task(),
-            AnyModel::Causal(_) | AnyModel::Gguf(_) => Task::TextGeneration,
+            AnyModel::Gpt2(_) | AnyModel::Llama(_) | AnyModel::Gguf(_) => Task::TextGeneration,
         }
     }
 
@@ -114,7 +117,8 @@ impl AnyModel {
         match self {
             AnyModel::Encoder(m) if m.config.architecture.is_empty() => m.config.family.name().to_string(),
             AnyModel::Encoder(m) => m.config.architecture.clone(),
-            AnyModel::Causal(m) => m.architecture.clone(),
+            AnyModel::Gpt2(m) => m.architecture.clone(),
+            AnyModel::Llama(m) => m.architecture.clone(),
             AnyModel::Gguf(m) => m.architecture.clone(),
         }
     }
@@ -122,7 +126,8 @@ impl AnyModel {
     pub fn config_json(&self) -> &serde_json::Value {
         match self {
             AnyModel::Encoder(m) => &m.config.raw,
-            AnyModel::Causal(m) => &m.config,
+            AnyModel::Gpt2(m) => &m.config,
+            AnyModel::Llama(m) => &m.config,
             AnyModel::Gguf(m) => &m.metadata,
         }
     }
@@ -130,7 +135,8 @@ impl AnyModel {
     pub fn parameter_bytes(&self) -> usize {
         match self {
             AnyModel::Encoder(m) => m.parameter_bytes,
-            AnyModel::Causal(m) => m.parameter_bytes,
+            AnyModel::Gpt2(m) => m.parameter_bytes,
+            AnyModel::Llama(m) => m.parameter_bytes,
             // Quantized: the tensors take about what the file does.
             AnyModel::Gguf(m) => m.file_bytes,
         }
@@ -149,13 +155,14 @@ impl AnyModel {
     pub fn encoder(&self) -> Result<&Model> {
         match self {
             AnyModel::Encoder(m) => Ok(m),
-            AnyModel::Causal(_) | AnyModel::Gguf(_) => Err(AiError::wrong_task("a decoder model has no encoder tasks")),
+            _ => Err(AiError::wrong_task("a decoder model has no encoder tasks")),
         }
     }
 
     pub fn causal(&self) -> Result<&dyn CausalLm> {
         match self {
-            AnyModel::Causal(m) => Ok(m),
+            AnyModel::Gpt2(m) => Ok(m),
+            AnyModel::Llama(m) => Ok(m),
             AnyModel::Gguf(m) => Ok(m),
             AnyModel::Encoder(_) => Err(AiError::wrong_task("an encoder model cannot generate text")
                 .with_hint("Use a decoder model such as GPT-2 for ai_generate.")),

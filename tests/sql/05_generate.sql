@@ -27,6 +27,11 @@ SELECT ai_generate('alice is', 'gpt2', stop => ARRAY['ing']);
 -- NULL in, NULL out.
 SELECT ai_generate(NULL, 'gpt2') IS NULL AS null_prompt;
 
+-- Llama-family models from safetensors: RMSNorm, rotary positions, grouped-query attention.
+SELECT ai_load_model('llama', :'fixtures' || '/models/llama');
+SELECT task, architecture FROM ai.models WHERE name = 'llama';
+SELECT ai_generate('the cat', 'llama'), ai_generate('bob lives in', 'llama', max_tokens => 3);
+
 -- Errors.
 SELECT pg_temp.try($$SELECT ai_generate('the', 'gpt2', max_tokens => 0)$$) AS max_tokens_zero;
 SELECT pg_temp.try($$SELECT ai_generate('the', 'gpt2', max_tokens => 100000)$$) AS max_tokens_too_large;

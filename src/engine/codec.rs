@@ -1,0 +1,55 @@
+//! The tokenizer side of a decoder model: prompts to ids, ids to text, and its end tokens.
+
+use super::error::{AiError, Result};
+use super::files::ModelFiles;
+use super::generate::TextCodec;
+use tokenizers::Tokenizer;
+
+pub struct DecoderTokenizer {
+    tokenizer: Tokenizer,
+    /// Every token that ends generation (Llama 3 has several); the first is the chat templates' eos_token.
+    end_ids: Vec<u32>,
+}
+
+impl DecoderTokenizer {
+    pub fn new(mut tokenizer: Tokenizer, end_ids: Vec<u32>) -> Result<Self> {
+        // Prompts are checked against the context size, never silently cut.
+        tokenizer.with_truncation(None).map_err(|e| AiError::corrupt(format!("tokenizer.json: {e}")))?;
+        tokenizer.with_padding(None);
+        Ok(DecoderTokenizer { tokenizer, end_ids })
+    }
+
+    /// Reads `tokenizer.json` of a save_pretrained directory.
+    pub fn from_dir(files: &ModelFiles, end_ids: Vec<u32>) -> Result<Self> {
+        let path = files.dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| AiError::corrupt(format!("cannot read {}: {e}", path.display())))?;
+        Self::new(tokenizer, end_ids)
+    }
+}
+
+impl TextCodec for DecoderTokenizer {
+    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| AiError::invalid(format!("cannot tokenize the prompt: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| AiError::internal(format!("cannot decode tokens: {e}")))
+    }
+
+    fn eos_id(&self) -> Option<u32> {
+        self.end_ids.first().copied()
+    }
+
+    fn is_end(&self, id: u32) -> bool {
+        self.end_ids.contains(&id)
+    }
+
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+}

@@ -1,0 +1,69 @@
+//! A GPT-2 ready to generate: its weights, tokenizer, end token and chat template.
+
+use super::codec::DecoderTokenizer;
+use super::encoder::var_builder;
+use super::error::Result;
+use super::files::ModelFiles;
+use super::generate::{CausalLm, Decoder, TextCodec};
+use super::gpt2::{Gpt2, Gpt2Config, KvCache};
+use candle_core::Tensor;
+use serde_json::Value;
+
+pub struct Gpt2Model {
+    pub architecture: String,
+    pub config: Value,
+    model: Gpt2,
+    codec: DecoderTokenizer,
+    chat_template: Option<String>,
+    pub parameter_bytes: usize,
+}
+
+impl Gpt2Model {
+    pub fn load(files: &ModelFiles, config: Value) -> Result<Self> {
+        let gpt2_config = Gpt2Config::from_json(&config)?;
+        let codec = DecoderTokenizer::from_dir(files, gpt2_config.eos_token_id.into_iter().collect())?;
+        let chat_template = files
+            .read_json("tokenizer_config.json")?
+            .and_then(|c| c.get("chat_template")?.as_str().map(str::to_string));
+        let model = Gpt2::load(&var_builder(&files.weights)?, gpt2_config)?;
+        let parameter_bytes = model.parameter_count() * 4;
+        let architecture =
+            config.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("GPT2LMHeadModel");
+        Ok(Gpt2Model { architecture: architecture.to_string(), config, model, codec, chat_template, parameter_bytes })
+    }
+}
+
+impl CausalLm for Gpt2Model {
+    /// A generation session: its own KV cache over the shared weights.
+    fn session(&self) -> Result<Box<dyn Decoder + '_>> {
+        Ok(Box::new(Session { model: &self.model, cache: KvCache::default() }))
+    }
+
+    fn codec(&self) -> &dyn TextCodec {
+        &self.codec
+    }
+
+    fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+}
+
+struct Session<'a> {
+    model: &'a Gpt2,
+    cache: KvCache,
+}
+
+impl Decoder for Session<'_> {
+    fn reset(&mut self) -> Result<()> {
+        self.cache = KvCache::default();
+        Ok(())
+    }
+
+    fn context_size(&self) -> usize {
+        self.model.config.n_positions
+    }
+
+    fn next_logits(&mut self, ids: &[u32]) -> Result<Tensor> {
+        self.model.forward(ids, &mut self.cache)
+    }
+}
