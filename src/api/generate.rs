@@ -1,4 +1,4 @@
-//! ai_generate and ai_generate_stream: text generation with decoder models.
+//! ai_generate, ai_generate_stream and ai_chat: text generation with decoder models.
 
 use super::interrupts;
 use crate::engine::chat;
@@ -23,7 +23,11 @@ fn options(
         max_tokens: max_tokens.map_or(GenerateOptions::default().max_tokens, |n| usize::try_from(n).unwrap_or(0)),
         temperature: temperature.unwrap_or(0.0) as f64,
         top_p: top_p.unwrap_or(1.0) as f64,
-        top_k: top_k.map_or(0, |k| usize::try_from(k).unwrap_or(0)),
+        top_k: match top_k.map(usize::try_from) {
+            None => 0,
+            Some(Ok(k)) => k,
+            Some(Err(_)) => crate::error::raise(AiError::invalid("top_k must be 0 (no limit) or more")),
+        },
         seed: seed.map(|s| s as u64),
         stop: stop.map(|a| a.iter().flatten().map(str::to_string).collect()).unwrap_or_default(),
         repetition_penalty: repetition_penalty.unwrap_or(1.0),

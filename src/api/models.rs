@@ -113,8 +113,8 @@ fn ai_loaded_models() -> TableIterator<
         rows.push((
             name.to_string(),
             l.model.architecture(),
-            (l.model.parameter_bytes() / 4) as i64,
-            l.model.parameter_bytes() as i64,
+            l.model.parameters() as i64,
+            l.model.memory_bytes() as i64,
             l.load_time.as_secs_f64() * 1000.0,
             timestamp(l.loaded_at),
             timestamp(l.last_used),

@@ -17,6 +17,7 @@ pub struct GgufModel {
     /// The file's scalar metadata (general.*, llama.*), for ai.models.config.
     pub metadata: Value,
     pub file_bytes: usize,
+    pub parameters: usize,
     weights: ModelWeights,
     codec: DecoderTokenizer,
     context: usize,
@@ -52,6 +53,7 @@ impl GgufModel {
             .map_err(|e| AiError::missing_file(format!("cannot open {}: {e}", path.display())))?;
         let file_bytes = file.metadata().map_or(0, |m| m.len() as usize);
         let content = gguf_file::Content::read(&mut file).map_err(corrupt)?;
+        let parameters = content.tensor_infos.values().map(|t| t.shape.elem_count()).sum();
         let architecture =
             content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
         if architecture != "llama" {
@@ -78,6 +80,7 @@ impl GgufModel {
             architecture: "llama (gguf)".to_string(),
             metadata: Value::Object(metadata),
             file_bytes,
+            parameters,
             weights,
             codec,
             context,

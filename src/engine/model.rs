@@ -132,7 +132,16 @@ impl AnyModel {
         }
     }
 
-    pub fn parameter_bytes(&self) -> usize {
+    pub fn parameters(&self) -> usize {
+        match self {
+            AnyModel::Gguf(m) => m.parameters,
+            // The others hold f32 tensors.
+            other => other.memory_bytes() / 4,
+        }
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn memory_bytes(&self) -> usize {
         match self {
             AnyModel::Encoder(m) => m.parameter_bytes,
             AnyModel::Gpt2(m) => m.parameter_bytes,

@@ -37,6 +37,7 @@ SELECT pg_temp.try($$SELECT ai_generate('the', 'gpt2', max_tokens => 0)$$) AS ma
 SELECT pg_temp.try($$SELECT ai_generate('the', 'gpt2', max_tokens => 100000)$$) AS max_tokens_too_large;
 SELECT pg_temp.try($$SELECT ai_generate('the', 'gpt2', temperature => -1)$$) AS negative_temperature;
 SELECT pg_temp.try($$SELECT ai_generate('the', 'gpt2', top_p => 0)$$) AS top_p_zero;
+SELECT pg_temp.try($$SELECT ai_generate('the', 'gpt2', temperature => 1, top_k => -1)$$) AS negative_top_k;
 SELECT pg_temp.try($$SELECT ai_generate('', 'gpt2')$$) AS empty_prompt;
 SELECT pg_temp.try($$SELECT ai_generate(repeat('the cat ', 40), 'gpt2')$$) AS prompt_too_long;
 SELECT ai_load_model('mlm', :'fixtures' || '/models/bert-mlm');

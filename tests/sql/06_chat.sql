@@ -17,3 +17,7 @@ SELECT ai_load_model('gpt2', :'fixtures' || '/models/gpt2');
 SELECT pg_temp.try($$SELECT ai_chat('[{"role": "user", "content": "hi"}]', 'gpt2')$$) AS no_chat_template;
 SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', '/nonexistent/model.gguf')) AS missing_gguf;
 SELECT ai_chat(NULL, 'smollm2') IS NULL AS null_messages;
+
+-- What this backend holds: SmolLM2's 135M parameters take what its Q4_1 file does.
+SELECT name, architecture, parameters, pg_size_pretty(memory_bytes::bigint) AS memory
+FROM ai_loaded_models() ORDER BY name;
