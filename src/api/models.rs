@@ -8,9 +8,9 @@ use crate::store::{cache, catalog, stored_files};
 use pgrx::prelude::*;
 use std::time::{Instant, UNIX_EPOCH};
 
-/// Registers a model from a save_pretrained directory or `hf:ORG/NAME` in the local Hugging Face
-/// cache; checks that it loads, and keeps it loaded in this backend. Returns the name, or NULL
-/// when the name or the source is NULL.
+/// Registers a model from a save_pretrained directory, a GGUF file, or `hf:ORG/NAME` in the local
+/// Hugging Face cache; checks that it loads, and keeps it loaded in this backend. Returns the name,
+/// or NULL when the name or the source is NULL.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_load_model(
     name: Option<&str>,
