@@ -51,7 +51,7 @@ fn ai_load_model(
     };
     let sha256 = files.weights_sha256().or_raise();
     let architecture = model.architecture();
-    catalog::insert(catalog::NewModel {
+    let entry = catalog::insert(catalog::NewModel {
         name,
         task: task.name(),
         architecture: &architecture,
@@ -63,9 +63,7 @@ fn ai_load_model(
     if store {
         stored_files::store(name, &files).or_raise();
     }
-    if let Some(entry) = catalog::find(name) {
-        cache::insert(&entry, model, load_time, 0);
-    }
+    cache::insert(&entry, model, load_time, 0);
     Some(name.to_string())
 }
 

@@ -52,10 +52,11 @@ pub fn exists(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-pub fn insert(m: NewModel) {
-    Spi::run_with_args(
+/// Adds the row and returns it as `find` would, without reading it back.
+pub fn insert(m: NewModel) -> CatalogEntry {
+    let created_at = Spi::get_one_with_args::<String>(
         "INSERT INTO ai.models (name, task, architecture, source, stored, config, sha256)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING created_at::text",
         &[
             m.name.into(),
             m.task.into(),
@@ -66,7 +67,15 @@ pub fn insert(m: NewModel) {
             m.sha256.into(),
         ],
     )
-    .unwrap_or_else(|e| error!("cannot register the model: {e}"));
+    .unwrap_or_else(|e| error!("cannot register the model: {e}"))
+    .unwrap_or_default();
+    CatalogEntry {
+        name: m.name.to_string(),
+        source: m.source.to_string(),
+        stored: m.stored,
+        sha256: m.sha256.to_string(),
+        created_at,
+    }
 }
 
 /// Deletes the row (its stored files go with it); false if there was none.
