@@ -271,3 +271,80 @@ fn smollm2_gguf_answers_through_its_chat_template() {
     generate_with(&m, &prompt, &options, &mut || (), &mut |p| reply.push_str(p)).unwrap();
     assert!(reply.contains("Paris"), "{reply}");
 }
+
+mod translation {
+    use super::*;
+    use pg_ai::engine::translator::{TranslateOptions, Translator};
+
+    fn ids(v: &Value) -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+    }
+
+    /// Greedy and 3-beam ids token for token, the first two decoder steps' logits within 1e-4, and a padded
+    /// batch answering as single calls do.
+    fn check(name: &str, task: &str) {
+        let loaded = load(fixtures().join("models").join(name));
+        let m: &Translator = loaded.translator().unwrap();
+        let g = golden(name);
+        let all = cases(&g, task);
+        let inputs: Vec<String> = all.iter().map(|c| c["input"].as_str().unwrap().to_string()).collect();
+        let greedy = TranslateOptions { max_tokens: 24, num_beams: 1 };
+        let beam = TranslateOptions { max_tokens: 24, num_beams: 3 };
+        for case in all {
+            let input = case["input"].as_str().unwrap();
+            let want_greedy = ids(&case["greedy_ids"]);
+            let prefix = [m.settings.decoder_start, want_greedy[0]];
+            for (got, want) in
+                m.step_logits(input, &prefix).unwrap().iter().zip(case["step_logits"].as_array().unwrap())
+            {
+                let want = want.as_array().unwrap();
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(want) {
+                    close(*g, w, input);
+                }
+            }
+            let one = [input.to_string()];
+            assert_eq!(m.generate_ids(&one, greedy, &mut || ()).unwrap()[0], want_greedy, "{name} greedy: {input}");
+            assert_eq!(
+                m.generate_ids(&one, beam, &mut || ()).unwrap()[0],
+                ids(&case["beam_ids"]),
+                "{name} beams: {input}"
+            );
+            assert_eq!(m.generate(&one, beam, &mut || ()).unwrap()[0], case["beam_text"].as_str().unwrap());
+        }
+        let batched: Vec<Vec<u32>> = m.generate_ids(&inputs, beam, &mut || ()).unwrap();
+        let expected: Vec<Vec<u32>> = all.iter().map(|c| ids(&c["beam_ids"])).collect();
+        assert_eq!(batched, expected, "{name}: a padded batch answers as single calls do");
+        let texts = m.generate(&inputs, greedy, &mut || ()).unwrap();
+        let expected: Vec<&str> = all.iter().map(|c| c["greedy_text"].as_str().unwrap()).collect();
+        assert_eq!(texts, expected);
+    }
+
+    #[test]
+    fn t5_translation_matches_transformers() {
+        check("t5", "translate");
+    }
+
+    #[test]
+    fn t5_summarization_matches_transformers() {
+        check("t5", "summarize");
+    }
+
+    #[test]
+    fn marian_translation_matches_transformers() {
+        check("marian", "translate");
+    }
+
+    #[test]
+    fn t5_prefixes_come_from_the_config_or_the_languages() {
+        let loaded = load(fixtures().join("models").join("t5"));
+        let m = loaded.translator().unwrap();
+        assert_eq!(m.translation_prefix(None, None).unwrap(), "translate English to German: ");
+        assert_eq!(m.translation_prefix(Some("en"), Some("de")).unwrap(), "translate English to German: ");
+        assert_eq!(m.translation_prefix(Some("English"), Some("French")).unwrap(), "translate English to French: ");
+        assert!(m.translation_prefix(Some("English"), None).is_err());
+        assert_eq!(m.summarization_prefix(), "summarize: ");
+        let bad = m.generate_ids(&["x".into()], TranslateOptions { max_tokens: 4, num_beams: 0 }, &mut || ());
+        assert!(bad.unwrap_err().message.contains("num_beams"));
+    }
+}

@@ -1,6 +1,7 @@
 //! The engine: model files, tokenisation, the models, the tasks and generation. Nothing here calls Postgres,
 //! so all of it is tested with plain `cargo test`.
 
+pub mod beam;
 pub mod chat;
 pub mod codec;
 pub mod config;
@@ -12,8 +13,12 @@ pub mod gguf;
 pub mod gpt2;
 pub mod gpt2_model;
 pub mod llama;
+pub mod marian;
 pub mod model;
 pub mod pooling;
+pub mod seq2seq;
+pub mod t5;
 pub mod tasks;
 pub mod text;
 pub mod threads;
+pub mod translator;

@@ -10,6 +10,7 @@ use super::gpt2_model::Gpt2Model;
 use super::llama::LlamaModel;
 use super::pooling::Pooling;
 use super::text::TextTokenizer;
+use super::translator::{Family, Translator};
 
 /// What a model can be asked to do, in the names transformers' pipelines use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,15 +20,19 @@ pub enum Task {
     TokenClassification,
     FeatureExtraction,
     TextGeneration,
+    Translation,
+    Summarization,
 }
 
 impl Task {
-    pub const ALL: [Task; 5] = [
+    pub const ALL: [Task; 7] = [
         Task::FillMask,
         Task::TextClassification,
         Task::TokenClassification,
         Task::FeatureExtraction,
         Task::TextGeneration,
+        Task::Translation,
+        Task::Summarization,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +42,8 @@ impl Task {
             Task::TokenClassification => "token-classification",
             Task::FeatureExtraction => "feature-extraction",
             Task::TextGeneration => "text-generation",
+            Task::Translation => "translation",
+            Task::Summarization => "summarization",
         }
     }
 
@@ -57,6 +64,8 @@ impl Task {
             Task::TokenClassification
         } else if architecture.ends_with("LMHeadModel") || architecture.ends_with("ForCausalLM") {
             Task::TextGeneration
+        } else if architecture.ends_with("ForConditionalGeneration") || architecture.ends_with("MTModel") {
+            Task::Translation
         } else {
             Task::FeatureExtraction
         }
@@ -73,13 +82,15 @@ pub struct Model {
     pub parameter_bytes: usize,
 }
 
-/// Any model pg_ai can load: an encoder with its task head, or a decoder that generates.
+/// Any model pg_ai can load: an encoder with its task head, a decoder that generates, or an encoder-decoder
+/// that translates.
 #[allow(clippy::large_enum_variant)] // one per loaded model, behind an Rc
 pub enum AnyModel {
     Encoder(Model),
     Gpt2(Gpt2Model),
     Llama(LlamaModel),
     Gguf(GgufModel),
+    Seq2Seq(Translator),
 }
 
 impl AnyModel {
@@ -94,6 +105,8 @@ impl AnyModel {
         match config.get("model_type").and_then(serde_json::Value::as_str) {
             Some("gpt2") => Ok(AnyModel::Gpt2(Gpt2Model::load(files, config)?)),
             Some("llama") => Ok(AnyModel::Llama(LlamaModel::load(files, config)?)),
+            Some("t5") => Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::T5)?)),
+            Some("marian") => Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::Marian)?)),
             _ => Ok(AnyModel::Encoder(Model::load(files, ModelConfig::from_value(config)?)?)),
         }
     }
@@ -102,6 +115,9 @@ impl AnyModel {
         match self {
             AnyModel::Encoder(m) => m.can(task),
             AnyModel::Gpt2(_) | AnyModel::Llama(_) | AnyModel::Gguf(_) => task == Task::TextGeneration,
+            AnyModel::Seq2Seq(m) => {
+                task == Task::Translation || (task == Task::Summarization && m.family == Family::T5)
+            }
         }
     }
 
@@ -109,6 +125,7 @@ impl AnyModel {
         match self {
             AnyModel::Encoder(m) => m.default_task(),
             AnyModel::Gpt2(_) | AnyModel::Llama(_) | AnyModel::Gguf(_) => Task::TextGeneration,
+            AnyModel::Seq2Seq(_) => Task::Translation,
         }
     }
 
@@ -120,6 +137,7 @@ impl AnyModel {
             AnyModel::Gpt2(m) => m.architecture.clone(),
             AnyModel::Llama(m) => m.architecture.clone(),
             AnyModel::Gguf(m) => m.architecture.clone(),
+            AnyModel::Seq2Seq(m) => m.architecture.clone(),
         }
     }
 
@@ -129,6 +147,7 @@ impl AnyModel {
             AnyModel::Gpt2(m) => &m.config,
             AnyModel::Llama(m) => &m.config,
             AnyModel::Gguf(m) => &m.metadata,
+            AnyModel::Seq2Seq(m) => &m.config,
         }
     }
 
@@ -146,6 +165,7 @@ impl AnyModel {
             AnyModel::Encoder(m) => m.parameter_bytes,
             AnyModel::Gpt2(m) => m.parameter_bytes,
             AnyModel::Llama(m) => m.parameter_bytes,
+            AnyModel::Seq2Seq(m) => m.parameter_bytes,
             // Quantized: the tensors take about what the file does.
             AnyModel::Gguf(m) => m.file_bytes,
         }
@@ -175,6 +195,15 @@ impl AnyModel {
             AnyModel::Gguf(m) => Ok(m),
             AnyModel::Encoder(_) => Err(AiError::wrong_task("an encoder model cannot generate text")
                 .with_hint("Use a decoder model such as GPT-2 for ai_generate.")),
+            AnyModel::Seq2Seq(_) => Err(AiError::wrong_task("a translation model does not continue a prompt")
+                .with_hint("Use ai_translate or ai_summarize with this model.")),
+        }
+    }
+
+    pub fn translator(&self) -> Result<&Translator> {
+        match self {
+            AnyModel::Seq2Seq(m) => Ok(m),
+            _ => Err(AiError::wrong_task("only T5 and Marian models translate")),
         }
     }
 }

@@ -28,7 +28,7 @@ SELECT pg_temp.try($$SELECT ai_load_model('x', 'models/bert')$$) AS relative_pat
 SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', :'fixtures' || '/broken/no-tokenizer')) AS no_tokenizer;
 SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', :'fixtures' || '/broken/no-weights')) AS no_weights;
 SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', :'fixtures' || '/broken/corrupt-weights')) AS corrupt_weights;
-SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L, task => %L)', 'x', :'fixtures' || '/models/bert-mlm', 'translation')) AS unknown_task;
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L, task => %L)', 'x', :'fixtures' || '/models/bert-mlm', 'speech-recognition')) AS unknown_task;
 SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L, task => %L)', 'x', :'fixtures' || '/models/bert-mlm', 'text-classification')) AS task_the_model_cannot_do;
 SELECT pg_temp.try($$SELECT ai_load_model('', '/nonexistent')$$) AS empty_name;
 SELECT pg_temp.try($$SELECT ai_drop_model('nothing-here')$$) AS drop_unknown;
