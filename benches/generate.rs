@@ -2,11 +2,14 @@
 //!
 //!     scripts/fetch-smollm2.sh && cargo bench --bench generate
 //!
-//! SmolLM2-135M-Instruct (GGUF Q4_1) and the tiny fixture GPT-2. PG_AI_THREADS sets the threads.
+//! SmolLM2-135M-Instruct (GGUF Q4_1), the tiny fixture GPT-2, and the fixture T5 translating (greedy and
+//! 3 beams). PG_AI_THREADS sets the threads. benches/generate_transformers.py measures transformers on the
+//! same fixtures and inputs; benches/generate.sh runs both and prints the ratios.
 
 use pg_ai::engine::files::ModelFiles;
 use pg_ai::engine::generate::Decoder;
 use pg_ai::engine::model::AnyModel;
+use pg_ai::engine::translator::TranslateOptions;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -47,6 +50,31 @@ fn bench(name: &str, source: &str, prompt: &str, new_tokens: usize) {
     );
 }
 
+/// Inputs of the translation bench, shared with benches/generate_transformers.py.
+const TRANSLATE_INPUTS: [&str; 4] = [
+    "translate English to German: the cat sat in the park .",
+    "translate English to German: alice is eating bread .",
+    "translate English to German: bob lives in vienna .",
+    "translate English to German: the horse ran to the river .",
+];
+
+/// Generated tokens per second translating the inputs one at a time.
+fn bench_translate(name: &str, dir: &str, num_beams: usize) {
+    let loaded = AnyModel::load(&ModelFiles::locate(dir, None).expect("model files")).expect("model loads");
+    let m = loaded.translator().expect("a translation model");
+    let options = TranslateOptions { max_tokens: 24, num_beams };
+    let run = || -> usize {
+        TRANSLATE_INPUTS.iter().map(|t| m.generate_ids(&[t.to_string()], options, &mut || ()).unwrap()[0].len()).sum()
+    };
+    run();
+    let started = Instant::now();
+    let rounds = 20;
+    let tokens: usize = (0..rounds).map(|_| run()).sum();
+    let time = started.elapsed().as_secs_f64();
+    println!("{name}, {num_beams} beam(s)");
+    println!("  translation: {tokens} tokens in {:.1} ms, {:.0} tokens/s", time * 1e3, tokens as f64 / time);
+}
+
 fn main() {
     let threads = std::env::var("PG_AI_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
     pg_ai::engine::threads::configure(threads);
@@ -60,4 +88,7 @@ fn main() {
     let gpt2 = root.join("tests/fixtures/models/gpt2");
     let prompt = "the cat sat in the park . alice is eating bread . bob lives in";
     bench("tests/fixtures/models/gpt2 (tiny, 64-token context)", gpt2.to_str().unwrap(), prompt, 64);
+    let t5 = root.join("tests/fixtures/models/t5");
+    bench_translate("tests/fixtures/models/t5 (tiny)", t5.to_str().unwrap(), 1);
+    bench_translate("tests/fixtures/models/t5 (tiny)", t5.to_str().unwrap(), 3);
 }
