@@ -149,6 +149,7 @@ pub fn generate(
     let mut sampler = options.sampler();
     let mut generated: Vec<u32> = Vec::new();
     let mut text = Stream::new(&options.stop);
+    let mut detokenizer = Detokenizer::default();
     let mut input = prompt_ids.clone();
     // Generation also ends when the context is full, as if max_tokens were reached.
     for _ in 0..options.max_tokens.min(context - prompt_ids.len()) {
@@ -164,41 +165,75 @@ pub fn generate(
         }
         generated.push(next);
         input = vec![next];
-        let decoded = codec.decode(&generated)?;
-        if text.update(&decoded, on_piece) {
-            break;
+        let new_text = detokenizer.next(codec, &generated)?;
+        if text.push(&new_text, on_piece) {
+            return Ok(generated);
         }
     }
-    text.finish(on_piece);
+    let rest = detokenizer.rest(codec, &generated)?;
+    if !text.push(&rest, on_piece) {
+        text.finish(on_piece);
+    }
     Ok(generated)
 }
 
-/// Turns the growing decoded text into pieces: holds back an incomplete character (the decoder
-/// shows it as U+FFFD) and any tail that could still become a stop string.
+/// Decodes generated ids as they come, looking only at the last few tokens (as text-generation-inference
+/// does), so that the cost per token does not grow with the output. Text is released only once it ends in a
+/// whole character: a byte-level token may carry half of one.
+#[derive(Default)]
+struct Detokenizer {
+    /// Tokens before `prefix` are released; `prefix..read` are decoded again as context for the next ones,
+    /// so that spaces and merges at the seam come out as a full decode gives them.
+    prefix: usize,
+    read: usize,
+}
+
+impl Detokenizer {
+    fn next(&mut self, codec: &dyn TextCodec, ids: &[u32]) -> Result<String> {
+        let before = codec.decode(&ids[self.prefix..self.read])?;
+        let now = codec.decode(&ids[self.prefix..])?;
+        if now.len() <= before.len() || now.ends_with('\u{FFFD}') || !now.is_char_boundary(before.len()) {
+            return Ok(String::new());
+        }
+        self.prefix = self.read;
+        self.read = ids.len();
+        Ok(now[before.len()..].to_string())
+    }
+
+    /// What is left at the end, unfinished characters included.
+    fn rest(&self, codec: &dyn TextCodec, ids: &[u32]) -> Result<String> {
+        let before = codec.decode(&ids[self.prefix..self.read])?;
+        let now = codec.decode(&ids[self.prefix..])?;
+        Ok(now.get(before.len()..).unwrap_or_default().to_string())
+    }
+}
+
+/// Turns the decoded text into pieces as it grows, holding back any tail that could still become a stop string.
 struct Stream<'a> {
     stop: &'a [String],
-    /// The decoded text so far (cut at a stop string once one appears).
+    /// The decoded text so far.
     text: String,
     emitted: usize,
-    stopped: bool,
 }
 
 impl<'a> Stream<'a> {
     fn new(stop: &'a [String]) -> Self {
-        Stream { stop, text: String::new(), emitted: 0, stopped: false }
+        Stream { stop, text: String::new(), emitted: 0 }
     }
 
-    /// Takes the whole decoded text; returns true once a stop string has appeared.
-    fn update(&mut self, decoded: &str, on_piece: &mut dyn FnMut(&str)) -> bool {
-        self.text = decoded.to_string();
-        if let Some(at) = self.stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
-            self.text.truncate(at);
-            self.stopped = true;
+    /// Appends newly decoded text; returns true once a stop string has appeared (the text before it is then
+    /// emitted, the stop string is not).
+    fn push(&mut self, new_text: &str, on_piece: &mut dyn FnMut(&str)) -> bool {
+        self.text.push_str(new_text);
+        // Emitted text never holds the start of a stop string, so a new one can only start after it.
+        let tail = &self.text[self.emitted..];
+        if let Some(at) = self.stop.iter().filter_map(|s| tail.find(s.as_str())).min() {
+            if at > 0 {
+                on_piece(&tail[..at]);
+            }
             return true;
         }
-        // A trailing replacement character is usually half a UTF-8 sequence still being built.
-        let mut ready = self.text.trim_end_matches('\u{FFFD}').len();
-        ready -= self.stop_prefix_len(&self.text[..ready]);
+        let ready = self.text.len() - self.stop_prefix_len(tail);
         if ready > self.emitted {
             on_piece(&self.text[self.emitted..ready]);
             self.emitted = ready;
@@ -227,15 +262,35 @@ impl<'a> Stream<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::Stream;
+    use super::{Detokenizer, Stream, TextCodec};
+    use crate::engine::codec::DecoderTokenizer;
 
-    fn pieces(stop: &[&str], growing: &[&str]) -> Vec<String> {
+    #[test]
+    fn incremental_decoding_equals_decoding_everything() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gpt2/tokenizer.json");
+        let codec = DecoderTokenizer::new(tokenizers::Tokenizer::from_file(dir).unwrap(), vec![0]).unwrap();
+        // Byte-level BPE splits these characters into several tokens each.
+        let text = "the cat sat in the park. Ünïcödé 日本語 ok 🐘!";
+        let ids = codec.encode_prompt(text).unwrap();
+        let mut detokenizer = Detokenizer::default();
+        let mut out = String::new();
+        for n in 1..=ids.len() {
+            let piece = detokenizer.next(&codec, &ids[..n]).unwrap();
+            assert!(!piece.contains('\u{FFFD}'), "no half characters: {piece:?}");
+            out.push_str(&piece);
+        }
+        out.push_str(&detokenizer.rest(&codec, &ids).unwrap());
+        assert_eq!(out, codec.decode(&ids).unwrap());
+        assert_eq!(out, text);
+    }
+
+    fn pieces(stop: &[&str], new_texts: &[&str]) -> Vec<String> {
         let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
         let mut out = Vec::new();
         let mut stream = Stream::new(&stop);
-        for text in growing {
-            if stream.update(text, &mut |p| out.push(p.to_string())) {
-                break;
+        for text in new_texts {
+            if stream.push(text, &mut |p| out.push(p.to_string())) {
+                return out;
             }
         }
         stream.finish(&mut |p| out.push(p.to_string()));
@@ -243,13 +298,14 @@ mod tests {
     }
 
     #[test]
-    fn holds_back_half_characters() {
-        assert_eq!(pieces(&[], &["a", "a\u{FFFD}", "aé", "aé!"]), ["a", "é", "!"]);
+    fn passes_text_through_without_stop_strings() {
+        assert_eq!(pieces(&[], &["a", "é", "!"]), ["a", "é", "!"]);
     }
 
     #[test]
     fn cuts_at_a_stop_string_without_emitting_it() {
-        assert_eq!(pieces(&["\n\n"], &["one", "one\n", "one\ntwo", "one\ntwo\n\nthree"]), ["one", "\ntwo"]);
-        assert_eq!(pieces(&["END"], &["abc E", "abc EN", "abc END more"]), ["abc "]);
+        assert_eq!(pieces(&["\n\n"], &["one", "\n", "two", "\n\nthree"]), ["one", "\ntwo"]);
+        assert_eq!(pieces(&["END"], &["abc E", "N", "D more"]), ["abc "]);
+        assert_eq!(pieces(&["END"], &["abc EN", "X"]), ["abc ", "ENX"]);
     }
 }
