@@ -10,7 +10,13 @@ import time
 import torch
 from transformers import AutoTokenizer, GPT2LMHeadModel, T5ForConditionalGeneration
 
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "models")
+SMOLLM2_PROMPT = (
+    "PostgreSQL is a powerful, open source object-relational database system with over 35 years "
+    "of active development that has earned it a strong reputation for reliability, feature robustness, and "
+    "performance. It supports both SQL and JSON querying, and it runs on all major operating systems."
+)
 PROMPT = "the cat sat in the park . alice is eating bread . bob lives in"
 TRANSLATE_INPUTS = [
     "translate English to German: the cat sat in the park .",
@@ -21,15 +27,13 @@ TRANSLATE_INPUTS = [
 
 
 @torch.no_grad()
-def gpt2():
-    path = os.path.join(ROOT, "gpt2")
-    tok, model = AutoTokenizer.from_pretrained(path), GPT2LMHeadModel.from_pretrained(path).eval()
-    ids = tok(PROMPT, return_tensors="pt").input_ids
+def decoder(name, model, ids, context):
+    """Prompt processing, then greedy generation one token at a time with the KV cache."""
     model(ids)
     started = time.perf_counter()
     out = model(ids, use_cache=True)
     prompt_time = time.perf_counter() - started
-    room = model.config.n_positions - ids.shape[1] - 1
+    room = context - ids.shape[1] - 1
     n = min(64, room)
     past, logits = out.past_key_values, out.logits[:, -1]
     started = time.perf_counter()
@@ -38,9 +42,29 @@ def gpt2():
         out = model(nxt, past_key_values=past, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
     generation_time = time.perf_counter() - started
-    print("tests/fixtures/models/gpt2 (tiny, 64-token context)")
+    print(name)
     print(f"  prompt: {ids.shape[1]} tokens in {prompt_time * 1e3:.1f} ms, {ids.shape[1] / prompt_time:.0f} tokens/s")
     print(f"  generation: {n} tokens in {generation_time * 1e3:.1f} ms, {n / generation_time:.1f} tokens/s")
+
+
+def gpt2():
+    path = os.path.join(ROOT, "gpt2")
+    tok, model = AutoTokenizer.from_pretrained(path), GPT2LMHeadModel.from_pretrained(path).eval()
+    ids = tok(PROMPT, return_tensors="pt").input_ids
+    decoder("tests/fixtures/models/gpt2 (tiny, 64-token context)", model, ids, model.config.n_positions)
+
+
+def smollm2():
+    """transformers reads the GGUF file by de-quantizing it to f32 (needs the gguf and accelerate packages)."""
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not os.path.isfile(os.path.join(REPO, ".models", name)):
+        print("skipping SmolLM2: run scripts/fetch-smollm2.sh first")
+        return
+    from transformers import AutoModelForCausalLM
+    tok = AutoTokenizer.from_pretrained(os.path.join(REPO, ".models"), gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(REPO, ".models"), gguf_file=name).eval()
+    ids = tok(SMOLLM2_PROMPT, return_tensors="pt").input_ids
+    decoder("SmolLM2-135M-Instruct, GGUF Q4_1", model, ids, 2048)
 
 
 @torch.no_grad()
@@ -67,6 +91,7 @@ def t5(num_beams):
 if __name__ == "__main__":
     import transformers
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    smollm2()
     gpt2()
     t5(1)
     t5(3)
