@@ -12,7 +12,11 @@ CREATE TABLE ai.models (
     config       jsonb NOT NULL,
     sha256       text NOT NULL,
     owner        regrole NOT NULL DEFAULT current_user::regrole,
-    created_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- Models made by ai_pretrain / ai_finetune: the model they started from, and how they were trained
+    -- (objective, source, options, metrics).
+    parent       text,
+    training     jsonb
 );
 COMMENT ON TABLE ai.models IS 'Models registered with ai_load_model; one row per name';
 
@@ -25,10 +29,39 @@ CREATE TABLE ai.model_files (
     PRIMARY KEY (model, path, chunk)
 );
 
+-- Training runs in progress, in any session: ai_pretrain and ai_finetune report their progress as their
+-- pg_stat_activity query text, so this needs no shared memory and no shared_preload_libraries.
+CREATE VIEW ai.training AS
+SELECT a.pid,
+       a.usename AS role,
+       substring(a.query FROM ' model=(.*)$') AS model,
+       substring(a.query FROM ' step=(\d+)')::bigint AS step,
+       substring(a.query FROM ' total=(\d+)')::bigint AS total_steps,
+       substring(a.query FROM ' loss=(\S+)')::real AS loss,
+       substring(a.query FROM ' tokens_per_second=(\S+)')::real AS tokens_per_second,
+       make_interval(secs => substring(a.query FROM ' seconds_left=(\S+)')::double precision) AS time_left,
+       a.query_start AS started
+FROM pg_catalog.pg_stat_activity AS a
+WHERE a.query LIKE 'pg\_ai training:%';
+COMMENT ON VIEW ai.training IS 'ai_pretrain and ai_finetune calls running now, with their step and loss';
+
 -- pg_dump keeps the rows of both tables: stored models travel with a dump.
 SELECT pg_catalog.pg_extension_config_dump('ai.models', '');
 SELECT pg_catalog.pg_extension_config_dump('ai.model_files', '');
 
+-- Rows belong to the role that registered them: with INSERT and DELETE granted to several roles, each may
+-- register models as itself and drop only its own (or those of roles it is a member of). Superusers and the
+-- tables' owner are not bound by these policies.
+ALTER TABLE ai.models ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone_reads ON ai.models FOR SELECT USING (true);
+CREATE POLICY register_as_self ON ai.models FOR INSERT WITH CHECK (pg_catalog.pg_has_role(owner, 'MEMBER'));
+CREATE POLICY owner_changes ON ai.models FOR UPDATE USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
+CREATE POLICY owner_drops ON ai.models FOR DELETE USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
+ALTER TABLE ai.model_files ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone_reads ON ai.model_files FOR SELECT USING (true);
+CREATE POLICY owner_writes ON ai.model_files FOR ALL USING (
+    EXISTS (SELECT FROM ai.models AS m WHERE m.name = model AND pg_catalog.pg_has_role(m.owner, 'MEMBER')));
+
 -- Everyone may use the registered models; registering needs INSERT, which the owner grants.
 GRANT USAGE ON SCHEMA ai TO PUBLIC;
-GRANT SELECT ON ai.models, ai.model_files TO PUBLIC;
+GRANT SELECT ON ai.models, ai.model_files, ai.training TO PUBLIC;

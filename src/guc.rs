@@ -11,6 +11,12 @@ static THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// HF_HUB_CACHE / HF_HOME environment, else ~/.cache/huggingface/hub of the server's user.
 static HF_CACHE_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Cap on the weights one backend keeps loaded, in kB; least recently used models are evicted beyond it.
+static MAX_CACHE_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(4 << 20);
+
+/// Directories models may be loaded from (comma-separated); unset = anywhere the server can read.
+static MODEL_PATHS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 pub fn init() {
     GucRegistry::define_int_guc(
         c"pg_ai.threads",
@@ -30,6 +36,24 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"pg_ai.max_cache_memory",
+        c"Most memory the models loaded in one backend may hold; least recently used models are unloaded beyond it.",
+        c"The model in use is always kept, even alone above the cap. 0 = no cap.",
+        &MAX_CACHE_MEMORY,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_ai.model_paths",
+        c"Comma-separated directories that ai_load_model may read models from.",
+        c"Unset: any path the server can read (still only for superusers and pg_read_server_files members).",
+        &MODEL_PATHS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init with a static C string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_ai".as_ptr()) };
 }
@@ -40,4 +64,19 @@ pub fn threads() -> usize {
 
 pub fn hf_cache_dir() -> Option<PathBuf> {
     HF_CACHE_DIR.get().and_then(|s| s.into_string().ok()).filter(|s| !s.is_empty()).map(PathBuf::from)
+}
+
+/// The cache cap in bytes; None = no cap.
+pub fn max_cache_bytes() -> Option<usize> {
+    let kb = MAX_CACHE_MEMORY.get();
+    (kb > 0).then(|| kb as usize * 1024)
+}
+
+/// The directories models may be loaded from; empty = anywhere.
+pub fn model_paths() -> Vec<PathBuf> {
+    MODEL_PATHS
+        .get()
+        .and_then(|s| s.into_string().ok())
+        .map(|s| s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(PathBuf::from).collect())
+        .unwrap_or_default()
 }

@@ -39,6 +39,7 @@ fn ai_load_model(
     crate::engine::threads::configure(crate::guc::threads());
     let started = Instant::now();
     let files = ModelFiles::locate(source, crate::guc::hf_cache_dir().as_deref()).or_raise();
+    check_allowed_path(&files);
     let model = AnyModel::load(&files).or_raise();
     let load_time = started.elapsed();
     let task = match task {
@@ -59,12 +60,36 @@ fn ai_load_model(
         stored: store,
         config: model.config_json().clone(),
         sha256: &sha256,
+        parent: None,
+        training: None,
     });
     if store {
         stored_files::store(name, &files).or_raise();
     }
     cache::insert(&entry, model, load_time, 0);
     Some(name.to_string())
+}
+
+/// With pg_ai.model_paths set, models load only from below one of its directories (links resolved).
+fn check_allowed_path(files: &ModelFiles) {
+    let allowed = crate::guc::model_paths();
+    if allowed.is_empty() {
+        return;
+    }
+    let real = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let dir = real(&files.dir);
+    if !allowed.iter().any(|a| dir.starts_with(real(a))) {
+        raise(
+            AiError::new(
+                ErrorKind::Privilege,
+                format!("{} is outside the directories models may be loaded from", dir.display()),
+            )
+            .with_hint(format!(
+                "pg_ai.model_paths allows: {}.",
+                allowed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )),
+        );
+    }
 }
 
 /// Forgets the model in this backend (the next call loads it again); true if it was loaded.
@@ -77,6 +102,13 @@ fn ai_unload_model(name: &str) -> bool {
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_drop_model(name: &str) -> bool {
     if !catalog::delete(name) {
+        if catalog::exists(name) {
+            // Row-level security on ai.models hid the row from DELETE.
+            raise(
+                AiError::new(ErrorKind::Privilege, format!("must be the owner of model \"{name}\" to drop it"))
+                    .with_hint("SELECT owner FROM ai.models shows who registered it."),
+            );
+        }
         raise(AiError::new(ErrorKind::UndefinedModel, format!("model \"{name}\" does not exist")));
     }
     cache::unload(name);

@@ -73,8 +73,30 @@ pub fn insert(entry: &CatalogEntry, model: AnyModel, load_time: Duration, calls:
     let identity = (entry.sha256.clone(), entry.created_at.clone());
     let loaded =
         Loaded { model: model.clone(), identity, load_time, loaded_at: now, last_used: now, calls, checked_in: None };
-    LOADED.with_borrow_mut(|l| l.insert(entry.name.clone(), loaded));
+    LOADED.with_borrow_mut(|l| {
+        l.insert(entry.name.clone(), loaded);
+        if let Some(cap) = crate::guc::max_cache_bytes() {
+            evict_beyond(l, cap, &entry.name);
+        }
+    });
     model
+}
+
+/// Unloads the least recently used models until the rest fit in `cap` bytes; `keep` (the model just loaded)
+/// stays even if it alone is larger. A statement still using an evicted model keeps it until it ends.
+fn evict_beyond(loaded: &mut HashMap<String, Loaded>, cap: usize, keep: &str) {
+    let mut total: usize = loaded.values().map(|l| l.model.memory_bytes()).sum();
+    let mut by_age: Vec<(SystemTime, String)> =
+        loaded.iter().filter(|(name, _)| *name != keep).map(|(name, l)| (l.last_used, name.clone())).collect();
+    by_age.sort();
+    for (_, name) in by_age {
+        if total <= cap {
+            break;
+        }
+        if let Some(l) = loaded.remove(&name) {
+            total -= l.model.memory_bytes();
+        }
+    }
 }
 
 /// Forgets a model in this backend; true if it was loaded.

@@ -20,6 +20,9 @@ pub struct NewModel<'a> {
     pub stored: bool,
     pub config: serde_json::Value,
     pub sha256: &'a str,
+    /// For trained models: the model they started from, and how they were trained.
+    pub parent: Option<&'a str>,
+    pub training: Option<serde_json::Value>,
 }
 
 pub fn find(name: &str) -> Option<CatalogEntry> {
@@ -55,8 +58,8 @@ pub fn exists(name: &str) -> bool {
 /// Adds the row and returns it as `find` would, without reading it back.
 pub fn insert(m: NewModel) -> CatalogEntry {
     let created_at = Spi::get_one_with_args::<String>(
-        "INSERT INTO ai.models (name, task, architecture, source, stored, config, sha256)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING created_at::text",
+        "INSERT INTO ai.models (name, task, architecture, source, stored, config, sha256, parent, training)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING created_at::text",
         &[
             m.name.into(),
             m.task.into(),
@@ -65,6 +68,8 @@ pub fn insert(m: NewModel) -> CatalogEntry {
             m.stored.into(),
             JsonB(m.config).into(),
             m.sha256.into(),
+            m.parent.into(),
+            m.training.map(JsonB).into(),
         ],
     )
     .unwrap_or_else(|e| error!("cannot register the model: {e}"))

@@ -43,6 +43,47 @@ SELECT token FROM ai_fill_mask('alice is eating [MASK] .', 'mlm', 1);
 RESET ROLE;
 DROP ROLE ai_reader;
 
+-- Rows belong to the role that registered them: with INSERT and DELETE granted to several roles, each
+-- registers models as itself and drops only its own.
+CREATE ROLE ai_alice;
+CREATE ROLE ai_bob;
+GRANT pg_read_server_files TO ai_alice, ai_bob;
+GRANT INSERT, DELETE ON ai.models, ai.model_files TO ai_alice, ai_bob;
+SET ROLE ai_alice;
+SELECT ai_load_model('alices', :'fixtures' || '/models/bert-mlm');
+RESET ROLE;
+SET ROLE ai_bob;
+SELECT pg_temp.try($$SELECT ai_drop_model('alices')$$) AS drop_another_roles_model;
+DELETE FROM ai.models WHERE name = 'alices';
+SELECT name, owner FROM ai.models WHERE name = 'alices';
+RESET ROLE;
+SET ROLE ai_alice;
+SELECT ai_drop_model('alices');
+RESET ROLE;
+REVOKE ALL ON ai.models, ai.model_files FROM ai_alice, ai_bob;
+DROP ROLE ai_alice;
+DROP ROLE ai_bob;
+
+-- pg_ai.model_paths limits where models may be loaded from (links resolved).
+SET pg_ai.model_paths = '/srv/models, /nonexistent';
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', :'fixtures' || '/models/bert-mlm')) AS outside_model_paths;
+SELECT set_config('pg_ai.model_paths', :'fixtures' || '/models', false) IS NOT NULL AS set;
+SELECT ai_load_model('inside', :'fixtures' || '/models/bert-mlm');
+SELECT ai_drop_model('inside');
+RESET pg_ai.model_paths;
+
+-- pg_ai.max_cache_memory: beyond it, the least recently used models are unloaded from this backend.
+SELECT ai_load_model('cap-a', :'fixtures' || '/models/bert-classifier');
+SELECT ai_load_model('cap-b', :'fixtures' || '/models/distilbert-classifier');
+SELECT name, memory_bytes FROM ai_loaded_models() WHERE name LIKE 'cap-%' ORDER BY name;
+SET pg_ai.max_cache_memory = '150kB';
+SELECT ai_classify_label('i love eating pasta .', 'cap-a') AS uses_a;
+SELECT ai_unload_model('cap-b') AS b_was_loaded;
+SELECT ai_classify_label('i love eating pasta .', 'cap-b') AS loading_b_unloads_a;
+SELECT name AS still_loaded FROM ai_loaded_models();
+RESET pg_ai.max_cache_memory;
+SELECT ai_drop_model('cap-a'), ai_drop_model('cap-b');
+
 -- NULL in, NULL out.
 SELECT ai_load_model(NULL, '/x') IS NULL AS null_name, ai_load_model('x', NULL) IS NULL AS null_source;
 
