@@ -26,26 +26,21 @@ pub struct NewModel<'a> {
 }
 
 pub fn find(name: &str) -> Option<CatalogEntry> {
-    Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT name, source, stored, sha256, created_at::text FROM ai.models WHERE name = $1",
-            Some(1),
-            &[name.into()],
-        )?;
-        rows.into_iter()
-            .next()
-            .map(|row| {
-                Ok(CatalogEntry {
-                    name: row.get::<String>(1)?.unwrap_or_default(),
-                    source: row.get::<String>(2)?.unwrap_or_default(),
-                    stored: row.get::<bool>(3)?.unwrap_or(false),
-                    sha256: row.get::<String>(4)?.unwrap_or_default(),
-                    created_at: row.get::<String>(5)?.unwrap_or_default(),
-                })
+    let mut found = None;
+    super::read_only::for_each_row(
+        "SELECT name, source, stored, sha256, created_at::text FROM ai.models WHERE name = $1",
+        &[name],
+        |row| {
+            found = Some(CatalogEntry {
+                name: row.get::<String>(1).unwrap_or_default(),
+                source: row.get::<String>(2).unwrap_or_default(),
+                stored: row.get::<bool>(3).unwrap_or(false),
+                sha256: row.get::<String>(4).unwrap_or_default(),
+                created_at: row.get::<String>(5).unwrap_or_default(),
             })
-            .transpose()
-    })
-    .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot read ai.models: {e}"))
+        },
+    );
+    found
 }
 
 pub fn exists(name: &str) -> bool {
@@ -99,22 +94,13 @@ pub fn insert_file_chunk(model: &str, path: &str, chunk: i32, data: &[u8]) {
     .unwrap_or_else(|e| error!("cannot store model file {path}: {e}"));
 }
 
-/// Calls `f` with each stored file chunk of `model`, in path and chunk order.
+/// Calls `f` with each stored file chunk of `model`, in path and chunk order, a few chunks in memory at a time.
 pub fn for_each_file_chunk(model: &str, mut f: impl FnMut(&str, &[u8])) {
-    Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT path, data FROM ai.model_files WHERE model = $1 ORDER BY path, chunk",
-            None,
-            &[model.into()],
-        )?;
-        for row in rows {
-            let path = row.get::<String>(1)?.unwrap_or_default();
-            let data = row.get::<&[u8]>(2)?.unwrap_or_default();
-            f(&path, data);
-        }
-        Ok::<_, pgrx::spi::Error>(())
-    })
-    .unwrap_or_else(|e| error!("cannot read ai.model_files: {e}"));
+    super::read_only::for_each_row(
+        "SELECT path, data FROM ai.model_files WHERE model = $1 ORDER BY path, chunk",
+        &[model],
+        |row| f(&row.get::<String>(1).unwrap_or_default(), row.get::<&[u8]>(2).unwrap_or_default()),
+    );
 }
 
 /// Superusers and members of pg_read_server_files may read model files on the server.

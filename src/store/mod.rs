@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod catalog;
+mod read_only;
 pub mod stored_files;
 
 use crate::engine::error::{AiError, ErrorKind};

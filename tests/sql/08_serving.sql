@@ -1,0 +1,53 @@
+-- Serving like a database: a labelling trigger over 10,000 inserted rows, and parallel scans.
+CREATE EXTENSION pg_ai;
+\i tests/sql/_helpers.psql
+SELECT ai_load_model('topic', :'fixtures' || '/models/bert-classifier');
+
+-- The trigger pattern of the README: label on INSERT, and on UPDATE only when the text changes.
+CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL, topic text, views int NOT NULL DEFAULT 0);
+CREATE FUNCTION label_note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.topic := ai_classify_label(NEW.body, 'topic');
+    RETURN NEW;
+END $$;
+CREATE TRIGGER label_note BEFORE INSERT OR UPDATE OF body ON notes
+    FOR EACH ROW EXECUTE FUNCTION label_note();
+INSERT INTO notes (id, body)
+SELECT i, (ARRAY['i love eating pasta .', 'grace won the tennis game .', 'heavy snow is expected tonight .'])[1 + i % 3]
+FROM generate_series(1, 10000) AS i;
+SELECT topic, count(*) FROM notes GROUP BY topic ORDER BY topic;
+SELECT calls AS calls_after_insert FROM ai_loaded_models() WHERE name = 'topic' \gset
+-- An UPDATE that leaves the text alone does not run the model.
+UPDATE notes SET views = views + 1;
+SELECT calls - :calls_after_insert AS model_calls_for_the_update FROM ai_loaded_models() WHERE name = 'topic';
+UPDATE notes SET body = 'we watched the football match .' WHERE id = 3;
+SELECT id, topic FROM notes WHERE id = 3;
+
+-- Parallel query: the functions are PARALLEL SAFE, so workers compute ai_embed under a Gather (each worker
+-- loads the model once), and the answers equal a serial scan's.
+CREATE TABLE docs AS SELECT id, body FROM notes WHERE id <= 3000;
+ANALYZE docs;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+EXPLAIN (COSTS OFF, VERBOSE) SELECT id, ai_embed(body, 'topic') FROM docs;
+-- The plan that ran, without its row counts (they vary between workers).
+CREATE FUNCTION pg_temp.plan(query text) RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    line text;
+BEGIN
+    FOR line IN EXECUTE query LOOP
+        RETURN NEXT regexp_replace(line, ' \(actual.*\)$', '');
+    END LOOP;
+END $$;
+SELECT * FROM pg_temp.plan($$EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
+    CREATE TABLE embedded_in_parallel AS SELECT id, ai_embed(body, 'topic') AS embedding FROM docs$$);
+SET max_parallel_workers_per_gather = 0;
+CREATE TABLE embedded_serially AS SELECT id, ai_embed(body, 'topic') AS embedding FROM docs;
+SELECT count(*) AS rows, count(*) FILTER (WHERE p.embedding = s.embedding) AS equal
+FROM embedded_in_parallel AS p JOIN embedded_serially AS s USING (id);
+
+-- Every model function declares its parallel safety and volatility.
+SELECT proname, provolatile, proparallel, count(*) AS forms
+FROM pg_proc WHERE proname LIKE 'ai\_%' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
