@@ -51,3 +51,41 @@ FROM embedded_in_parallel AS p JOIN embedded_serially AS s USING (id);
 -- Every model function declares its parallel safety and volatility.
 SELECT proname, provolatile, proparallel, count(*) AS forms
 FROM pg_proc WHERE proname LIKE 'ai\_%' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+
+-- Random text as arguments: an answer or a clean error, never an internal error or a crash.
+SELECT ai_load_model('mlm', :'fixtures' || '/models/bert-mlm');
+SELECT ai_load_model('t5', :'fixtures' || '/models/t5');
+SELECT ai_load_model('gpt2', :'fixtures' || '/models/gpt2');
+SELECT setseed(0.42);
+CREATE FUNCTION pg_temp.random_text(n int) RETURNS text LANGUAGE sql AS $$
+    SELECT string_agg(chr(CASE WHEN random() < 0.7 THEN 32 + (random() * 94)::int
+                               ELSE 160 + (random() * 20000)::int END), '')
+    FROM generate_series(1, n)
+$$;
+CREATE TABLE fuzz_outcomes (call text, outcome text);
+DO $$
+DECLARE
+    t text;
+    calls text[] := ARRAY[
+        $q$SELECT ai_fill_mask(%L || ' [MASK]', 'mlm')$q$,
+        $q$SELECT ai_fill_mask(%L, 'mlm')$q$,
+        $q$SELECT ai_classify_label(%L, 'topic')$q$,
+        $q$SELECT ai_embed(%L, 'topic')$q$,
+        $q$SELECT ai_translate(%L, 't5', max_tokens => 4, num_beams => 2)$q$,
+        $q$SELECT ai_generate(%L, 'gpt2', max_tokens => 4, stop => ARRAY['e'])$q$,
+        $q$SELECT ai_classify_label('x', %L)$q$];
+    call text;
+BEGIN
+    FOR i IN 1..30 LOOP
+        t := pg_temp.random_text((random() * 80)::int);
+        FOREACH call IN ARRAY calls LOOP
+            BEGIN
+                EXECUTE format(call, t);
+                INSERT INTO fuzz_outcomes VALUES (call, 'answer');
+            EXCEPTION WHEN OTHERS THEN
+                INSERT INTO fuzz_outcomes VALUES (call, SQLSTATE);
+            END;
+        END LOOP;
+    END LOOP;
+END $$;
+SELECT call, outcome, count(*) FROM fuzz_outcomes GROUP BY 1, 2 ORDER BY 1, 2;
