@@ -35,3 +35,6 @@ rm -rf "$PG_AI_CLUSTER"
 scripts/cluster.sh start
 trap 'scripts/cluster.sh stop' EXIT
 scripts/sql-tests.sh
+
+echo "== many connections (benches/concurrency.sh)"
+benches/concurrency.sh

@@ -1,0 +1,1 @@
+SELECT ai_classify_label('heavy snow is expected tonight .', 'topic');

@@ -1,0 +1,1 @@
+SELECT ai_embed('alice is eating bread .', 'topic');
