@@ -89,3 +89,14 @@ BEGIN
     END LOOP;
 END $$;
 SELECT call, outcome, count(*) FROM fuzz_outcomes GROUP BY 1, 2 ORDER BY 1, 2;
+
+-- Faults: the model's directory is deleted while the model is loaded. The loaded copy keeps answering;
+-- loading it again is a clean error, and the backend lives on.
+SELECT format('rm -rf /tmp/pg_ai-doomed; cp -r %s/models/bert-classifier /tmp/pg_ai-doomed', :'fixtures') AS copy \gset
+COPY (SELECT 1) TO PROGRAM :'copy';
+SELECT ai_load_model('doomed', '/tmp/pg_ai-doomed');
+COPY (SELECT 1) TO PROGRAM 'rm -rf /tmp/pg_ai-doomed';
+SELECT ai_classify_label('grace won the tennis game .', 'doomed') AS still_loaded;
+SELECT ai_unload_model('doomed');
+SELECT pg_temp.try($$SELECT ai_classify_label('grace won the tennis game .', 'doomed')$$) AS reload;
+SELECT 1 AS backend_alive;
