@@ -38,3 +38,6 @@ scripts/sql-tests.sh
 
 echo "== many connections (benches/concurrency.sh)"
 benches/concurrency.sh
+
+echo "== read replica (tests/replica.sh)"
+tests/replica.sh

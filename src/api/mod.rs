@@ -13,6 +13,13 @@ fn interrupts() {
     pgrx::check_for_interrupts!();
 }
 
+/// Functions that write the catalog fail cleanly (25006) in read-only transactions and on standbys, before
+/// doing any work.
+fn require_writable(function: &std::ffi::CStr) {
+    // SAFETY: raises a Postgres ERROR or returns; the name is a static C string.
+    unsafe { pgrx::pg_sys::PreventCommandIfReadOnly(function.as_ptr()) };
+}
+
 /// The non-NULL texts of an array with their 1-based positions; NULL elements are skipped.
 fn present(inputs: &pgrx::Array<&str>) -> (Vec<i32>, Vec<String>) {
     let mut positions = Vec::new();

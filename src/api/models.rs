@@ -20,6 +20,7 @@ fn ai_load_model(
 ) -> Option<String> {
     // Not STRICT because task may be NULL; NULL name or source still gives NULL.
     let (name, source) = (name?, source?);
+    super::require_writable(c"ai_load_model()");
     let store = store.unwrap_or(false);
     if name.trim().is_empty() {
         raise(AiError::invalid("the model name is empty"));
@@ -101,6 +102,7 @@ fn ai_unload_model(name: &str) -> bool {
 /// Removes the model from the catalog, with its stored files; errors if there is none.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_drop_model(name: &str) -> bool {
+    super::require_writable(c"ai_drop_model()");
     if !catalog::delete(name) {
         if catalog::exists(name) {
             // Row-level security on ai.models hid the row from DELETE.

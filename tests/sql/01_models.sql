@@ -84,6 +84,11 @@ SELECT name AS still_loaded FROM ai_loaded_models();
 RESET pg_ai.max_cache_memory;
 SELECT ai_drop_model('cap-a'), ai_drop_model('cap-b');
 
+-- Registering writes the catalog: refused in a read-only transaction (and on a standby, tests/replica.sh).
+BEGIN READ ONLY;
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'ro', :'fixtures' || '/models/bert-mlm')) AS read_only;
+ROLLBACK;
+
 -- NULL in, NULL out.
 SELECT ai_load_model(NULL, '/x') IS NULL AS null_name, ai_load_model('x', NULL) IS NULL AS null_source;
 
