@@ -1,4 +1,4 @@
-//! The engine: model files, tokenisation, the models, the tasks and generation. Nothing here calls Postgres,
+//! The engine: model files, tokenisation, the models, the tasks, generation and training. Nothing here calls Postgres,
 //! so all of it is tested with plain `cargo test`.
 
 pub mod beam;
@@ -21,4 +21,5 @@ pub mod t5;
 pub mod tasks;
 pub mod text;
 pub mod threads;
+pub mod train;
 pub mod translator;

@@ -1,0 +1,103 @@
+//! A training batch: padded token ids and what the model must predict.
+
+use crate::engine::error::{AiError, Result};
+use candle_core::{Device, Tensor};
+
+#[derive(Debug, Clone)]
+pub enum Targets {
+    /// Flat positions (row * len + column) whose output must predict `ids`: masked tokens for a
+    /// masked LM, every next token for a causal LM. Padding is simply never listed (candle's
+    /// cross_entropy has no ignore_index).
+    Tokens { positions: Vec<u32>, ids: Vec<u32> },
+    /// One class id per row.
+    Labels(Vec<u32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// (rows, len) row-major, padded on the right.
+    pub ids: Vec<u32>,
+    /// 1 over real tokens, 0 over padding.
+    pub attention: Vec<u32>,
+    pub rows: usize,
+    pub len: usize,
+    pub targets: Targets,
+}
+
+impl Batch {
+    /// Pads `seqs` on the right with `pad`.
+    pub fn padded(seqs: &[&[u32]], pad: u32, targets: Targets) -> Batch {
+        let len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let rows = seqs.len();
+        let (mut ids, mut attention) = (vec![pad; rows * len], vec![0u32; rows * len]);
+        for (r, s) in seqs.iter().enumerate() {
+            ids[r * len..r * len + s.len()].copy_from_slice(s);
+            attention[r * len..r * len + s.len()].fill(1);
+        }
+        Batch { ids, attention, rows, len, targets }
+    }
+
+    /// Every next token of each sequence, for a causal LM: position t predicts token t + 1.
+    pub fn next_token_targets(seqs: &[&[u32]], len: usize) -> Targets {
+        let (mut positions, mut ids) = (Vec::new(), Vec::new());
+        for (r, s) in seqs.iter().enumerate() {
+            for t in 0..s.len().saturating_sub(1) {
+                positions.push((r * len + t) as u32);
+                ids.push(s[t + 1]);
+            }
+        }
+        Targets::Tokens { positions, ids }
+    }
+
+    /// From transformers' tensors: `labels` uses -100 for "no target"; `shift` as causal LMs do
+    /// (the label at t + 1 is predicted at t).
+    pub fn from_hf(input_ids: &[Vec<u32>], attention_mask: &[Vec<u32>], labels: &[Vec<i64>], shift: bool) -> Batch {
+        let (rows, len) = (input_ids.len(), input_ids.first().map_or(0, Vec::len));
+        let (mut positions, mut ids) = (Vec::new(), Vec::new());
+        for (r, row) in labels.iter().enumerate() {
+            for t in 0..len {
+                let source = if shift { t + 1 } else { t };
+                if let Some(&l) = row.get(source).filter(|l| **l >= 0) {
+                    positions.push((r * len + t) as u32);
+                    ids.push(l as u32);
+                }
+            }
+        }
+        Batch {
+            ids: input_ids.concat(),
+            attention: attention_mask.concat(),
+            rows,
+            len,
+            targets: Targets::Tokens { positions, ids },
+        }
+    }
+
+    pub fn ids_tensor(&self) -> Result<Tensor> {
+        Ok(Tensor::from_vec(self.ids.clone(), (self.rows, self.len), &Device::Cpu)?)
+    }
+
+    /// Real (non-padding) tokens in the batch.
+    pub fn tokens(&self) -> usize {
+        self.attention.iter().filter(|a| **a != 0).count()
+    }
+
+    /// The ids the loss compares the logits with, as a tensor.
+    pub fn target_tensor(&self) -> Result<Tensor> {
+        let ids = match &self.targets {
+            Targets::Tokens { ids, .. } => ids.clone(),
+            Targets::Labels(labels) => labels.clone(),
+        };
+        if ids.is_empty() {
+            return Err(AiError::internal("a batch without targets"));
+        }
+        let n = ids.len();
+        Ok(Tensor::from_vec(ids, n, &Device::Cpu)?)
+    }
+
+    pub fn target_count(&self) -> usize {
+        match &self.targets {
+            Targets::Tokens { ids, .. } => ids.len(),
+            Targets::Labels(labels) => labels.len(),
+        }
+    }
+}

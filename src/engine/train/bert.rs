@@ -1,0 +1,291 @@
+//! A differentiable BERT with transformers' tensor names, so that engine::encoder loads what it saves:
+//! BertForMaskedLM (decoder tied to the word embeddings) and BertForSequenceClassification.
+
+use super::batch::{Batch, Targets};
+use super::nn::{dropout, layer_norm, linear, softmax, Activation, Dropout};
+use super::params::{read_safetensors, ParamBuilder, Params};
+use super::Trainable;
+use crate::engine::config::{Family, ModelConfig};
+use crate::engine::error::{AiError, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What the model is trained to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BertTask {
+    MaskedLm,
+    /// Labels in id order.
+    Classifier(Vec<String>),
+}
+
+type Pair = (Tensor, Tensor);
+
+struct Layer {
+    query: Pair,
+    key: Pair,
+    value: Pair,
+    attention_out: Pair,
+    attention_norm: Pair,
+    ffn_in: Pair,
+    ffn_out: Pair,
+    output_norm: Pair,
+}
+
+enum Head {
+    MaskedLm { dense: Pair, norm: Pair, bias: Tensor },
+    Classifier { pooler: Pair, out: Pair, dropout: f64 },
+}
+
+pub struct TrainableBert {
+    /// The config.json to write: the base's, with the architecture and labels of this task.
+    pub config: Value,
+    params: Params,
+    /// Parameters initialised here rather than read from the base (a new head, say).
+    pub fresh: Vec<String>,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    embeddings_norm: Pair,
+    layers: Vec<Layer>,
+    head: Head,
+    heads: usize,
+    eps: f64,
+    act: Activation,
+    hidden_dropout: f64,
+    attention_dropout: f64,
+}
+
+/// config.json of a new BERT of the given size.
+pub fn new_config(
+    vocab_size: usize,
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    inter: usize,
+    positions: usize,
+    dropout: f64,
+) -> Value {
+    json!({
+        "architectures": ["BertForMaskedLM"],
+        "model_type": "bert",
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": inter,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": dropout,
+        "attention_probs_dropout_prob": dropout,
+        "classifier_dropout": null,
+        "max_position_embeddings": positions,
+        "type_vocab_size": 2,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+        "tie_word_embeddings": true,
+        "dtype": "float32",
+    })
+}
+
+/// Bare BertModel files name tensors without the "bert." prefix; the old decoder bias name differs.
+fn normalise_names(source: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    source
+        .into_iter()
+        .map(|(name, t)| {
+            let name = if ["embeddings.", "encoder.", "pooler."].iter().any(|p| name.starts_with(p)) {
+                format!("bert.{name}")
+            } else if name == "cls.predictions.decoder.bias" {
+                "cls.predictions.bias".to_string()
+            } else {
+                name
+            };
+            (name, t)
+        })
+        .collect()
+}
+
+fn f64_field(config: &Value, name: &str, default: f64) -> f64 {
+    config.get(name).and_then(Value::as_f64).unwrap_or(default)
+}
+
+impl TrainableBert {
+    /// Loads a save_pretrained directory for further training; the task follows its architecture.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = read_config(dir)?;
+        let parsed = ModelConfig::from_value(config.clone())?;
+        let task = if parsed.architecture.ends_with("ForSequenceClassification") {
+            BertTask::Classifier(parsed.labels.clone())
+        } else {
+            BertTask::MaskedLm
+        };
+        Self::build(config, task, read_safetensors(&dir.join("model.safetensors"))?, 0)
+    }
+
+    /// Builds the model for `task` from `config`, taking tensors from `source` where it has them
+    /// and initialising the rest (seeded) as transformers does.
+    pub fn build(mut config: Value, task: BertTask, source: HashMap<String, Tensor>, seed: u64) -> Result<Self> {
+        let c = ModelConfig::from_value(config.clone())?;
+        if c.family != Family::Bert {
+            return Err(AiError::wrong_task(format!("a {} model is not a BERT", c.family.name())));
+        }
+        if c.heads == 0 || !c.hidden_size.is_multiple_of(c.heads) {
+            return Err(AiError::corrupt("hidden size is not a multiple of the number of heads"));
+        }
+        let mut source = normalise_names(source);
+        // A head trained for other labels starts afresh.
+        if let BertTask::Classifier(labels) = &task {
+            if *labels != c.labels {
+                source.retain(|name, _| !name.starts_with("classifier."));
+            }
+        }
+        let std = f64_field(&config, "initializer_range", 0.02);
+        let (h, inter) = (c.hidden_size, c.intermediate_size);
+        let mut b = ParamBuilder::new(source, seed);
+        let word = b.embedding("bert.embeddings.word_embeddings.weight", c.vocab_size, h, std, Some(c.pad_token_id))?;
+        let position = b.embedding("bert.embeddings.position_embeddings.weight", c.max_positions, h, std, None)?;
+        let token_type =
+            b.embedding("bert.embeddings.token_type_embeddings.weight", c.type_vocab_size.max(1), h, std, None)?;
+        let embeddings_norm = b.norm("bert.embeddings.LayerNorm", h)?;
+        let lin = |b: &mut ParamBuilder, name: String, d_in: usize, d_out: usize| -> Result<Pair> {
+            Ok((b.normal(&format!("{name}.weight"), &[d_out, d_in], std)?, b.bias(&format!("{name}.bias"), d_out)?))
+        };
+        let mut layers = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let p = format!("bert.encoder.layer.{i}");
+            layers.push(Layer {
+                query: lin(&mut b, format!("{p}.attention.self.query"), h, h)?,
+                key: lin(&mut b, format!("{p}.attention.self.key"), h, h)?,
+                value: lin(&mut b, format!("{p}.attention.self.value"), h, h)?,
+                attention_out: lin(&mut b, format!("{p}.attention.output.dense"), h, h)?,
+                attention_norm: b.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
+                ffn_in: lin(&mut b, format!("{p}.intermediate.dense"), h, inter)?,
+                ffn_out: lin(&mut b, format!("{p}.output.dense"), inter, h)?,
+                output_norm: b.norm(&format!("{p}.output.LayerNorm"), h)?,
+            });
+        }
+        let hidden_dropout = f64_field(&config, "hidden_dropout_prob", 0.1);
+        let head = match &task {
+            BertTask::MaskedLm => Head::MaskedLm {
+                dense: lin(&mut b, "cls.predictions.transform.dense".into(), h, h)?,
+                norm: b.norm("cls.predictions.transform.LayerNorm", h)?,
+                bias: b.bias("cls.predictions.bias", c.vocab_size)?,
+            },
+            BertTask::Classifier(labels) => Head::Classifier {
+                pooler: lin(&mut b, "bert.pooler.dense".into(), h, h)?,
+                out: lin(&mut b, "classifier".into(), h, labels.len())?,
+                dropout: config.get("classifier_dropout").and_then(Value::as_f64).unwrap_or(hidden_dropout),
+            },
+        };
+        let obj = config.as_object_mut().ok_or_else(|| AiError::corrupt("config.json is not an object"))?;
+        for key in ["id2label", "label2id", "problem_type", "num_labels"] {
+            obj.remove(key);
+        }
+        match &task {
+            BertTask::MaskedLm => {
+                obj.insert("architectures".into(), json!(["BertForMaskedLM"]));
+            }
+            BertTask::Classifier(labels) => {
+                obj.insert("architectures".into(), json!(["BertForSequenceClassification"]));
+                let id2label: serde_json::Map<String, Value> =
+                    labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
+                let label2id: serde_json::Map<String, Value> =
+                    labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
+                obj.insert("id2label".into(), Value::Object(id2label));
+                obj.insert("label2id".into(), Value::Object(label2id));
+                obj.insert("problem_type".into(), json!("single_label_classification"));
+            }
+        }
+        Ok(TrainableBert {
+            attention_dropout: f64_field(&config, "attention_probs_dropout_prob", 0.1),
+            config,
+            fresh: std::mem::take(&mut b.fresh),
+            params: b.params,
+            word,
+            position,
+            token_type,
+            embeddings_norm,
+            layers,
+            head,
+            heads: c.heads,
+            eps: c.layer_norm_eps,
+            act: Activation::parse(&c.activation)?,
+            hidden_dropout,
+        })
+    }
+
+    /// Last hidden states, (rows, len, hidden).
+    pub fn hidden(&self, batch: &Batch, mut d: Option<&mut Dropout>) -> Result<Tensor> {
+        let (rows, len) = (batch.rows, batch.len);
+        let h = self.word.dim(1)?;
+        let ids = Tensor::from_vec(batch.ids.clone(), rows * len, &Device::Cpu)?;
+        let positions = Tensor::arange(0u32, len as u32, &Device::Cpu)?;
+        let x = self.word.index_select(&ids, 0)?.reshape((rows, len, h))?;
+        let x = x.broadcast_add(&self.position.index_select(&positions, 0)?)?;
+        // Single-sentence inputs: every token is of type 0.
+        let x = x.broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
+        let mut x = dropout(&mut d, &layer_norm(&x, &self.embeddings_norm, self.eps)?, self.hidden_dropout)?;
+        // Additive mask: 0 where attended, a large negative number over padding. (rows, 1, 1, len)
+        let mask = Tensor::from_vec(batch.attention.clone(), (rows, 1, 1, len), &Device::Cpu)?.to_dtype(DType::F32)?;
+        let bias = ((mask - 1.0)? * 1e30)?;
+        for l in &self.layers {
+            x = self.layer(l, &x, &bias, &mut d)?;
+        }
+        Ok(x)
+    }
+
+    fn layer(&self, l: &Layer, x: &Tensor, bias: &Tensor, d: &mut Option<&mut Dropout>) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let hd = h / self.heads;
+        let split = |p: &Pair| -> Result<Tensor> {
+            Ok(linear(x, &p.0, Some(&p.1))?.reshape((b, s, self.heads, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let (q, k, v) = (split(&l.query)?, split(&l.key)?, split(&l.value)?);
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
+        let probs = dropout(d, &softmax(&scores)?, self.attention_dropout)?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let a = dropout(d, &linear(&context, &l.attention_out.0, Some(&l.attention_out.1))?, self.hidden_dropout)?;
+        let x = layer_norm(&(a + x)?, &l.attention_norm, self.eps)?;
+        let f = self.act.apply(&linear(&x, &l.ffn_in.0, Some(&l.ffn_in.1))?)?;
+        let f = dropout(d, &linear(&f, &l.ffn_out.0, Some(&l.ffn_out.1))?, self.hidden_dropout)?;
+        layer_norm(&(f + x)?, &l.output_norm, self.eps)
+    }
+}
+
+fn read_config(dir: &Path) -> Result<Value> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| AiError::corrupt(format!("{} is not valid JSON: {e}", path.display())))
+}
+
+impl Trainable for TrainableBert {
+    fn params(&self) -> &Params {
+        &self.params
+    }
+
+    fn logits(&self, batch: &Batch, mut d: Option<&mut Dropout>) -> Result<Tensor> {
+        let hidden = self.hidden(batch, d.as_deref_mut())?;
+        let h = hidden.dim(2)?;
+        match (&self.head, &batch.targets) {
+            (Head::MaskedLm { dense, norm, bias }, Targets::Tokens { positions, .. }) => {
+                // Only the masked positions go through the vocabulary projection.
+                let at = Tensor::from_vec(positions.clone(), positions.len(), &Device::Cpu)?;
+                let x = hidden.reshape((batch.rows * batch.len, h))?.index_select(&at, 0)?;
+                let x = layer_norm(&self.act.apply(&linear(&x, &dense.0, Some(&dense.1))?)?, norm, self.eps)?;
+                linear(&x, &self.word, Some(bias))
+            }
+            (Head::Classifier { pooler, out, dropout: p }, Targets::Labels(_)) => {
+                let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+                let pooled = linear(&first, &pooler.0, Some(&pooler.1))?.tanh()?;
+                linear(&dropout(&mut d, &pooled, *p)?, &out.0, Some(&out.1))
+            }
+            _ => Err(AiError::internal("the batch's targets do not fit the model's head")),
+        }
+    }
+
+    fn config(&self) -> &Value {
+        &self.config
+    }
+}

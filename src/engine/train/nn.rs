@@ -1,0 +1,92 @@
+//! Differentiable building blocks. candle's fused softmax_last_dim / layer_norm kernels have no
+//! backward pass and would silently cut the graph, so these use plain tensor ops only.
+
+use crate::engine::error::{AiError, Result};
+use candle_core::{Device, Tensor, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// x (.., in) times a weight stored (out, in), as nn.Linear keeps it.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    conv1d(x, &w.t()?, b)
+}
+
+/// x (.., in) times a weight stored (in, out), as GPT-2's Conv1D keeps it.
+pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (inner, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1]);
+    let mut y = x.reshape((rows, inner))?.matmul(w)?;
+    if let Some(b) = b {
+        y = y.broadcast_add(b)?;
+    }
+    let mut out = dims;
+    *out.last_mut().expect("x has dims") = w.dim(1)?;
+    Ok(y.reshape(out)?)
+}
+
+pub fn layer_norm(x: &Tensor, (w, b): &(Tensor, Tensor), eps: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::layer_norm_slow(x, w, b, eps as f32)?)
+}
+
+/// Softmax over the last dimension. The max is only there for stability, so it is detached.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Gelu,
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            other => Err(AiError::invalid(format!("activation \"{other}\" cannot be trained here"))
+                .with_hint("Training supports gelu, gelu_new and relu.")),
+        }
+    }
+
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::GeluTanh => x.gelu()?,
+            Activation::Relu => x.relu()?,
+        })
+    }
+}
+
+/// Seeded dropout: candle's own draws from an unseeded generator, which would break reproducibility.
+pub struct Dropout {
+    rng: ChaCha8Rng,
+}
+
+impl Dropout {
+    pub fn new(seed: u64) -> Self {
+        Dropout { rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    pub fn apply(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let keep: Vec<f32> =
+            (0..x.elem_count()).map(|_| if self.rng.random::<f64>() < p { 0.0 } else { scale }).collect();
+        Ok((x * Tensor::from_vec(keep, x.shape(), &Device::Cpu)?)?)
+    }
+}
+
+/// Dropout when training (`Some`), nothing when evaluating.
+pub fn dropout(d: &mut Option<&mut Dropout>, x: &Tensor, p: f64) -> Result<Tensor> {
+    match d {
+        Some(d) => d.apply(x, p),
+        None => Ok(x.clone()),
+    }
+}

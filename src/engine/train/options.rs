@@ -1,0 +1,233 @@
+//! Training options from a JSON object: every key optional, unknown keys and absurd values refused
+//! with a hint, so that a typo in SQL does not silently train with a default.
+
+use crate::engine::error::{AiError, Result};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    /// Stops after this many optimizer steps, whatever `epochs` says.
+    pub max_steps: Option<usize>,
+    pub batch_size: usize,
+    /// None: 5e-4 when pretraining, 5e-5 when fine-tuning.
+    pub learning_rate: Option<f64>,
+    pub warmup_steps: Option<usize>,
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    /// 0 turns clipping off.
+    pub max_grad_norm: f64,
+    pub mask_probability: f64,
+    pub seed: u64,
+    pub test_size: f64,
+    pub log_every: usize,
+    pub max_length: usize,
+    /// Dropout of a new model (hidden and attention); a fine-tuned model keeps its config's.
+    pub dropout: Option<f64>,
+    // Model size, for pretraining only (None: the defaults below).
+    pub vocab_size: Option<usize>,
+    pub hidden_size: Option<usize>,
+    pub layers: Option<usize>,
+    pub heads: Option<usize>,
+    pub intermediate_size: Option<usize>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            epochs: 3,
+            max_steps: None,
+            batch_size: 16,
+            learning_rate: None,
+            warmup_steps: None,
+            warmup_ratio: 0.0,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            mask_probability: 0.15,
+            seed: 42,
+            test_size: 0.1,
+            log_every: 50,
+            max_length: 128,
+            dropout: None,
+            vocab_size: None,
+            hidden_size: None,
+            layers: None,
+            heads: None,
+            intermediate_size: None,
+        }
+    }
+}
+
+const KEYS: &[&str] = &[
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "learning_rate",
+    "warmup_steps",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "mask_probability",
+    "seed",
+    "test_size",
+    "log_every",
+    "max_length",
+    "dropout",
+    "vocab_size",
+    "hidden_size",
+    "layers",
+    "heads",
+    "intermediate_size",
+];
+
+/// The options that shape a new model; fine-tuning keeps the base model's shape.
+pub const MODEL_SIZE_KEYS: &[&str] = &["vocab_size", "hidden_size", "layers", "heads", "intermediate_size"];
+
+fn int(map: &Map<String, Value>, key: &str, min: u64, max: u64) -> Result<Option<usize>> {
+    let Some(v) = map.get(key).filter(|v| !v.is_null()) else { return Ok(None) };
+    // 3.0 is accepted as 3: JSON built in SQL often carries numerics.
+    let n = v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64));
+    match n {
+        Some(n) if (min..=max).contains(&n) => Ok(Some(n as usize)),
+        _ => Err(AiError::invalid(format!("option {key} must be a whole number from {min} to {max}, not {v}"))),
+    }
+}
+
+/// A number in a range; `open_low`/`open_high` exclude the ends.
+fn real(
+    map: &Map<String, Value>,
+    key: &str,
+    low: f64,
+    high: f64,
+    open_low: bool,
+    open_high: bool,
+) -> Result<Option<f64>> {
+    let Some(v) = map.get(key).filter(|v| !v.is_null()) else { return Ok(None) };
+    let ok = |x: f64| {
+        x.is_finite() && if open_low { x > low } else { x >= low } && if open_high { x < high } else { x <= high }
+    };
+    match v.as_f64() {
+        Some(x) if ok(x) => Ok(Some(x)),
+        _ => {
+            let (l, h) = (if open_low { "(" } else { "[" }, if open_high { ")" } else { "]" });
+            Err(AiError::invalid(format!("option {key} must be a number in {l}{low}, {high}{h}, not {v}")))
+        }
+    }
+}
+
+impl TrainOptions {
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let empty = Map::new();
+        let map = match v {
+            Value::Null => &empty,
+            Value::Object(map) => map,
+            other => {
+                return Err(AiError::invalid(format!("training options must be a JSON object, not {other}"))
+                    .with_hint("For example '{\"epochs\": 3, \"batch_size\": 16}'."))
+            }
+        };
+        if let Some(unknown) = map.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(AiError::invalid(format!("unknown training option \"{unknown}\""))
+                .with_hint(format!("Options: {}.", KEYS.join(", "))));
+        }
+        let d = TrainOptions::default();
+        let o = TrainOptions {
+            epochs: int(map, "epochs", 1, 10_000)?.unwrap_or(d.epochs),
+            max_steps: int(map, "max_steps", 1, 100_000_000)?,
+            batch_size: int(map, "batch_size", 1, 4096)?.unwrap_or(d.batch_size),
+            learning_rate: real(map, "learning_rate", 0.0, 1.0, true, false)?,
+            warmup_steps: int(map, "warmup_steps", 0, 100_000_000)?,
+            warmup_ratio: real(map, "warmup_ratio", 0.0, 1.0, false, true)?.unwrap_or(d.warmup_ratio),
+            weight_decay: real(map, "weight_decay", 0.0, 1.0, false, false)?.unwrap_or(d.weight_decay),
+            max_grad_norm: real(map, "max_grad_norm", 0.0, 1e6, false, false)?.unwrap_or(d.max_grad_norm),
+            mask_probability: real(map, "mask_probability", 0.0, 1.0, true, true)?.unwrap_or(d.mask_probability),
+            seed: int(map, "seed", 0, u64::MAX)?.map_or(d.seed, |s| s as u64),
+            test_size: real(map, "test_size", 0.0, 1.0, false, true)?.unwrap_or(d.test_size),
+            log_every: int(map, "log_every", 1, 100_000_000)?.unwrap_or(d.log_every),
+            max_length: int(map, "max_length", 8, 8192)?.unwrap_or(d.max_length),
+            dropout: real(map, "dropout", 0.0, 1.0, false, true)?,
+            vocab_size: int(map, "vocab_size", 100, 1_000_000)?,
+            hidden_size: int(map, "hidden_size", 4, 8192)?,
+            layers: int(map, "layers", 1, 96)?,
+            heads: int(map, "heads", 1, 128)?,
+            intermediate_size: int(map, "intermediate_size", 1, 65_536)?,
+        };
+        if map.contains_key("warmup_steps") && map.contains_key("warmup_ratio") {
+            return Err(AiError::invalid("give warmup_steps or warmup_ratio, not both"));
+        }
+        let (hidden, heads) = (o.hidden_size(), o.heads());
+        if !hidden.is_multiple_of(heads) {
+            return Err(AiError::invalid(format!("hidden_size {hidden} is not a multiple of heads {heads}"))
+                .with_hint(
+                    "Each attention head gets hidden_size / heads dimensions, e.g. hidden_size 64 with 2 heads.",
+                ));
+        }
+        Ok(o)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size.unwrap_or(2000)
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.hidden_size.unwrap_or(64)
+    }
+
+    pub fn layers(&self) -> usize {
+        self.layers.unwrap_or(2)
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads.unwrap_or(2)
+    }
+
+    pub fn intermediate_size(&self) -> usize {
+        self.intermediate_size.unwrap_or(4 * self.hidden_size())
+    }
+
+    /// The model-size options that were given, which fine-tuning refuses.
+    pub fn model_size_given(&self) -> Vec<&'static str> {
+        let given = [self.vocab_size, self.hidden_size, self.layers, self.heads, self.intermediate_size];
+        MODEL_SIZE_KEYS.iter().zip(given).filter(|(_, v)| v.is_some()).map(|(k, _)| *k).collect()
+    }
+
+    /// Warmup steps out of `total`.
+    pub fn warmup(&self, total: usize) -> usize {
+        self.warmup_steps.unwrap_or_else(|| (self.warmup_ratio * total as f64).ceil() as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::error::ErrorKind;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let o = TrainOptions::from_json(&json!({"epochs": 5, "learning_rate": 1e-3, "seed": 7.0})).unwrap();
+        assert_eq!((o.epochs, o.learning_rate, o.seed, o.batch_size), (5, Some(1e-3), 7, 16));
+        assert_eq!(TrainOptions::from_json(&Value::Null).unwrap(), TrainOptions::default());
+        assert_eq!(o.intermediate_size(), 256);
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        for bad in [
+            json!({"batch_size": 0}),
+            json!({"learning_rate": -1}),
+            json!({"mask_probability": 1.0}),
+            json!({"mask_probability": 0}),
+            json!({"test_size": 1}),
+            json!({"epochs": "three"}),
+            json!({"epoch": 3}),
+            json!({"hidden_size": 30, "heads": 4}),
+            json!([1, 2]),
+        ] {
+            let e = TrainOptions::from_json(&bad).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidParameter, "{bad}");
+        }
+        let e = TrainOptions::from_json(&json!({"epoch": 3})).unwrap_err();
+        assert!(e.hint.unwrap().contains("epochs"));
+    }
+}
