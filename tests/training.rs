@@ -151,3 +151,63 @@ fn classification_step_matches_torch() {
     assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
     check_against_torch(&model, &g, &batch(&g, false));
 }
+
+// ---- Whole training runs on small data -------------------------------------------------------------
+
+use pg_ai::engine::error::ErrorKind;
+use pg_ai::engine::files::ModelFiles;
+use pg_ai::engine::generate::{generate_with, GenerateOptions};
+use pg_ai::engine::model::{AnyModel, Model, Task};
+use pg_ai::engine::tasks::{classify::classify, fill_mask::fill_mask};
+use pg_ai::engine::train::{finetune, pretrain, Objective, TrainOptions, TrainOutcome};
+use serde_json::json;
+use training_support::{scratch, sentences, Recorder, Rows};
+
+fn options(v: Value) -> TrainOptions {
+    TrainOptions::from_json(&v).unwrap()
+}
+
+fn load_any(dir: &std::path::Path) -> AnyModel {
+    AnyModel::load(&ModelFiles::in_dir(dir.to_path_buf()).unwrap()).unwrap()
+}
+
+fn encoder(dir: &std::path::Path) -> Model {
+    match load_any(dir) {
+        AnyModel::Encoder(m) => m,
+        _ => panic!("{} is not an encoder", dir.display()),
+    }
+}
+
+fn metric(outcome: &TrainOutcome, name: &str) -> f64 {
+    outcome.metrics[name].as_f64().unwrap_or_else(|| panic!("no metric {name} in {}", outcome.metrics))
+}
+
+#[test]
+fn pretrained_mlm_learns_and_fills_masks() {
+    let mut texts = sentences();
+    texts.extend(["".to_string(), "   ".to_string()]); // NULL and blank texts are skipped and counted
+    let mut rows = Rows::texts(&texts);
+    let out = scratch("mlm");
+    let mut progress = Recorder::default();
+    let o = options(json!({"max_steps": 600, "learning_rate": 2e-3, "warmup_ratio": 0.05, "log_every": 200}));
+    let outcome = pretrain(Objective::Mlm, &mut rows, &o, &mut progress, &out).unwrap();
+    eprintln!("{}", outcome.metrics);
+    assert_eq!((outcome.architecture.as_str(), outcome.task.as_str()), ("BertForMaskedLM", "fill-mask"));
+    assert_eq!((outcome.steps, outcome.examples, outcome.skipped), (600, 200, 2));
+    assert_eq!(progress.reports.iter().map(|r| r.step).collect::<Vec<_>>(), vec![200, 400, 600]);
+    assert!(progress.checks >= 600);
+
+    let m = encoder(&out);
+    let vocab = m.config.vocab_size as f64;
+    let (initial, eval) = (metric(&outcome, "initial_eval_loss"), metric(&outcome, "eval_loss"));
+    assert!((initial - vocab.ln()).abs() < 1.0, "an untrained model should be near ln(vocab): {initial}");
+    assert!(eval < 0.5 * vocab.ln(), "eval loss {eval} vs ln(vocab) {}", vocab.ln());
+    assert!((metric(&outcome, "perplexity") - eval.exp()).abs() < 1e-9);
+
+    assert!(m.can(Task::FillMask));
+    let answers = fill_mask(&m, &["The farmer [MASK] a book every morning."], 5, &mut || ()).unwrap().remove(0);
+    eprintln!("{answers:?}");
+    assert_eq!(answers.len(), 5);
+    assert_eq!(answers[0].token, "reads");
+    std::fs::remove_dir_all(out).unwrap();
+}

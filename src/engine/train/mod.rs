@@ -4,11 +4,16 @@
 
 pub mod batch;
 pub mod bert;
+pub mod data;
 pub mod gpt2;
+pub mod mask;
+pub mod metrics;
 pub mod nn;
 pub mod optim;
 pub mod options;
 pub mod params;
+pub mod run;
+pub mod tokenizer;
 
 pub use batch::{Batch, Targets};
 pub use bert::{BertTask, TrainableBert};
@@ -21,7 +26,91 @@ pub use params::Params;
 use crate::engine::error::{AiError, Result};
 use candle_core::Tensor;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::Path;
+use tokenizer::{Style, TrainTokenizer};
+
+/// One training row. `text` is "" where the SQL value is NULL.
+#[derive(Debug, Clone, Default)]
+pub struct Example {
+    pub text: String,
+    pub label: Option<String>,
+    /// For sequence-to-sequence objectives (not yet supported).
+    pub target: Option<String>,
+}
+
+pub trait DataSource {
+    /// One full pass over all rows, in a stable order, handed over chunk by chunk (the SQL side reads a cursor).
+    /// Called several times (tokenizer training, label discovery, each epoch).
+    fn pass(&mut self, each: &mut dyn FnMut(Vec<Example>) -> Result<()>) -> Result<()>;
+}
+
+pub trait Progress {
+    /// Called often (every batch at least); returns Err to stop (the SQL side checks interrupts here).
+    fn check(&mut self) -> Result<()>;
+    /// Called every log_every steps and at the end.
+    fn report(&mut self, step: &StepReport);
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    pub step: usize,
+    pub total_steps: usize,
+    /// Mean training loss since the previous report.
+    pub loss: f32,
+    pub learning_rate: f64,
+    pub tokens_per_second: f64,
+    pub seconds_left: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objective {
+    Mlm,
+    Clm,
+    TextClassification,
+}
+
+impl Objective {
+    const ALL: [Objective; 3] = [Objective::Mlm, Objective::Clm, Objective::TextClassification];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Mlm => "mlm",
+            Objective::Clm => "clm",
+            Objective::TextClassification => "text-classification",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|o| o.name() == s).ok_or_else(|| {
+            let hint = if matches!(s, "token-classification" | "seq2seq") {
+                format!("\"{s}\" is not supported yet. Objectives: mlm, clm, text-classification.")
+            } else {
+                "Objectives: mlm (masked LM, BERT), clm (causal LM, GPT-2), text-classification.".to_string()
+            };
+            AiError::invalid(format!("unknown training objective \"{s}\"")).with_hint(hint)
+        })
+    }
+
+    /// The pipeline task the trained model answers.
+    pub fn task(self) -> &'static str {
+        match self {
+            Objective::Mlm => "fill-mask",
+            Objective::Clm => "text-generation",
+            Objective::TextClassification => "text-classification",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub metrics: Value,
+    pub architecture: String,
+    pub task: String,
+    pub steps: usize,
+    pub examples: usize,
+    pub skipped: usize,
+}
 
 /// A model being trained: its parameters and the logits its loss compares with the batch's targets.
 pub trait Trainable {
@@ -44,4 +133,148 @@ pub trait Trainable {
             .map_err(|e| AiError::internal(format!("cannot write {}: {e}", dir.display())))?;
         self.params().save(&dir.join("model.safetensors"))
     }
+}
+
+/// Train a new model from scratch (tokenizer trained on the same rows first): a BERT for mlm and
+/// text-classification, a GPT-2 for clm.
+pub fn pretrain(
+    objective: Objective,
+    data: &mut dyn DataSource,
+    options: &TrainOptions,
+    progress: &mut dyn Progress,
+    out_dir: &Path,
+) -> Result<TrainOutcome> {
+    let texts = data::collect_texts(data)?;
+    let vocab = options.vocab_size();
+    let mut tokenizer = match objective {
+        Objective::Clm if vocab < 300 => {
+            return Err(AiError::invalid(format!("vocab_size {vocab} is too small for a byte-level BPE"))
+                .with_hint("It holds the 256 bytes and <|endoftext|> before any merge; use 300 or more."))
+        }
+        Objective::Clm => TrainTokenizer::train_byte_bpe(&texts, vocab)?,
+        _ => TrainTokenizer::train_wordpiece(&texts, vocab)?,
+    };
+    drop(texts);
+    let max_length = options.max_length;
+    let prepared =
+        data::prepare(data, &mut tokenizer, objective == Objective::TextClassification, max_length, options)?;
+    let (v, h, l, heads, inter) =
+        (tokenizer.vocab_size(), options.hidden_size(), options.layers(), options.heads(), options.intermediate_size());
+    let dropout = options.dropout.unwrap_or(0.1);
+    let model: Box<dyn Trainable> = match objective {
+        Objective::Clm => {
+            let eos = tokenizer.eos_id.ok_or_else(|| AiError::internal("the new tokenizer lacks <|endoftext|>"))?;
+            let config = gpt2::new_config(v, h, l, heads, inter, max_length, dropout, eos);
+            Box::new(TrainableGpt2::build(config, HashMap::new(), options.seed)?)
+        }
+        Objective::Mlm | Objective::TextClassification => {
+            let config = bert::new_config(v, h, l, heads, inter, max_length, dropout);
+            Box::new(TrainableBert::build(config, bert_task(objective, &prepared), HashMap::new(), options.seed)?)
+        }
+    };
+    let lr = options.learning_rate.unwrap_or(5e-4);
+    let outcome = train_and_save(&*model, objective, &tokenizer, &prepared, options, lr, progress, out_dir)?;
+    tokenizer.write(out_dir, max_length)?;
+    Ok(outcome)
+}
+
+/// Continue from an existing model directory (a save_pretrained dir: config.json, model.safetensors, tokenizer.json).
+pub fn finetune(
+    base_dir: &Path,
+    objective: Objective,
+    data: &mut dyn DataSource,
+    options: &TrainOptions,
+    progress: &mut dyn Progress,
+    out_dir: &Path,
+) -> Result<TrainOutcome> {
+    if let Some(key) = options.model_size_given().first() {
+        return Err(AiError::invalid(format!("option {key} applies to pretraining only"))
+            .with_hint("A fine-tuned model keeps its base model's size and vocabulary."));
+    }
+    let files = crate::engine::files::ModelFiles::in_dir(base_dir.to_path_buf())?;
+    let mut config: Value = files.read_json("config.json")?.unwrap_or(Value::Null);
+    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
+    let style = match (model_type.as_str(), objective) {
+        ("bert", Objective::Mlm | Objective::TextClassification) => Style::Encoder,
+        ("gpt2", Objective::Clm) => Style::Decoder,
+        ("bert" | "gpt2", _) => {
+            let can = if model_type == "bert" { "mlm or text-classification" } else { "clm" };
+            return Err(AiError::wrong_task(format!(
+                "a {model_type} model cannot be trained for {}",
+                objective.name()
+            ))
+            .with_hint(format!("A {model_type} base can be fine-tuned for {can}.")));
+        }
+        (other, _) => {
+            return Err(AiError::wrong_task(format!("fine-tuning a \"{other}\" model is not supported"))
+                .with_hint("Fine-tuning supports bert (mlm, text-classification) and gpt2 (clm) models."))
+        }
+    };
+    if files.weights.len() != 1 || files.gguf().is_some() {
+        return Err(AiError::invalid("fine-tuning needs a single model.safetensors file")
+            .with_hint("Sharded and GGUF models cannot be fine-tuned."));
+    }
+    let mut tokenizer = TrainTokenizer::from_dir(base_dir, style)?;
+    if objective == Objective::Mlm && tokenizer.mask_id.is_none() {
+        return Err(AiError::wrong_task("the base model's tokenizer has no mask token"));
+    }
+    let positions_key = if style == Style::Decoder { "n_positions" } else { "max_position_embeddings" };
+    let positions = config.get(positions_key).and_then(Value::as_u64).unwrap_or(512) as usize;
+    let max_length = options.max_length.min(positions);
+    let prepared =
+        data::prepare(data, &mut tokenizer, objective == Objective::TextClassification, max_length, options)?;
+    if let (Some(p), Some(obj)) = (options.dropout, config.as_object_mut()) {
+        let keys: &[&str] = match style {
+            Style::Encoder => &["hidden_dropout_prob", "attention_probs_dropout_prob"],
+            Style::Decoder => &["resid_pdrop", "embd_pdrop", "attn_pdrop"],
+        };
+        for key in keys {
+            obj.insert(key.to_string(), serde_json::json!(p));
+        }
+    }
+    let source = params::read_safetensors(&files.weights[0])?;
+    let model: Box<dyn Trainable> = match style {
+        Style::Decoder => Box::new(TrainableGpt2::build(config, source, options.seed)?),
+        Style::Encoder => {
+            Box::new(TrainableBert::build(config, bert_task(objective, &prepared), source, options.seed)?)
+        }
+    };
+    let lr = options.learning_rate.unwrap_or(5e-5);
+    let outcome = train_and_save(&*model, objective, &tokenizer, &prepared, options, lr, progress, out_dir)?;
+    tokenizer::copy_tokenizer_files(base_dir, out_dir)?;
+    Ok(outcome)
+}
+
+fn bert_task(objective: Objective, prepared: &data::Prepared) -> BertTask {
+    match objective {
+        Objective::TextClassification => BertTask::Classifier(prepared.labels.clone()),
+        _ => BertTask::MaskedLm,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_and_save(
+    model: &dyn Trainable,
+    objective: Objective,
+    tokenizer: &TrainTokenizer,
+    prepared: &data::Prepared,
+    options: &TrainOptions,
+    learning_rate: f64,
+    progress: &mut dyn Progress,
+    out_dir: &Path,
+) -> Result<TrainOutcome> {
+    let job = run::Job { model, objective, tokenizer, data: prepared, options, learning_rate };
+    let finished = job.run(progress)?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| AiError::internal(format!("cannot create {}: {e}", out_dir.display())))?;
+    model.save(out_dir)?;
+    let architecture = model.config()["architectures"][0].as_str().unwrap_or("").to_string();
+    Ok(TrainOutcome {
+        metrics: finished.metrics,
+        architecture,
+        task: objective.task().to_string(),
+        steps: finished.steps,
+        examples: prepared.examples(),
+        skipped: prepared.skipped,
+    })
 }

@@ -1,0 +1,171 @@
+//! The training loop: shuffled batches each epoch, AdamW with clipping and a linear schedule,
+//! progress reports, and the held-out evaluation at the start and the end.
+
+use super::batch::{Batch, Targets};
+use super::data::{Prepared, Row};
+use super::mask::Masker;
+use super::metrics::{accuracy, macro_f1};
+use super::nn::Dropout;
+use super::optim::{linear_schedule, AdamW, AdamWConfig, Gradients};
+use super::options::TrainOptions;
+use super::tokenizer::TrainTokenizer;
+use super::{Objective, Progress, StepReport, Trainable};
+use crate::engine::error::{AiError, Result};
+use candle_core::D;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// Independent random streams, so that e.g. the masking does not depend on how many dropout
+/// numbers were drawn before it.
+fn stream(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}
+
+pub struct Job<'a> {
+    pub model: &'a dyn Trainable,
+    pub objective: Objective,
+    pub tokenizer: &'a TrainTokenizer,
+    pub data: &'a Prepared,
+    pub options: &'a TrainOptions,
+    pub learning_rate: f64,
+}
+
+pub struct Finished {
+    pub metrics: Value,
+    pub steps: usize,
+}
+
+impl Job<'_> {
+    fn batch(&self, rows: &[&Row], rng: &mut ChaCha8Rng) -> Result<Batch> {
+        let seqs: Vec<&[u32]> = rows.iter().map(|r| r.ids.as_slice()).collect();
+        let t = self.tokenizer;
+        Ok(match self.objective {
+            Objective::Mlm => Masker {
+                mask_id: t.mask_id.ok_or_else(|| AiError::wrong_task("the tokenizer has no mask token"))?,
+                pad_id: t.pad_id,
+                vocab_size: t.vocab_size(),
+                special_ids: &t.special_ids,
+                probability: self.options.mask_probability,
+            }
+            .batch(&seqs, rng),
+            Objective::Clm => {
+                let len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+                let pad = t.eos_id.unwrap_or(t.pad_id);
+                Batch::padded(&seqs, pad, Batch::next_token_targets(&seqs, len))
+            }
+            Objective::TextClassification => {
+                let labels = rows.iter().map(|r| r.label.unwrap_or(0)).collect();
+                Batch::padded(&seqs, t.pad_id, Targets::Labels(labels))
+            }
+        })
+    }
+
+    /// Mean loss per target over `rows` (masks drawn from a fixed stream, so every evaluation of
+    /// the same rows sees the same masks), and predicted labels for classification.
+    fn evaluate(&self, rows: &[Row]) -> Result<(f64, Vec<u32>)> {
+        let mut rng = stream(self.options.seed, 9);
+        let (mut total, mut count, mut predicted) = (0.0f64, 0usize, Vec::new());
+        let refs: Vec<&Row> = rows.iter().collect();
+        for chunk in refs.chunks(self.options.batch_size) {
+            let batch = self.batch(chunk, &mut rng)?;
+            let logits = self.model.logits(&batch, None)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &batch.target_tensor()?)?.to_scalar::<f32>()? as f64;
+            total += loss * batch.target_count() as f64;
+            count += batch.target_count();
+            if self.objective == Objective::TextClassification {
+                predicted.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
+            }
+        }
+        Ok((total / count.max(1) as f64, predicted))
+    }
+
+    pub fn run(&self, progress: &mut dyn Progress) -> Result<Finished> {
+        let o = self.options;
+        let started = Instant::now();
+        let train = &self.data.train;
+        let steps_per_epoch = train.len().div_ceil(o.batch_size);
+        let total = o.max_steps.unwrap_or(o.epochs * steps_per_epoch);
+        let warmup = o.warmup(total);
+        let params = self.model.params();
+        let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: o.weight_decay, ..Default::default() });
+        let (mut shuffle_rng, mut mask_rng) = (stream(o.seed, 1), stream(o.seed, 2));
+        let mut dropout = Dropout::new(o.seed.wrapping_add(3));
+        let initial_eval = if self.data.eval.is_empty() { None } else { Some(self.evaluate(&self.data.eval)?.0) };
+
+        let (mut step, mut tokens) = (0usize, 0usize);
+        let (mut window_loss, mut window_steps, mut last_window) = (0.0f64, 0usize, f64::NAN);
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        'epochs: loop {
+            order.shuffle(&mut shuffle_rng);
+            for chunk in order.chunks(o.batch_size) {
+                progress.check()?;
+                let rows: Vec<&Row> = chunk.iter().map(|&i| &train[i]).collect();
+                let batch = self.batch(&rows, &mut mask_rng)?;
+                let loss = self.model.loss(&batch, Some(&mut dropout))?;
+                let loss_value = loss.to_scalar::<f32>()? as f64;
+                if !loss_value.is_finite() {
+                    return Err(AiError::invalid(format!("the loss became {loss_value} at step {}", step + 1))
+                        .with_hint("Lower learning_rate."));
+                }
+                let mut grads = Gradients::of(params, &loss)?;
+                if o.max_grad_norm > 0.0 {
+                    grads.clip(o.max_grad_norm)?;
+                }
+                let lr = linear_schedule(self.learning_rate, step, warmup, total);
+                optimizer.step(params, &grads, lr)?;
+                step += 1;
+                tokens += batch.tokens();
+                window_loss += loss_value;
+                window_steps += 1;
+                if step % o.log_every == 0 || step == total {
+                    last_window = window_loss / window_steps as f64;
+                    (window_loss, window_steps) = (0.0, 0);
+                    let elapsed = started.elapsed().as_secs_f64();
+                    progress.report(&StepReport {
+                        step,
+                        total_steps: total,
+                        loss: last_window as f32,
+                        learning_rate: lr,
+                        tokens_per_second: tokens as f64 / elapsed.max(1e-9),
+                        seconds_left: elapsed / step as f64 * (total - step) as f64,
+                    });
+                }
+                if step >= total {
+                    break 'epochs;
+                }
+            }
+        }
+
+        let mut metrics = json!({
+            "train_loss": last_window,
+            "steps": step,
+            "epochs": step as f64 / steps_per_epoch as f64,
+            "examples": self.data.examples(),
+            "train_examples": train.len(),
+            "eval_examples": self.data.eval.len(),
+            "skipped": self.data.skipped,
+            "learning_rate": self.learning_rate,
+        });
+        if let Some(initial) = initial_eval {
+            let (eval_loss, predicted) = self.evaluate(&self.data.eval)?;
+            metrics["initial_eval_loss"] = json!(initial);
+            metrics["eval_loss"] = json!(eval_loss);
+            if self.objective == Objective::TextClassification {
+                let gold: Vec<u32> = self.data.eval.iter().map(|r| r.label.unwrap_or(0)).collect();
+                metrics["accuracy"] = json!(accuracy(&predicted, &gold));
+                metrics["macro_f1"] = json!(macro_f1(&predicted, &gold));
+            } else {
+                metrics["perplexity"] = json!(eval_loss.exp());
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        metrics["seconds"] = json!(seconds);
+        metrics["tokens_per_second"] = json!(tokens as f64 / seconds.max(1e-9));
+        Ok(Finished { metrics, steps: step })
+    }
+}

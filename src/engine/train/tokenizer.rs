@@ -1,0 +1,210 @@
+//! Tokenizers for training: new ones learnt from the rows (WordPiece as BERT uses, byte-level BPE as
+//! GPT-2 uses) or a base model's own, and the files engine::text / engine::codec load them from.
+
+use crate::engine::error::{AiError, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::bpe::{BpeTrainer, BPE};
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{AddedToken, Tokenizer, TruncationParams};
+
+pub const BERT_SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// Files a tokenizer may consist of; a fine-tuned model gets copies of its base's.
+const TOKENIZER_FILES: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// [CLS] text [SEP], for encoders.
+    Encoder,
+    /// text <|endoftext|>, for decoders.
+    Decoder,
+}
+
+pub struct TrainTokenizer {
+    inner: Tokenizer,
+    pub style: Style,
+    pub pad_id: u32,
+    pub mask_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    /// Special tokens: never masked, never drawn as a random replacement.
+    pub special_ids: Vec<u32>,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> AiError {
+    AiError::internal(format!("tokenizer: {e}"))
+}
+
+fn special(t: &str) -> AddedToken {
+    AddedToken::from(t.to_string(), true)
+}
+
+impl TrainTokenizer {
+    /// A WordPiece vocabulary learnt from `texts`, with BERT's normaliser, pre-tokenizer and
+    /// [CLS]/[SEP] template; the special tokens come first, so [PAD] is 0.
+    pub fn train_wordpiece(texts: &[String], vocab_size: usize) -> Result<Self> {
+        let mut tokenizer = Tokenizer::new(WordPiece::default());
+        tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, None, true))).map_err(tok_err)?;
+        tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+        tokenizer.with_decoder(Some(WordPieceDecoder::default()));
+        let mut trainer: TrainerWrapper = WordPieceTrainer::builder()
+            .vocab_size(vocab_size)
+            .min_frequency(1)
+            .show_progress(false)
+            .special_tokens(BERT_SPECIALS.iter().map(|t| special(t)).collect())
+            .build()
+            .into();
+        tokenizer.train(&mut trainer, texts.iter()).map_err(tok_err)?;
+        let id = |t: &str| tokenizer.token_to_id(t).ok_or_else(|| AiError::internal(format!("{t} missing")));
+        let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+        tokenizer.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+        Self::wrap(tokenizer, Style::Encoder)
+    }
+
+    /// A byte-level BPE learnt from `texts` (every byte is in the alphabet, so nothing is unknown),
+    /// with <|endoftext|> as token 0.
+    pub fn train_byte_bpe(texts: &[String], vocab_size: usize) -> Result<Self> {
+        let mut tokenizer = Tokenizer::new(BPE::default());
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+        let mut trainer: TrainerWrapper = BpeTrainer::builder()
+            .vocab_size(vocab_size)
+            .min_frequency(1)
+            .show_progress(false)
+            .special_tokens(vec![special(END_OF_TEXT)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        tokenizer.train(&mut trainer, texts.iter()).map_err(tok_err)?;
+        Self::wrap(tokenizer, Style::Decoder)
+    }
+
+    /// A base model's tokenizer.json, with its special tokens found as engine::text finds them.
+    pub fn from_dir(dir: &Path, style: Style) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| AiError::corrupt(format!("cannot read {}: {e}", path.display())))?;
+        let mut t = Self::wrap(tokenizer, style)?;
+        let config: Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(Value::Null);
+        let field = |name: &str| match config.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            other => other.get("content")?.as_str().map(str::to_string),
+        };
+        let find = |name: &str, fallbacks: &[&str]| {
+            field(name)
+                .into_iter()
+                .chain(fallbacks.iter().map(|s| s.to_string()))
+                .find_map(|tok| t.inner.token_to_id(&tok))
+        };
+        t.mask_id = find("mask_token", &["[MASK]", "<mask>"]);
+        t.pad_id = find("pad_token", &["[PAD]", "<pad>"]).unwrap_or(t.pad_id);
+        t.eos_id = find("eos_token", &[END_OF_TEXT, "</s>"]).or(t.eos_id);
+        Ok(t)
+    }
+
+    fn wrap(mut inner: Tokenizer, style: Style) -> Result<Self> {
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(tok_err)?;
+        let special_ids: Vec<u32> = {
+            let mut ids: Vec<u32> =
+                inner.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect();
+            ids.sort();
+            ids
+        };
+        let id = |t: &str| inner.token_to_id(t);
+        Ok(TrainTokenizer {
+            pad_id: id("[PAD]").unwrap_or(0),
+            mask_id: id("[MASK]"),
+            eos_id: id(END_OF_TEXT),
+            special_ids,
+            style,
+            inner,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of one text, at most `max_length` of them: [CLS] .. [SEP] for an encoder (the
+    /// text is cut, not the special tokens), text then <|endoftext|> for a decoder.
+    pub fn encode(&mut self, text: &str, max_length: usize) -> Result<Vec<u32>> {
+        match self.style {
+            Style::Encoder => {
+                self.inner
+                    .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
+                    .map_err(tok_err)?;
+                let e = self.inner.encode(text, true).map_err(|e| AiError::invalid(format!("cannot tokenize: {e}")))?;
+                Ok(e.get_ids().to_vec())
+            }
+            Style::Decoder => {
+                let eos = self.eos_id.ok_or_else(|| {
+                    AiError::wrong_task("the tokenizer has no end-of-text token")
+                        .with_hint("Name it eos_token in tokenizer_config.json.")
+                })?;
+                let e = self.inner.encode(text, true).map_err(|e| AiError::invalid(format!("cannot tokenize: {e}")))?;
+                let mut ids = e.get_ids().to_vec();
+                ids.truncate(max_length - 1);
+                ids.push(eos);
+                Ok(ids)
+            }
+        }
+    }
+
+    /// Whether an encoding holds nothing but special tokens (an empty or blank text).
+    pub fn is_empty_encoding(&self, ids: &[u32]) -> bool {
+        ids.iter().all(|id| self.special_ids.contains(id))
+    }
+
+    /// Writes tokenizer.json, tokenizer_config.json and special_tokens_map.json for a new tokenizer.
+    pub fn write(&self, dir: &Path, max_length: usize) -> Result<()> {
+        let mut clean = self.inner.clone();
+        clean.with_truncation(None).map_err(tok_err)?;
+        clean.save(dir.join("tokenizer.json"), false).map_err(tok_err)?;
+        let (config, map) = match self.style {
+            Style::Encoder => (
+                json!({"tokenizer_class": "BertTokenizer", "do_lower_case": true, "tokenize_chinese_chars": true,
+                       "strip_accents": null, "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                       "cls_token": "[CLS]", "mask_token": "[MASK]", "model_max_length": max_length}),
+                json!({"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                       "mask_token": "[MASK]"}),
+            ),
+            Style::Decoder => (
+                json!({"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": false, "bos_token": END_OF_TEXT,
+                       "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT, "model_max_length": max_length}),
+                json!({"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}),
+            ),
+        };
+        write_json(&dir.join("tokenizer_config.json"), &config)?;
+        write_json(&dir.join("special_tokens_map.json"), &map)
+    }
+}
+
+pub fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| AiError::internal(e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(|e| AiError::internal(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Copies a base model's tokenizer files, unchanged, into `out`.
+pub fn copy_tokenizer_files(base: &Path, out: &Path) -> Result<()> {
+    for name in TOKENIZER_FILES {
+        let from = base.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, out.join(name))
+                .map_err(|e| AiError::internal(format!("cannot copy {}: {e}", from.display())))?;
+        }
+    }
+    Ok(())
+}
