@@ -207,7 +207,216 @@ fn pretrained_mlm_learns_and_fills_masks() {
     assert!(m.can(Task::FillMask));
     let answers = fill_mask(&m, &["The farmer [MASK] a book every morning."], 5, &mut || ()).unwrap().remove(0);
     eprintln!("{answers:?}");
+    // The slot takes a verb: the five best answers are the verbs the rows use, "reads" among them.
+    let verbs = ["reads", "cooks", "paints", "drinks", "walks", "sells"];
     assert_eq!(answers.len(), 5);
-    assert_eq!(answers[0].token, "reads");
+    assert!(answers.iter().all(|a| verbs.contains(&a.token.as_str())), "{answers:?}");
+    assert!(answers.iter().any(|a| a.token == "reads"), "{answers:?}");
     std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn pretrained_clm_learns_and_generates() {
+    let texts = sentences();
+    let mut rows = Rows::texts(&texts);
+    let out = scratch("clm");
+    let o = options(json!({"max_steps": 400, "learning_rate": 2e-3, "warmup_ratio": 0.05, "vocab_size": 400}));
+    let outcome = pretrain(Objective::Clm, &mut rows, &o, &mut Recorder::default(), &out).unwrap();
+    eprintln!("{}", outcome.metrics);
+    assert_eq!((outcome.architecture.as_str(), outcome.task.as_str()), ("GPT2LMHeadModel", "text-generation"));
+    let model = load_any(&out);
+    let AnyModel::Gpt2(_) = &model else { panic!("not loaded as GPT-2") };
+    let vocab = model.config_json()["vocab_size"].as_f64().unwrap();
+    let (initial, eval) = (metric(&outcome, "initial_eval_loss"), metric(&outcome, "eval_loss"));
+    assert!((initial - vocab.ln()).abs() < 1.0, "an untrained model should be near ln(vocab): {initial}");
+    assert!(eval < 0.5 * vocab.ln(), "eval loss {eval} vs ln(vocab) {}", vocab.ln());
+
+    let generate = GenerateOptions { max_tokens: 20, ..Default::default() };
+    let mut text = String::new();
+    generate_with(model.causal().unwrap(), "The cat", &generate, &mut || (), &mut |piece| text.push_str(piece))
+        .unwrap();
+    eprintln!("The cat{text}");
+    // Greedy decoding of a model that learnt the rows continues the prompt as one of them does,
+    // and stops at <|endoftext|> after the full stop.
+    let whole = format!("The cat{text}");
+    assert!(texts.contains(&whole), "\"{whole}\" is not a training sentence");
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+/// Two label sets with nothing in common but the sentence frame, in the fixture models' vocabulary.
+fn food_or_sport() -> Vec<(String, Option<String>)> {
+    let people = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+    let foods = ["bread", "cheese", "soup", "pasta", "apples", "rice"];
+    let sports = ["football", "tennis", "hockey", "golf", "rugby"];
+    let food = ["{n} is eating {x} .", "we cooked {x} for dinner .", "{n} bought fresh {x} .", "i love eating {x} ."];
+    let sport =
+        ["{n} is playing {x} .", "we watched the {x} match .", "{n} won the {x} game .", "the {x} team played well ."];
+    let mut rows = Vec::new();
+    for (i, n) in people.iter().enumerate() {
+        for (j, t) in food.iter().enumerate() {
+            let x = foods[(i + j) % foods.len()];
+            rows.push((t.replace("{n}", n).replace("{x}", x), Some("food".to_string())));
+        }
+        for (j, t) in sport.iter().enumerate() {
+            let x = sports[(i + 2 * j) % sports.len()];
+            rows.push((t.replace("{n}", n).replace("{x}", x), Some("sport".to_string())));
+        }
+    }
+    rows
+}
+
+fn check_classifier(outcome: &TrainOutcome, out: &std::path::Path) {
+    eprintln!("{}", outcome.metrics);
+    assert_eq!(outcome.architecture, "BertForSequenceClassification");
+    assert!(metric(outcome, "accuracy") >= 0.9, "held-out accuracy {}", metric(outcome, "accuracy"));
+    assert!(metric(outcome, "macro_f1") >= 0.9);
+    assert!(metric(outcome, "eval_examples") >= 5.0);
+    let m = encoder(out);
+    assert_eq!(m.config.labels, vec!["food", "sport"]);
+    assert!(m.can(Task::TextClassification));
+    let inputs = ["judy is eating cheese .", "judy won the golf game ."];
+    let answers = classify(&m, &inputs, &mut || ()).unwrap();
+    assert_eq!(answers[0][0].label, "food", "{answers:?}");
+    assert_eq!(answers[1][0].label, "sport", "{answers:?}");
+}
+
+#[test]
+fn pretrained_classifier_separates_two_label_sets() {
+    let mut rows = Rows::labelled(&food_or_sport());
+    let out = scratch("cls");
+    let o = options(json!({"epochs": 10, "learning_rate": 2e-3, "test_size": 0.2, "batch_size": 8}));
+    let outcome = pretrain(Objective::TextClassification, &mut rows, &o, &mut Recorder::default(), &out).unwrap();
+    check_classifier(&outcome, &out);
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn classifier_finetuned_from_a_masked_lm() {
+    let mut rows = Rows::labelled(&food_or_sport());
+    let out = scratch("ft-cls");
+    let base = model_dir("bert-mlm");
+    let o = options(json!({"epochs": 5, "learning_rate": 1e-3, "test_size": 0.2, "batch_size": 8}));
+    let outcome =
+        finetune(&base, Objective::TextClassification, &mut rows, &o, &mut Recorder::default(), &out).unwrap();
+    check_classifier(&outcome, &out);
+    // The encoder came from the base and trained on; the pooler and classifier are new.
+    let tokenizer = std::fs::read(base.join("tokenizer.json")).unwrap();
+    assert_eq!(std::fs::read(out.join("tokenizer.json")).unwrap(), tokenizer);
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn finetuned_mlm_and_clm_load_and_answer() {
+    let texts: Vec<String> = food_or_sport().into_iter().map(|(t, _)| t).collect();
+    let o = options(json!({"max_steps": 30, "learning_rate": 1e-3}));
+
+    let out = scratch("ft-mlm");
+    let outcome =
+        finetune(&model_dir("bert-mlm"), Objective::Mlm, &mut Rows::texts(&texts), &o, &mut Recorder::default(), &out)
+            .unwrap();
+    eprintln!("{}", outcome.metrics);
+    assert!(metric(&outcome, "eval_loss") < metric(&outcome, "initial_eval_loss"));
+    let m = encoder(&out);
+    let answers = fill_mask(&m, &["alice is eating [MASK] ."], 3, &mut || ()).unwrap().remove(0);
+    assert!(["bread", "cheese", "soup", "pasta", "apples", "rice"].contains(&answers[0].token.as_str()), "{answers:?}");
+    std::fs::remove_dir_all(out).unwrap();
+
+    let out = scratch("ft-clm");
+    let outcome =
+        finetune(&model_dir("gpt2"), Objective::Clm, &mut Rows::texts(&texts), &o, &mut Recorder::default(), &out)
+            .unwrap();
+    eprintln!("{}", outcome.metrics);
+    assert!(metric(&outcome, "eval_loss") < metric(&outcome, "initial_eval_loss"));
+    let model = load_any(&out);
+    let mut text = String::new();
+    let greedy = GenerateOptions { max_tokens: 10, ..Default::default() };
+    generate_with(model.causal().unwrap(), "alice is", &greedy, &mut || (), &mut |p| text.push_str(p)).unwrap();
+    assert!(!text.trim().is_empty());
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn same_seed_gives_the_same_bytes() {
+    let texts = sentences();
+    let run = |seed: u64, name: &str| {
+        let out = scratch(name);
+        // Dropout on, so that its random stream is covered too.
+        let o = options(json!({"max_steps": 12, "seed": seed, "dropout": 0.1, "batch_size": 8}));
+        pretrain(Objective::Mlm, &mut Rows::texts(&texts), &o, &mut Recorder::default(), &out).unwrap();
+        let files = ["model.safetensors", "tokenizer.json", "config.json"].map(|f| std::fs::read(out.join(f)).unwrap());
+        std::fs::remove_dir_all(out).unwrap();
+        files
+    };
+    let (a, b, c) = (run(42, "seed-a"), run(42, "seed-b"), run(43, "seed-c"));
+    for (i, name) in ["model.safetensors", "tokenizer.json", "config.json"].iter().enumerate() {
+        assert!(a[i] == b[i], "same seed, different {name}");
+    }
+    assert_ne!(a[0], c[0], "another seed gave the same weights");
+}
+
+fn error_kind(result: pg_ai::engine::error::Result<TrainOutcome>) -> ErrorKind {
+    match result {
+        Ok(_) => panic!("training succeeded where it should have failed"),
+        Err(e) => {
+            assert!(e.kind != ErrorKind::Internal, "internal error: {}", e.message);
+            e.kind
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_the_right_error() {
+    let o = options(json!({"max_steps": 2}));
+    let out = scratch("bad");
+    let mut quiet = Recorder::default();
+    let texts = |t: &[&str]| Rows::texts(&t.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let labelled = |r: &[(&str, Option<&str>)]| {
+        Rows::labelled(&r.iter().map(|(t, l)| (t.to_string(), l.map(str::to_string))).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        error_kind(pretrain(Objective::Mlm, &mut texts(&[]), &o, &mut quiet, &out)),
+        ErrorKind::InvalidParameter
+    );
+    assert_eq!(
+        error_kind(pretrain(Objective::Mlm, &mut texts(&["", " "]), &o, &mut quiet, &out)),
+        ErrorKind::InvalidParameter
+    );
+    let one_class = labelled(&[("a b c", Some("x")), ("d e f", Some("x"))]);
+    assert_eq!(
+        error_kind(pretrain(Objective::TextClassification, &mut { one_class }, &o, &mut quiet, &out)),
+        ErrorKind::InvalidParameter
+    );
+    let unlabelled = labelled(&[("a b c", Some("x")), ("d e f", None), ("g h", Some("y"))]);
+    let e = pretrain(Objective::TextClassification, &mut { unlabelled }, &o, &mut quiet, &out).unwrap_err();
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::InvalidParameter, "training row 2 has text but no label"));
+    let mut some = texts(&["the cat sat", "the dog ran"]);
+    let clm_on_bert = finetune(&model_dir("bert-mlm"), Objective::Clm, &mut some, &o, &mut quiet, &out);
+    assert_eq!(error_kind(clm_on_bert), ErrorKind::WrongTask);
+    let mlm_on_gpt2 = finetune(&model_dir("gpt2"), Objective::Mlm, &mut some, &o, &mut quiet, &out);
+    assert_eq!(error_kind(mlm_on_gpt2), ErrorKind::WrongTask);
+    let distilbert = finetune(&model_dir("distilbert-mlm"), Objective::Mlm, &mut some, &o, &mut quiet, &out);
+    assert_eq!(error_kind(distilbert), ErrorKind::WrongTask);
+    let sized = options(json!({"hidden_size": 32}));
+    let resized = finetune(&model_dir("bert-mlm"), Objective::Mlm, &mut some, &sized, &mut quiet, &out);
+    assert_eq!(error_kind(resized), ErrorKind::InvalidParameter);
+    for bad in [
+        json!({"batch_size": 0}),
+        json!({"learning_rate": -0.1}),
+        json!({"mask_probability": 1.5}),
+        json!({"test_size": 1.0}),
+        json!({"epochs": 3, "bogus": 1}),
+    ] {
+        let e = TrainOptions::from_json(&bad).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidParameter, "{bad}");
+        assert!(e.hint.is_some() || e.message.contains("must be"), "{bad}: {}", e.message);
+    }
+    let e = Objective::parse("seq2seq").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidParameter);
+    assert!(e.hint.unwrap().contains("mlm, clm, text-classification"));
+    assert_eq!(Objective::parse("text-classification").unwrap(), Objective::TextClassification);
+    // The progress callback stops training with its own error, and nothing is written.
+    let mut stopper = Recorder { stop_after: Some(1), ..Default::default() };
+    let e = pretrain(Objective::Mlm, &mut Rows::texts(&sentences()), &o, &mut stopper, &out).unwrap_err();
+    assert_eq!(e.message, "canceling statement due to user request");
+    assert!(!out.join("model.safetensors").exists());
 }

@@ -3,6 +3,7 @@
 
 use crate::engine::error::{AiError, Result};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
@@ -13,7 +14,7 @@ use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{AddedToken, Tokenizer, TruncationParams};
+use tokenizers::{AddedToken, ModelWrapper, NormalizedString, Normalizer, Tokenizer, TruncationParams};
 
 pub const BERT_SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 pub const END_OF_TEXT: &str = "<|endoftext|>";
@@ -52,18 +53,42 @@ impl TrainTokenizer {
     /// A WordPiece vocabulary learnt from `texts`, with BERT's normaliser, pre-tokenizer and
     /// [CLS]/[SEP] template; the special tokens come first, so [PAD] is 0.
     pub fn train_wordpiece(texts: &[String], vocab_size: usize) -> Result<Self> {
-        let mut tokenizer = Tokenizer::new(WordPiece::default());
-        tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, None, true))).map_err(tok_err)?;
-        tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
-        tokenizer.with_decoder(Some(WordPieceDecoder::default()));
+        let normalizer = BertNormalizer::new(true, true, None, true);
+        // The trainer numbers "##c" pieces in hash-map order, and ties between merges go by those
+        // numbers, so the same rows would give different vocabularies run to run. Reserving every
+        // "##c" up front, in character order, makes training deterministic.
+        let mut alphabet = BTreeSet::new();
+        for text in texts {
+            let mut n = NormalizedString::from(text.as_str());
+            normalizer.normalize(&mut n).map_err(tok_err)?;
+            alphabet.extend(n.get().chars().filter(|c| !c.is_whitespace()));
+        }
+        let reserved: Vec<AddedToken> = BERT_SPECIALS
+            .iter()
+            .map(|t| t.to_string())
+            .chain(alphabet.iter().map(|c| format!("##{c}")))
+            .map(|t| AddedToken::from(t, true))
+            .collect();
         let mut trainer: TrainerWrapper = WordPieceTrainer::builder()
-            .vocab_size(vocab_size)
+            .vocab_size(vocab_size.max(reserved.len() + alphabet.len()))
             .min_frequency(1)
             .show_progress(false)
-            .special_tokens(BERT_SPECIALS.iter().map(|t| special(t)).collect())
+            .special_tokens(reserved)
             .build()
             .into();
-        tokenizer.train(&mut trainer, texts.iter()).map_err(tok_err)?;
+        let mut scratch = Tokenizer::new(WordPiece::default());
+        scratch.with_normalizer(Some(normalizer)).map_err(tok_err)?;
+        scratch.with_pre_tokenizer(Some(BertPreTokenizer));
+        scratch.train(&mut trainer, texts.iter()).map_err(tok_err)?;
+        // A fresh tokenizer over the learnt vocabulary, where only the five BERT tokens are special.
+        let ModelWrapper::WordPiece(model) = scratch.get_model() else {
+            return Err(AiError::internal("the WordPiece trainer returned another model"));
+        };
+        let mut tokenizer = Tokenizer::new(model.clone());
+        tokenizer.with_normalizer(Some(normalizer)).map_err(tok_err)?;
+        tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+        tokenizer.with_decoder(Some(WordPieceDecoder::default()));
+        tokenizer.add_special_tokens(BERT_SPECIALS.map(special)).map_err(tok_err)?;
         let id = |t: &str| tokenizer.token_to_id(t).ok_or_else(|| AiError::internal(format!("{t} missing")));
         let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
         tokenizer.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
