@@ -31,7 +31,9 @@ fn close(actual: f64, expected: &Value, what: &str) {
 /// Like `close`, but collects the mismatch so that one run shows them all.
 fn near(errors: &mut Vec<String>, actual: f64, expected: &Value, slack: f64, what: &str) {
     let expected = expected.as_f64().unwrap();
-    if !((actual - expected).abs() < TOLERANCE + slack) {
+    // Written so that NaN fails too.
+    let within = (actual - expected).abs() < TOLERANCE + slack;
+    if !within {
         errors.push(format!("{what}: {actual} vs torch's {expected}"));
     }
 }

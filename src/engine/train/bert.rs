@@ -3,6 +3,7 @@
 
 use super::batch::{Batch, Targets};
 use super::nn::{dropout, layer_norm, linear, softmax, Activation, Dropout};
+use super::options::ModelSize;
 use super::params::{read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::engine::config::{Family, ModelConfig};
@@ -58,28 +59,20 @@ pub struct TrainableBert {
 }
 
 /// config.json of a new BERT of the given size.
-pub fn new_config(
-    vocab_size: usize,
-    hidden: usize,
-    layers: usize,
-    heads: usize,
-    inter: usize,
-    positions: usize,
-    dropout: f64,
-) -> Value {
+pub fn new_config(size: &ModelSize) -> Value {
     json!({
         "architectures": ["BertForMaskedLM"],
         "model_type": "bert",
-        "vocab_size": vocab_size,
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "intermediate_size": inter,
+        "vocab_size": size.vocab_size,
+        "hidden_size": size.hidden_size,
+        "num_hidden_layers": size.layers,
+        "num_attention_heads": size.heads,
+        "intermediate_size": size.intermediate_size,
         "hidden_act": "gelu",
-        "hidden_dropout_prob": dropout,
-        "attention_probs_dropout_prob": dropout,
+        "hidden_dropout_prob": size.dropout,
+        "attention_probs_dropout_prob": size.dropout,
         "classifier_dropout": null,
-        "max_position_embeddings": positions,
+        "max_position_embeddings": size.positions,
         "type_vocab_size": 2,
         "initializer_range": 0.02,
         "layer_norm_eps": 1e-12,

@@ -3,6 +3,7 @@
 
 use super::batch::{Batch, Targets};
 use super::nn::{conv1d, dropout, layer_norm, softmax, Activation, Dropout};
+use super::options::ModelSize;
 use super::params::{read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::engine::error::{AiError, Result};
@@ -40,29 +41,20 @@ pub struct TrainableGpt2 {
 }
 
 /// config.json of a new GPT-2 of the given size; `eos` is <|endoftext|>'s id.
-pub fn new_config(
-    vocab_size: usize,
-    hidden: usize,
-    layers: usize,
-    heads: usize,
-    inter: usize,
-    positions: usize,
-    dropout: f64,
-    eos: u32,
-) -> Value {
+pub fn new_config(size: &ModelSize, eos: u32) -> Value {
     json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "vocab_size": vocab_size,
-        "n_embd": hidden,
-        "n_layer": layers,
-        "n_head": heads,
-        "n_inner": inter,
-        "n_positions": positions,
+        "vocab_size": size.vocab_size,
+        "n_embd": size.hidden_size,
+        "n_layer": size.layers,
+        "n_head": size.heads,
+        "n_inner": size.intermediate_size,
+        "n_positions": size.positions,
         "activation_function": "gelu_new",
-        "resid_pdrop": dropout,
-        "embd_pdrop": dropout,
-        "attn_pdrop": dropout,
+        "resid_pdrop": size.dropout,
+        "embd_pdrop": size.dropout,
+        "attn_pdrop": size.dropout,
         "layer_norm_epsilon": 1e-5,
         "initializer_range": 0.02,
         "scale_attn_weights": true,

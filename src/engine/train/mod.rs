@@ -158,17 +158,15 @@ pub fn pretrain(
     let max_length = options.max_length;
     let prepared =
         data::prepare(data, &mut tokenizer, objective == Objective::TextClassification, max_length, options)?;
-    let (v, h, l, heads, inter) =
-        (tokenizer.vocab_size(), options.hidden_size(), options.layers(), options.heads(), options.intermediate_size());
-    let dropout = options.dropout.unwrap_or(0.1);
+    let size = options::ModelSize::new(options, tokenizer.vocab_size());
     let model: Box<dyn Trainable> = match objective {
         Objective::Clm => {
             let eos = tokenizer.eos_id.ok_or_else(|| AiError::internal("the new tokenizer lacks <|endoftext|>"))?;
-            let config = gpt2::new_config(v, h, l, heads, inter, max_length, dropout, eos);
+            let config = gpt2::new_config(&size, eos);
             Box::new(TrainableGpt2::build(config, HashMap::new(), options.seed)?)
         }
         Objective::Mlm | Objective::TextClassification => {
-            let config = bert::new_config(v, h, l, heads, inter, max_length, dropout);
+            let config = bert::new_config(&size);
             Box::new(TrainableBert::build(config, bert_task(objective, &prepared), HashMap::new(), options.seed)?)
         }
     };

@@ -197,6 +197,34 @@ impl TrainOptions {
     }
 }
 
+/// The shape of a new model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelSize {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate_size: usize,
+    /// Longest input in tokens.
+    pub positions: usize,
+    pub dropout: f64,
+}
+
+impl ModelSize {
+    /// The options' size with the vocabulary the tokenizer actually learnt.
+    pub fn new(o: &TrainOptions, vocab_size: usize) -> Self {
+        ModelSize {
+            vocab_size,
+            hidden_size: o.hidden_size(),
+            layers: o.layers(),
+            heads: o.heads(),
+            intermediate_size: o.intermediate_size(),
+            positions: o.max_length,
+            dropout: o.dropout.unwrap_or(0.1),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
