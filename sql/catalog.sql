@@ -42,7 +42,7 @@ SELECT a.pid,
        make_interval(secs => substring(a.query FROM ' seconds_left=(\S+)')::double precision) AS time_left,
        a.query_start AS started
 FROM pg_catalog.pg_stat_activity AS a
-WHERE a.query LIKE 'pg\_ai training:%';
+WHERE a.state = 'active' AND a.query LIKE 'pg\_ai training:%';
 COMMENT ON VIEW ai.training IS 'ai_pretrain and ai_finetune calls running now, with their step and loss';
 
 -- pg_dump keeps the rows of both tables: stored models travel with a dump.

@@ -6,6 +6,7 @@ mod fill_mask;
 mod generate;
 mod models;
 mod ner;
+mod train;
 mod translate;
 
 /// Checks for query cancel and statement_timeout between batches of work.

@@ -47,6 +47,25 @@ pub fn materialise(name: &str, sha256: &str) -> Result<ModelFiles> {
     ModelFiles::in_dir(dir)
 }
 
+/// A fresh private directory for a model being trained; `adopt` moves it into place once it is stored.
+pub fn scratch_dir() -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let dir = models_dir().join(format!(".train.{}.{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| AiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// Makes a freshly written model directory the server's copy of the stored model `sha256`, so that the first
+/// use does not write it out again.
+pub fn adopt(dir: &Path, sha256: &str) -> Result<ModelFiles> {
+    let target = models_dir().join(sha256);
+    if target.join("config.json").is_file() || std::fs::rename(dir, &target).is_err() {
+        // The same weights are there already (or another backend won the race): keep those.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    ModelFiles::in_dir(target)
+}
+
 fn write_files(name: &str, dir: &Path) -> Result<()> {
     let io = |e: std::io::Error| AiError::internal(format!("cannot write stored model files: {e}"));
     std::fs::create_dir_all(dir).map_err(io)?;

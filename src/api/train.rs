@@ -1,0 +1,280 @@
+//! ai_pretrain and ai_finetune: training on the rows of a table, view or query. The new model is stored in
+//! the database (ai.model_files) and registered in ai.models in the caller's transaction, so a cancelled or
+//! failed run leaves nothing behind.
+
+use crate::engine::error::{AiError, ErrorKind, Result};
+use crate::engine::files::ModelFiles;
+use crate::engine::model::AnyModel;
+use crate::engine::train::{self, DataSource, Example, Objective, Progress, StepReport, TrainOptions};
+use crate::error::{raise, OrRaise};
+use crate::store::{cache, catalog, stored_files};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, PgLogLevel, PgSqlErrorCode};
+use std::time::Instant;
+
+/// Rows fetched from the cursor at a time: training never holds the whole source in memory.
+const FETCH_ROWS: i64 = 256;
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn sql_error(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
+    ErrorReport::new(code, message, "pg_ai").set_hint(hint).report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// The source as a query: a SELECT (or WITH, VALUES, TABLE) as given, or every row of a table or view.
+fn source_query(client: &SpiClient, source: &str) -> String {
+    let head = source.trim_start().to_ascii_lowercase();
+    if ["select", "with", "values", "table", "("].iter().any(|k| head.starts_with(k)) {
+        return source.to_string();
+    }
+    let relation = client
+        .select("SELECT pg_catalog.to_regclass($1)::text", Some(1), &[source.into()])
+        .and_then(|rows| rows.first().get_one::<String>())
+        .unwrap_or(None);
+    match relation {
+        Some(relation) => format!("SELECT * FROM {relation}"),
+        None => sql_error(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("relation \"{source}\" does not exist"),
+            "Give a table or view name, or a SELECT query.",
+        ),
+    }
+}
+
+/// Checks that the source has the columns training reads, and returns the query that reads them as text.
+fn training_query(client: &SpiClient, query: &str, columns: &[&str]) -> String {
+    let probe = client
+        .select(&format!("SELECT * FROM ({query}) AS source LIMIT 0"), None, &[])
+        .unwrap_or_else(|e| error!("cannot read the training source: {e}"));
+    let have: Vec<String> = (1..=probe.columns().unwrap_or(0)).filter_map(|i| probe.column_name(i).ok()).collect();
+    for column in columns {
+        if !have.iter().any(|h| h == column) {
+            sql_error(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("the training source has no column \"{column}\""),
+                &format!(
+                    "Its columns: {}. Name yours in the options, e.g. '{{\"text_column\": \"body\"}}'.",
+                    have.join(", ")
+                ),
+            );
+        }
+    }
+    let select: Vec<String> = columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect();
+    format!("SELECT {} FROM ({query}) AS source", select.join(", "))
+}
+
+/// The rows, read through a cursor chunk by chunk; NULL texts come through as empty (the trainer skips
+/// and counts them).
+struct Rows<'a> {
+    client: &'a SpiClient<'a>,
+    query: String,
+    /// Whether the query reads a label after the text.
+    label: bool,
+}
+
+impl DataSource for Rows<'_> {
+    fn pass(&mut self, each: &mut dyn FnMut(Vec<Example>) -> Result<()>) -> Result<()> {
+        let spi = |e: pgrx::spi::Error| AiError::internal(format!("cannot read the training source: {e}"));
+        let mut cursor = self.client.try_open_cursor(self.query.as_str(), &[]).map_err(spi)?;
+        loop {
+            let chunk = {
+                let rows = cursor.fetch(FETCH_ROWS).map_err(spi)?;
+                let mut chunk = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let text = row.get::<String>(1).map_err(spi)?.unwrap_or_default();
+                    let label = if self.label { row.get::<String>(2).map_err(spi)? } else { None };
+                    chunk.push(Example { text, label, target: None });
+                }
+                chunk
+            };
+            // SAFETY: the fetched rows were copied above; free them so a large source streams in bounded memory.
+            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            each(chunk)?;
+        }
+    }
+}
+
+/// Checks for cancel and statement_timeout, sends NOTICEs and shows progress in pg_stat_activity
+/// (the ai.training view).
+struct SqlProgress<'a> {
+    model: &'a str,
+}
+
+impl Progress for SqlProgress<'_> {
+    fn check(&mut self) -> Result<()> {
+        pgrx::check_for_interrupts!();
+        Ok(())
+    }
+
+    fn report(&mut self, s: &StepReport) {
+        notice!(
+            "step {}/{}: loss {:.4}, {:.0} tokens/s, about {:.0} s left",
+            s.step,
+            s.total_steps,
+            s.loss,
+            s.tokens_per_second,
+            s.seconds_left
+        );
+        let activity = format!(
+            "pg_ai training: step={} total={} loss={:.4} tokens_per_second={:.0} seconds_left={:.0} model={}",
+            s.step, s.total_steps, s.loss, s.tokens_per_second, s.seconds_left, self.model
+        );
+        if let Ok(activity) = std::ffi::CString::new(activity) {
+            // SAFETY: a backend may always report its own activity; the string is copied.
+            unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, activity.as_ptr()) };
+        }
+    }
+}
+
+fn check_new_name(name: &str) {
+    if name.trim().is_empty() {
+        raise(AiError::invalid("the model name is empty"));
+    }
+    if catalog::exists(name) {
+        raise(
+            AiError::new(ErrorKind::Duplicate, format!("model \"{name}\" already exists"))
+                .with_hint(format!("Drop it first with ai_drop_model('{name}'), or choose another name.")),
+        );
+    }
+}
+
+/// Options that name the source's columns.
+const COLUMN_OPTIONS: [&str; 2] = ["text_column", "label_column"];
+
+/// The columns a training objective reads, from the options (defaults: text, label).
+fn columns(objective: Objective, options: &serde_json::Value) -> (Vec<String>, bool) {
+    let column = |key: &str, default: &str| match options.get(key) {
+        None => default.to_string(),
+        Some(serde_json::Value::String(name)) => name.clone(),
+        Some(_) => raise(AiError::invalid(format!("option \"{key}\" must be a column name in a string"))),
+    };
+    match objective {
+        Objective::TextClassification => (vec![column("text_column", "text"), column("label_column", "label")], true),
+        _ => (vec![column("text_column", "text")], false),
+    }
+}
+
+/// Trains with `run` on the source's rows, then stores and registers the result.
+#[allow(clippy::too_many_arguments)]
+fn train_and_register(
+    name: &str,
+    source: &str,
+    objective: Objective,
+    options_json: serde_json::Value,
+    parent: Option<&str>,
+    run: impl FnOnce(&mut dyn DataSource, &TrainOptions, &mut dyn Progress, &std::path::Path) -> Result<train::TrainOutcome>,
+) -> String {
+    check_new_name(name);
+    // Column names are the SQL side's business; the rest are the trainer's options.
+    let mut train_options = options_json.clone();
+    if let Some(map) = train_options.as_object_mut() {
+        for key in COLUMN_OPTIONS {
+            map.remove(key);
+        }
+    }
+    let options = TrainOptions::from_json(&train_options).or_raise();
+    crate::engine::threads::configure(crate::guc::threads());
+    let started = Instant::now();
+    let scratch = Scratch(stored_files::scratch_dir().or_raise());
+    let out_dir = scratch.0.clone();
+    let outcome = Spi::connect(|client| {
+        let query = source_query(client, source);
+        let (names, label) = columns(objective, &options_json);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut rows = Rows { client, query: training_query(client, &query, &names), label };
+        run(&mut rows, &options, &mut SqlProgress { model: name }, &out_dir)
+    });
+    let outcome = outcome.or_raise();
+    // Loading it back checks that the inference code reads what training wrote.
+    let files = ModelFiles::in_dir(out_dir.clone()).or_raise();
+    let sha256 = files.weights_sha256().or_raise();
+    let model = AnyModel::load(&files).or_raise();
+    let training = serde_json::json!({
+        "objective": objective.name(),
+        "source": source,
+        "options": options_json,
+        "metrics": outcome.metrics,
+    });
+    let entry = catalog::insert(catalog::NewModel {
+        name,
+        task: &outcome.task,
+        architecture: &outcome.architecture,
+        source: &format!("{}:{name}", if parent.is_some() { "ai_finetune" } else { "ai_pretrain" }),
+        stored: true,
+        config: model.config_json().clone(),
+        sha256: &sha256,
+        parent,
+        training: Some(training),
+    });
+    stored_files::store(name, &files).or_raise();
+    // The loaded model holds its weights in memory, so its files may move into the server's copy.
+    stored_files::adopt(&out_dir, &sha256).or_raise();
+    cache::insert(&entry, model, started.elapsed(), 0);
+    name.to_string()
+}
+
+/// The training output directory, removed however the call ends (an ERROR, a cancel) unless `adopt` has
+/// moved it into place.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn options_value(options: Option<JsonB>) -> serde_json::Value {
+    options.map_or(serde_json::json!({}), |j| j.0)
+}
+
+/// Trains a new model from scratch on the rows of `source` (a table, a view or a SELECT query):
+/// objective 'mlm' (BERT-style masked LM), 'clm' (GPT-2-style causal LM). The tokenizer is trained on the
+/// same rows first. Returns the new model's name.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ai_pretrain(name: &str, source: &str, objective: &str, options: default!(Option<JsonB>, "'{}'")) -> String {
+    let objective = Objective::parse(objective).or_raise();
+    train_and_register(name, source, objective, options_value(options), None, |data, options, progress, out| {
+        train::pretrain(objective, data, options, progress, out)
+    })
+}
+
+/// Continues training the registered model `base_model` on the rows of `source`: task 'mlm', 'clm' or
+/// 'text-classification' (a new head over the distinct values of the label column). Returns the new name.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ai_finetune(
+    name: &str,
+    base_model: &str,
+    source: &str,
+    task: &str,
+    options: default!(Option<JsonB>, "'{}'"),
+) -> String {
+    let objective = Objective::parse(task).or_raise();
+    let base = catalog::find(base_model).unwrap_or_else(|| {
+        raise(
+            AiError::new(ErrorKind::UndefinedModel, format!("model \"{base_model}\" does not exist"))
+                .with_hint("SELECT name, task FROM ai.models lists the models to start from."),
+        )
+    });
+    let files = if base.stored {
+        stored_files::materialise(&base.name, &base.sha256)
+    } else {
+        ModelFiles::locate(&base.source, crate::guc::hf_cache_dir().as_deref())
+    }
+    .or_raise();
+    train_and_register(
+        name,
+        source,
+        objective,
+        options_value(options),
+        Some(base_model),
+        |data, options, progress, out| train::finetune(&files.dir, objective, data, options, progress, out),
+    )
+}

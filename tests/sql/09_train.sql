@@ -1,0 +1,72 @@
+-- ai_pretrain and ai_finetune on table rows (the training itself is checked against PyTorch in
+-- tests/training.rs). NOTICEs carry timings, so progress messages are hidden here.
+CREATE EXTENSION pg_ai;
+\i tests/sql/_helpers.psql
+SET client_min_messages = warning;
+\set sentences :fixtures/train/sentences.txt
+CREATE TABLE sentences (id serial PRIMARY KEY, text text);
+COPY sentences (text) FROM :'sentences';
+INSERT INTO sentences (text) VALUES (NULL), ('');
+
+-- A masked LM from scratch: the tokenizer (WordPiece) and the model are trained on the rows.
+SELECT ai_pretrain('tiny-mlm', 'sentences', 'mlm',
+                   '{"max_steps": 600, "learning_rate": 2e-3, "warmup_ratio": 0.05, "seed": 7}');
+SELECT name, task, architecture, parent, stored, training->>'objective' AS objective,
+       training->'metrics'->>'examples' AS examples, training->'metrics'->>'skipped' AS skipped,
+       (training->'metrics'->>'eval_loss')::float < (training->'metrics'->>'initial_eval_loss')::float / 2
+           AS eval_loss_halved
+FROM ai.models;
+-- Usable at once: the slot takes a verb the rows use.
+SELECT count(*) FILTER (WHERE token IN ('reads', 'cooks', 'paints', 'drinks', 'walks', 'sells')) AS verbs
+FROM ai_fill_mask('The farmer [MASK] a book every morning.', 'tiny-mlm', 5);
+
+-- A causal LM from a query; greedy generation continues the prompt as a training sentence does.
+SELECT ai_pretrain('tiny-clm', 'SELECT text FROM sentences WHERE id % 2 = 0 OR true', 'clm',
+                   '{"max_steps": 400, "learning_rate": 2e-3, "warmup_ratio": 0.05, "vocab_size": 400}');
+SELECT 'The cat' || ai_generate('The cat', 'tiny-clm', max_tokens => 20) IN (SELECT text FROM sentences)
+       AS continues_a_training_sentence;
+
+-- A classifier fine-tuned from a registered masked LM: labels are the distinct values of the label column.
+SELECT ai_load_model('base', :'fixtures' || '/models/bert-mlm');
+CREATE TABLE labelled (body text, topic text);
+INSERT INTO labelled
+SELECT replace(replace(t, '{n}', n), '{x}', x), topic
+FROM unnest(ARRAY['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi']) AS n,
+     (VALUES ('{n} is eating {x} .', 'food'), ('we cooked {x} for dinner .', 'food'), ('i love eating {x} .', 'food'),
+             ('{n} is playing {x} .', 'sport'), ('{n} won the {x} game .', 'sport'), ('the {x} team played well .', 'sport'))
+         AS templates (t, topic),
+     LATERAL (SELECT x FROM unnest(CASE topic WHEN 'food' THEN ARRAY['bread', 'cheese', 'soup', 'pasta']
+                                             ELSE ARRAY['football', 'tennis', 'golf', 'rugby'] END) AS x) AS xs;
+SELECT count(*) FROM labelled;
+SELECT ai_finetune('topic', 'base', 'labelled', 'text-classification',
+                   '{"text_column": "body", "label_column": "topic", "epochs": 3, "learning_rate": 1e-3,
+                     "batch_size": 8, "test_size": 0.2}');
+SELECT name, task, parent, (training->'metrics'->>'accuracy')::float >= 0.9 AS accurate,
+       config->'id2label' AS labels
+FROM ai.models WHERE name = 'topic';
+SELECT ai_classify_label(ARRAY['judy is eating rice .', 'judy won the hockey game .'], 'topic');
+
+-- Other sessions use the trained models from their stored files.
+\c
+\i tests/sql/_helpers.psql
+SET client_min_messages = warning;
+SELECT ai_classify_label('we cooked pasta for dinner .', 'topic') AS new_session;
+SELECT count(DISTINCT path) AS stored_files FROM ai.model_files WHERE model = 'tiny-mlm';
+
+-- Bad input: a clear error, and nothing registered.
+CREATE TABLE empty_table (text text);
+CREATE TABLE one_class (text text, label text);
+INSERT INTO one_class VALUES ('a b c', 'x'), ('d e f', 'x');
+SELECT pg_temp.try($$SELECT ai_pretrain('x', 'no_such_table', 'mlm')$$) AS missing_table;
+SELECT pg_temp.try($$SELECT ai_pretrain('x', 'labelled', 'mlm')$$) AS missing_column;
+SELECT pg_temp.try($$SELECT ai_pretrain('x', 'empty_table', 'mlm')$$) AS empty_source;
+SELECT pg_temp.try($$SELECT ai_pretrain('x', 'one_class', 'text-classification')$$) AS one_class;
+SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'mlm', '{"learning_rate": -1}')$$) AS negative_rate;
+SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'mlm', '{"batch_size": 0}')$$) AS zero_batch;
+SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'mlm', '{"epochz": 3}')$$) AS unknown_option;
+SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'speech')$$) AS unknown_objective;
+SELECT pg_temp.try($$SELECT ai_finetune('x', 'base', 'sentences', 'clm')$$) AS base_cannot;
+SELECT pg_temp.try($$SELECT ai_finetune('x', 'nope', 'sentences', 'mlm')$$) AS unknown_base;
+SELECT pg_temp.try($$SELECT ai_pretrain('tiny-mlm', 'sentences', 'mlm')$$) AS duplicate_name;
+SELECT name FROM ai.models ORDER BY name;
+SELECT count(*) AS training_now FROM ai.training;
