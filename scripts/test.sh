@@ -39,5 +39,8 @@ scripts/sql-tests.sh
 echo "== many connections (benches/concurrency.sh)"
 benches/concurrency.sh
 
+echo "== restart, pg_dump and restore of a trained model (tests/dump_restore.sh)"
+tests/dump_restore.sh
+
 echo "== read replica (tests/replica.sh)"
 tests/replica.sh

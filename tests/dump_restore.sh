@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# A model trained from table rows lives in the database: it survives a server restart and comes back whole
+# after pg_dump and restore into a new database, with no file outside the dump. Run as root by
+# scripts/test.sh, with pg_ai installed and the cluster of scripts/cluster.sh running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=${PG_AI_CLUSTER:-/tmp/pg_ai-cluster}
+export PGOPTIONS="-c client_min_messages=warning"
+sql() { scripts/cluster.sh psql -q -At -v ON_ERROR_STOP=1 "$@"; }
+ask='SELECT token FROM ai_fill_mask($$The farmer [MASK] a book every morning.$$, $$trained$$, 1)'
+
+sql -c "DROP DATABASE IF EXISTS pg_ai_dump" -c "DROP DATABASE IF EXISTS pg_ai_restored" -c "CREATE DATABASE pg_ai_dump"
+sql -d pg_ai_dump -o /dev/null <<SQL
+SET client_min_messages = warning;
+CREATE EXTENSION pg_ai;
+CREATE TABLE sentences (text text);
+COPY sentences FROM '$PWD/tests/fixtures/train/sentences.txt';
+SELECT ai_pretrain('trained', 'sentences', 'mlm', '{"max_steps": 300, "learning_rate": 2e-3}');
+SQL
+before=$(sql -d pg_ai_dump -c "$ask")
+
+scripts/cluster.sh stop
+scripts/cluster.sh start
+after_restart=$(sql -d pg_ai_dump -c "$ask")
+
+sql -c "CREATE DATABASE pg_ai_restored"
+runuser -u postgres -- pg_dump -h "$root" -p "${PG_AI_PORT:-28815}" -U postgres pg_ai_dump |
+    sql -d pg_ai_restored -o /dev/null
+# Only the rows may answer: remove the server's written-out copy of the files first.
+rm -rf "$root/data/pg_ai/models"
+restored=$(sql -d pg_ai_restored -c "$ask")
+sql -c "DROP DATABASE pg_ai_dump" -c "DROP DATABASE pg_ai_restored"
+
+echo "trained model fills the mask with: $before; after a restart: $after_restart; restored from a dump: $restored"
+[ -n "$before" ] && [ "$before" = "$after_restart" ] && [ "$before" = "$restored" ] || { echo "FAIL dump/restore"; exit 1; }
+echo "ok   restart and dump/restore"
