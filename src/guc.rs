@@ -17,6 +17,9 @@ static MAX_CACHE_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(4 << 20);
 /// Directories models may be loaded from (comma-separated); unset = anywhere the server can read.
 static MODEL_PATHS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Reports each call's time by phase as a NOTICE.
+static TIMING: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 pub fn init() {
     GucRegistry::define_int_guc(
         c"pg_ai.threads",
@@ -54,6 +57,14 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"pg_ai.timing",
+        c"Reports where each model call's time goes (lookup and load, tokenize, forward, decode) as a NOTICE.",
+        c"For finding out what to speed up; one NOTICE per call.",
+        &TIMING,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init with a static C string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_ai".as_ptr()) };
 }
@@ -79,4 +90,8 @@ pub fn model_paths() -> Vec<PathBuf> {
         .and_then(|s| s.into_string().ok())
         .map(|s| s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(PathBuf::from).collect())
         .unwrap_or_default()
+}
+
+pub fn timing() -> bool {
+    TIMING.get()
 }

@@ -3,6 +3,7 @@
 use super::error::{AiError, Result};
 use super::files::ModelFiles;
 use super::generate::TextCodec;
+use super::timing::{time, Phase};
 use tokenizers::Tokenizer;
 
 pub struct DecoderTokenizer {
@@ -30,15 +31,14 @@ impl DecoderTokenizer {
 
 impl TextCodec for DecoderTokenizer {
     fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .tokenizer
-            .encode(prompt, true)
+        let encoding = time(Phase::Tokenize, || self.tokenizer.encode(prompt, true))
             .map_err(|e| AiError::invalid(format!("cannot tokenize the prompt: {e}")))?;
         Ok(encoding.get_ids().to_vec())
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| AiError::internal(format!("cannot decode tokens: {e}")))
+        time(Phase::Decode, || self.tokenizer.decode(ids, true))
+            .map_err(|e| AiError::internal(format!("cannot decode tokens: {e}")))
     }
 
     fn eos_id(&self) -> Option<u32> {

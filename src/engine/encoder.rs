@@ -8,6 +8,7 @@
 
 use super::config::{Family, ModelConfig};
 use super::error::{AiError, Result};
+use super::timing::{time, Phase};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
 
@@ -220,6 +221,10 @@ impl Encoder {
 
     /// Last hidden states, (batch, seq, hidden).
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        time(Phase::Forward, || self.hidden_states(batch))
+    }
+
+    fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
         let (_, seq) = batch.ids.dims2()?;
         let device = batch.ids.device();
         // Padding is always on the right, so a plain range gives every real token its position.
@@ -364,8 +369,7 @@ impl Head {
         let Head::MaskedLm { transform, act, norm, decoder } = self else {
             return Err(AiError::internal("not a masked-LM head"));
         };
-        let x = norm.forward(&act.apply(&transform.forward(hidden)?)?)?;
-        Ok(decoder.forward(&x)?)
+        time(Phase::Forward, || Ok(decoder.forward(&norm.forward(&act.apply(&transform.forward(hidden)?)?)?)?))
     }
 
     /// Sequence logits from the first token's hidden state, (batch, seq, hidden) -> (batch, labels).
@@ -373,11 +377,13 @@ impl Head {
         let Head::SequenceClassifier { pre, out } = self else {
             return Err(AiError::internal("not a sequence-classification head"));
         };
-        let mut x = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        if let Some((dense, act)) = pre {
-            x = act.apply(&dense.forward(&x)?)?;
-        }
-        Ok(out.forward(&x)?)
+        time(Phase::Forward, || {
+            let mut x = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+            if let Some((dense, act)) = pre {
+                x = act.apply(&dense.forward(&x)?)?;
+            }
+            Ok(out.forward(&x)?)
+        })
     }
 
     /// Per-token logits, (batch, seq, hidden) -> (batch, seq, labels).
@@ -385,7 +391,7 @@ impl Head {
         let Head::TokenClassifier { out } = self else {
             return Err(AiError::internal("not a token-classification head"));
         };
-        Ok(out.forward(hidden)?)
+        time(Phase::Forward, || Ok(out.forward(hidden)?))
     }
 }
 

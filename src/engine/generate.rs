@@ -2,6 +2,7 @@
 //! max_tokens, or where a stop string appears; pieces come out as valid UTF-8 as they are made.
 
 use super::error::{AiError, Result};
+use super::timing::{time, Phase};
 use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 
@@ -154,7 +155,7 @@ pub fn generate(
     // Generation also ends when the context is full, as if max_tokens were reached.
     for _ in 0..options.max_tokens.min(context - prompt_ids.len()) {
         between();
-        let mut logits = model.next_logits(&input)?;
+        let mut logits = time(Phase::Forward, || model.next_logits(&input))?;
         if options.repetition_penalty != 1.0 {
             let seen: Vec<u32> = prompt_ids.iter().chain(&generated).copied().collect();
             logits = candle_transformers::utils::apply_repeat_penalty(&logits, options.repetition_penalty, &seen)?;

@@ -21,5 +21,6 @@ pub mod t5;
 pub mod tasks;
 pub mod text;
 pub mod threads;
+pub mod timing;
 pub mod train;
 pub mod translator;

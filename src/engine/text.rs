@@ -3,6 +3,7 @@
 
 use super::encoder::Batch;
 use super::error::{AiError, Result};
+use super::timing::{time, Phase};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::path::Path;
@@ -64,8 +65,7 @@ impl TextTokenizer {
 
     /// Encodes one text with special tokens; offsets are in characters, as Python counts them.
     pub fn encode(&self, text: &str) -> Result<Encoding> {
-        self.inner
-            .encode_char_offsets(text, true)
+        time(Phase::Tokenize, || self.inner.encode_char_offsets(text, true))
             .map_err(|e| AiError::invalid(format!("cannot tokenize the input: {e}")))
     }
 
@@ -98,9 +98,7 @@ impl TextTokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        let text = self
-            .inner
-            .decode(ids, skip_special_tokens)
+        let text = time(Phase::Decode, || self.inner.decode(ids, skip_special_tokens))
             .map_err(|e| AiError::internal(format!("cannot decode tokens: {e}")))?;
         Ok(if self.cleanup { clean_up_spaces(&text) } else { text })
     }

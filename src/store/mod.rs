@@ -10,7 +10,9 @@ use crate::engine::error::{AiError, ErrorKind};
 use crate::engine::files::ModelFiles;
 use crate::engine::model::{AnyModel, Task};
 use crate::error::OrRaise;
+use std::ops::Deref;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// This statement: its start time and local transaction id.
 fn statement() -> cache::Statement {
@@ -18,8 +20,10 @@ fn statement() -> cache::Statement {
     unsafe { (pgrx::pg_sys::GetCurrentStatementStartTimestamp(), (*pgrx::pg_sys::MyProc).lxid) }
 }
 
-/// The model registered as `name`, loaded once per backend, checked able to do `task`.
-pub fn model_for(name: &str, task: Task) -> Rc<AnyModel> {
+/// The model registered as `name`, loaded once per backend, checked able to do `task`, for one SQL call.
+pub fn model_for(name: &str, task: Task) -> ModelCall {
+    crate::engine::timing::take();
+    let started = Instant::now();
     let statement = statement();
     let model = match cache::checked(name, statement) {
         Some(model) => model,
@@ -30,7 +34,50 @@ pub fn model_for(name: &str, task: Task) -> Rc<AnyModel> {
         }
     };
     model.require(task, name).or_raise();
-    model
+    ModelCall { model, name: name.to_string(), task, started, lookup: started.elapsed() }
+}
+
+/// A model lent to one SQL call. With `pg_ai.timing` on, the end of the call (when the adapter drops it)
+/// reports where the call's time went as a NOTICE.
+pub struct ModelCall {
+    model: Rc<AnyModel>,
+    name: String,
+    task: Task,
+    started: Instant,
+    /// Finding the catalog row and, on a backend's first call, loading the files.
+    lookup: Duration,
+}
+
+impl Deref for ModelCall {
+    type Target = AnyModel;
+
+    fn deref(&self) -> &AnyModel {
+        &self.model
+    }
+}
+
+impl Drop for ModelCall {
+    fn drop(&mut self) {
+        // Not while an ERROR unwinds: nothing may call into Postgres then.
+        if std::thread::panicking() || !crate::guc::timing() {
+            return;
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let [tokenize, forward, decode] = crate::engine::timing::take();
+        let total = self.started.elapsed();
+        let other = total.saturating_sub(self.lookup + tokenize + forward + decode);
+        pgrx::notice!(
+            "pg_ai.timing: {} with \"{}\": {:.3} ms = lookup and load {:.3} + tokenize {:.3} + forward {:.3} + decode {:.3} + other {:.3}",
+            self.task.name(),
+            self.name,
+            ms(total),
+            ms(self.lookup),
+            ms(tokenize),
+            ms(forward),
+            ms(decode),
+            ms(other)
+        );
+    }
 }
 
 /// Reads the catalog row of `name` and returns its model, loading it if this backend has not.

@@ -32,3 +32,11 @@ FROM ai_embed(ARRAY['A man is eating food.', 'The new movie is awesome.'], 'mini
      unnest(a.embedding, ai_embed((ARRAY['A man is eating food.', 'The new movie is awesome.'])[a.ord], 'minilm')) AS t(x, y);
 
 SELECT ai_embed(NULL, 'minilm') IS NULL AS null_embedding;
+
+-- pg_ai.timing: where a call's time goes, one NOTICE per call (durations shown as # here).
+SELECT ai_load_model('timed', :'fixtures' || '/models/bert-mlm');
+SELECT ai_unload_model('timed');
+SET pg_ai.timing = on;
+SELECT array_length(ai_embed('alice is eating bread .', 'timed'), 1) AS dimensions;
+SELECT token FROM ai_fill_mask('alice is eating [MASK] .', 'timed', 1);
+RESET pg_ai.timing;
