@@ -2,6 +2,8 @@
 # Memory of N backends that each use the same model: resident (RSS) and proportional (PSS, shared pages
 # divided among the processes sharing them) per backend and in total, from /proc/<pid>/smaps_rollup.
 #   benches/memory.sh [backends] [model directory]     (default 8, .models/all-MiniLM-L6-v2)
+#   PG_AI_MERGE=1 benches/memory.sh                    (with pg_ai.merge_memory = on; needs KSM running:
+#                                                       echo 1 > /sys/kernel/mm/ksm/run, as root)
 # Uses the cluster of scripts/cluster.sh (PG_AI_CLUSTER, PG_AI_PORT), with pg_ai installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +16,16 @@ psql_db -c "CREATE EXTENSION pg_ai" -c "SELECT ai_load_model('m', '$model')" >/d
 # Each session embeds once, then waits while its memory is read.
 pids=()
 for i in $(seq "$n"); do
-    psql_db -c "SELECT pg_backend_pid(), array_length(ai_embed('warm up number $i', 'm'), 1)" \
+    PGOPTIONS="-c pg_ai.merge_memory=${PG_AI_MERGE:-0}" psql_db -c "SELECT pg_backend_pid(), array_length(ai_embed('warm up number $i', 'm'), 1)" \
         -c "SELECT pg_sleep(30)" > "/tmp/pg_ai-memory-$i.out" 2>&1 &
     pids+=($!)
 done
 sleep 8
+if [ "${PG_AI_MERGE:-}" = 1 ]; then
+    # KSM merges in the background: wait for two full scans after the models loaded.
+    scans=$(cat /sys/kernel/mm/ksm/full_scans)
+    while [ "$(cat /sys/kernel/mm/ksm/full_scans)" -lt $((scans + 2)) ]; do sleep 1; done
+fi
 backends=$(psql_db -c "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = '$db' AND query LIKE 'SELECT pg_sleep%'")
 total_rss=0; total_pss=0; count=0
 for pid in $backends; do

@@ -17,6 +17,9 @@ static MAX_CACHE_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(4 << 20);
 /// Directories models may be loaded from (comma-separated); unset = anywhere the server can read.
 static MODEL_PATHS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Marks loaded weights mergeable for the kernel's same-page merging (KSM), so backends share identical pages.
+static MERGE_MEMORY: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// Reports each call's time by phase as a NOTICE.
 static TIMING: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -58,6 +61,14 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
+        c"pg_ai.merge_memory",
+        c"Lets the kernel merge identical weight pages of backends that load the same model (Linux KSM).",
+        c"Takes effect where the administrator runs KSM: echo 1 > /sys/kernel/mm/ksm/run.",
+        &MERGE_MEMORY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
         c"pg_ai.timing",
         c"Reports where each model call's time goes (lookup and load, tokenize, forward, decode) as a NOTICE.",
         c"For finding out what to speed up; one NOTICE per call.",
@@ -94,4 +105,8 @@ pub fn model_paths() -> Vec<PathBuf> {
 
 pub fn timing() -> bool {
     TIMING.get()
+}
+
+pub fn merge_memory() -> bool {
+    MERGE_MEMORY.get()
 }

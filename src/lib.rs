@@ -1,7 +1,8 @@
 //! pg_ai: transformer models inside PostgreSQL.
 //!
 //! `engine` holds the models and never calls Postgres; `api` holds the SQL functions, short
-//! adapters over the engine; `store` is the model registry and the per-backend model cache.
+//! adapters over the engine; `store` is the model registry and the per-backend model cache; `memory` lets the
+//! kernel share identical weight pages between backends.
 
 use pgrx::prelude::*;
 
@@ -11,6 +12,7 @@ mod api;
 pub mod engine;
 mod error;
 mod guc;
+mod memory;
 mod store;
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);

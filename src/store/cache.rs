@@ -73,6 +73,9 @@ pub fn insert(entry: &CatalogEntry, model: AnyModel, load_time: Duration, calls:
     let identity = (entry.sha256.clone(), entry.created_at.clone());
     let loaded =
         Loaded { model: model.clone(), identity, load_time, loaded_at: now, last_used: now, calls, checked_in: None };
+    if crate::guc::merge_memory() {
+        crate::memory::mark_mergeable();
+    }
     LOADED.with_borrow_mut(|l| {
         l.insert(entry.name.clone(), loaded);
         if let Some(cap) = crate::guc::max_cache_bytes() {

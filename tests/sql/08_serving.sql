@@ -100,3 +100,12 @@ SELECT ai_classify_label('grace won the tennis game .', 'doomed') AS still_loade
 SELECT ai_unload_model('doomed');
 SELECT pg_temp.try($$SELECT ai_classify_label('grace won the tennis game .', 'doomed')$$) AS reload;
 SELECT 1 AS backend_alive;
+
+-- pg_ai.merge_memory: after a load, the backend's private memory is marked mergeable ("mg" in smaps), so the
+-- kernel's same-page merging, where the administrator runs it, shares identical weights between backends
+-- (benches/memory.sh measures it).
+SELECT count(*) AS mergeable_before FROM regexp_matches(pg_read_file('/proc/self/smaps'), 'VmFlags:[^\n]* mg', 'g');
+SET pg_ai.merge_memory = on;
+SELECT ai_load_model('merged', :'fixtures' || '/models/bert-mlm');
+SELECT count(*) > 0 AS mergeable_after FROM regexp_matches(pg_read_file('/proc/self/smaps'), 'VmFlags:[^\n]* mg', 'g');
+RESET pg_ai.merge_memory;
