@@ -51,6 +51,50 @@ SELECT ai_chat('[{"role": "user", "content": "What is the capital of France?"}]'
 SELECT ai_chat('[{"role": "system", "content": "You answer in one short sentence."},
                  {"role": "user", "content": "Why is the sky blue?"}]', 'smollm2', max_tokens => 60) AS reply;
 
+\echo '== Training from table rows: Debian''s fortunes (the fortunes package)'
+-- Each file of /usr/share/games/fortunes holds fortunes separated by lines of "%".
+CREATE TABLE fortunes (category text NOT NULL, body text NOT NULL);
+INSERT INTO fortunes
+SELECT category, regexp_replace(trim(f), '\s+', ' ', 'g')
+FROM unnest(ARRAY['computers', 'food', 'sports', 'science', 'people', 'work', 'wisdom', 'love']) AS category,
+     regexp_split_to_table(pg_read_file('/usr/share/games/fortunes/' || category), '\n%\n') AS f
+WHERE trim(f) <> '';
+SELECT category, count(*) FROM fortunes GROUP BY category ORDER BY category;
+
+\echo '-- a small BERT from scratch: a WordPiece vocabulary and a masked LM, trained on the rows'
+SET client_min_messages = warning;  -- hides the progress NOTICEs; SELECT * FROM ai.training shows progress elsewhere
+SELECT ai_pretrain('fortune-bert', 'SELECT body AS text FROM fortunes', 'mlm',
+                   '{"max_steps": 600, "max_length": 64, "learning_rate": 1e-3, "warmup_ratio": 0.05,
+                     "vocab_size": 4000}');
+SELECT name, task, round((training->'metrics'->>'initial_eval_loss')::numeric, 2) AS loss_before,
+       round((training->'metrics'->>'eval_loss')::numeric, 2) AS loss_after,
+       round((training->'metrics'->>'tokens_per_second')::numeric) AS tokens_per_second
+FROM ai.models WHERE name = 'fortune-bert';
+SELECT token, round(score::numeric, 3) AS score FROM ai_fill_mask('You will meet a tall dark [MASK].', 'fortune-bert', 5);
+SELECT token, round(score::numeric, 3) AS score FROM ai_fill_mask('The [MASK] is mightier than the sword.', 'fortune-bert', 5);
+
+\echo '-- a classifier fine-tuned from it on two labelled categories, then used by an INSERT trigger'
+SELECT ai_finetune('fortune-topic', 'fortune-bert',
+                   $$SELECT body AS text, category AS label FROM fortunes WHERE category IN ('food', 'sports')$$,
+                   'text-classification', '{"epochs": 8, "learning_rate": 1e-3, "test_size": 0.15}');
+SELECT round((training->'metrics'->>'accuracy')::numeric, 3) AS held_out_accuracy,
+       round((training->'metrics'->>'macro_f1')::numeric, 3) AS macro_f1
+FROM ai.models WHERE name = 'fortune-topic';
+RESET client_min_messages;
+CREATE TABLE quotes (body text NOT NULL, topic text);
+CREATE FUNCTION label_quote() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.topic := ai_classify_label(NEW.body, 'fortune-topic');
+    RETURN NEW;
+END $$;
+CREATE TRIGGER label_quote BEFORE INSERT OR UPDATE OF body ON quotes FOR EACH ROW EXECUTE FUNCTION label_quote();
+INSERT INTO quotes (body) VALUES
+    ('Never eat more than you can lift.'),
+    ('The team that scores the most goals usually wins the game.'),
+    ('A good cook tastes the soup before serving it.'),
+    ('He ran the marathon in record time and won the gold medal.');
+SELECT * FROM quotes;
+
 \echo '== Loaded in this backend'
 SELECT name, architecture, parameters, pg_size_pretty(memory_bytes) AS memory, round(load_ms::numeric, 1) AS load_ms
 FROM ai_loaded_models() ORDER BY name;

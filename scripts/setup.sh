@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PGRX_VERSION=0.18.1
-packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip)
+packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip fortunes)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
