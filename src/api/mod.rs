@@ -21,6 +21,20 @@ fn require_writable(function: &std::ffi::CStr) {
     unsafe { pgrx::pg_sys::PreventCommandIfReadOnly(function.as_ptr()) };
 }
 
+/// A name for a new model: not empty, not taken (42710 with a hint otherwise).
+fn require_new_name(name: &str) {
+    use crate::engine::error::{AiError, ErrorKind};
+    if name.trim().is_empty() {
+        crate::error::raise(AiError::invalid("the model name is empty"));
+    }
+    if crate::store::catalog::exists(name) {
+        crate::error::raise(
+            AiError::new(ErrorKind::Duplicate, format!("model \"{name}\" already exists"))
+                .with_hint(format!("Drop it first with ai_drop_model('{name}'), or choose another name.")),
+        );
+    }
+}
+
 /// The non-NULL texts of an array with their 1-based positions; NULL elements are skipped.
 fn present(inputs: &pgrx::Array<&str>) -> (Vec<i32>, Vec<String>) {
     let mut positions = Vec::new();

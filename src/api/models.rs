@@ -22,15 +22,7 @@ fn ai_load_model(
     let (name, source) = (name?, source?);
     super::require_writable(c"ai_load_model()");
     let store = store.unwrap_or(false);
-    if name.trim().is_empty() {
-        raise(AiError::invalid("the model name is empty"));
-    }
-    if catalog::exists(name) {
-        raise(
-            AiError::new(ErrorKind::Duplicate, format!("model \"{name}\" already exists"))
-                .with_hint(format!("Drop it first with ai_drop_model('{name}'), or choose another name.")),
-        );
-    }
+    super::require_new_name(name);
     if !catalog::may_read_server_files() {
         raise(
             AiError::new(ErrorKind::Privilege, "permission denied to load a model from the server's files")

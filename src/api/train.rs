@@ -134,18 +134,6 @@ impl Progress for SqlProgress<'_> {
     }
 }
 
-fn check_new_name(name: &str) {
-    if name.trim().is_empty() {
-        raise(AiError::invalid("the model name is empty"));
-    }
-    if catalog::exists(name) {
-        raise(
-            AiError::new(ErrorKind::Duplicate, format!("model \"{name}\" already exists"))
-                .with_hint(format!("Drop it first with ai_drop_model('{name}'), or choose another name.")),
-        );
-    }
-}
-
 /// Options that name the source's columns.
 const COLUMN_OPTIONS: [&str; 2] = ["text_column", "label_column"];
 
@@ -172,7 +160,7 @@ fn train_and_register(
     parent: Option<&str>,
     run: impl FnOnce(&mut dyn DataSource, &TrainOptions, &mut dyn Progress, &std::path::Path) -> Result<train::TrainOutcome>,
 ) -> String {
-    check_new_name(name);
+    super::require_new_name(name);
     // Column names are the SQL side's business; the rest are the trainer's options.
     let mut train_options = options_json.clone();
     if let Some(map) = train_options.as_object_mut() {
@@ -240,6 +228,7 @@ fn options_value(options: Option<JsonB>) -> serde_json::Value {
 /// same rows first. Returns the new model's name.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_pretrain(name: &str, source: &str, objective: &str, options: default!(Option<JsonB>, "'{}'")) -> String {
+    super::require_writable(c"ai_pretrain()");
     let objective = Objective::parse(objective).or_raise();
     train_and_register(name, source, objective, options_value(options), None, |data, options, progress, out| {
         train::pretrain(objective, data, options, progress, out)
@@ -256,6 +245,7 @@ fn ai_finetune(
     task: &str,
     options: default!(Option<JsonB>, "'{}'"),
 ) -> String {
+    super::require_writable(c"ai_finetune()");
     let objective = Objective::parse(task).or_raise();
     let base = catalog::find(base_model).unwrap_or_else(|| {
         raise(

@@ -68,5 +68,8 @@ SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'speech')$$) AS unknow
 SELECT pg_temp.try($$SELECT ai_finetune('x', 'base', 'sentences', 'clm')$$) AS base_cannot;
 SELECT pg_temp.try($$SELECT ai_finetune('x', 'nope', 'sentences', 'mlm')$$) AS unknown_base;
 SELECT pg_temp.try($$SELECT ai_pretrain('tiny-mlm', 'sentences', 'mlm')$$) AS duplicate_name;
+BEGIN READ ONLY;
+SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'mlm')$$) AS read_only;
+ROLLBACK;
 SELECT name FROM ai.models ORDER BY name;
 SELECT count(*) AS training_now FROM ai.training;
