@@ -134,6 +134,9 @@ impl TrainableBert {
             }
         }
         let std = f64_field(&config, "initializer_range", 0.02);
+        if !(std > 0.0 && std.is_finite()) {
+            return Err(AiError::corrupt("config.json: initializer_range must be a positive number"));
+        }
         let (h, inter) = (c.hidden_size, c.intermediate_size);
         let mut b = ParamBuilder::new(source, seed);
         let word = b.embedding("bert.embeddings.word_embeddings.weight", c.vocab_size, h, std, Some(c.pad_token_id))?;

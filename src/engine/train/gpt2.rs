@@ -98,6 +98,9 @@ impl TrainableGpt2 {
             .collect();
         let get = |name: &str, default: f64| config.get(name).and_then(Value::as_f64).unwrap_or(default);
         let std = get("initializer_range", 0.02);
+        if !(std > 0.0 && std.is_finite()) {
+            return Err(AiError::corrupt("config.json: initializer_range must be a positive number"));
+        }
         // transformers scales the residual projections' init by 1/sqrt(2 * n_layer).
         let proj_std = std / (2.0 * c.n_layer as f64).sqrt();
         let (h, inner) = (c.n_embd, c.n_inner);
