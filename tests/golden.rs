@@ -221,6 +221,12 @@ mod generation {
         check_greedy("llama");
     }
 
+    /// rope_theta 500000 under transformers 5's rope_parameters, not at the top of config.json.
+    #[test]
+    fn llama_with_a_large_rope_theta_matches_transformers() {
+        check_greedy("llama-rope");
+    }
+
     #[test]
     fn sampling_is_repeatable_with_a_seed() {
         let loaded = decoder("gpt2");

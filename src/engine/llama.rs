@@ -22,7 +22,7 @@ pub struct LlamaModel {
 
 impl LlamaModel {
     pub fn load(files: &ModelFiles, config: Value) -> Result<Self> {
-        let parsed: LlamaConfig = serde_json::from_value(config.clone())
+        let parsed: LlamaConfig = serde_json::from_value(top_level_rope(config.clone())?)
             .map_err(|e| AiError::corrupt(format!("config.json is not a Llama configuration: {e}")))?;
         let llama_config = parsed.clone().into_config(false);
         let eos_ids = match parsed.eos_token_id {
@@ -54,6 +54,27 @@ impl LlamaModel {
             parameter_bytes: parameters * 4,
         })
     }
+}
+
+/// transformers 5 writes the rotary settings under `rope_parameters`; candle reads `rope_theta` and
+/// `rope_scaling` at the top level and would otherwise fall back to theta 10000 without a word.
+fn top_level_rope(mut config: Value) -> Result<Value> {
+    let Some(rope) = config.get("rope_parameters").cloned() else { return Ok(config) };
+    if config.get("rope_theta").is_none() {
+        if let Some(theta) = rope.get("rope_theta") {
+            config["rope_theta"] = theta.clone();
+        }
+    }
+    match rope.get("rope_type").and_then(Value::as_str) {
+        None | Some("default") => {}
+        Some("llama3") if config.get("rope_scaling").is_none() => config["rope_scaling"] = rope,
+        Some("llama3") => {}
+        Some(other) => {
+            return Err(AiError::invalid(format!("rotary embeddings of type \"{other}\" are not supported"))
+                .with_hint("pg_ai runs Llama models with default or llama3 rotary embeddings."))
+        }
+    }
+    Ok(config)
 }
 
 struct Session<'a> {
