@@ -3,10 +3,12 @@
 use super::interrupts;
 use crate::engine::chat;
 use crate::engine::error::AiError;
-use crate::engine::generate::{generate_with, CausalLm, GenerateOptions};
+use crate::engine::generate::{generate_with, CausalLm, GenerateOptions, Generation};
+use crate::engine::model::AnyModel;
 use crate::engine::model::Task;
 use crate::error::OrRaise;
 use pgrx::prelude::*;
+use std::rc::Rc;
 
 #[allow(clippy::too_many_arguments)]
 fn options(
@@ -68,8 +70,9 @@ fn ai_generate(
     run(prompt, model, options).map(|pieces| pieces.concat())
 }
 
-/// The same continuation as ai_generate, one row per piece in the order made; pieces never
-/// split a character and concatenate to exactly what ai_generate returns.
+/// The same continuation as ai_generate, one row per piece, each made when its row is fetched (so a cursor or
+/// a client reading rows as they come sees the first piece before the rest exist); pieces never split a
+/// character and concatenate to exactly what ai_generate returns.
 #[pg_extern(volatile, parallel_safe)]
 #[allow(clippy::too_many_arguments)]
 fn ai_generate_stream(
@@ -84,7 +87,36 @@ fn ai_generate_stream(
     repetition_penalty: default!(Option<f32>, 1),
 ) -> SetOfIterator<'static, String> {
     let options = options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty);
-    SetOfIterator::new(run(prompt, model, options).unwrap_or_default())
+    let (Some(prompt), Some(model)) = (prompt, model) else {
+        return SetOfIterator::new(std::iter::empty());
+    };
+    let loaded = crate::store::model_for(model, Task::TextGeneration).into_shared();
+    SetOfIterator::new(Pieces::start(loaded, prompt, &options))
+}
+
+/// The pieces of one generation, made as the rows are fetched.
+struct Pieces {
+    // Declared first, so dropped first: it borrows the model below.
+    generation: Generation<'static>,
+    _model: Rc<AnyModel>,
+}
+
+impl Pieces {
+    fn start(model: Rc<AnyModel>, prompt: &str, options: &GenerateOptions) -> Pieces {
+        let generation = Generation::start(model.causal().or_raise(), prompt, options).or_raise();
+        // SAFETY: the generation borrows the model inside the Rc's allocation, which never moves and lives as
+        // long as the Rc, which this struct owns and drops after the generation.
+        let generation = unsafe { std::mem::transmute::<Generation<'_>, Generation<'static>>(generation) };
+        Pieces { generation, _model: model }
+    }
+}
+
+impl Iterator for Pieces {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        self.generation.next_piece(&mut interrupts).or_raise()
+    }
 }
 
 /// The assistant's reply to `messages` ('[{"role": "user", "content": "..."}]'), prompted with the

@@ -5,6 +5,7 @@ use super::error::{AiError, Result};
 use super::timing::{time, Phase};
 use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
+use std::collections::VecDeque;
 
 /// Upper bound on max_tokens: one call should not hold a backend for hours.
 pub const MAX_TOKENS_LIMIT: usize = 4096;
@@ -99,7 +100,9 @@ pub trait CausalLm {
     fn chat_template(&self) -> Option<&str>;
 }
 
-/// Generates with `model`; see `generate`.
+/// Generates a continuation of `prompt` with `model`. `on_piece` receives the text as it is made, never split
+/// inside a character nor into a stop string. `between` runs before each token (the SQL layer checks for
+/// interrupts there). Returns the generated token ids.
 pub fn generate_with(
     model: &dyn CausalLm,
     prompt: &str,
@@ -107,7 +110,11 @@ pub fn generate_with(
     between: &mut dyn FnMut(),
     on_piece: &mut dyn FnMut(&str),
 ) -> Result<Vec<u32>> {
-    generate(model.session()?.as_mut(), model.codec(), prompt, options, between, on_piece)
+    let mut generation = Generation::start(model, prompt, options)?;
+    while let Some(piece) = generation.next_piece(between)? {
+        on_piece(&piece);
+    }
+    Ok(generation.generated)
 }
 
 /// What generation needs from a tokenizer: ids for the prompt, text for ids.
@@ -122,60 +129,114 @@ pub trait TextCodec {
     fn id_to_token(&self, id: u32) -> Option<String>;
 }
 
-/// Generates a continuation of `prompt`. `on_piece` receives the text as it is made, never split
-/// inside a character nor into a stop string; it returns false to stop early. `between` runs
-/// before each token (the SQL layer checks for interrupts there). Returns the generated token ids.
-pub fn generate(
-    model: &mut dyn Decoder,
-    codec: &dyn TextCodec,
-    prompt: &str,
-    options: &GenerateOptions,
-    between: &mut dyn FnMut(),
-    on_piece: &mut dyn FnMut(&str),
-) -> Result<Vec<u32>> {
-    options.check()?;
-    let prompt_ids = codec.encode_prompt(prompt)?;
-    if prompt_ids.is_empty() {
-        return Err(AiError::invalid("the prompt is empty").with_hint("Give at least one word to continue."));
-    }
-    let context = model.context_size();
-    if prompt_ids.len() >= context {
-        return Err(AiError::invalid(format!(
-            "the prompt is {} tokens; this model reads at most {context}, generated tokens included",
-            prompt_ids.len()
-        ))
-        .with_hint("Shorten the prompt."));
-    }
-    model.reset()?;
-    let mut sampler = options.sampler();
-    let mut generated: Vec<u32> = Vec::new();
-    let mut text = Stream::new(&options.stop);
-    let mut detokenizer = Detokenizer::default();
-    let mut input = prompt_ids.clone();
-    // Generation also ends when the context is full, as if max_tokens were reached.
-    for _ in 0..options.max_tokens.min(context - prompt_ids.len()) {
-        between();
-        let mut logits = time(Phase::Forward, || model.next_logits(&input))?;
-        if options.repetition_penalty != 1.0 {
-            let seen: Vec<u32> = prompt_ids.iter().chain(&generated).copied().collect();
-            logits = candle_transformers::utils::apply_repeat_penalty(&logits, options.repetition_penalty, &seen)?;
+/// A generation in progress, made one piece at a time as the caller asks for them (ai_generate_stream
+/// returns each piece as its row is fetched). It ends at the end-of-text token, at max_tokens, when the
+/// context is full, or before the first stop string.
+pub struct Generation<'m> {
+    decoder: Box<dyn Decoder + 'm>,
+    codec: &'m dyn TextCodec,
+    repetition_penalty: f32,
+    sampler: LogitsProcessor,
+    prompt_ids: Vec<u32>,
+    generated: Vec<u32>,
+    /// The tokens to feed next: the prompt, then each new token.
+    input: Vec<u32>,
+    tokens_left: usize,
+    detokenizer: Detokenizer,
+    text: Stream,
+    ready: VecDeque<String>,
+    finished: bool,
+}
+
+impl<'m> Generation<'m> {
+    /// Checks the options and the prompt; no token is generated yet.
+    pub fn start(model: &'m dyn CausalLm, prompt: &str, options: &GenerateOptions) -> Result<Self> {
+        options.check()?;
+        let codec = model.codec();
+        let prompt_ids = codec.encode_prompt(prompt)?;
+        if prompt_ids.is_empty() {
+            return Err(AiError::invalid("the prompt is empty").with_hint("Give at least one word to continue."));
         }
-        let next = sampler.sample(&logits)?;
-        if codec.is_end(next) {
-            break;
+        let mut decoder = model.session()?;
+        let context = decoder.context_size();
+        if prompt_ids.len() >= context {
+            return Err(AiError::invalid(format!(
+                "the prompt is {} tokens; this model reads at most {context}, generated tokens included",
+                prompt_ids.len()
+            ))
+            .with_hint("Shorten the prompt."));
         }
-        generated.push(next);
-        input = vec![next];
-        let new_text = detokenizer.next(codec, &generated)?;
-        if text.push(&new_text, on_piece) {
-            return Ok(generated);
+        decoder.reset()?;
+        Ok(Generation {
+            decoder,
+            codec,
+            repetition_penalty: options.repetition_penalty,
+            sampler: options.sampler(),
+            input: prompt_ids.clone(),
+            // Generation also ends when the context is full, as if max_tokens were reached.
+            tokens_left: options.max_tokens.min(context - prompt_ids.len()),
+            prompt_ids,
+            generated: Vec::new(),
+            detokenizer: Detokenizer::default(),
+            text: Stream::new(options.stop.clone()),
+            ready: VecDeque::new(),
+            finished: false,
+        })
+    }
+
+    /// The next piece of text, or None once the generation has ended. `between` runs before each token.
+    pub fn next_piece(&mut self, between: &mut dyn FnMut()) -> Result<Option<String>> {
+        loop {
+            if let Some(piece) = self.ready.pop_front() {
+                return Ok(Some(piece));
+            }
+            if self.finished {
+                return Ok(None);
+            }
+            between();
+            self.step()?;
         }
     }
-    let rest = detokenizer.rest(codec, &generated)?;
-    if !text.push(&rest, on_piece) {
-        text.finish(on_piece);
+
+    /// The token ids generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
     }
-    Ok(generated)
+
+    fn step(&mut self) -> Result<()> {
+        if self.tokens_left == 0 {
+            return self.finish();
+        }
+        self.tokens_left -= 1;
+        let mut logits = time(Phase::Forward, || self.decoder.next_logits(&self.input))?;
+        if self.repetition_penalty != 1.0 {
+            let seen: Vec<u32> = self.prompt_ids.iter().chain(&self.generated).copied().collect();
+            logits = candle_transformers::utils::apply_repeat_penalty(&logits, self.repetition_penalty, &seen)?;
+        }
+        let next = self.sampler.sample(&logits)?;
+        if self.codec.is_end(next) {
+            return self.finish();
+        }
+        self.generated.push(next);
+        self.input = vec![next];
+        let new_text = self.detokenizer.next(self.codec, &self.generated)?;
+        let ready = &mut self.ready;
+        if self.text.push(&new_text, &mut |p| ready.push_back(p.to_string())) {
+            self.finished = true;
+        }
+        Ok(())
+    }
+
+    /// Releases what is left: characters still being built, and text held back for a stop string.
+    fn finish(&mut self) -> Result<()> {
+        self.finished = true;
+        let rest = self.detokenizer.rest(self.codec, &self.generated)?;
+        let ready = &mut self.ready;
+        if !self.text.push(&rest, &mut |p| ready.push_back(p.to_string())) {
+            self.text.finish(&mut |p| ready.push_back(p.to_string()));
+        }
+        Ok(())
+    }
 }
 
 /// Decodes generated ids as they come, looking only at the last few tokens (as text-generation-inference
@@ -210,15 +271,15 @@ impl Detokenizer {
 }
 
 /// Turns the decoded text into pieces as it grows, holding back any tail that could still become a stop string.
-struct Stream<'a> {
-    stop: &'a [String],
+struct Stream {
+    stop: Vec<String>,
     /// The decoded text so far.
     text: String,
     emitted: usize,
 }
 
-impl<'a> Stream<'a> {
-    fn new(stop: &'a [String]) -> Self {
+impl Stream {
+    fn new(stop: Vec<String>) -> Self {
         Stream { stop, text: String::new(), emitted: 0 }
     }
 
@@ -288,7 +349,7 @@ mod tests {
     fn pieces(stop: &[&str], new_texts: &[&str]) -> Vec<String> {
         let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
         let mut out = Vec::new();
-        let mut stream = Stream::new(&stop);
+        let mut stream = Stream::new(stop);
         for text in new_texts {
             if stream.push(text, &mut |p| out.push(p.to_string())) {
                 return out;

@@ -34,7 +34,7 @@ pub fn model_for(name: &str, task: Task) -> ModelCall {
         }
     };
     model.require(task, name).or_raise();
-    ModelCall { model, name: name.to_string(), task, started, lookup: started.elapsed() }
+    ModelCall { model, name: name.to_string(), task, started, lookup: started.elapsed(), report: true }
 }
 
 /// A model lent to one SQL call. With `pg_ai.timing` on, the end of the call (when the adapter drops it)
@@ -46,6 +46,15 @@ pub struct ModelCall {
     started: Instant,
     /// Finding the catalog row and, on a backend's first call, loading the files.
     lookup: Duration,
+    report: bool,
+}
+
+impl ModelCall {
+    /// The model itself, for work that outlives the call (a set-returning function's rows); no timing report.
+    pub fn into_shared(mut self) -> Rc<AnyModel> {
+        self.report = false;
+        self.model.clone()
+    }
 }
 
 impl Deref for ModelCall {
@@ -59,7 +68,7 @@ impl Deref for ModelCall {
 impl Drop for ModelCall {
     fn drop(&mut self) {
         // Not while an ERROR unwinds: nothing may call into Postgres then.
-        if std::thread::panicking() || !crate::guc::timing() {
+        if std::thread::panicking() || !self.report || !crate::guc::timing() {
             return;
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3;

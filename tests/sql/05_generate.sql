@@ -43,3 +43,11 @@ SELECT pg_temp.try($$SELECT ai_generate(repeat('the cat ', 40), 'gpt2')$$) AS pr
 SELECT ai_load_model('mlm', :'fixtures' || '/models/bert-mlm');
 SELECT pg_temp.try($$SELECT ai_generate('the', 'mlm')$$) AS encoder_cannot_generate;
 SELECT pg_temp.try($$SELECT * FROM ai_fill_mask('the [MASK]', 'gpt2')$$) AS decoder_cannot_fill_mask;
+
+-- Pieces are made as rows are fetched: a cursor takes the first piece, and closing it early ends the generation.
+BEGIN;
+DECLARE pieces CURSOR FOR SELECT ai_generate_stream('the dog ran to the', 'gpt2') AS piece;
+FETCH 1 FROM pieces;
+CLOSE pieces;
+COMMIT;
+SELECT piece FROM ai_generate_stream('the dog ran to the', 'gpt2') AS piece LIMIT 1;
