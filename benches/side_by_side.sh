@@ -19,6 +19,9 @@
 #   PYBENCH_ROWS           row counts for throughput (default "1000 10000")
 #   PYBENCH_WARM, PYBENCH_WARM_BASE, PYBENCH_GEN_CALLS, PYBENCH_FIRST_TRIES   iteration counts (100, 20, 3, 3)
 #
+# Duration: the first run (2 busy cores, load average 3 to 6 from other work) took 32 minutes, most of it in
+# the 10,000-row per-row embeds; PYBENCH_ROWS=1000 leaves those out. Its output: benches/side_by_side.out.
+#
 # Models: the real all-MiniLM-L6-v2; the tiny fixture BERT (tests/fixtures/models/bert-mlm); and randomly
 # initialised full-size BERT-base, GPT-2 (124M) and SmolLM2-135M (Llama) made by benches/make_bench_models.py
 # into .models/bench (f32 safetensors, seed 0). Both sides read the same directories.
