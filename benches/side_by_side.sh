@@ -19,8 +19,9 @@
 #   PYBENCH_ROWS           row counts for throughput (default "1000 10000")
 #   PYBENCH_WARM, PYBENCH_WARM_BASE, PYBENCH_GEN_CALLS, PYBENCH_FIRST_TRIES   iteration counts (100, 20, 3, 3)
 #
-# Duration: the first run (2 busy cores, load average 3 to 6 from other work) took 32 minutes, most of it in
-# the 10,000-row per-row embeds; PYBENCH_ROWS=1000 leaves those out. Its output: benches/side_by_side.out.
+# Duration: about 7 minutes with PYBENCH_ROWS=1000 on the quiet 2-core development machine (the 10,000-row
+# per-row embeds add most of 20 more). benches/side_by_side.out is the output of that run, taken at commit
+# 7a7843b, when training was not yet part of this benchmark (benches/train.sh measures it).
 #
 # Models: the real all-MiniLM-L6-v2; the tiny fixture BERT (tests/fixtures/models/bert-mlm); and randomly
 # initialised full-size BERT-base, GPT-2 (124M) and SmolLM2-135M (Llama) made by benches/make_bench_models.py
@@ -238,11 +239,11 @@ row "backend RSS after loading MiniLM and one embed" rss MB lower
 row "backend PSS after loading MiniLM and one embed" pss MB lower
 row "greedy generation, GPT-2 124M size, $gen_tokens new tokens" gen_gpt2-124m tok/s higher
 row "greedy generation, SmolLM2-135M size (Llama), $gen_tokens new" gen_smollm2-135m tok/s higher
-printf "| %-58s | %12s | %12s | %7s |\n" "training from a table" "not measured" "not measured" "-"
+printf "| %-58s | %12s | %12s | %7s |\n" "training (benches/train.sh, against PyTorch directly)" "see there" "see there" "-"
 echo
 echo "notes:"
 sed 's/^/- /' "$notes"
 echo "- generation: prompt of $prompt_tokens tokens (SmolLM2 tokenizer), $gen_tokens new tokens per call, no end-of-text token" \
      "(random weights), prompt processing included; both sides generated $(same_text gpt2-124m) for GPT-2 and" \
      "$(same_text smollm2-135m) for SmolLM2"
-echo "- training: not measured, pg_ai has no training integrated yet"
+echo "- training: benches/train.sh runs pg_ai's trainer and PyTorch eager on the same configuration and tokens"
