@@ -61,10 +61,10 @@ FROM unnest(ARRAY['computers', 'food', 'sports', 'science', 'people', 'work', 'w
 WHERE trim(f) <> '';
 SELECT category, count(*) FROM fortunes GROUP BY category ORDER BY category;
 
-\echo '-- a small BERT from scratch: a WordPiece vocabulary and a masked LM, trained on the rows'
+\echo '-- a small BERT from scratch: a WordPiece vocabulary and a masked LM, trained on the rows (two minutes here)'
 SET client_min_messages = warning;  -- hides the progress NOTICEs; SELECT * FROM ai.training shows progress elsewhere
 SELECT ai_pretrain('fortune-bert', 'SELECT body AS text FROM fortunes', 'mlm',
-                   '{"max_steps": 600, "max_length": 64, "learning_rate": 1e-3, "warmup_ratio": 0.05,
+                   '{"max_steps": 1500, "max_length": 64, "learning_rate": 1e-3, "warmup_ratio": 0.05,
                      "vocab_size": 4000}');
 SELECT name, task, round((training->'metrics'->>'initial_eval_loss')::numeric, 2) AS loss_before,
        round((training->'metrics'->>'eval_loss')::numeric, 2) AS loss_after,
@@ -76,7 +76,7 @@ SELECT token, round(score::numeric, 3) AS score FROM ai_fill_mask('The [MASK] is
 \echo '-- a classifier fine-tuned from it on two labelled categories, then used by an INSERT trigger'
 SELECT ai_finetune('fortune-topic', 'fortune-bert',
                    $$SELECT body AS text, category AS label FROM fortunes WHERE category IN ('food', 'sports')$$,
-                   'text-classification', '{"epochs": 8, "learning_rate": 1e-3, "test_size": 0.15}');
+                   'text-classification', '{"epochs": 20, "learning_rate": 2e-3, "test_size": 0.15}');
 SELECT round((training->'metrics'->>'accuracy')::numeric, 3) AS held_out_accuracy,
        round((training->'metrics'->>'macro_f1')::numeric, 3) AS macro_f1
 FROM ai.models WHERE name = 'fortune-topic';
