@@ -45,6 +45,38 @@ FROM pg_catalog.pg_stat_activity AS a
 WHERE a.state = 'active' AND a.query LIKE 'pg\_ai training:%';
 COMMENT ON VIEW ai.training IS 'ai_pretrain and ai_finetune calls running now, with their step and loss';
 
+-- Training jobs run by background workers (ai_pretrain_async, ai_finetune_async), one row per job; the worker
+-- commits its status as it goes: queued, running, then done, failed or cancelled.
+CREATE TABLE ai.jobs (
+    id          bigserial PRIMARY KEY,
+    kind        text NOT NULL CHECK (kind IN ('pretrain', 'finetune')),
+    model       text NOT NULL,
+    args        jsonb NOT NULL,
+    owner       regrole NOT NULL DEFAULT current_user::regrole,
+    status      text NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'cancelling', 'done', 'failed', 'cancelled')),
+    error       text,
+    pid         int,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    started_at  timestamptz,
+    finished_at timestamptz
+);
+COMMENT ON TABLE ai.jobs IS 'Training jobs of ai_pretrain_async and ai_finetune_async';
+ALTER TABLE ai.jobs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY everyone_reads ON ai.jobs FOR SELECT USING (true);
+CREATE POLICY submit_as_self ON ai.jobs FOR INSERT WITH CHECK (pg_catalog.pg_has_role(owner, 'MEMBER'));
+CREATE POLICY owner_cancels ON ai.jobs FOR UPDATE USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
+
+-- Jobs with their live progress; a running job whose worker is gone (a server restart) shows as interrupted.
+-- Activity statistics are read once per transaction: a loop polling this view calls pg_stat_clear_snapshot().
+CREATE VIEW ai.job_status AS
+SELECT j.id, j.kind, j.model, j.owner,
+       CASE WHEN j.status IN ('running', 'cancelling')
+                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = j.pid)
+            THEN 'interrupted' ELSE j.status END AS status,
+       t.step, t.total_steps, t.loss, t.time_left, j.error, j.created_at, j.started_at, j.finished_at
+FROM ai.jobs AS j LEFT JOIN ai.training AS t ON t.pid = j.pid AND j.status IN ('running', 'cancelling');
+
 -- pg_dump keeps the rows of both tables: stored models travel with a dump.
 SELECT pg_catalog.pg_extension_config_dump('ai.models', '');
 SELECT pg_catalog.pg_extension_config_dump('ai.model_files', '');
@@ -64,4 +96,5 @@ CREATE POLICY owner_writes ON ai.model_files FOR ALL USING (
 
 -- Everyone may use the registered models; registering needs INSERT, which the owner grants.
 GRANT USAGE ON SCHEMA ai TO PUBLIC;
-GRANT SELECT ON ai.models, ai.model_files, ai.training TO PUBLIC;
+GRANT SELECT ON ai.models, ai.model_files, ai.training, ai.jobs, ai.job_status TO PUBLIC;
+GRANT USAGE ON SEQUENCE ai.jobs_id_seq TO PUBLIC;

@@ -14,6 +14,7 @@ fn sqlstate(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::CorruptFile => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
         ErrorKind::Privilege => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         ErrorKind::Internal => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        ErrorKind::Cancelled => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
     }
 }
 

@@ -4,6 +4,7 @@ mod classify;
 mod embed;
 mod fill_mask;
 mod generate;
+mod jobs;
 mod models;
 mod ner;
 mod train;

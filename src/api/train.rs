@@ -28,8 +28,10 @@ fn sql_error(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
 
 /// The source as a query: a SELECT (or WITH, VALUES, TABLE) as given, or every row of a table or view.
 fn source_query(client: &SpiClient, source: &str) -> String {
-    let head = source.trim_start().to_ascii_lowercase();
-    if ["select", "with", "values", "table", "("].iter().any(|k| head.starts_with(k)) {
+    // A query starts with its keyword as a whole word ("tablets" is a table) or a parenthesis.
+    let text = source.trim_start();
+    let first = text.split(|c: char| c.is_whitespace() || c == '(').next().unwrap_or("").to_ascii_lowercase();
+    if text.starts_with('(') || ["select", "with", "values", "table"].contains(&first.as_str()) {
         return source.to_string();
     }
     let relation = client
@@ -104,14 +106,19 @@ impl DataSource for Rows<'_> {
 
 /// Checks for cancel and statement_timeout, sends NOTICEs and shows progress in pg_stat_activity
 /// (the ai.training view).
-struct SqlProgress<'a> {
+struct SqlProgress<'a, 's> {
     model: &'a str,
+    /// A background job's own stop check (a cancel request, a shutting-down server).
+    stop: Option<&'s mut dyn FnMut() -> Option<AiError>>,
 }
 
-impl Progress for SqlProgress<'_> {
+impl Progress for SqlProgress<'_, '_> {
     fn check(&mut self) -> Result<()> {
         pgrx::check_for_interrupts!();
-        Ok(())
+        match self.stop.as_mut().and_then(|stop| stop()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn report(&mut self, s: &StepReport) {
@@ -132,6 +139,17 @@ impl Progress for SqlProgress<'_> {
             unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, activity.as_ptr()) };
         }
     }
+}
+
+/// The options without the column names, which are the SQL side's business.
+fn trainer_options(options: &serde_json::Value) -> serde_json::Value {
+    let mut trainer = options.clone();
+    if let Some(map) = trainer.as_object_mut() {
+        for key in COLUMN_OPTIONS {
+            map.remove(key);
+        }
+    }
+    trainer
 }
 
 /// Options that name the source's columns.
@@ -158,17 +176,11 @@ fn train_and_register(
     objective: Objective,
     options_json: serde_json::Value,
     parent: Option<&str>,
+    stop: Option<&mut dyn FnMut() -> Option<AiError>>,
     run: impl FnOnce(&mut dyn DataSource, &TrainOptions, &mut dyn Progress, &std::path::Path) -> Result<train::TrainOutcome>,
 ) -> String {
     super::require_new_name(name);
-    // Column names are the SQL side's business; the rest are the trainer's options.
-    let mut train_options = options_json.clone();
-    if let Some(map) = train_options.as_object_mut() {
-        for key in COLUMN_OPTIONS {
-            map.remove(key);
-        }
-    }
-    let options = TrainOptions::from_json(&train_options).or_raise();
+    let options = TrainOptions::from_json(&trainer_options(&options_json)).or_raise();
     crate::engine::threads::configure(crate::guc::threads());
     let started = Instant::now();
     let scratch = Scratch(stored_files::scratch_dir().or_raise());
@@ -178,7 +190,7 @@ fn train_and_register(
         let (names, label) = columns(objective, &options_json);
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut rows = Rows { client, query: training_query(client, &query, &names), label };
-        run(&mut rows, &options, &mut SqlProgress { model: name }, &out_dir)
+        run(&mut rows, &options, &mut SqlProgress { model: name, stop }, &out_dir)
     });
     let outcome = outcome.or_raise();
     // Loading it back checks that the inference code reads what training wrote.
@@ -219,20 +231,66 @@ impl Drop for Scratch {
     }
 }
 
-fn options_value(options: Option<JsonB>) -> serde_json::Value {
+pub(super) fn options_value(options: Option<JsonB>) -> serde_json::Value {
     options.map_or(serde_json::json!({}), |j| j.0)
 }
 
+/// Checks what can be checked before any row is read, so that a background job fails at once, not later.
+pub(super) fn check_request(name: &str, objective: &str, options: &serde_json::Value) -> Objective {
+    super::require_new_name(name);
+    let objective = Objective::parse(objective).or_raise();
+    TrainOptions::from_json(&trainer_options(options)).or_raise();
+    columns(objective, options);
+    objective
+}
+
+/// Trains a new model from scratch on the rows of `source`; `stop` is a background job's stop check.
+pub(super) fn pretrain(
+    name: &str,
+    source: &str,
+    objective: Objective,
+    options: serde_json::Value,
+    stop: Option<&mut dyn FnMut() -> Option<AiError>>,
+) -> String {
+    train_and_register(name, source, objective, options, None, stop, |data, options, progress, out| {
+        train::pretrain(objective, data, options, progress, out)
+    })
+}
+
+/// Continues training the registered model `base_model`; `stop` as for `pretrain`.
+pub(super) fn finetune(
+    name: &str,
+    base_model: &str,
+    source: &str,
+    objective: Objective,
+    options: serde_json::Value,
+    stop: Option<&mut dyn FnMut() -> Option<AiError>>,
+) -> String {
+    let base = catalog::find(base_model).unwrap_or_else(|| {
+        raise(
+            AiError::new(ErrorKind::UndefinedModel, format!("model \"{base_model}\" does not exist"))
+                .with_hint("SELECT name, task FROM ai.models lists the models to start from."),
+        )
+    });
+    let files = if base.stored {
+        stored_files::materialise(&base.name, &base.sha256)
+    } else {
+        ModelFiles::locate(&base.source, crate::guc::hf_cache_dir().as_deref())
+    }
+    .or_raise();
+    train_and_register(name, source, objective, options, Some(base_model), stop, |data, options, progress, out| {
+        train::finetune(&files.dir, objective, data, options, progress, out)
+    })
+}
+
 /// Trains a new model from scratch on the rows of `source` (a table, a view or a SELECT query):
-/// objective 'mlm' (BERT-style masked LM), 'clm' (GPT-2-style causal LM). The tokenizer is trained on the
-/// same rows first. Returns the new model's name.
+/// objective 'mlm' (BERT-style masked LM), 'clm' (GPT-2-style causal LM) or 'text-classification'. The tokenizer
+/// is trained on the same rows first. Returns the new model's name.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_pretrain(name: &str, source: &str, objective: &str, options: default!(Option<JsonB>, "'{}'")) -> String {
     super::require_writable(c"ai_pretrain()");
     let objective = Objective::parse(objective).or_raise();
-    train_and_register(name, source, objective, options_value(options), None, |data, options, progress, out| {
-        train::pretrain(objective, data, options, progress, out)
-    })
+    pretrain(name, source, objective, options_value(options), None)
 }
 
 /// Continues training the registered model `base_model` on the rows of `source`: task 'mlm', 'clm' or
@@ -247,24 +305,5 @@ fn ai_finetune(
 ) -> String {
     super::require_writable(c"ai_finetune()");
     let objective = Objective::parse(task).or_raise();
-    let base = catalog::find(base_model).unwrap_or_else(|| {
-        raise(
-            AiError::new(ErrorKind::UndefinedModel, format!("model \"{base_model}\" does not exist"))
-                .with_hint("SELECT name, task FROM ai.models lists the models to start from."),
-        )
-    });
-    let files = if base.stored {
-        stored_files::materialise(&base.name, &base.sha256)
-    } else {
-        ModelFiles::locate(&base.source, crate::guc::hf_cache_dir().as_deref())
-    }
-    .or_raise();
-    train_and_register(
-        name,
-        source,
-        objective,
-        options_value(options),
-        Some(base_model),
-        |data, options, progress, out| train::finetune(&files.dir, objective, data, options, progress, out),
-    )
+    finetune(name, base_model, source, objective, options_value(options), None)
 }

@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Privilege,
     /// A bug or an unexpected failure inside the tensor code (XX000 internal_error).
     Internal,
+    /// Stopped on request: a cancelled training job (57014 query_canceled).
+    Cancelled,
 }
 
 #[derive(Debug, Clone)]

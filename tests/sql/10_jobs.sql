@@ -1,0 +1,56 @@
+-- Training as background jobs: a dynamic background worker per job (no shared_preload_libraries), with the
+-- caller's role, its status committed in ai.jobs as it goes.
+CREATE EXTENSION pg_ai;
+\i tests/sql/_helpers.psql
+\set sentences :fixtures/train/sentences.txt
+CREATE TABLE sentences (text text);
+COPY sentences FROM :'sentences';
+-- Waits for a job to end (at most two minutes) and returns its status.
+CREATE FUNCTION wait_for_job(job bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    s text;
+BEGIN
+    FOR i IN 1..1200 LOOP
+        PERFORM pg_stat_clear_snapshot();  -- activity statistics are read once per transaction otherwise
+        SELECT status INTO s FROM ai.job_status WHERE id = job;
+        EXIT WHEN s NOT IN ('queued', 'running', 'cancelling');
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    RETURN s;
+END $$;
+
+-- The call returns at once with the job's id; the model appears when the job is done, even though the client
+-- that started it has gone.
+SELECT ai_pretrain_async('bg-mlm', 'sentences', 'mlm', '{"max_steps": 40, "log_every": 10}') AS job \gset
+SELECT kind, model, status IN ('queued', 'running') AS going FROM ai.jobs WHERE id = :job;
+\c
+\i tests/sql/_helpers.psql
+SELECT wait_for_job(:job) AS status;
+SELECT status, error, started_at <= finished_at AS timed FROM ai.jobs WHERE id = :job;
+SELECT name, task, parent, training->>'objective' AS objective FROM ai.models WHERE name = 'bg-mlm';
+SELECT count(*) AS answers FROM ai_fill_mask('The farmer [MASK] a book every morning.', 'bg-mlm', 3);
+
+-- A failing job records its error; nothing is registered.
+SELECT ai_pretrain_async('bg-broken', 'SELECT 1 AS text WHERE false', 'mlm') AS job \gset
+SELECT wait_for_job(:job) AS status;
+SELECT error FROM ai.jobs WHERE id = :job;
+
+-- A job can be cancelled while it runs; it stops between two batches and registers nothing.
+SELECT ai_pretrain_async('bg-long', 'sentences', 'clm', '{"max_steps": 100000}') AS job \gset
+DO $$ BEGIN
+    FOR i IN 1..600 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN (SELECT step FROM ai.job_status WHERE model = 'bg-long') > 0;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT ai_cancel_job(:job) AS cancel_requested;
+SELECT wait_for_job(:job) AS status;
+SELECT error FROM ai.jobs WHERE id = :job;
+SELECT ai_cancel_job(:job) AS already_ended;
+
+-- The request is checked before any job starts.
+SELECT pg_temp.try($$SELECT ai_pretrain_async('bg-mlm', 'sentences', 'mlm')$$) AS duplicate_name;
+SELECT pg_temp.try($$SELECT ai_pretrain_async('x', 'sentences', 'mlm', '{"batch_size": 0}')$$) AS bad_option;
+SELECT pg_temp.try($$SELECT ai_finetune_async('x', 'nope', 'sentences', 'mlm')$$) AS unknown_base;
+SELECT name FROM ai.models ORDER BY name;
