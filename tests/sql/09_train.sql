@@ -60,6 +60,8 @@ INSERT INTO one_class VALUES ('a b c', 'x'), ('d e f', 'x');
 SELECT pg_temp.try($$SELECT ai_pretrain('x', 'no_such_table', 'mlm')$$) AS missing_table;
 SELECT pg_temp.try($$SELECT ai_pretrain('x', 'labelled', 'mlm')$$) AS missing_column;
 SELECT pg_temp.try($$SELECT ai_pretrain('x', 'empty_table', 'mlm')$$) AS empty_source;
+CREATE TABLE selections (text text);
+SELECT pg_temp.try($$SELECT ai_pretrain('x', 'selections', 'mlm')$$) AS a_table_named_like_a_keyword;
 SELECT pg_temp.try($$SELECT ai_pretrain('x', 'one_class', 'text-classification')$$) AS one_class;
 SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'mlm', '{"learning_rate": -1}')$$) AS negative_rate;
 SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'mlm', '{"batch_size": 0}')$$) AS zero_batch;
