@@ -3,7 +3,7 @@
 
 use super::error::{AiError, Result};
 use super::files::ModelFiles;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::softmax_last_dim;
 use serde_json::Value;
 
@@ -200,12 +200,4 @@ impl GenerationSettings {
         }
         Ok(scores.broadcast_add(&Tensor::from_vec(bad, (1, vocab), scores.device())?)?)
     }
-}
-
-/// Log-softmax over the last dimension, as beam search scores tokens.
-pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?;
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(shifted.broadcast_sub(&log_sum)?)
 }

@@ -8,7 +8,7 @@ use super::encoder::Activation;
 use super::error::{AiError, Result};
 use super::seq2seq::{attend, cached, split_heads, DecoderCache, Memory, Seq2Seq};
 use candle_core::{Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,20 +44,9 @@ fn default_true() -> bool {
     true
 }
 
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    fn load(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
-        Ok(RmsNorm { weight: vb.get(size, "weight")?, eps: eps as f32 })
-    }
-
-    /// T5's layer norm: scale only, no mean subtraction and no bias.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
-    }
+/// T5's layer norm: scale only, no mean subtraction and no bias.
+fn rms_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<RmsNorm> {
+    Ok(RmsNorm::new(vb.get(size, "weight")?, eps))
 }
 
 struct Attention {
@@ -145,7 +134,7 @@ impl Block {
         let layer = |i: usize| vb.pp(format!("layer.{i}"));
         let cross = if decoder {
             Some((
-                RmsNorm::load(layer(1).pp("layer_norm"), c.d_model, c.layer_norm_epsilon)?,
+                rms_norm(layer(1).pp("layer_norm"), c.d_model, c.layer_norm_epsilon)?,
                 Attention::load(layer(1).pp("EncDecAttention"), c, false)?,
             ))
         } else {
@@ -153,10 +142,10 @@ impl Block {
         };
         let ff = layer(if decoder { 2 } else { 1 });
         Ok(Block {
-            self_norm: RmsNorm::load(layer(0).pp("layer_norm"), c.d_model, c.layer_norm_epsilon)?,
+            self_norm: rms_norm(layer(0).pp("layer_norm"), c.d_model, c.layer_norm_epsilon)?,
             self_attention: Attention::load(layer(0).pp("SelfAttention"), c, index == 0)?,
             cross,
-            ff_norm: RmsNorm::load(ff.pp("layer_norm"), c.d_model, c.layer_norm_epsilon)?,
+            ff_norm: rms_norm(ff.pp("layer_norm"), c.d_model, c.layer_norm_epsilon)?,
             ff: FeedForward::load(ff.pp("DenseReluDense"), c)?,
         })
     }
@@ -191,9 +180,9 @@ impl T5 {
             Ok(T5 {
                 shared: Embedding::new(vb.pp("shared").get((c.vocab_size, c.d_model), "weight")?, c.d_model),
                 encoder: stack("encoder", c.num_layers, false)?,
-                encoder_norm: RmsNorm::load(vb.pp("encoder.final_layer_norm"), c.d_model, c.layer_norm_epsilon)?,
+                encoder_norm: rms_norm(vb.pp("encoder.final_layer_norm"), c.d_model, c.layer_norm_epsilon)?,
                 decoder: stack("decoder", c.num_decoder_layers.unwrap_or(c.num_layers), true)?,
-                decoder_norm: RmsNorm::load(vb.pp("decoder.final_layer_norm"), c.d_model, c.layer_norm_epsilon)?,
+                decoder_norm: rms_norm(vb.pp("decoder.final_layer_norm"), c.d_model, c.layer_norm_epsilon)?,
                 lm_head,
                 config: config.clone(),
             })

@@ -6,7 +6,7 @@ use super::encoder::var_builder;
 use super::error::{AiError, Result};
 use super::files::ModelFiles;
 use super::marian::Marian;
-use super::seq2seq::{log_softmax, token_column, DecoderCache, GenerationSettings, Memory, Seq2Seq};
+use super::seq2seq::{token_column, DecoderCache, GenerationSettings, Memory, Seq2Seq};
 use super::t5::T5;
 use super::tasks::in_batches;
 use super::text::TextTokenizer;
@@ -60,23 +60,22 @@ impl Translator {
         let parse =
             |what: &str, e: serde_json::Error| AiError::corrupt(format!("config.json is not a {what} config: {e}"));
         let vb = var_builder(&files.weights)?;
-        let decoder_limit = (family == Family::Marian)
-            .then(|| config.get("max_position_embeddings").and_then(Value::as_u64).map(|n| n as usize))
-            .flatten();
-        let (model, parameters, max_tokens): (Box<dyn Seq2Seq>, usize, usize) = match family {
-            Family::T5 => {
-                let m = T5::load(&vb, serde_json::from_value(config.clone()).map_err(|e| parse("T5", e))?)?;
-                // Relative positions have no hard limit; n_positions is what the model was trained for.
-                let limit = config.get("n_positions").and_then(Value::as_u64).unwrap_or(512) as usize;
-                let parameters = m.parameter_count();
-                (Box::new(m), parameters, limit)
-            }
-            Family::Marian => {
-                let m = Marian::load(&vb, serde_json::from_value(config.clone()).map_err(|e| parse("Marian", e))?)?;
-                let (parameters, limit) = (m.parameter_count(), m.config.max_position_embeddings);
-                (Box::new(m), parameters, limit)
-            }
-        };
+        // The longest input; Marian's decoder has learned positions for as many tokens, so its output stops there.
+        let (model, parameters, max_tokens, decoder_limit): (Box<dyn Seq2Seq>, usize, usize, Option<usize>) =
+            match family {
+                Family::T5 => {
+                    let m = T5::load(&vb, serde_json::from_value(config.clone()).map_err(|e| parse("T5", e))?)?;
+                    // Relative positions have no hard limit; n_positions is what the model was trained for.
+                    let limit = config.get("n_positions").and_then(Value::as_u64).unwrap_or(512) as usize;
+                    let parameters = m.parameter_count();
+                    (Box::new(m), parameters, limit, None)
+                }
+                Family::Marian => {
+                    let m = Marian::load(&vb, serde_json::from_value(config.clone()).map_err(|e| parse("Marian", e))?)?;
+                    let (parameters, limit) = (m.parameter_count(), m.config.max_position_embeddings);
+                    (Box::new(m), parameters, limit, Some(limit))
+                }
+            };
         let architecture = config
             .pointer("/architectures/0")
             .and_then(Value::as_str)
@@ -246,7 +245,8 @@ impl Translator {
             between();
             let logits = time(Phase::Forward, || self.model.decode_step(&token_column(&tokens)?, &memory, &mut cache))?;
             let vocab = logits.dim(1)?;
-            let scores = s.process(&log_softmax(&logits)?, step + 1 == options.max_tokens)?;
+            let scores =
+                s.process(&candle_nn::ops::log_softmax(&logits, D::Minus1)?, step + 1 == options.max_tokens)?;
             let scores: Vec<f32> = scores.flatten_all()?.to_vec1()?;
             let mut rows = Vec::new();
             let mut still = Vec::new();
