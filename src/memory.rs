@@ -8,11 +8,10 @@
 
 use std::io::BufRead;
 
-/// Marks this process's anonymous read-write private mappings mergeable; returns the bytes marked.
-/// Mappings marked before are marked again, which the kernel accepts.
-pub fn mark_mergeable() -> usize {
-    let Ok(maps) = std::fs::File::open("/proc/self/maps") else { return 0 };
-    let mut marked = 0;
+/// Marks this process's anonymous read-write private mappings mergeable. Mappings marked before are marked
+/// again, which the kernel accepts.
+pub fn mark_mergeable() {
+    let Ok(maps) = std::fs::File::open("/proc/self/maps") else { return };
     for line in std::io::BufReader::new(maps).lines().map_while(Result::ok) {
         // "start-end perms offset dev inode [path]": anonymous mappings have inode 0 and no path.
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -24,10 +23,8 @@ pub fn mark_mergeable() -> usize {
         let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
             continue;
         };
-        // SAFETY: advice on a whole mapping of this process; MADV_MERGEABLE changes no contents.
-        if unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_MERGEABLE) } == 0 {
-            marked += end - start;
-        }
+        // SAFETY: advice on a whole mapping of this process; MADV_MERGEABLE changes no contents. A refusal
+        // (a mapping the kernel cannot merge) only means those pages stay unshared.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_MERGEABLE) };
     }
-    marked
 }

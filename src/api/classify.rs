@@ -1,6 +1,6 @@
 //! ai_classify and ai_classify_label: text classification with the model's labels.
 
-use super::{interrupts, present};
+use super::{in_place, interrupts, present};
 use crate::engine::model::Task;
 use crate::engine::tasks::classify::classify;
 use crate::error::OrRaise;
@@ -48,9 +48,5 @@ fn ai_classify_label_array(inputs: Array<&str>, model: &str) -> Vec<Option<Strin
     let m = loaded.encoder().or_raise();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let answers = classify(m, &texts, &mut interrupts).or_raise();
-    let mut labels = vec![None; inputs.len()];
-    for (ord, mut scored) in positions.into_iter().zip(answers) {
-        labels[ord as usize - 1] = Some(scored.remove(0).label);
-    }
-    labels
+    in_place(inputs.len(), positions, answers.into_iter().map(|mut scored| scored.remove(0).label))
 }

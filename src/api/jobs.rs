@@ -38,9 +38,7 @@ fn ai_finetune_async(
     super::require_writable(c"ai_finetune_async()");
     let options = train::options_value(options);
     train::check_request(name, task, &options);
-    if !crate::store::catalog::exists(base_model) {
-        raise(AiError::new(ErrorKind::UndefinedModel, format!("model \"{base_model}\" does not exist")));
-    }
+    train::find_base(base_model);
     submit("finetune", name, json!({"base_model": base_model, "source": source, "task": task, "options": options}))
 }
 

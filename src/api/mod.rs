@@ -36,6 +36,16 @@ fn require_new_name(name: &str) {
     }
 }
 
+/// One answer per array element: the answers for the non-NULL elements back at their 1-based `positions`
+/// (from `present`), NULL elsewhere.
+fn in_place<T: Clone>(len: usize, positions: Vec<i32>, answers: impl IntoIterator<Item = T>) -> Vec<Option<T>> {
+    let mut out = vec![None; len];
+    for (ord, answer) in positions.into_iter().zip(answers) {
+        out[ord as usize - 1] = Some(answer);
+    }
+    out
+}
+
 /// The non-NULL texts of an array with their 1-based positions; NULL elements are skipped.
 fn present(inputs: &pgrx::Array<&str>) -> (Vec<i32>, Vec<String>) {
     let mut positions = Vec::new();

@@ -244,6 +244,16 @@ pub(super) fn check_request(name: &str, objective: &str, options: &serde_json::V
     objective
 }
 
+/// The catalog row of the model to fine-tune; 42704 with a hint when there is none.
+pub(super) fn find_base(base_model: &str) -> catalog::CatalogEntry {
+    catalog::find(base_model).unwrap_or_else(|| {
+        raise(
+            AiError::new(ErrorKind::UndefinedModel, format!("model \"{base_model}\" does not exist"))
+                .with_hint("SELECT name, task FROM ai.models lists the models to start from."),
+        )
+    })
+}
+
 /// Trains a new model from scratch on the rows of `source`; `stop` is a background job's stop check.
 pub(super) fn pretrain(
     name: &str,
@@ -266,12 +276,7 @@ pub(super) fn finetune(
     options: serde_json::Value,
     stop: Option<&mut dyn FnMut() -> Option<AiError>>,
 ) -> String {
-    let base = catalog::find(base_model).unwrap_or_else(|| {
-        raise(
-            AiError::new(ErrorKind::UndefinedModel, format!("model \"{base_model}\" does not exist"))
-                .with_hint("SELECT name, task FROM ai.models lists the models to start from."),
-        )
-    });
+    let base = find_base(base_model);
     let files = if base.stored {
         stored_files::materialise(&base.name, &base.sha256)
     } else {

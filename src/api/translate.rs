@@ -1,6 +1,6 @@
 //! ai_translate and ai_summarize: T5 and Marian encoder-decoder models, greedy or beam search.
 
-use super::{interrupts, present};
+use super::{in_place, interrupts, present};
 use crate::engine::model::Task;
 use crate::engine::translator::{TranslateOptions, Translator};
 use crate::error::OrRaise;
@@ -36,15 +36,6 @@ fn summarize(texts: &[String], model: &str, options: TranslateOptions) -> Vec<St
     let loaded = crate::store::model_for(model, Task::Summarization);
     let m = loaded.translator().or_raise();
     run(m, &m.summarization_prefix(), texts, options)
-}
-
-/// Puts the answers for the non-NULL elements back at their positions.
-fn in_place(len: usize, positions: Vec<i32>, answers: Vec<String>) -> Vec<Option<String>> {
-    let mut out = vec![None; len];
-    for (ord, answer) in positions.into_iter().zip(answers) {
-        out[ord as usize - 1] = Some(answer);
-    }
-    out
 }
 
 /// `input` translated. T5 models take source_lang and target_lang (defaults from the model's config when it
