@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod bert;
+pub mod checkpoint;
 pub mod data;
 pub mod gpt2;
 pub mod mask;
@@ -17,6 +18,7 @@ pub mod tokenizer;
 
 pub use batch::{Batch, Targets};
 pub use bert::{BertTask, TrainableBert};
+pub use checkpoint::TrainerState;
 pub use gpt2::TrainableGpt2;
 pub use nn::Dropout;
 pub use optim::{AdamW, AdamWConfig, Gradients};
@@ -50,6 +52,11 @@ pub trait Progress {
     fn check(&mut self) -> Result<()>;
     /// Called every log_every steps and at the end.
     fn report(&mut self, step: &StepReport);
+    /// Called after every step but the last. Where a checkpoint is due (a background job that can resume),
+    /// call `write` with an empty directory, which it fills, and keep what it wrote. The default keeps none.
+    fn checkpoint(&mut self, _step: usize, _write: &mut dyn FnMut(&Path) -> Result<()>) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,9 +178,18 @@ pub fn pretrain(
         }
     };
     let lr = options.learning_rate.unwrap_or(5e-4);
-    let outcome = train_and_save(&*model, objective, &tokenizer, &prepared, options, lr, progress, out_dir)?;
-    tokenizer.write(out_dir, max_length)?;
-    Ok(outcome)
+    let files = |dir: &Path| tokenizer.write(dir, max_length);
+    let run = run::Job {
+        model: &*model,
+        objective,
+        tokenizer: &tokenizer,
+        data: &prepared,
+        options,
+        learning_rate: lr,
+        tokenizer_files: &files,
+        resume: None,
+    };
+    train_and_save(run, progress, out_dir)
 }
 
 /// Continue from an existing model directory (a save_pretrained dir: config.json, model.safetensors, tokenizer.json).
@@ -189,6 +205,32 @@ pub fn finetune(
         return Err(AiError::invalid(format!("option {key} applies to pretraining only"))
             .with_hint("A fine-tuned model keeps its base model's size and vocabulary."));
     }
+    continue_from(base_dir, None, objective, data, options, progress, out_dir)
+}
+
+/// Goes on with a run (pretrain or finetune, same objective, rows and options) from a checkpoint that
+/// `Progress::checkpoint` saved: the result is the same as if it had never stopped.
+pub fn resume(
+    checkpoint_dir: &Path,
+    objective: Objective,
+    data: &mut dyn DataSource,
+    options: &TrainOptions,
+    progress: &mut dyn Progress,
+    out_dir: &Path,
+) -> Result<TrainOutcome> {
+    let state = TrainerState::read(checkpoint_dir)?;
+    continue_from(checkpoint_dir, Some(&state), objective, data, options, progress, out_dir)
+}
+
+fn continue_from(
+    base_dir: &Path,
+    resume: Option<&TrainerState>,
+    objective: Objective,
+    data: &mut dyn DataSource,
+    options: &TrainOptions,
+    progress: &mut dyn Progress,
+    out_dir: &Path,
+) -> Result<TrainOutcome> {
     let files = crate::engine::files::ModelFiles::in_dir(base_dir.to_path_buf())?;
     let mut config: Value = files.read_json("config.json")?.unwrap_or(Value::Null);
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
@@ -237,10 +279,18 @@ pub fn finetune(
             Box::new(TrainableBert::build(config, bert_task(objective, &prepared), source, options.seed)?)
         }
     };
-    let lr = options.learning_rate.unwrap_or(5e-5);
-    let outcome = train_and_save(&*model, objective, &tokenizer, &prepared, options, lr, progress, out_dir)?;
-    tokenizer::copy_tokenizer_files(base_dir, out_dir)?;
-    Ok(outcome)
+    let files = |dir: &Path| tokenizer::copy_tokenizer_files(base_dir, dir);
+    let run = run::Job {
+        model: &*model,
+        objective,
+        tokenizer: &tokenizer,
+        data: &prepared,
+        options,
+        learning_rate: resume.map_or(options.learning_rate.unwrap_or(5e-5), |s| s.learning_rate),
+        tokenizer_files: &files,
+        resume: resume.map(|state| (base_dir, state)),
+    };
+    train_and_save(run, progress, out_dir)
 }
 
 fn bert_task(objective: Objective, prepared: &data::Prepared) -> BertTask {
@@ -250,29 +300,20 @@ fn bert_task(objective: Objective, prepared: &data::Prepared) -> BertTask {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_and_save(
-    model: &dyn Trainable,
-    objective: Objective,
-    tokenizer: &TrainTokenizer,
-    prepared: &data::Prepared,
-    options: &TrainOptions,
-    learning_rate: f64,
-    progress: &mut dyn Progress,
-    out_dir: &Path,
-) -> Result<TrainOutcome> {
-    let job = run::Job { model, objective, tokenizer, data: prepared, options, learning_rate };
+/// Runs `job` and writes the trained model, with its tokenizer, into `out_dir`.
+fn train_and_save(job: run::Job, progress: &mut dyn Progress, out_dir: &Path) -> Result<TrainOutcome> {
     let finished = job.run(progress)?;
     std::fs::create_dir_all(out_dir)
         .map_err(|e| AiError::internal(format!("cannot create {}: {e}", out_dir.display())))?;
-    model.save(out_dir)?;
-    let architecture = model.config()["architectures"][0].as_str().unwrap_or("").to_string();
+    job.model.save(out_dir)?;
+    (job.tokenizer_files)(out_dir)?;
+    let architecture = job.model.config()["architectures"][0].as_str().unwrap_or("").to_string();
     Ok(TrainOutcome {
         metrics: finished.metrics,
         architecture,
-        task: objective.task().to_string(),
+        task: job.objective.task().to_string(),
         steps: finished.steps,
-        examples: prepared.examples(),
-        skipped: prepared.skipped,
+        examples: job.data.examples(),
+        skipped: job.data.skipped,
     })
 }

@@ -72,6 +72,15 @@ impl Dropout {
         Dropout { rng: ChaCha8Rng::seed_from_u64(seed) }
     }
 
+    /// Where its random stream stands, for checkpoints.
+    pub fn position(&self) -> u128 {
+        self.rng.get_word_pos()
+    }
+
+    pub fn set_position(&mut self, position: u128) {
+        self.rng.set_word_pos(position);
+    }
+
     pub fn apply(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
         if p <= 0.0 {
             return Ok(x.clone());

@@ -1,9 +1,11 @@
 //! Gradients, global-norm clipping and AdamW as torch does them. candle_nn's AdamW decays every
 //! parameter alike; HF Trainer decays neither biases nor LayerNorm weights, hence this one.
 
+use super::checkpoint::{self, Moments};
 use super::params::Params;
 use crate::engine::error::{AiError, Result};
 use candle_core::Tensor;
+use std::path::Path;
 
 /// One gradient per parameter, in the order of `Params::list` (None: the loss does not depend on it).
 pub struct Gradients(pub Vec<Option<Tensor>>);
@@ -63,12 +65,27 @@ pub struct AdamW {
     config: AdamWConfig,
     step: i32,
     /// First and second moments per parameter, created at its first gradient.
-    moments: Vec<Option<(Tensor, Tensor)>>,
+    moments: Vec<Option<Moments>>,
 }
 
 impl AdamW {
     pub fn new(params: &Params, config: AdamWConfig) -> Self {
         AdamW { config, step: 0, moments: params.list.iter().map(|_| None).collect() }
+    }
+
+    /// Writes the moments into a checkpoint directory.
+    pub fn save(&self, params: &Params, dir: &Path) -> Result<()> {
+        checkpoint::write_moments(
+            params.list.iter().map(|p| p.name.as_str()).zip(self.moments.iter().map(Option::as_ref)),
+            dir,
+        )
+    }
+
+    /// Takes the moments back from a checkpoint written after `steps` steps.
+    pub fn restore(&mut self, params: &Params, dir: &Path, steps: usize) -> Result<()> {
+        self.moments = checkpoint::read_moments(params, dir)?;
+        self.step = steps as i32;
+        Ok(())
     }
 
     pub fn step(&mut self, params: &Params, grads: &Gradients, lr: f64) -> Result<()> {

@@ -24,6 +24,8 @@ pub struct TrainOptions {
     pub max_length: usize,
     /// Dropout of a new model (hidden and attention); a fine-tuned model keeps its config's.
     pub dropout: Option<f64>,
+    /// A background job saves a checkpoint every this many steps (None: every few minutes).
+    pub checkpoint_every: Option<usize>,
     // Model size, for pretraining only (None: the defaults below).
     pub vocab_size: Option<usize>,
     pub hidden_size: Option<usize>,
@@ -49,6 +51,7 @@ impl Default for TrainOptions {
             log_every: 50,
             max_length: 128,
             dropout: None,
+            checkpoint_every: None,
             vocab_size: None,
             hidden_size: None,
             layers: None,
@@ -73,6 +76,7 @@ const KEYS: &[&str] = &[
     "log_every",
     "max_length",
     "dropout",
+    "checkpoint_every",
     "vocab_size",
     "hidden_size",
     "layers",
@@ -146,6 +150,7 @@ impl TrainOptions {
             log_every: int(map, "log_every", 1, 100_000_000)?.unwrap_or(d.log_every),
             max_length: int(map, "max_length", 8, 8192)?.unwrap_or(d.max_length),
             dropout: real(map, "dropout", 0.0, 1.0, false, true)?,
+            checkpoint_every: int(map, "checkpoint_every", 1, 100_000_000)?,
             vocab_size: int(map, "vocab_size", 100, 1_000_000)?,
             hidden_size: int(map, "hidden_size", 4, 8192)?,
             layers: int(map, "layers", 1, 96)?,

@@ -2,6 +2,7 @@
 //! progress reports, and the held-out evaluation at the start and the end.
 
 use super::batch::{Batch, Targets};
+use super::checkpoint::{DataShape, TrainerState};
 use super::data::{Prepared, Row};
 use super::mask::Masker;
 use super::metrics::{accuracy, macro_f1};
@@ -16,7 +17,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Independent random streams, so that e.g. the masking does not depend on how many dropout
 /// numbers were drawn before it.
@@ -33,6 +35,10 @@ pub struct Job<'a> {
     pub data: &'a Prepared,
     pub options: &'a TrainOptions,
     pub learning_rate: f64,
+    /// Writes the tokenizer files into a checkpoint.
+    pub tokenizer_files: &'a dyn Fn(&Path) -> Result<()>,
+    /// A checkpoint directory to go on from, and its state.
+    pub resume: Option<(&'a Path, &'a TrainerState)>,
 }
 
 pub struct Finished {
@@ -41,6 +47,16 @@ pub struct Finished {
 }
 
 impl Job<'_> {
+    /// What the run trains on, as a checkpoint records it.
+    pub fn data_shape(&self) -> DataShape {
+        DataShape {
+            objective: self.objective.name().to_string(),
+            train_rows: self.data.train.len(),
+            eval_rows: self.data.eval.len(),
+            labels: self.data.labels.clone(),
+        }
+    }
+
     fn batch(&self, rows: &[&Row], rng: &mut ChaCha8Rng) -> Result<Batch> {
         let seqs: Vec<&[u32]> = rows.iter().map(|r| r.ids.as_slice()).collect();
         let t = self.tokenizer;
@@ -86,7 +102,6 @@ impl Job<'_> {
 
     pub fn run(&self, progress: &mut dyn Progress) -> Result<Finished> {
         let o = self.options;
-        let started = Instant::now();
         let train = &self.data.train;
         let steps_per_epoch = train.len().div_ceil(o.batch_size);
         let total = o.max_steps.unwrap_or(o.epochs * steps_per_epoch);
@@ -95,14 +110,32 @@ impl Job<'_> {
         let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: o.weight_decay, ..Default::default() });
         let (mut shuffle_rng, mut mask_rng) = (stream(o.seed, 1), stream(o.seed, 2));
         let mut dropout = Dropout::new(o.seed.wrapping_add(3));
-        let initial_eval = if self.data.eval.is_empty() { None } else { Some(self.evaluate(&self.data.eval)?.0) };
-
-        let (mut step, mut tokens) = (0usize, 0usize);
+        let (mut step, mut tokens, mut started) = (0usize, 0usize, Instant::now());
         let (mut window_loss, mut window_steps, mut last_window) = (0.0f64, 0usize, f64::NAN);
+        let initial_eval = match self.resume {
+            Some((dir, state)) => {
+                state.check_data(&self.data_shape())?;
+                optimizer.restore(params, dir, state.step)?;
+                mask_rng.set_word_pos(state.mask_rng_position);
+                dropout.set_position(state.dropout_rng_position);
+                (step, tokens) = (state.step, state.tokens);
+                (window_loss, window_steps) = (state.window_loss, state.window_steps);
+                last_window = state.last_window_loss.unwrap_or(f64::NAN);
+                started = started.checked_sub(Duration::from_secs_f64(state.seconds)).unwrap_or(started);
+                state.initial_eval_loss
+            }
+            None if self.data.eval.is_empty() => None,
+            None => Some(self.evaluate(&self.data.eval)?.0),
+        };
+
         let mut order: Vec<usize> = (0..train.len()).collect();
-        'epochs: loop {
+        let mut epoch = 0usize;
+        'epochs: while step < total {
+            // Every epoch reshuffles, also those a resumed run skips, so the order is the same as without a stop.
             order.shuffle(&mut shuffle_rng);
-            for chunk in order.chunks(o.batch_size) {
+            let done_this_epoch = step.saturating_sub(epoch * steps_per_epoch);
+            epoch += 1;
+            for chunk in order.chunks(o.batch_size).skip(done_this_epoch) {
                 progress.check()?;
                 let rows: Vec<&Row> = chunk.iter().map(|&i| &train[i]).collect();
                 let batch = self.batch(&rows, &mut mask_rng)?;
@@ -138,6 +171,26 @@ impl Job<'_> {
                 if step >= total {
                     break 'epochs;
                 }
+                progress.checkpoint(step, &mut |dir| {
+                    self.model.save(dir)?;
+                    (self.tokenizer_files)(dir)?;
+                    optimizer.save(params, dir)?;
+                    TrainerState {
+                        step,
+                        total_steps: total,
+                        tokens,
+                        seconds: started.elapsed().as_secs_f64(),
+                        window_loss,
+                        window_steps,
+                        last_window_loss: Some(last_window).filter(|l| l.is_finite()),
+                        initial_eval_loss: initial_eval,
+                        mask_rng_position: mask_rng.get_word_pos(),
+                        dropout_rng_position: dropout.position(),
+                        learning_rate: self.learning_rate,
+                        data: self.data_shape(),
+                    }
+                    .write(dir)
+                })?;
             }
         }
 
