@@ -42,5 +42,8 @@ benches/concurrency.sh
 echo "== restart, pg_dump and restore of a trained model (tests/dump_restore.sh)"
 tests/dump_restore.sh
 
+echo "== training jobs resume after a restart (tests/job_resume.sh)"
+tests/job_resume.sh
+
 echo "== read replica (tests/replica.sh)"
 tests/replica.sh

@@ -57,6 +57,7 @@ CREATE TABLE ai.jobs (
                 CHECK (status IN ('queued', 'running', 'cancelling', 'done', 'failed', 'cancelled')),
     error       text,
     pid         int,
+    checkpoint_step int,
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     started_at  timestamptz,
     finished_at timestamptz
@@ -67,14 +68,32 @@ CREATE POLICY everyone_reads ON ai.jobs FOR SELECT USING (true);
 CREATE POLICY submit_as_self ON ai.jobs FOR INSERT WITH CHECK (pg_catalog.pg_has_role(owner, 'MEMBER'));
 CREATE POLICY owner_cancels ON ai.jobs FOR UPDATE USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
 
--- Jobs with their live progress; a running job whose worker is gone (a server restart) shows as interrupted.
+-- The latest checkpoint of each running job (weights, tokenizer, optimizer and trainer state files), written by
+-- the job's worker as it trains, read back when the job resumes after a restart, deleted when it ends.
+-- Only the workers (superuser) use it: it holds the owner's half-trained model.
+CREATE TABLE ai.job_checkpoints (
+    job_id bigint NOT NULL REFERENCES ai.jobs (id) ON DELETE CASCADE,
+    path   text NOT NULL,
+    chunk  int NOT NULL,
+    data   bytea NOT NULL,
+    PRIMARY KEY (job_id, path, chunk)
+);
+REVOKE ALL ON ai.job_checkpoints FROM PUBLIC;
+
+-- Whether a job's worker is alive: its pid still belongs to a pg_ai job worker.
+CREATE FUNCTION ai.job_worker_alive(pid int) RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = $1 AND a.backend_type = 'pg_ai job')
+$$;
+
+-- Jobs with their live progress; a running job whose worker is gone (a server restart) shows as interrupted
+-- until it resumes (by itself when pg_ai is in shared_preload_libraries, else with ai_resume_job).
 -- Activity statistics are read once per transaction: a loop polling this view calls pg_stat_clear_snapshot().
 CREATE VIEW ai.job_status AS
 SELECT j.id, j.kind, j.model, j.owner,
-       CASE WHEN j.status IN ('running', 'cancelling')
-                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = j.pid)
+       CASE WHEN j.status IN ('running', 'cancelling') AND NOT ai.job_worker_alive(j.pid)
             THEN 'interrupted' ELSE j.status END AS status,
-       t.step, t.total_steps, t.loss, t.time_left, j.error, j.created_at, j.started_at, j.finished_at
+       t.step, t.total_steps, t.loss, t.time_left, j.checkpoint_step, j.error, j.created_at, j.started_at,
+       j.finished_at
 FROM ai.jobs AS j LEFT JOIN ai.training AS t ON t.pid = j.pid AND j.status IN ('running', 'cancelling');
 
 -- pg_dump keeps the rows of both tables: stored models travel with a dump.

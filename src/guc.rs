@@ -20,6 +20,9 @@ static MODEL_PATHS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>:
 /// Marks loaded weights mergeable for the kernel's same-page merging (KSM), so backends share identical pages.
 static MERGE_MEMORY: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// The database the launcher worker connects to, to list the databases whose interrupted jobs it resumes.
+static LAUNCHER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
 /// Reports each call's time by phase as a NOTICE.
 static TIMING: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -76,8 +79,20 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"pg_ai.launcher_database",
+        c"Database the pg_ai launcher connects to when pg_ai is in shared_preload_libraries.",
+        c"From there it lists all databases and resumes the training jobs a server stop interrupted.",
+        &LAUNCHER_DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init with a static C string.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_ai".as_ptr()) };
+}
+
+pub fn launcher_database() -> String {
+    LAUNCHER_DATABASE.get().and_then(|s| s.into_string().ok()).unwrap_or_else(|| "postgres".to_string())
 }
 
 pub fn threads() -> usize {

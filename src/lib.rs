@@ -20,6 +20,10 @@ extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        api::jobs::register_launcher();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -2,20 +2,30 @@
 //! ai.jobs and start a dynamic background worker (no shared_preload_libraries needed), then return the job's id
 //! at once. The worker trains with the caller's role, so it reads only what the caller may read, and commits
 //! the job's status as it goes; it goes on when the client disconnects. ai_cancel_job asks it to stop.
+//!
+//! Training runs outside any transaction: each pass over the rows reads them in one of its own, and every few
+//! minutes (or `checkpoint_every` steps) a checkpoint commits into ai.job_checkpoints. A job that a server stop
+//! interrupts resumes from it, bit for bit as if it had not stopped: by itself after the restart when pg_ai is
+//! in shared_preload_libraries (the launcher worker below), else with ai_resume_job.
 
-use super::train;
-use crate::engine::error::{AiError, ErrorKind};
+use super::train::{self, Request, Rows, Scratch, SqlProgress, Start};
+use crate::engine::error::{AiError, ErrorKind, Result as EngineResult};
+use crate::engine::train::{DataSource, Example, Objective, Progress, StepReport, TrainerState};
 use crate::error::{raise, OrRaise};
+use crate::store::checkpoints;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::json;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long a worker waits for the transaction that submitted its job to commit.
 const COMMIT_WAIT: Duration = Duration::from_secs(60);
 /// How often a running job looks for a cancel request.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
+/// How often a job saves a checkpoint unless its checkpoint_every option says otherwise.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Starts training a new model in the background; returns the job id. See ai_pretrain for the arguments.
 #[pg_extern(volatile, parallel_unsafe)]
@@ -64,14 +74,50 @@ fn submit(kind: &str, model: &str, args: serde_json::Value) -> i64 {
     )
     .unwrap_or_else(|e| error!("cannot record the job in ai.jobs: {e}"))
     .expect("INSERT ... RETURNING gives a row");
-    let database = Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default();
+    start_worker(id, &current_database());
+    id
+}
+
+/// Starts a job that stopped with the server (see ai.job_status's 'interrupted'): from its last checkpoint
+/// if it has one, else from the beginning. True if a worker was started; false if the job is still running
+/// or has ended. Not needed when pg_ai is in shared_preload_libraries: then interrupted jobs resume by
+/// themselves after a restart.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ai_resume_job(id: i64) -> bool {
+    super::require_writable(c"ai_resume_job()");
+    let resumable = Spi::get_one_with_args::<bool>(
+        "SELECT (SELECT status IN ('queued', 'running') AND NOT ai.job_worker_alive(pid) FROM ai.jobs
+                 WHERE id = $1 AND pg_catalog.pg_has_role(owner, 'MEMBER'))",
+        &[id.into()],
+    )
+    .unwrap_or_else(|e| error!("cannot read ai.jobs: {e}"));
+    match resumable {
+        None => train::sql_error(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("there is no job {id} of yours"),
+            "SELECT id, status FROM ai.job_status lists the jobs.",
+        ),
+        Some(true) => {
+            start_worker(id, &current_database());
+            true
+        }
+        Some(false) => false,
+    }
+}
+
+fn current_database() -> String {
+    Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default()
+}
+
+/// Starts the background worker of job `id` in `database`.
+fn start_worker(id: i64, database: &str) {
     let started = BackgroundWorkerBuilder::new(&format!("pg_ai job {id}"))
         .set_type("pg_ai job")
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_library("pg_ai")
         .set_function("ai_job_main")
         .set_argument(id.into_datum())
-        .set_extra(&database)
+        .set_extra(database)
         .enable_spi_access()
         .load_dynamic();
     if started.is_err() {
@@ -80,7 +126,32 @@ fn submit(kind: &str, model: &str, args: serde_json::Value) -> i64 {
                 .with_hint("All background worker slots are taken; raise max_worker_processes."),
         );
     }
-    id
+}
+
+/// Whether the server asked this worker to stop (a shutdown). Read, unlike sigterm_received, without
+/// resetting it.
+fn shutting_down() -> bool {
+    // SAFETY: a sig_atomic_t the SIGTERM handler sets.
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
+/// Runs `f` in a transaction of its own, or in the current one if there is one.
+fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: reads the backend's transaction state.
+    if unsafe { pg_sys::IsTransactionState() } {
+        f()
+    } else {
+        let f = std::panic::AssertUnwindSafe(f);
+        BackgroundWorker::transaction(move || {
+            let f = f;
+            (f.0)()
+        })
+    }
+}
+
+fn set_role(owner: &str) {
+    // regrole's text form is already a quoted identifier where one is needed.
+    Spi::run(&format!("SET LOCAL ROLE {owner}")).unwrap_or_else(|e| error!("{e}"));
 }
 
 struct Job {
@@ -90,101 +161,186 @@ struct Job {
     owner: String,
 }
 
-/// The background worker: waits for its job to be committed, runs it, records how it ended.
+impl Job {
+    fn text(&self, key: &str) -> &str {
+        self.args.get(key).and_then(|v| v.as_str()).unwrap_or_default()
+    }
+}
+
+/// The background worker: claims its job once the submitting transaction has committed (or, resuming, once
+/// the previous worker is gone), runs it, records how it ended.
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn ai_job_main(argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    // SAFETY: the argument is the int8 job id that `submit` passed.
+    // SAFETY: the argument is the int8 job id that `start_worker` passed.
     let Some(id) = (unsafe { i64::from_datum(argument, false) }) else { return };
     BackgroundWorker::connect_worker_to_spi(Some(BackgroundWorker::get_extra()), None);
-    let Some(job) = wait_for(id) else { return };
-    set_status(id, "running", None);
-    let mut last_poll = Instant::now();
-    let mut stop = move || -> Option<AiError> {
-        if BackgroundWorker::sigterm_received() {
-            return Some(AiError::new(ErrorKind::Cancelled, "the server is shutting down"));
-        }
-        if last_poll.elapsed() < CANCEL_POLL {
-            return None;
-        }
-        last_poll = Instant::now();
-        cancel_requested(id).then(|| AiError::new(ErrorKind::Cancelled, "the job was cancelled"))
-    };
+    let Some(job) = claim(id) else { return };
     let failure = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-        BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
-            run(&job, &mut stop);
-            Spi::run("RESET ROLE").unwrap_or_else(|e| error!("{e}"));
-            set_status_now(id, "done", None);
-        }));
+        run(id, &job);
         None
     }))
     .catch_others(|e| Some(error_report(e)))
     .execute();
     if let Some((code, message)) = failure {
-        // SAFETY: the worker's own transaction failed; abort it before recording why.
+        // SAFETY: abort whatever transaction the error left open (none is fine) before recording why.
         unsafe { pg_sys::AbortCurrentTransaction() };
+        if shutting_down() {
+            // The job stays 'running': it resumes from its last checkpoint once the server is back.
+            return;
+        }
         let cancelled = code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED;
-        set_status(id, if cancelled { "cancelled" } else { "failed" }, Some(&message));
+        BackgroundWorker::transaction(|| {
+            set_status(id, if cancelled { "cancelled" } else { "failed" }, Some(&message));
+            checkpoints::delete(id).or_raise();
+        });
     }
 }
 
-fn run(job: &Job, stop: &mut dyn FnMut() -> Option<AiError>) {
-    // The job runs with the rights of the role that submitted it.
-    // regrole's text form is already a quoted identifier where one is needed.
-    Spi::run(&format!("SET LOCAL ROLE {}", job.owner)).unwrap_or_else(|e| error!("{e}"));
-    let text = |key: &str| job.args.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+fn run(id: i64, job: &Job) {
     let options = job.args.get("options").cloned().unwrap_or(json!({}));
-    if job.kind == "pretrain" {
-        let objective = crate::engine::train::Objective::parse(&text("objective")).or_raise();
-        train::pretrain(&job.model, &text("source"), objective, options, Some(stop));
-    } else {
-        let objective = crate::engine::train::Objective::parse(&text("task")).or_raise();
-        train::finetune(&job.model, &text("base_model"), &text("source"), objective, options, Some(stop));
+    let objective = Objective::parse(job.text(if job.kind == "pretrain" { "objective" } else { "task" })).or_raise();
+    let parent = (job.kind == "finetune").then(|| job.text("base_model"));
+    let request = Request { name: &job.model, source: job.text("source"), objective, options: &options, parent };
+    let trainer_options = request.trainer_options();
+    crate::engine::threads::configure(crate::guc::threads());
+    let started = Instant::now();
+    let checkpoint = Scratch::new();
+    // The checkpoint is read as the worker's own (superuser) role; all else runs with the owner's rights.
+    let (start, query, label) = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
+        let resuming = checkpoints::load(id, &checkpoint.0).or_raise();
+        set_role(&job.owner);
+        super::require_new_name(request.name);
+        if resuming {
+            let step = TrainerState::read(&checkpoint.0).or_raise().step;
+            log!("pg_ai: job {id} goes on from its checkpoint at step {step}");
+        }
+        let start = match parent {
+            _ if resuming => Start::Resume(checkpoint.0.clone()),
+            Some(base) => Start::finetune(base),
+            None => Start::Pretrain,
+        };
+        let (query, label) = Spi::connect(|client| request.rows_query(client));
+        (start, query, label)
+    }));
+    // Training runs outside any transaction: each pass over the rows and each checkpoint commits on its own.
+    let out = Scratch::new();
+    let mut rows = JobRows { owner: &job.owner, query, label };
+    let mut progress = JobProgress {
+        sql: SqlProgress { model: request.name },
+        id,
+        every: trainer_options.checkpoint_every,
+        last_checkpoint: Instant::now(),
+        last_poll: Instant::now(),
+    };
+    let outcome = start.train(objective, &mut rows, &trainer_options, &mut progress, &out.0).or_raise();
+    BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
+        set_role(&job.owner);
+        train::register(&request, &out.0, outcome, started);
+        Spi::run("RESET ROLE").unwrap_or_else(|e| error!("{e}"));
+        checkpoints::delete(id).or_raise();
+        set_status(id, "done", None);
+    }));
+}
+
+/// The source's rows for a job: each pass reads them in a transaction of its own, with the owner's rights.
+struct JobRows<'a> {
+    owner: &'a str,
+    query: String,
+    label: bool,
+}
+
+impl DataSource for JobRows<'_> {
+    fn pass(&mut self, each: &mut dyn FnMut(Vec<Example>) -> EngineResult<()>) -> EngineResult<()> {
+        in_transaction(|| {
+            set_role(self.owner);
+            Spi::connect(|client| Rows { client, query: self.query.clone(), label: self.label }.pass(each))
+        })
     }
 }
 
-/// Whether ai_cancel_job has asked this job to stop. Read under a fresh snapshot: read-only SPI would use the
-/// training transaction's first one, which never sees the request.
-fn cancel_requested(id: i64) -> bool {
-    // SAFETY: a snapshot pushed and popped around one query; an ERROR in between aborts the transaction,
-    // which pops it.
-    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-    let status = Spi::get_one_with_args::<String>("SELECT status FROM ai.jobs WHERE id = $1", &[id.into()]);
-    unsafe { pg_sys::PopActiveSnapshot() };
-    status.ok().flatten().as_deref() == Some("cancelling")
+/// A job's progress: the SQL progress, plus cancel requests, shutdown and checkpoints.
+struct JobProgress<'a> {
+    sql: SqlProgress<'a>,
+    id: i64,
+    /// Checkpoint every this many steps; None: every CHECKPOINT_INTERVAL.
+    every: Option<usize>,
+    last_checkpoint: Instant,
+    last_poll: Instant,
 }
 
-/// The job once its submitting transaction has committed; None if it never does or is not queued.
-fn wait_for(id: i64) -> Option<Job> {
+impl Progress for JobProgress<'_> {
+    fn check(&mut self) -> EngineResult<()> {
+        self.sql.check()?;
+        if shutting_down() {
+            return Err(AiError::new(ErrorKind::Cancelled, "the server is shutting down"));
+        }
+        if self.last_poll.elapsed() >= CANCEL_POLL {
+            self.last_poll = Instant::now();
+            let status = in_transaction(|| {
+                Spi::get_one_with_args::<String>("SELECT status FROM ai.jobs WHERE id = $1", &[self.id.into()])
+            });
+            if status.ok().flatten().as_deref() == Some("cancelling") {
+                return Err(AiError::new(ErrorKind::Cancelled, "the job was cancelled"));
+            }
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, step: &StepReport) {
+        self.sql.report(step);
+    }
+
+    fn checkpoint(&mut self, step: usize, write: &mut dyn FnMut(&Path) -> EngineResult<()>) -> EngineResult<()> {
+        let due = match self.every {
+            Some(every) => step.is_multiple_of(every),
+            None => self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL,
+        };
+        if !due {
+            return Ok(());
+        }
+        let dir = Scratch::new();
+        write(&dir.0)?;
+        in_transaction(|| checkpoints::save(self.id, step, &dir.0))?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}
+
+/// The job once it can be claimed: its submitting transaction has committed and no live worker has it.
+/// Claiming sets status and pid in one UPDATE, so two workers never run the same job.
+fn claim(id: i64) -> Option<Job> {
     let started = Instant::now();
-    while started.elapsed() < COMMIT_WAIT && !BackgroundWorker::sigterm_received() {
-        let job = BackgroundWorker::transaction(|| {
-            Spi::connect(|client| {
-                let rows = client.select(
-                    "SELECT kind, model, args, owner::text, status FROM ai.jobs WHERE id = $1",
+    while started.elapsed() < COMMIT_WAIT && !shutting_down() {
+        let claimed = BackgroundWorker::transaction(|| {
+            Spi::connect_mut(|client| {
+                let visible = client.select("SELECT FROM ai.jobs WHERE id = $1", None, &[id.into()])?.len() == 1;
+                if !visible {
+                    return Ok::<_, pgrx::spi::Error>(None);
+                }
+                let rows = client.update(
+                    "UPDATE ai.jobs SET status = 'running', pid = pg_backend_pid(), error = NULL,
+                            started_at = coalesce(started_at, clock_timestamp())
+                     WHERE id = $1 AND (status = 'queued' OR status = 'running' AND NOT ai.job_worker_alive(pid))
+                     RETURNING kind, model, args, owner::text",
                     None,
                     &[id.into()],
                 )?;
-                let row = rows.into_iter().next();
-                Ok::<_, pgrx::spi::Error>(match row {
-                    Some(row) => Some((
-                        Job {
-                            kind: row.get::<String>(1)?.unwrap_or_default(),
-                            model: row.get::<String>(2)?.unwrap_or_default(),
-                            args: row.get::<JsonB>(3)?.map_or(json!({}), |j| j.0),
-                            owner: row.get::<String>(4)?.unwrap_or_default(),
-                        },
-                        row.get::<String>(5)?.unwrap_or_default(),
-                    )),
-                    None => None,
-                })
+                let job = rows.into_iter().next().map(|row| -> Result<Job, pgrx::spi::Error> {
+                    Ok(Job {
+                        kind: row.get::<String>(1)?.unwrap_or_default(),
+                        model: row.get::<String>(2)?.unwrap_or_default(),
+                        args: row.get::<JsonB>(3)?.map_or(json!({}), |j| j.0),
+                        owner: row.get::<String>(4)?.unwrap_or_default(),
+                    })
+                });
+                Ok(Some(job.transpose()?))
             })
-            .unwrap_or(None)
+            .unwrap_or(Some(None))
         });
-        match job {
-            Some((job, status)) if status == "queued" => return Some(job),
-            Some(_) => return None,
+        match claimed {
+            Some(job) => return job,
             None => {
                 BackgroundWorker::wait_latch(Some(Duration::from_millis(100)));
             }
@@ -194,19 +350,8 @@ fn wait_for(id: i64) -> Option<Job> {
 }
 
 fn set_status(id: i64, status: &str, error: Option<&str>) {
-    BackgroundWorker::transaction(|| set_status_now(id, status, error));
-}
-
-fn set_status_now(id: i64, status: &str, error: Option<&str>) {
-    let (started, finished) = match status {
-        "running" => ("clock_timestamp()", "NULL"),
-        _ => ("started_at", "clock_timestamp()"),
-    };
     Spi::run_with_args(
-        &format!(
-            "UPDATE ai.jobs SET status = $2, error = $3, pid = pg_backend_pid(), started_at = {started},
-             finished_at = {finished} WHERE id = $1"
-        ),
+        "UPDATE ai.jobs SET status = $2, error = $3, finished_at = clock_timestamp() WHERE id = $1",
         &[id.into(), status.into(), error.into()],
     )
     .unwrap_or_else(|e| error!("cannot update ai.jobs: {e}"));
@@ -219,5 +364,92 @@ fn error_report(e: pg_sys::panic::CaughtError) -> (PgSqlErrorCode, String) {
         | pg_sys::panic::CaughtError::RustPanic { ereport: report, .. } => {
             (report.sql_error_code(), report.message().to_string())
         }
+    }
+}
+
+/// With pg_ai in shared_preload_libraries: a worker that starts with the server (and again after a crash),
+/// finds the jobs that a stop interrupted in every database, and resumes them. It then waits for the
+/// shutdown, so that the postmaster starts it again after a crash restart.
+pub fn register_launcher() {
+    BackgroundWorkerBuilder::new("pg_ai launcher")
+        .set_type("pg_ai launcher")
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(10)))
+        .set_library("pg_ai")
+        .set_function("ai_launcher_main")
+        .enable_spi_access()
+        .load();
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn ai_launcher_main(_argument: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some(&crate::guc::launcher_database()), None);
+    let databases: Vec<String> = BackgroundWorker::transaction(|| {
+        Spi::connect(|client| {
+            let rows = client.select(
+                "SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate
+                 ORDER BY datname",
+                None,
+                &[],
+            )?;
+            rows.map(|row| row.get::<String>(1).map(Option::unwrap_or_default)).collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot list databases: {e}"))
+    });
+    for database in databases {
+        let started = BackgroundWorkerBuilder::new(&format!("pg_ai resume in {database}"))
+            .set_type("pg_ai resume")
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_library("pg_ai")
+            .set_function("ai_resume_main")
+            .set_extra(&database)
+            .enable_spi_access()
+            .load_dynamic();
+        if started.is_err() {
+            warning!("pg_ai: no background worker slot to resume the jobs of database \"{database}\"");
+        }
+    }
+    while BackgroundWorker::wait_latch(None) {}
+}
+
+/// Resumes the interrupted jobs of one database (if it has pg_ai), and records the end of those whose
+/// cancel request the stop interrupted.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = BackgroundWorker::get_extra().to_string();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    let jobs: Vec<i64> = BackgroundWorker::transaction(|| {
+        Spi::connect_mut(|client| {
+            let installed = client
+                .select("SELECT to_regproc('ai.job_worker_alive') IS NOT NULL", None, &[])?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false);
+            if !installed {
+                return Ok(Vec::new());
+            }
+            client.update(
+                "UPDATE ai.jobs SET status = 'cancelled', error = 'the job was cancelled', finished_at = clock_timestamp()
+                 WHERE status = 'cancelling' AND NOT ai.job_worker_alive(pid)",
+                None,
+                &[],
+            )?;
+            let rows = client.select(
+                "SELECT id FROM ai.jobs WHERE status = 'queued' OR status = 'running' AND NOT ai.job_worker_alive(pid)
+                 ORDER BY id",
+                None,
+                &[],
+            )?;
+            rows.map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot read ai.jobs: {e}"))
+    });
+    for id in jobs {
+        log!("pg_ai: resuming job {id} in database \"{database}\"");
+        start_worker(id, &database);
     }
 }

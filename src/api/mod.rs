@@ -4,7 +4,7 @@ mod classify;
 mod embed;
 mod fill_mask;
 mod generate;
-mod jobs;
+pub(crate) mod jobs;
 mod models;
 mod ner;
 mod train;

@@ -21,7 +21,7 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn sql_error(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
+pub(super) fn sql_error(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
     ErrorReport::new(code, message, "pg_ai").set_hint(hint).report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
@@ -72,11 +72,11 @@ fn training_query(client: &SpiClient, query: &str, columns: &[&str]) -> String {
 
 /// The rows, read through a cursor chunk by chunk; NULL texts come through as empty (the trainer skips
 /// and counts them).
-struct Rows<'a> {
-    client: &'a SpiClient<'a>,
-    query: String,
+pub(super) struct Rows<'a> {
+    pub client: &'a SpiClient<'a>,
+    pub query: String,
     /// Whether the query reads a label after the text.
-    label: bool,
+    pub label: bool,
 }
 
 impl DataSource for Rows<'_> {
@@ -106,19 +106,14 @@ impl DataSource for Rows<'_> {
 
 /// Checks for cancel and statement_timeout, sends NOTICEs and shows progress in pg_stat_activity
 /// (the ai.training view).
-struct SqlProgress<'a, 's> {
-    model: &'a str,
-    /// A background job's own stop check (a cancel request, a shutting-down server).
-    stop: Option<&'s mut dyn FnMut() -> Option<AiError>>,
+pub(super) struct SqlProgress<'a> {
+    pub model: &'a str,
 }
 
-impl Progress for SqlProgress<'_, '_> {
+impl Progress for SqlProgress<'_> {
     fn check(&mut self) -> Result<()> {
         pgrx::check_for_interrupts!();
-        match self.stop.as_mut().and_then(|stop| stop()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     fn report(&mut self, s: &StepReport) {
@@ -168,62 +163,127 @@ fn columns(objective: Objective, options: &serde_json::Value) -> (Vec<String>, b
     }
 }
 
-/// Trains with `run` on the source's rows, then stores and registers the result.
-#[allow(clippy::too_many_arguments)]
-fn train_and_register(
-    name: &str,
-    source: &str,
-    objective: Objective,
-    options_json: serde_json::Value,
-    parent: Option<&str>,
-    stop: Option<&mut dyn FnMut() -> Option<AiError>>,
-    run: impl FnOnce(&mut dyn DataSource, &TrainOptions, &mut dyn Progress, &std::path::Path) -> Result<train::TrainOutcome>,
-) -> String {
-    super::require_new_name(name);
-    let options = TrainOptions::from_json(&trainer_options(&options_json)).or_raise();
+/// A training request as the SQL functions receive it.
+pub(super) struct Request<'a> {
+    pub name: &'a str,
+    pub source: &'a str,
+    pub objective: Objective,
+    pub options: &'a serde_json::Value,
+    /// The base model of a fine-tuning run.
+    pub parent: Option<&'a str>,
+}
+
+impl Request<'_> {
+    pub fn trainer_options(&self) -> TrainOptions {
+        TrainOptions::from_json(&trainer_options(self.options)).or_raise()
+    }
+
+    /// The query that reads the source's training columns as text; checks that they exist.
+    pub fn rows_query(&self, client: &SpiClient) -> (String, bool) {
+        let query = source_query(client, self.source);
+        let (names, label) = columns(self.objective, self.options);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        (training_query(client, &query, &names), label)
+    }
+}
+
+/// What a run starts from.
+pub(super) enum Start {
+    Pretrain,
+    /// A base model's directory.
+    Finetune(std::path::PathBuf),
+    /// A background job's checkpoint directory.
+    Resume(std::path::PathBuf),
+}
+
+impl Start {
+    /// The base model's directory, written out first if it is stored in the database.
+    pub fn finetune(base_model: &str) -> Start {
+        let base = find_base(base_model);
+        let files = if base.stored {
+            stored_files::materialise(&base.name, &base.sha256)
+        } else {
+            ModelFiles::locate(&base.source, crate::guc::hf_cache_dir().as_deref())
+        };
+        Start::Finetune(files.or_raise().dir)
+    }
+
+    pub fn train(
+        &self,
+        objective: Objective,
+        data: &mut dyn DataSource,
+        options: &TrainOptions,
+        progress: &mut dyn Progress,
+        out: &std::path::Path,
+    ) -> Result<train::TrainOutcome> {
+        match self {
+            Start::Pretrain => train::pretrain(objective, data, options, progress, out),
+            Start::Finetune(base) => train::finetune(base, objective, data, options, progress, out),
+            Start::Resume(checkpoint) => train::resume(checkpoint, objective, data, options, progress, out),
+        }
+    }
+}
+
+/// Trains in the caller's transaction, then stores and registers the result.
+fn train_now(request: &Request, start: Start) -> String {
+    super::require_new_name(request.name);
+    let options = request.trainer_options();
     crate::engine::threads::configure(crate::guc::threads());
     let started = Instant::now();
-    let scratch = Scratch(stored_files::scratch_dir().or_raise());
-    let out_dir = scratch.0.clone();
+    let scratch = Scratch::new();
     let outcome = Spi::connect(|client| {
-        let query = source_query(client, source);
-        let (names, label) = columns(objective, &options_json);
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let mut rows = Rows { client, query: training_query(client, &query, &names), label };
-        run(&mut rows, &options, &mut SqlProgress { model: name, stop }, &out_dir)
+        let (query, label) = request.rows_query(client);
+        let mut rows = Rows { client, query, label };
+        start.train(request.objective, &mut rows, &options, &mut SqlProgress { model: request.name }, &scratch.0)
     });
-    let outcome = outcome.or_raise();
+    register(request, &scratch.0, outcome.or_raise(), started)
+}
+
+/// Stores the model trained into `out_dir` in the database and registers it in ai.models.
+pub(super) fn register(
+    request: &Request,
+    out_dir: &std::path::Path,
+    outcome: train::TrainOutcome,
+    started: Instant,
+) -> String {
+    let name = request.name;
     // Loading it back checks that the inference code reads what training wrote.
-    let files = ModelFiles::in_dir(out_dir.clone()).or_raise();
+    let files = ModelFiles::in_dir(out_dir.to_path_buf()).or_raise();
     let sha256 = files.weights_sha256().or_raise();
     let model = AnyModel::load(&files).or_raise();
     let training = serde_json::json!({
-        "objective": objective.name(),
-        "source": source,
-        "options": options_json,
+        "objective": request.objective.name(),
+        "source": request.source,
+        "options": request.options,
         "metrics": outcome.metrics,
     });
     let entry = catalog::insert(catalog::NewModel {
         name,
         task: &outcome.task,
         architecture: &outcome.architecture,
-        source: &format!("{}:{name}", if parent.is_some() { "ai_finetune" } else { "ai_pretrain" }),
+        source: &format!("{}:{name}", if request.parent.is_some() { "ai_finetune" } else { "ai_pretrain" }),
         stored: true,
         config: model.config_json().clone(),
         sha256: &sha256,
-        parent,
+        parent: request.parent,
         training: Some(training),
     });
     stored_files::store(name, &files).or_raise();
     // The loaded model holds its weights in memory, so its files may move into the server's copy.
-    stored_files::adopt(&out_dir, &sha256).or_raise();
+    stored_files::adopt(out_dir, &sha256).or_raise();
     cache::insert(&entry, model, started.elapsed(), 0);
     name.to_string()
 }
 
 /// The training output directory, removed however the call ends (an ERROR, a cancel) unless `adopt` has
 /// moved it into place.
-struct Scratch(std::path::PathBuf);
+pub(super) struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch(stored_files::scratch_dir().or_raise())
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -254,48 +314,15 @@ pub(super) fn find_base(base_model: &str) -> catalog::CatalogEntry {
     })
 }
 
-/// Trains a new model from scratch on the rows of `source`; `stop` is a background job's stop check.
-pub(super) fn pretrain(
-    name: &str,
-    source: &str,
-    objective: Objective,
-    options: serde_json::Value,
-    stop: Option<&mut dyn FnMut() -> Option<AiError>>,
-) -> String {
-    train_and_register(name, source, objective, options, None, stop, |data, options, progress, out| {
-        train::pretrain(objective, data, options, progress, out)
-    })
-}
-
-/// Continues training the registered model `base_model`; `stop` as for `pretrain`.
-pub(super) fn finetune(
-    name: &str,
-    base_model: &str,
-    source: &str,
-    objective: Objective,
-    options: serde_json::Value,
-    stop: Option<&mut dyn FnMut() -> Option<AiError>>,
-) -> String {
-    let base = find_base(base_model);
-    let files = if base.stored {
-        stored_files::materialise(&base.name, &base.sha256)
-    } else {
-        ModelFiles::locate(&base.source, crate::guc::hf_cache_dir().as_deref())
-    }
-    .or_raise();
-    train_and_register(name, source, objective, options, Some(base_model), stop, |data, options, progress, out| {
-        train::finetune(&files.dir, objective, data, options, progress, out)
-    })
-}
-
 /// Trains a new model from scratch on the rows of `source` (a table, a view or a SELECT query):
 /// objective 'mlm' (BERT-style masked LM), 'clm' (GPT-2-style causal LM) or 'text-classification'. The tokenizer
 /// is trained on the same rows first. Returns the new model's name.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_pretrain(name: &str, source: &str, objective: &str, options: default!(Option<JsonB>, "'{}'")) -> String {
     super::require_writable(c"ai_pretrain()");
+    let options = options_value(options);
     let objective = Objective::parse(objective).or_raise();
-    pretrain(name, source, objective, options_value(options), None)
+    train_now(&Request { name, source, objective, options: &options, parent: None }, Start::Pretrain)
 }
 
 /// Continues training the registered model `base_model` on the rows of `source`: task 'mlm', 'clm' or
@@ -309,6 +336,8 @@ fn ai_finetune(
     options: default!(Option<JsonB>, "'{}'"),
 ) -> String {
     super::require_writable(c"ai_finetune()");
+    let options = options_value(options);
     let objective = Objective::parse(task).or_raise();
-    finetune(name, base_model, source, objective, options_value(options), None)
+    let request = Request { name, source, objective, options: &options, parent: Some(base_model) };
+    train_now(&request, Start::finetune(base_model))
 }

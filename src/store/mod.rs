@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod catalog;
+pub mod checkpoints;
 mod read_only;
 pub mod stored_files;
 

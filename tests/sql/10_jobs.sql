@@ -48,6 +48,10 @@ SELECT ai_cancel_job(:job) AS cancel_requested;
 SELECT wait_for_job(:job) AS status;
 SELECT error FROM ai.jobs WHERE id = :job;
 SELECT ai_cancel_job(:job) AS already_ended;
+-- ai_resume_job starts only jobs whose worker is gone while they were running (see tests/job_resume.sh).
+SELECT ai_resume_job(:job) AS resumed_an_ended_job;
+SELECT pg_temp.try($$SELECT ai_resume_job(-1)$$) AS unknown_job;
+SELECT count(*) AS checkpoints_left FROM ai.job_checkpoints;
 
 -- The request is checked before any job starts.
 SELECT pg_temp.try($$SELECT ai_pretrain_async('bg-mlm', 'sentences', 'mlm')$$) AS duplicate_name;
