@@ -42,6 +42,9 @@ benches/concurrency.sh
 echo "== restart, pg_dump and restore of a trained model (tests/dump_restore.sh)"
 tests/dump_restore.sh
 
+echo "== a backend cancelled, terminated or killed mid-generation (tests/kill_backend.sh)"
+tests/kill_backend.sh
+
 echo "== training jobs resume after a restart (tests/job_resume.sh)"
 tests/job_resume.sh
 
