@@ -68,6 +68,8 @@ grep -q "pg_ai: resuming job $job in database \"pg_ai_resume\"" "$root/server.lo
 went_on_from "$job"
 [ "$(db "SELECT sha256 FROM ai.models WHERE name = 'after-crash'")" = "$straight" ] ||
     fail "the resumed model differs from one trained without a stop"
+# The killed worker's scratch directories were removed by the launcher.
+[ -z "$(find "$root/data/pg_ai/models" -maxdepth 1 -name '.train.*')" ] || fail "scratch directories left behind"
 
 # 2. The job's worker is terminated; the job shows as interrupted until ai_resume_job starts it again.
 job=$(db "SELECT ai_pretrain_async('after-terminate', 'sentences', 'mlm', '$options')")

@@ -109,9 +109,18 @@ fn current_database() -> String {
     Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default()
 }
 
-/// Starts the background worker of job `id` in `database`.
+/// Starts the background worker of job `id` in `database`; an ERROR when no worker slot is free.
 fn start_worker(id: i64, database: &str) {
-    let started = BackgroundWorkerBuilder::new(&format!("pg_ai job {id}"))
+    if !try_start_worker(id, database) {
+        raise(
+            AiError::internal("cannot start a background worker for the job")
+                .with_hint("All background worker slots are taken; raise max_worker_processes."),
+        );
+    }
+}
+
+fn try_start_worker(id: i64, database: &str) -> bool {
+    BackgroundWorkerBuilder::new(&format!("pg_ai job {id}"))
         .set_type("pg_ai job")
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_library("pg_ai")
@@ -119,13 +128,8 @@ fn start_worker(id: i64, database: &str) {
         .set_argument(id.into_datum())
         .set_extra(database)
         .enable_spi_access()
-        .load_dynamic();
-    if started.is_err() {
-        raise(
-            AiError::internal("cannot start a background worker for the job")
-                .with_hint("All background worker slots are taken; raise max_worker_processes."),
-        );
-    }
+        .load_dynamic()
+        .is_ok()
 }
 
 /// Whether the server asked this worker to stop (a shutdown). Read, unlike sigterm_received, without
@@ -368,7 +372,8 @@ fn error_report(e: pg_sys::panic::CaughtError) -> (PgSqlErrorCode, String) {
 }
 
 /// With pg_ai in shared_preload_libraries: a worker that starts with the server (and again after a crash),
-/// finds the jobs that a stop interrupted in every database, and resumes them. It then waits for the
+/// removes what killed processes left in the data directory, finds the jobs that a stop interrupted in every
+/// database, and resumes them. It then waits for the
 /// shutdown, so that the postmaster starts it again after a crash restart.
 pub fn register_launcher() {
     BackgroundWorkerBuilder::new("pg_ai launcher")
@@ -385,6 +390,7 @@ pub fn register_launcher() {
 #[no_mangle]
 pub extern "C-unwind" fn ai_launcher_main(_argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    crate::store::stored_files::remove_orphans();
     BackgroundWorker::connect_worker_to_spi(Some(&crate::guc::launcher_database()), None);
     let databases: Vec<String> = BackgroundWorker::transaction(|| {
         Spi::connect(|client| {
@@ -398,6 +404,7 @@ pub extern "C-unwind" fn ai_launcher_main(_argument: pg_sys::Datum) {
         })
         .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot list databases: {e}"))
     });
+    // One database at a time, so that the look-ups do not take the worker slots the jobs need.
     for database in databases {
         let started = BackgroundWorkerBuilder::new(&format!("pg_ai resume in {database}"))
             .set_type("pg_ai resume")
@@ -406,9 +413,14 @@ pub extern "C-unwind" fn ai_launcher_main(_argument: pg_sys::Datum) {
             .set_function("ai_resume_main")
             .set_extra(&database)
             .enable_spi_access()
+            // SAFETY: this process's pid, for the postmaster to report the worker's end to.
+            .set_notify_pid(unsafe { pg_sys::MyProcPid })
             .load_dynamic();
-        if started.is_err() {
-            warning!("pg_ai: no background worker slot to resume the jobs of database \"{database}\"");
+        match started {
+            Ok(worker) => {
+                let _ = worker.wait_for_shutdown();
+            }
+            Err(_) => warning!("pg_ai: no background worker slot to resume the jobs of database \"{database}\""),
         }
     }
     while BackgroundWorker::wait_latch(None) {}
@@ -449,7 +461,10 @@ pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
         .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot read ai.jobs: {e}"))
     });
     for id in jobs {
-        log!("pg_ai: resuming job {id} in database \"{database}\"");
-        start_worker(id, &database);
+        if try_start_worker(id, &database) {
+            log!("pg_ai: resuming job {id} in database \"{database}\"");
+        } else {
+            warning!("pg_ai: no background worker slot to resume job {id} in database \"{database}\"");
+        }
     }
 }

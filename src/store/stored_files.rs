@@ -66,6 +66,27 @@ pub fn adopt(dir: &Path, sha256: &str) -> Result<ModelFiles> {
     ModelFiles::in_dir(target)
 }
 
+/// Removes the scratch and half-written directories that processes which no longer exist left behind (a
+/// backend killed mid-training, a crash). Their names carry the writer's pid: `.train.<pid>.<nanos>` and
+/// `.<sha256>.<pid>`.
+pub fn remove_orphans() {
+    let Ok(entries) = std::fs::read_dir(models_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = match name.strip_prefix(".train.") {
+            Some(rest) => rest.split('.').next(),
+            None if name.starts_with('.') => name.rsplit('.').next(),
+            None => None,
+        };
+        let Some(pid) = pid.and_then(|p| p.parse::<libc::pid_t>().ok()).filter(|p| *p > 0) else { continue };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn write_files(name: &str, dir: &Path) -> Result<()> {
     let io = |e: std::io::Error| AiError::internal(format!("cannot write stored model files: {e}"));
     std::fs::create_dir_all(dir).map_err(io)?;
