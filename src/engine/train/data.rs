@@ -7,6 +7,7 @@ use super::{DataSource, Example, Objective};
 use crate::engine::error::{AiError, Result};
 use std::collections::BTreeSet;
 
+#[derive(Debug)]
 pub struct Row {
     pub ids: Vec<u32>,
     /// The row's class id (text classification).
@@ -15,6 +16,7 @@ pub struct Row {
     pub tags: Vec<(u32, u32)>,
 }
 
+#[derive(Debug)]
 pub struct Prepared {
     pub train: Vec<Row>,
     pub eval: Vec<Row>,

@@ -89,8 +89,9 @@ mod tests {
                 .collect()
         };
         let (p, g) = (ids(predicted), ids(gold));
-        let rows = |v: &[Vec<u32>]| v.iter().map(Vec::as_slice).collect::<Vec<_>>();
-        entity_f1(&rows(&p), &rows(&g), &labels)
+        let (p, g): (Vec<&[u32]>, Vec<&[u32]>) =
+            (p.iter().map(Vec::as_slice).collect(), g.iter().map(Vec::as_slice).collect());
+        entity_f1(&p, &g, &labels)
     }
 
     #[test]
