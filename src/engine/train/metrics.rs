@@ -35,7 +35,8 @@ pub fn macro_f1(predicted: &[u32], gold: &[u32]) -> f64 {
 /// Entities of one row as seqeval's strict IOB2 mode finds them: a B-X and the I-X right after it,
 /// as (type, start, end); an I-X that does not continue an X starts nothing.
 fn entities<'a>(tags: &[u32], labels: &'a [String]) -> Vec<(&'a str, usize, usize)> {
-    let (mut found, mut open): (Vec<(&str, usize, usize)>, Option<(&str, usize)>) = (Vec::new(), None);
+    let mut found = Vec::new();
+    let mut open: Option<(&str, usize)> = None;
     for (i, &tag) in tags.iter().enumerate() {
         let label = labels[tag as usize].as_str();
         if label.strip_prefix("I-").is_some_and(|kind| open.is_some_and(|(o, _)| o == kind)) {
