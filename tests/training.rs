@@ -3,7 +3,9 @@
 
 mod training_support;
 
-use pg_ai::engine::train::{AdamW, AdamWConfig, Batch, Gradients, Targets, Trainable, TrainableBert, TrainableGpt2};
+use pg_ai::engine::train::{
+    AdamW, AdamWConfig, Batch, BertTask, Gradients, Targets, Trainable, TrainableBert, TrainableGpt2,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 use training_support::fixtures;
@@ -154,13 +156,35 @@ fn classification_step_matches_torch() {
     check_against_torch(&model, &g, &batch(&g, false));
 }
 
+#[test]
+fn token_classification_step_matches_torch() {
+    let g = golden("token_classification");
+    let model = TrainableBert::load(&model_dir("bert-ner")).unwrap();
+    assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
+    check_against_torch(&model, &g, &batch(&g, false));
+}
+
+#[test]
+fn a_sequence_head_is_not_reused_for_tokens() {
+    // Same labels, but a sequence classifier's head (and pooler) mean nothing to a token classifier.
+    let dir = model_dir("bert-classifier");
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let source = pg_ai::engine::train::params::read_safetensors(&dir.join("model.safetensors")).unwrap();
+    let labels = vec!["food".to_string(), "sport".to_string(), "weather".to_string()];
+    let model = TrainableBert::build(config, BertTask::TokenClassifier(labels), source, 0).unwrap();
+    assert_eq!(model.fresh, vec!["classifier.weight", "classifier.bias"]);
+    assert!(model.params().list.iter().all(|p| !p.name.contains("pooler")));
+    assert_eq!(model.config["architectures"][0], "BertForTokenClassification");
+    assert!(model.config.get("problem_type").is_none());
+}
+
 // ---- Whole training runs on small data -------------------------------------------------------------
 
 use pg_ai::engine::error::ErrorKind;
 use pg_ai::engine::files::ModelFiles;
 use pg_ai::engine::generate::{generate_with, GenerateOptions};
 use pg_ai::engine::model::{AnyModel, Model, Task};
-use pg_ai::engine::tasks::{classify::classify, fill_mask::fill_mask};
+use pg_ai::engine::tasks::{classify::classify, fill_mask::fill_mask, ner::ner};
 use pg_ai::engine::train::{finetune, pretrain, Objective, TrainOptions, TrainOutcome};
 use serde_json::json;
 use training_support::{scratch, sentences, Recorder, Rows};
@@ -356,6 +380,118 @@ fn same_seed_gives_the_same_bytes() {
     assert_ne!(a[0], c[0], "another seed gave the same weights");
 }
 
+type Tagged = (String, Option<Vec<Option<String>>>);
+
+/// Tags each word of `frame`: a placeholder's words become B-/I- of its kind, the rest O.
+fn tag_frame(frame: &str, fill: &[(&str, &str, &str)]) -> Tagged {
+    let (mut words, mut tags) = (Vec::new(), Vec::new());
+    for word in frame.split_whitespace() {
+        match fill.iter().find(|(slot, _, _)| *slot == word) {
+            Some((_, entity, kind)) => {
+                for (i, w) in entity.split(' ').enumerate() {
+                    words.push(w.to_string());
+                    tags.push(Some(format!("{}-{kind}", if i == 0 { "B" } else { "I" })));
+                }
+            }
+            None => {
+                words.push(word.to_string());
+                tags.push(Some("O".to_string()));
+            }
+        }
+    }
+    (words.join(" "), Some(tags))
+}
+
+/// Sentences naming people (PER) and cities (LOC), some of two words, generated deterministically.
+fn people_and_places(people: &[&str], surnames: &[&str], cities: &[&str], frames: &[&str], n: usize) -> Vec<Tagged> {
+    let person = |i: usize| match (i / people.len()) % 3 {
+        0 => format!("{} {}", people[i % people.len()], surnames[(i / 7) % surnames.len()]),
+        _ => people[i % people.len()].to_string(),
+    };
+    (0..n)
+        .map(|i| {
+            let (p, q) = (person(i), person(i * 7 + 3));
+            let (c, d) = (cities[(i * 3) % cities.len()], cities[(i * 3 + 1) % cities.len()]);
+            let fill = [("{p}", p.as_str(), "PER"), ("{q}", q.as_str(), "PER"), ("{c}", c, "LOC"), ("{d}", d, "LOC")];
+            tag_frame(frames[i % frames.len()], &fill)
+        })
+        .collect()
+}
+
+const FRAMES: [&str; 7] = [
+    "{p} lives in {c} .",
+    "{p} flew to {c} yesterday .",
+    "we met {p} in {c} last week .",
+    "{c} is where {p} works .",
+    "{p} and {q} visited {c} .",
+    "the train from {c} to {d} was late .",
+    "{p} called {q} from {c} .",
+];
+
+#[test]
+fn pretrained_token_classifier_finds_people_and_places() {
+    let people = ["Anna", "Maria", "John", "Peter", "Lucas", "Sofia", "Omar", "Yuki", "Ravi", "Elena"];
+    let surnames = ["Smith", "Garcia", "Kowalski", "Tanaka"];
+    let cities = ["Paris", "Berlin", "Madrid", "Tokyo", "Lima", "Cairo", "Oslo", "Rome", "New York", "Buenos Aires"];
+    let mut data = people_and_places(&people, &surnames, &cities, &FRAMES, 300);
+    let sentence = "Yuki Tanaka met Elena in Buenos Aires .";
+    assert!(data.iter().all(|(t, _)| t != sentence));
+    data.push((" ".to_string(), Some(Vec::new()))); // blank: skipped and counted
+    let out = scratch("ner");
+    let o = options(json!({"epochs": 8, "learning_rate": 2e-3, "test_size": 0.2, "batch_size": 16}));
+    let outcome =
+        pretrain(Objective::TokenClassification, &mut Rows::tagged(&data), &o, &mut Recorder::default(), &out).unwrap();
+    eprintln!("{}", outcome.metrics);
+    assert_eq!(
+        (outcome.architecture.as_str(), outcome.task.as_str()),
+        ("BertForTokenClassification", "token-classification")
+    );
+    assert_eq!((outcome.examples, outcome.skipped), (300, 1));
+    assert!(metric(&outcome, "eval_examples") >= 40.0);
+    assert!(metric(&outcome, "eval_loss") < 0.5 * metric(&outcome, "initial_eval_loss"));
+    for key in ["accuracy", "macro_f1", "entity_f1"] {
+        assert!(metric(&outcome, key) >= 0.95, "held-out {key} {}", metric(&outcome, key));
+    }
+    // No pooler: transformers' BertForTokenClassification has none.
+    let saved = pg_ai::engine::train::params::read_safetensors(&out.join("model.safetensors")).unwrap();
+    assert!(saved.keys().all(|k| !k.contains("pooler")), "{:?}", saved.keys());
+
+    let m = encoder(&out);
+    assert_eq!(m.config.labels, vec!["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]);
+    assert!(m.can(Task::TokenClassification));
+    let found = ner(&m, &[sentence], &mut || ()).unwrap().remove(0);
+    let spans: Vec<(&str, &str)> = found.iter().map(|e| (&sentence[e.start..e.end], e.label.as_str())).collect();
+    assert_eq!(spans, vec![("Yuki Tanaka", "PER"), ("Elena", "PER"), ("Buenos Aires", "LOC")], "{found:?}");
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn token_classifier_finetuned_from_a_masked_lm() {
+    // Words the fixture models' vocabulary holds whole.
+    let people = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"];
+    let surnames = ["smith", "jones", "brown", "taylor"];
+    let cities = ["paris", "london", "berlin", "madrid", "rome", "vienna", "new york", "los angeles"];
+    let frames =
+        ["{p} lives in {c} .", "{p} flew to {c} yesterday .", "in {c} , {p} met {q} .", "{p} and {q} visited {c} ."];
+    let data = people_and_places(&people, &surnames, &cities, &frames, 160);
+    let out = scratch("ft-ner");
+    let o = options(json!({"epochs": 15, "learning_rate": 2e-3, "test_size": 0.2, "batch_size": 8}));
+    let base = model_dir("bert-mlm");
+    let outcome =
+        finetune(&base, Objective::TokenClassification, &mut Rows::tagged(&data), &o, &mut Recorder::default(), &out)
+            .unwrap();
+    eprintln!("{}", outcome.metrics);
+    assert_eq!(outcome.architecture, "BertForTokenClassification");
+    for key in ["accuracy", "entity_f1"] {
+        assert!(metric(&outcome, key) >= 0.95, "held-out {key} {}", metric(&outcome, key));
+    }
+    let m = encoder(&out);
+    let found = ner(&m, &["judy lives in rome ."], &mut || ()).unwrap().remove(0);
+    let spans: Vec<(&str, &str)> = found.iter().map(|e| (e.text.as_str(), e.label.as_str())).collect();
+    assert_eq!(spans, vec![("judy", "PER"), ("rome", "LOC")], "{found:?}");
+    std::fs::remove_dir_all(out).unwrap();
+}
+
 fn error_kind(result: pg_ai::engine::error::Result<TrainOutcome>) -> ErrorKind {
     match result {
         Ok(_) => panic!("training succeeded where it should have failed"),
@@ -391,6 +527,29 @@ fn bad_input_is_refused_with_the_right_error() {
     let unlabelled = labelled(&[("a b c", Some("x")), ("d e f", None), ("g h", Some("y"))]);
     let e = pretrain(Objective::TextClassification, &mut { unlabelled }, &o, &mut quiet, &out).unwrap_err();
     assert_eq!((e.kind, e.message.as_str()), (ErrorKind::InvalidParameter, "training row 2 has text but no label"));
+    let tagged = |r: &[(&str, &[&str])]| {
+        let tags = |t: &[&str]| Some(t.iter().map(|s| Some(s.to_string())).collect());
+        Rows::tagged(&r.iter().map(|(text, t)| (text.to_string(), tags(t))).collect::<Vec<_>>())
+    };
+    let miscounted = tagged(&[("alice lives in paris", &["B-PER", "O", "B-LOC"]), ("bob ran", &["B-PER", "O"])]);
+    let e = pretrain(Objective::TokenClassification, &mut { miscounted }, &o, &mut quiet, &out).unwrap_err();
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::InvalidParameter, "training row 1 has 4 words but 3 tags"));
+    assert!(e.hint.is_some());
+    let one_tag = tagged(&[("alice lives here", &["O", "O", "O"]), ("bob ran", &["O", "O"])]);
+    let e = pretrain(Objective::TokenClassification, &mut { one_tag }, &o, &mut quiet, &out).unwrap_err();
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::InvalidParameter, "every word has the same tag \"O\""));
+    let mut null_tag = Rows::tagged(&[
+        ("bob ran".to_string(), Some(vec![Some("B-PER".to_string()), Some("O".to_string())])),
+        ("alice ran".to_string(), Some(vec![None, Some("O".to_string())])),
+    ]);
+    let e = pretrain(Objective::TokenClassification, &mut null_tag, &o, &mut quiet, &out).unwrap_err();
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::InvalidParameter, "training row 2 has a NULL or empty tag"));
+    let mut untagged = Rows::texts(&["alice ran".to_string()]);
+    let e = pretrain(Objective::TokenClassification, &mut untagged, &o, &mut quiet, &out).unwrap_err();
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::InvalidParameter, "training row 1 has text but no tags"));
+    let mut fine = tagged(&[("alice ran", &["B-PER", "O"]), ("bob sat", &["B-PER", "O"])]);
+    let ner_on_gpt2 = finetune(&model_dir("gpt2"), Objective::TokenClassification, &mut fine, &o, &mut quiet, &out);
+    assert_eq!(error_kind(ner_on_gpt2), ErrorKind::WrongTask);
     let mut some = texts(&["the cat sat", "the dog ran"]);
     let clm_on_bert = finetune(&model_dir("bert-mlm"), Objective::Clm, &mut some, &o, &mut quiet, &out);
     assert_eq!(error_kind(clm_on_bert), ErrorKind::WrongTask);
@@ -416,6 +575,8 @@ fn bad_input_is_refused_with_the_right_error() {
     assert_eq!(e.kind, ErrorKind::InvalidParameter);
     assert!(e.hint.unwrap().contains("mlm, clm, text-classification"));
     assert_eq!(Objective::parse("text-classification").unwrap(), Objective::TextClassification);
+    assert_eq!(Objective::parse("token-classification").unwrap(), Objective::TokenClassification);
+    assert_eq!(Objective::TokenClassification.task(), "token-classification");
     // The progress callback stops training with its own error, and nothing is written.
     let mut stopper = Recorder { stop_after: Some(1), ..Default::default() };
     let e = pretrain(Objective::Mlm, &mut Rows::texts(&sentences()), &o, &mut stopper, &out).unwrap_err();

@@ -90,7 +90,7 @@ impl DataSource for Rows<'_> {
                 for row in rows {
                     let text = row.get::<String>(1).map_err(spi)?.unwrap_or_default();
                     let label = if self.label { row.get::<String>(2).map_err(spi)? } else { None };
-                    chunk.push(Example { text, label, target: None });
+                    chunk.push(Example { text, label, target: None, tags: None });
                 }
                 chunk
             };

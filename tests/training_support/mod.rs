@@ -26,7 +26,18 @@ impl Rows {
     }
 
     pub fn labelled(rows: &[(String, Option<String>)]) -> Rows {
-        Rows::new(rows.iter().map(|(t, l)| Example { text: t.clone(), label: l.clone(), target: None }).collect())
+        Rows::new(
+            rows.iter().map(|(t, l)| Example { text: t.clone(), label: l.clone(), ..Default::default() }).collect(),
+        )
+    }
+
+    /// Texts with one tag per word (a tag list of None is a NULL array, a None tag a NULL element).
+    pub fn tagged(rows: &[(String, Option<Vec<Option<String>>>)]) -> Rows {
+        Rows::new(
+            rows.iter()
+                .map(|(t, tags)| Example { text: t.clone(), tags: tags.clone(), ..Default::default() })
+                .collect(),
+        )
     }
 
     pub fn new(examples: Vec<Example>) -> Rows {

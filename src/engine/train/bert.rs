@@ -1,5 +1,6 @@
 //! A differentiable BERT with transformers' tensor names, so that engine::encoder loads what it saves:
-//! BertForMaskedLM (decoder tied to the word embeddings) and BertForSequenceClassification.
+//! BertForMaskedLM (decoder tied to the word embeddings), BertForSequenceClassification and
+//! BertForTokenClassification.
 
 use super::batch::{Batch, Targets};
 use super::nn::{dropout, layer_norm, linear, softmax, Activation, Dropout};
@@ -19,6 +20,25 @@ pub enum BertTask {
     MaskedLm,
     /// Labels in id order.
     Classifier(Vec<String>),
+    /// One label per token; labels in id order.
+    TokenClassifier(Vec<String>),
+}
+
+impl BertTask {
+    fn architecture(&self) -> &'static str {
+        match self {
+            BertTask::MaskedLm => "BertForMaskedLM",
+            BertTask::Classifier(_) => "BertForSequenceClassification",
+            BertTask::TokenClassifier(_) => "BertForTokenClassification",
+        }
+    }
+
+    fn labels(&self) -> Option<&[String]> {
+        match self {
+            BertTask::MaskedLm => None,
+            BertTask::Classifier(labels) | BertTask::TokenClassifier(labels) => Some(labels),
+        }
+    }
 }
 
 type Pair = (Tensor, Tensor);
@@ -35,8 +55,21 @@ struct Layer {
 }
 
 enum Head {
-    MaskedLm { dense: Pair, norm: Pair, bias: Tensor },
-    Classifier { pooler: Pair, out: Pair, dropout: f64 },
+    MaskedLm {
+        dense: Pair,
+        norm: Pair,
+        bias: Tensor,
+    },
+    Classifier {
+        pooler: Pair,
+        out: Pair,
+        dropout: f64,
+    },
+    /// No pooler: transformers builds this BERT with add_pooling_layer=False.
+    TokenClassifier {
+        out: Pair,
+        dropout: f64,
+    },
 }
 
 pub struct TrainableBert {
@@ -110,6 +143,8 @@ impl TrainableBert {
         let parsed = ModelConfig::from_value(config.clone())?;
         let task = if parsed.architecture.ends_with("ForSequenceClassification") {
             BertTask::Classifier(parsed.labels.clone())
+        } else if parsed.architecture.ends_with("ForTokenClassification") {
+            BertTask::TokenClassifier(parsed.labels.clone())
         } else {
             BertTask::MaskedLm
         };
@@ -127,11 +162,9 @@ impl TrainableBert {
             return Err(AiError::corrupt("hidden size is not a multiple of the number of heads"));
         }
         let mut source = normalise_names(source);
-        // A head trained for other labels starts afresh.
-        if let BertTask::Classifier(labels) = &task {
-            if *labels != c.labels {
-                source.retain(|name, _| !name.starts_with("classifier."));
-            }
+        // A head trained for other labels, or for sequences rather than tokens (or the reverse), starts afresh.
+        if task.labels().is_some_and(|labels| labels != c.labels || c.architecture != task.architecture()) {
+            source.retain(|name, _| !name.starts_with("classifier."));
         }
         let std = f64_field(&config, "initializer_range", 0.02);
         if !(std > 0.0 && std.is_finite()) {
@@ -162,6 +195,7 @@ impl TrainableBert {
             });
         }
         let hidden_dropout = f64_field(&config, "hidden_dropout_prob", 0.1);
+        let classifier_dropout = config.get("classifier_dropout").and_then(Value::as_f64).unwrap_or(hidden_dropout);
         let head = match &task {
             BertTask::MaskedLm => Head::MaskedLm {
                 dense: lin(&mut b, "cls.predictions.transform.dense".into(), h, h)?,
@@ -171,27 +205,28 @@ impl TrainableBert {
             BertTask::Classifier(labels) => Head::Classifier {
                 pooler: lin(&mut b, "bert.pooler.dense".into(), h, h)?,
                 out: lin(&mut b, "classifier".into(), h, labels.len())?,
-                dropout: config.get("classifier_dropout").and_then(Value::as_f64).unwrap_or(hidden_dropout),
+                dropout: classifier_dropout,
+            },
+            BertTask::TokenClassifier(labels) => Head::TokenClassifier {
+                out: lin(&mut b, "classifier".into(), h, labels.len())?,
+                dropout: classifier_dropout,
             },
         };
         let obj = config.as_object_mut().ok_or_else(|| AiError::corrupt("config.json is not an object"))?;
         for key in ["id2label", "label2id", "problem_type", "num_labels"] {
             obj.remove(key);
         }
-        match &task {
-            BertTask::MaskedLm => {
-                obj.insert("architectures".into(), json!(["BertForMaskedLM"]));
-            }
-            BertTask::Classifier(labels) => {
-                obj.insert("architectures".into(), json!(["BertForSequenceClassification"]));
-                let id2label: serde_json::Map<String, Value> =
-                    labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
-                let label2id: serde_json::Map<String, Value> =
-                    labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
-                obj.insert("id2label".into(), Value::Object(id2label));
-                obj.insert("label2id".into(), Value::Object(label2id));
-                obj.insert("problem_type".into(), json!("single_label_classification"));
-            }
+        obj.insert("architectures".into(), json!([task.architecture()]));
+        if let Some(labels) = task.labels() {
+            let id2label: serde_json::Map<String, Value> =
+                labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
+            let label2id: serde_json::Map<String, Value> =
+                labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
+            obj.insert("id2label".into(), Value::Object(id2label));
+            obj.insert("label2id".into(), Value::Object(label2id));
+        }
+        if matches!(task, BertTask::Classifier(_)) {
+            obj.insert("problem_type".into(), json!("single_label_classification"));
         }
         Ok(TrainableBert {
             attention_dropout: f64_field(&config, "attention_probs_dropout_prob", 0.1),
@@ -264,11 +299,15 @@ impl Trainable for TrainableBert {
     fn logits(&self, batch: &Batch, mut d: Option<&mut Dropout>) -> Result<Tensor> {
         let hidden = self.hidden(batch, d.as_deref_mut())?;
         let h = hidden.dim(2)?;
+        // The hidden states at the batch's target positions, (targets, hidden).
+        let at_targets = |positions: &[u32]| -> Result<Tensor> {
+            let at = Tensor::from_vec(positions.to_vec(), positions.len(), &Device::Cpu)?;
+            Ok(hidden.reshape((batch.rows * batch.len, h))?.index_select(&at, 0)?)
+        };
         match (&self.head, &batch.targets) {
             (Head::MaskedLm { dense, norm, bias }, Targets::Tokens { positions, .. }) => {
                 // Only the masked positions go through the vocabulary projection.
-                let at = Tensor::from_vec(positions.clone(), positions.len(), &Device::Cpu)?;
-                let x = hidden.reshape((batch.rows * batch.len, h))?.index_select(&at, 0)?;
+                let x = at_targets(positions)?;
                 let x = layer_norm(&self.act.apply(&linear(&x, &dense.0, Some(&dense.1))?)?, norm, self.eps)?;
                 linear(&x, &self.word, Some(bias))
             }
@@ -276,6 +315,10 @@ impl Trainable for TrainableBert {
                 let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
                 let pooled = linear(&first, &pooler.0, Some(&pooler.1))?.tanh()?;
                 linear(&dropout(&mut d, &pooled, *p)?, &out.0, Some(&out.1))
+            }
+            // Tokens without a target (transformers' -100) are left out rather than ignored by the loss.
+            (Head::TokenClassifier { out, dropout: p }, Targets::Tokens { positions, .. }) => {
+                linear(&dropout(&mut d, &at_targets(positions)?, *p)?, &out.0, Some(&out.1))
             }
             _ => Err(AiError::internal("the batch's targets do not fit the model's head")),
         }

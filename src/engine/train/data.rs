@@ -3,15 +3,20 @@
 
 use super::options::TrainOptions;
 use super::tokenizer::TrainTokenizer;
-use super::DataSource;
+use super::{DataSource, Example, Objective};
 use crate::engine::error::{AiError, Result};
 use std::collections::BTreeSet;
 
+#[derive(Debug)]
 pub struct Row {
     pub ids: Vec<u32>,
+    /// The row's class id (text classification).
     pub label: Option<u32>,
+    /// (position in `ids`, tag id) of each word's first token (token classification).
+    pub tags: Vec<(u32, u32)>,
 }
 
+#[derive(Debug)]
 pub struct Prepared {
     pub train: Vec<Row>,
     pub eval: Vec<Row>,
@@ -66,15 +71,26 @@ pub fn held_out(position: usize, seed: u64, test_size: f64) -> bool {
     test_size > 0.0 && (mix(mix(seed) ^ position as u64) >> 11) as f64 / (1u64 << 53) as f64 <= test_size
 }
 
-/// Tokenizes every row; with `labelled`, every usable row must carry a label (sorted to ids).
+/// A usable row before its labels have ids.
+struct Pending {
+    at: usize,
+    ids: Vec<u32>,
+    label: Option<String>,
+    /// Every word's tag, and (position, word) of each word's first token left after truncation.
+    tags: Vec<String>,
+    firsts: Vec<(u32, u32)>,
+}
+
+/// Tokenizes every row; text classification needs a label for every row, token classification a tag
+/// for every word (labels sorted to ids either way).
 pub fn prepare(
     data: &mut dyn DataSource,
     tokenizer: &mut TrainTokenizer,
-    labelled: bool,
+    objective: Objective,
     max_length: usize,
     options: &TrainOptions,
 ) -> Result<Prepared> {
-    let mut rows: Vec<(usize, Vec<u32>, Option<String>)> = Vec::new();
+    let mut rows: Vec<Pending> = Vec::new();
     let (mut position, mut skipped) = (0usize, 0usize);
     data.pass(&mut |chunk| {
         for example in chunk {
@@ -84,17 +100,14 @@ pub fn prepare(
                 skipped += 1;
                 continue;
             }
-            let ids = tokenizer.encode(&example.text, max_length)?;
-            if tokenizer.is_empty_encoding(&ids) {
-                skipped += 1;
-                continue;
+            let pending = match objective {
+                Objective::TokenClassification => tagged_row(at, example, tokenizer, max_length)?,
+                _ => labelled_row(at, example, tokenizer, objective, max_length)?,
+            };
+            match pending {
+                Some(p) => rows.push(p),
+                None => skipped += 1,
             }
-            let label = example.label.filter(|l| !l.is_empty());
-            if labelled && label.is_none() {
-                return Err(AiError::invalid(format!("training row {} has text but no label", at + 1))
-                    .with_hint("Text classification needs a label for every row; filter out rows with NULL labels."));
-            }
-            rows.push((at, ids, label));
         }
         Ok(())
     })?;
@@ -104,21 +117,14 @@ pub fn prepare(
     if rows.is_empty() {
         return Err(all_empty(position));
     }
-    let labels: Vec<String> = if labelled {
-        let set: BTreeSet<&String> = rows.iter().filter_map(|r| r.2.as_ref()).collect();
-        set.into_iter().cloned().collect()
-    } else {
-        Vec::new()
-    };
-    if labelled && labels.len() < 2 {
-        return Err(AiError::invalid(format!("every row has the same label \"{}\"", labels[0]))
-            .with_hint("A classifier needs at least two different labels."));
-    }
+    let labels = distinct_labels(&rows, objective)?;
+    let id = |l: &String| labels.binary_search(l).expect("label collected above") as u32;
     let (mut train, mut eval) = (Vec::new(), Vec::new());
-    for (at, ids, label) in rows {
-        let label = label.map(|l| labels.binary_search(&l).expect("label collected above") as u32);
-        let row = Row { ids, label: if labelled { label } else { None } };
-        if held_out(at, options.seed, options.test_size) {
+    for p in rows {
+        let label = p.label.as_ref().map(id);
+        let tags = p.firsts.iter().map(|&(at, word)| (at, id(&p.tags[word as usize]))).collect();
+        let row = Row { ids: p.ids, label, tags };
+        if held_out(p.at, options.seed, options.test_size) {
             eval.push(row);
         } else {
             train.push(row);
@@ -131,9 +137,133 @@ pub fn prepare(
     Ok(Prepared { train, eval, labels, rows: position, skipped })
 }
 
+/// A row for mlm, clm or text classification; None when it encodes to nothing but special tokens.
+fn labelled_row(
+    at: usize,
+    example: Example,
+    tokenizer: &mut TrainTokenizer,
+    objective: Objective,
+    max_length: usize,
+) -> Result<Option<Pending>> {
+    let ids = tokenizer.encode(&example.text, max_length)?;
+    if tokenizer.is_empty_encoding(&ids) {
+        return Ok(None);
+    }
+    let labelled = objective == Objective::TextClassification;
+    let label = example.label.filter(|l| !l.is_empty() && labelled);
+    if labelled && label.is_none() {
+        return Err(AiError::invalid(format!("training row {} has text but no label", at + 1))
+            .with_hint("Text classification needs a label for every row; filter out rows with NULL labels."));
+    }
+    Ok(Some(Pending { at, ids, label, tags: Vec::new(), firsts: Vec::new() }))
+}
+
+/// A row for token classification: its words encoded as pre-split input (transformers'
+/// is_split_into_words), each word's tag on its first token; None when truncation left no word.
+fn tagged_row(
+    at: usize,
+    example: Example,
+    tokenizer: &mut TrainTokenizer,
+    max_length: usize,
+) -> Result<Option<Pending>> {
+    let row = at + 1;
+    let words: Vec<&str> = example.text.split_whitespace().collect();
+    let given = example.tags.ok_or_else(|| {
+        AiError::invalid(format!("training row {row} has text but no tags"))
+            .with_hint("Token classification needs an array of tags, one per word; filter out rows with NULL tags.")
+    })?;
+    if given.len() != words.len() {
+        return Err(AiError::invalid(format!("training row {row} has {} words but {} tags", words.len(), given.len()))
+            .with_hint("Words are the text split on whitespace; give exactly one tag per word."));
+    }
+    let tags =
+        given.into_iter().map(|t| t.filter(|t| !t.is_empty())).collect::<Option<Vec<String>>>().ok_or_else(|| {
+            AiError::invalid(format!("training row {row} has a NULL or empty tag"))
+                .with_hint("Every word needs a tag; use \"O\" for words outside any entity.")
+        })?;
+    let (ids, word_ids) = tokenizer.encode_words(&words, max_length)?;
+    // Only a word's first token is labelled; later pieces and special tokens get none (-100).
+    let firsts: Vec<(u32, u32)> = (0..word_ids.len())
+        .filter_map(|t| {
+            let word = word_ids[t]?;
+            (t == 0 || word_ids[t - 1] != Some(word)).then_some((t as u32, word))
+        })
+        .collect();
+    if firsts.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Pending { at, ids, label: None, tags, firsts }))
+}
+
+/// The sorted distinct labels of a classification objective (at least two), or none.
+fn distinct_labels(rows: &[Pending], objective: Objective) -> Result<Vec<String>> {
+    let set: BTreeSet<&String> = match objective {
+        Objective::TextClassification => rows.iter().filter_map(|r| r.label.as_ref()).collect(),
+        Objective::TokenClassification => rows.iter().flat_map(|r| &r.tags).collect(),
+        Objective::Mlm | Objective::Clm => return Ok(Vec::new()),
+    };
+    let labels: Vec<String> = set.into_iter().cloned().collect();
+    if labels.len() < 2 {
+        let (what, needs) = match objective {
+            Objective::TokenClassification => {
+                ("word has the same tag", "A token classifier needs at least two different tags.")
+            }
+            _ => ("row has the same label", "A classifier needs at least two different labels."),
+        };
+        return Err(AiError::invalid(format!("every {what} \"{}\"", labels[0])).with_hint(needs));
+    }
+    Ok(labels)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::held_out;
+    use super::*;
+    use crate::engine::train::Example;
+
+    struct Rows(Vec<Example>);
+
+    impl DataSource for Rows {
+        fn pass(&mut self, each: &mut dyn FnMut(Vec<Example>) -> Result<()>) -> Result<()> {
+            each(self.0.clone())
+        }
+    }
+
+    fn tagged(text: &str, tags: &[&str]) -> Example {
+        Example {
+            text: text.into(),
+            tags: Some(tags.iter().map(|t| Some(t.to_string())).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_the_first_piece_of_a_word_is_tagged() {
+        let texts = vec!["anna went to oslo".to_string()];
+        // The smallest vocabulary: single characters, so every word is split into one piece per letter.
+        let mut tokenizer = TrainTokenizer::train_wordpiece(&texts, 0).unwrap();
+        let options = TrainOptions { test_size: 0.0, ..Default::default() };
+        let mut rows = Rows(vec![
+            tagged("anna went to oslo", &["B-PER", "O", "O", "B-LOC"]),
+            tagged("  ", &[]),
+            // [CLS] o ##s ##l [SEP] after truncation to 5: one word left, and it trains.
+            tagged("oslo anna", &["B-LOC", "B-PER"]),
+        ]);
+        let p = prepare(&mut rows, &mut tokenizer, Objective::TokenClassification, 5, &options).unwrap();
+        assert_eq!(p.labels, vec!["B-LOC", "B-PER", "O"]);
+        assert_eq!((p.rows, p.skipped, p.train.len()), (3, 1, 2));
+        // [CLS] a ##n ##n [SEP]: "anna" is cut after three pieces and still tagged.
+        assert_eq!(p.train[0].tags, vec![(1, 1)]);
+        assert_eq!(p.train[1].tags, vec![(1, 0)]);
+        let p = prepare(&mut rows, &mut tokenizer, Objective::TokenClassification, 64, &options).unwrap();
+        // [CLS] a ##n ##n ##a w ##e ##n ##t t ##o o ##s ##l ##o [SEP]
+        assert_eq!(p.train[0].ids.len(), 16);
+        assert_eq!(p.train[0].tags, vec![(1, 1), (5, 2), (9, 2), (11, 0)]);
+        assert_eq!(p.train[1].tags, vec![(1, 0), (5, 1)]);
+        // Truncated to [CLS] [SEP], a row has no word left: skipped and counted.
+        let mut rows = Rows(vec![tagged("anna went", &["B-PER", "O"]), tagged("to oslo", &["O", "B-LOC"])]);
+        let e = prepare(&mut rows, &mut tokenizer, Objective::TokenClassification, 2, &options).unwrap_err();
+        assert_eq!(e.message, "all 2 training texts are empty or NULL");
+    }
 
     #[test]
     fn held_out_fraction_is_about_test_size() {

@@ -39,6 +39,9 @@ pub struct Example {
     pub label: Option<String>,
     /// For sequence-to-sequence objectives (not yet supported).
     pub target: Option<String>,
+    /// For token classification: one tag per whitespace-separated word of `text` (None where the
+    /// SQL array element is NULL, which is refused).
+    pub tags: Option<Vec<Option<String>>>,
 }
 
 pub trait DataSource {
@@ -75,25 +78,31 @@ pub enum Objective {
     Mlm,
     Clm,
     TextClassification,
+    TokenClassification,
 }
 
 impl Objective {
-    const ALL: [Objective; 3] = [Objective::Mlm, Objective::Clm, Objective::TextClassification];
+    const ALL: [Objective; 4] =
+        [Objective::Mlm, Objective::Clm, Objective::TextClassification, Objective::TokenClassification];
 
     pub fn name(self) -> &'static str {
         match self {
             Objective::Mlm => "mlm",
             Objective::Clm => "clm",
             Objective::TextClassification => "text-classification",
+            Objective::TokenClassification => "token-classification",
         }
     }
 
     pub fn parse(s: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|o| o.name() == s).ok_or_else(|| {
-            let hint = if matches!(s, "token-classification" | "seq2seq") {
-                format!("\"{s}\" is not supported yet. Objectives: mlm, clm, text-classification.")
+            let hint = if s == "seq2seq" {
+                format!(
+                    "\"{s}\" is not supported yet. Objectives: mlm, clm, text-classification, token-classification."
+                )
             } else {
-                "Objectives: mlm (masked LM, BERT), clm (causal LM, GPT-2), text-classification.".to_string()
+                "Objectives: mlm (masked LM, BERT), clm (causal LM, GPT-2), text-classification, token-classification."
+                    .to_string()
             };
             AiError::invalid(format!("unknown training objective \"{s}\"")).with_hint(hint)
         })
@@ -105,7 +114,13 @@ impl Objective {
             Objective::Mlm => "fill-mask",
             Objective::Clm => "text-generation",
             Objective::TextClassification => "text-classification",
+            Objective::TokenClassification => "token-classification",
         }
+    }
+
+    /// Whether rows carry labels: one per row, or one per word.
+    pub fn is_classification(self) -> bool {
+        matches!(self, Objective::TextClassification | Objective::TokenClassification)
     }
 }
 
@@ -142,8 +157,8 @@ pub trait Trainable {
     }
 }
 
-/// Train a new model from scratch (tokenizer trained on the same rows first): a BERT for mlm and
-/// text-classification, a GPT-2 for clm.
+/// Train a new model from scratch (tokenizer trained on the same rows first): a BERT for mlm,
+/// text-classification and token-classification, a GPT-2 for clm.
 pub fn pretrain(
     objective: Objective,
     data: &mut dyn DataSource,
@@ -163,8 +178,7 @@ pub fn pretrain(
     };
     drop(texts);
     let max_length = options.max_length;
-    let prepared =
-        data::prepare(data, &mut tokenizer, objective == Objective::TextClassification, max_length, options)?;
+    let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options)?;
     let size = options::ModelSize::new(options, tokenizer.vocab_size());
     let model: Box<dyn Trainable> = match objective {
         Objective::Clm => {
@@ -172,7 +186,7 @@ pub fn pretrain(
             let config = gpt2::new_config(&size, eos);
             Box::new(TrainableGpt2::build(config, HashMap::new(), options.seed)?)
         }
-        Objective::Mlm | Objective::TextClassification => {
+        Objective::Mlm | Objective::TextClassification | Objective::TokenClassification => {
             let config = bert::new_config(&size);
             Box::new(TrainableBert::build(config, bert_task(objective, &prepared), HashMap::new(), options.seed)?)
         }
@@ -235,10 +249,10 @@ fn continue_from(
     let mut config: Value = files.read_json("config.json")?.unwrap_or(Value::Null);
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
     let style = match (model_type.as_str(), objective) {
-        ("bert", Objective::Mlm | Objective::TextClassification) => Style::Encoder,
+        ("bert", Objective::Mlm | Objective::TextClassification | Objective::TokenClassification) => Style::Encoder,
         ("gpt2", Objective::Clm) => Style::Decoder,
         ("bert" | "gpt2", _) => {
-            let can = if model_type == "bert" { "mlm or text-classification" } else { "clm" };
+            let can = if model_type == "bert" { "mlm, text-classification or token-classification" } else { "clm" };
             return Err(AiError::wrong_task(format!(
                 "a {model_type} model cannot be trained for {}",
                 objective.name()
@@ -246,8 +260,9 @@ fn continue_from(
             .with_hint(format!("A {model_type} base can be fine-tuned for {can}.")));
         }
         (other, _) => {
-            return Err(AiError::wrong_task(format!("fine-tuning a \"{other}\" model is not supported"))
-                .with_hint("Fine-tuning supports bert (mlm, text-classification) and gpt2 (clm) models."))
+            return Err(AiError::wrong_task(format!("fine-tuning a \"{other}\" model is not supported")).with_hint(
+                "Fine-tuning supports bert (mlm, text-classification, token-classification) and gpt2 (clm) models.",
+            ))
         }
     };
     if files.weights.len() != 1 || files.gguf().is_some() {
@@ -261,8 +276,7 @@ fn continue_from(
     let positions_key = if style == Style::Decoder { "n_positions" } else { "max_position_embeddings" };
     let positions = config.get(positions_key).and_then(Value::as_u64).unwrap_or(512) as usize;
     let max_length = options.max_length.min(positions);
-    let prepared =
-        data::prepare(data, &mut tokenizer, objective == Objective::TextClassification, max_length, options)?;
+    let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options)?;
     if let (Some(p), Some(obj)) = (options.dropout, config.as_object_mut()) {
         let keys: &[&str] = match style {
             Style::Encoder => &["hidden_dropout_prob", "attention_probs_dropout_prob"],
@@ -296,7 +310,8 @@ fn continue_from(
 fn bert_task(objective: Objective, prepared: &data::Prepared) -> BertTask {
     match objective {
         Objective::TextClassification => BertTask::Classifier(prepared.labels.clone()),
-        _ => BertTask::MaskedLm,
+        Objective::TokenClassification => BertTask::TokenClassifier(prepared.labels.clone()),
+        Objective::Mlm | Objective::Clm => BertTask::MaskedLm,
     }
 }
 

@@ -5,7 +5,7 @@ use super::batch::{Batch, Targets};
 use super::checkpoint::{DataShape, TrainerState};
 use super::data::{Prepared, Row};
 use super::mask::Masker;
-use super::metrics::{accuracy, macro_f1};
+use super::metrics::{accuracy, entity_f1, macro_f1};
 use super::nn::Dropout;
 use super::optim::{linear_schedule, AdamW, AdamWConfig, Gradients};
 use super::options::TrainOptions;
@@ -26,6 +26,18 @@ fn stream(seed: u64, stream: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(stream);
     rng
+}
+
+/// Each row's tagged positions as flat batch positions (row * len + column) with their tag ids.
+fn tag_targets(rows: &[&Row], len: usize) -> Targets {
+    let (mut positions, mut ids) = (Vec::new(), Vec::new());
+    for (r, row) in rows.iter().enumerate() {
+        for &(at, tag) in &row.tags {
+            positions.push((r * len) as u32 + at);
+            ids.push(tag);
+        }
+    }
+    Targets::Tokens { positions, ids }
 }
 
 pub struct Job<'a> {
@@ -78,11 +90,16 @@ impl Job<'_> {
                 let labels = rows.iter().map(|r| r.label.unwrap_or(0)).collect();
                 Batch::padded(&seqs, t.pad_id, Targets::Labels(labels))
             }
+            Objective::TokenClassification => {
+                let len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+                Batch::padded(&seqs, t.pad_id, tag_targets(rows, len))
+            }
         })
     }
 
     /// Mean loss per target over `rows` (masks drawn from a fixed stream, so every evaluation of
-    /// the same rows sees the same masks), and predicted labels for classification.
+    /// the same rows sees the same masks), and predicted labels for classification (one per row, or
+    /// one per tagged word in row order).
     fn evaluate(&self, rows: &[Row]) -> Result<(f64, Vec<u32>)> {
         let mut rng = stream(self.options.seed, 9);
         let (mut total, mut count, mut predicted) = (0.0f64, 0usize, Vec::new());
@@ -93,11 +110,33 @@ impl Job<'_> {
             let loss = candle_nn::loss::cross_entropy(&logits, &batch.target_tensor()?)?.to_scalar::<f32>()? as f64;
             total += loss * batch.target_count() as f64;
             count += batch.target_count();
-            if self.objective == Objective::TextClassification {
+            if self.objective.is_classification() {
                 predicted.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
             }
         }
         Ok((total / count.max(1) as f64, predicted))
+    }
+
+    /// Word-level accuracy and macro F1, and entity-level F1 where the tags are IOB2.
+    fn tag_metrics(&self, predicted: &[u32], metrics: &mut Value) {
+        let gold: Vec<Vec<u32>> = self.data.eval.iter().map(|r| r.tags.iter().map(|t| t.1).collect()).collect();
+        let flat: Vec<u32> = gold.concat();
+        metrics["accuracy"] = json!(accuracy(predicted, &flat));
+        metrics["macro_f1"] = json!(macro_f1(predicted, &flat));
+        // The predictions come in row order: cut them into rows again.
+        let mut rest = predicted;
+        let predicted_rows: Vec<&[u32]> = gold
+            .iter()
+            .map(|g| {
+                let (mine, after) = rest.split_at(g.len());
+                rest = after;
+                mine
+            })
+            .collect();
+        let gold_rows: Vec<&[u32]> = gold.iter().map(Vec::as_slice).collect();
+        if let Some(f1) = entity_f1(&predicted_rows, &gold_rows, &self.data.labels) {
+            metrics["entity_f1"] = json!(f1);
+        }
     }
 
     pub fn run(&self, progress: &mut dyn Progress) -> Result<Finished> {
@@ -212,6 +251,8 @@ impl Job<'_> {
                 let gold: Vec<u32> = self.data.eval.iter().map(|r| r.label.unwrap_or(0)).collect();
                 metrics["accuracy"] = json!(accuracy(&predicted, &gold));
                 metrics["macro_f1"] = json!(macro_f1(&predicted, &gold));
+            } else if self.objective == Objective::TokenClassification {
+                self.tag_metrics(&predicted, &mut metrics);
             } else {
                 metrics["perplexity"] = json!(eval_loss.exp());
             }

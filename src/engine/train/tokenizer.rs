@@ -188,6 +188,18 @@ impl TrainTokenizer {
         }
     }
 
+    /// Token ids of words given already split (transformers' is_split_into_words), with the
+    /// special tokens an encoder adds, cut to `max_length`; and for each token, the index of the
+    /// word it comes from (None for special tokens).
+    pub fn encode_words(&mut self, words: &[&str], max_length: usize) -> Result<(Vec<u32>, Vec<Option<u32>>)> {
+        if self.style != Style::Encoder {
+            return Err(AiError::wrong_task("token classification needs an encoder's tokenizer"));
+        }
+        self.inner.with_truncation(Some(TruncationParams { max_length, ..Default::default() })).map_err(tok_err)?;
+        let e = self.inner.encode(words, true).map_err(|e| AiError::invalid(format!("cannot tokenize: {e}")))?;
+        Ok((e.get_ids().to_vec(), e.get_word_ids().to_vec()))
+    }
+
     /// Whether an encoding holds nothing but special tokens (an empty or blank text).
     pub fn is_empty_encoding(&self, ids: &[u32]) -> bool {
         ids.iter().all(|id| self.special_ids.contains(id))
