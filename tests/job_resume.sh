@@ -23,7 +23,7 @@ sql -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_ai'"
 scripts/cluster.sh stop
 scripts/cluster.sh start
 
-sql -c "DROP DATABASE IF EXISTS pg_ai_resume" -c "CREATE DATABASE pg_ai_resume"
+sql -c "DROP DATABASE IF EXISTS pg_ai_resume WITH (FORCE)" -c "CREATE DATABASE pg_ai_resume"
 sql -d pg_ai_resume -o /dev/null <<SQL
 CREATE EXTENSION pg_ai;
 CREATE TABLE sentences (text text);

@@ -151,3 +151,24 @@ fn resume_refuses_rows_that_changed() {
     assert!(!out.join("model.safetensors").exists());
     std::fs::remove_dir_all(checkpoint).unwrap();
 }
+
+#[test]
+fn finetuned_tagger_resumes() {
+    // Tags of no meaning but a fixed rule: enough for the run's state to matter.
+    let tagged = || {
+        let rows: Vec<(String, Option<Vec<Option<String>>>)> = sentences()
+            .into_iter()
+            .map(|s| {
+                let tags = s.split_whitespace().map(|w| Some(if w.len() > 4 { "B-LONG" } else { "O" }.to_string()));
+                let tags = tags.collect();
+                (s, Some(tags))
+            })
+            .collect();
+        Rows::tagged(&rows)
+    };
+    let base = fixtures().join("models/bert-mlm");
+    let options = json!({"max_steps": 8, "batch_size": 8, "learning_rate": 1e-3, "dropout": 0.1});
+    check_resume("tagger", Objective::TokenClassification, tagged, options, 5, |rows, o, p, out| {
+        finetune(&base, Objective::TokenClassification, rows, o, p, out)
+    });
+}

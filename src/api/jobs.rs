@@ -8,7 +8,7 @@
 //! interrupts resumes from it, bit for bit as if it had not stopped: by itself after the restart when pg_ai is
 //! in shared_preload_libraries (the launcher worker below), else with ai_resume_job.
 
-use super::train::{self, Request, Rows, Scratch, SqlProgress, Start};
+use super::train::{self, Request, Rows, RowsQuery, Scratch, SqlProgress, Start};
 use crate::engine::error::{AiError, ErrorKind, Result as EngineResult};
 use crate::engine::train::{DataSource, Example, Objective, Progress, StepReport, TrainerState};
 use crate::error::{raise, OrRaise};
@@ -212,7 +212,7 @@ fn run(id: i64, job: &Job) {
     let started = Instant::now();
     let checkpoint = Scratch::new();
     // The checkpoint is read as the worker's own (superuser) role; all else runs with the owner's rights.
-    let (start, query, label) = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
+    let (start, query) = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
         let resuming = checkpoints::load(id, &checkpoint.0).or_raise();
         set_role(&job.owner);
         super::require_new_name(request.name);
@@ -225,12 +225,11 @@ fn run(id: i64, job: &Job) {
             Some(base) => Start::finetune(base),
             None => Start::Pretrain,
         };
-        let (query, label) = Spi::connect(|client| request.rows_query(client));
-        (start, query, label)
+        (start, Spi::connect(|client| request.rows_query(client)))
     }));
     // Training runs outside any transaction: each pass over the rows and each checkpoint commits on its own.
     let out = Scratch::new();
-    let mut rows = JobRows { owner: &job.owner, query, label };
+    let mut rows = JobRows { owner: &job.owner, query };
     let mut progress = JobProgress {
         sql: SqlProgress { model: request.name },
         id,
@@ -251,15 +250,14 @@ fn run(id: i64, job: &Job) {
 /// The source's rows for a job: each pass reads them in a transaction of its own, with the owner's rights.
 struct JobRows<'a> {
     owner: &'a str,
-    query: String,
-    label: bool,
+    query: RowsQuery,
 }
 
 impl DataSource for JobRows<'_> {
     fn pass(&mut self, each: &mut dyn FnMut(Vec<Example>) -> EngineResult<()>) -> EngineResult<()> {
         in_transaction(|| {
             set_role(self.owner);
-            Spi::connect(|client| Rows { client, query: self.query.clone(), label: self.label }.pass(each))
+            Spi::connect(|client| Rows { client, query: &self.query }.pass(each))
         })
     }
 }

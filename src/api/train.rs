@@ -48,8 +48,9 @@ fn source_query(client: &SpiClient, source: &str) -> String {
     }
 }
 
-/// Checks that the source has the columns training reads, and returns the query that reads them as text.
-fn training_query(client: &SpiClient, query: &str, columns: &[&str]) -> String {
+/// Checks that the source has the columns training reads, and returns the query that reads them: the text as
+/// text, then a label as text or tags as text[].
+fn training_query(client: &SpiClient, query: &str, columns: &[&str], extra: Extra) -> String {
     let probe = client
         .select(&format!("SELECT * FROM ({query}) AS source LIMIT 0"), None, &[])
         .unwrap_or_else(|e| error!("cannot read the training source: {e}"));
@@ -66,7 +67,14 @@ fn training_query(client: &SpiClient, query: &str, columns: &[&str]) -> String {
             );
         }
     }
-    let select: Vec<String> = columns.iter().map(|c| format!("{}::text", quote_ident(c))).collect();
+    let select: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let tags = i == 1 && matches!(extra, Extra::Tags);
+            format!("{}::{}", quote_ident(c), if tags { "text[]" } else { "text" })
+        })
+        .collect();
     format!("SELECT {} FROM ({query}) AS source", select.join(", "))
 }
 
@@ -74,23 +82,42 @@ fn training_query(client: &SpiClient, query: &str, columns: &[&str]) -> String {
 /// and counts them).
 pub(super) struct Rows<'a> {
     pub client: &'a SpiClient<'a>,
-    pub query: String,
-    /// Whether the query reads a label after the text.
-    pub label: bool,
+    pub query: &'a RowsQuery,
+}
+
+/// What a training run reads from its source.
+#[derive(Debug, Clone)]
+pub(super) struct RowsQuery {
+    pub sql: String,
+    pub extra: Extra,
+}
+
+/// What each row carries after its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Extra {
+    Nothing,
+    /// A class label (text-classification).
+    Label,
+    /// One tag per whitespace-separated word (token-classification).
+    Tags,
 }
 
 impl DataSource for Rows<'_> {
     fn pass(&mut self, each: &mut dyn FnMut(Vec<Example>) -> Result<()>) -> Result<()> {
         let spi = |e: pgrx::spi::Error| AiError::internal(format!("cannot read the training source: {e}"));
-        let mut cursor = self.client.try_open_cursor(self.query.as_str(), &[]).map_err(spi)?;
+        let mut cursor = self.client.try_open_cursor(self.query.sql.as_str(), &[]).map_err(spi)?;
         loop {
             let chunk = {
                 let rows = cursor.fetch(FETCH_ROWS).map_err(spi)?;
                 let mut chunk = Vec::with_capacity(rows.len());
                 for row in rows {
                     let text = row.get::<String>(1).map_err(spi)?.unwrap_or_default();
-                    let label = if self.label { row.get::<String>(2).map_err(spi)? } else { None };
-                    chunk.push(Example { text, label, target: None, tags: None });
+                    let (label, tags) = match self.query.extra {
+                        Extra::Nothing => (None, None),
+                        Extra::Label => (row.get::<String>(2).map_err(spi)?, None),
+                        Extra::Tags => (None, row.get::<Vec<Option<String>>>(2).map_err(spi)?),
+                    };
+                    chunk.push(Example { text, label, target: None, tags });
                 }
                 chunk
             };
@@ -148,18 +175,23 @@ fn trainer_options(options: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Options that name the source's columns.
-const COLUMN_OPTIONS: [&str; 2] = ["text_column", "label_column"];
+const COLUMN_OPTIONS: [&str; 3] = ["text_column", "label_column", "tags_column"];
 
-/// The columns a training objective reads, from the options (defaults: text, label).
-fn columns(objective: Objective, options: &serde_json::Value) -> (Vec<String>, bool) {
+/// The columns a training objective reads, from the options (defaults: text, label, tags).
+fn columns(objective: Objective, options: &serde_json::Value) -> (Vec<String>, Extra) {
     let column = |key: &str, default: &str| match options.get(key) {
         None => default.to_string(),
         Some(serde_json::Value::String(name)) => name.clone(),
         Some(_) => raise(AiError::invalid(format!("option \"{key}\" must be a column name in a string"))),
     };
     match objective {
-        Objective::TextClassification => (vec![column("text_column", "text"), column("label_column", "label")], true),
-        _ => (vec![column("text_column", "text")], false),
+        Objective::TextClassification => {
+            (vec![column("text_column", "text"), column("label_column", "label")], Extra::Label)
+        }
+        Objective::TokenClassification => {
+            (vec![column("text_column", "text"), column("tags_column", "tags")], Extra::Tags)
+        }
+        _ => (vec![column("text_column", "text")], Extra::Nothing),
     }
 }
 
@@ -179,11 +211,11 @@ impl Request<'_> {
     }
 
     /// The query that reads the source's training columns as text; checks that they exist.
-    pub fn rows_query(&self, client: &SpiClient) -> (String, bool) {
+    pub fn rows_query(&self, client: &SpiClient) -> RowsQuery {
         let query = source_query(client, self.source);
-        let (names, label) = columns(self.objective, self.options);
+        let (names, extra) = columns(self.objective, self.options);
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        (training_query(client, &query, &names), label)
+        RowsQuery { sql: training_query(client, &query, &names, extra), extra }
     }
 }
 
@@ -232,8 +264,8 @@ fn train_now(request: &Request, start: Start) -> String {
     let started = Instant::now();
     let scratch = Scratch::new();
     let outcome = Spi::connect(|client| {
-        let (query, label) = request.rows_query(client);
-        let mut rows = Rows { client, query, label };
+        let query = request.rows_query(client);
+        let mut rows = Rows { client, query: &query };
         start.train(request.objective, &mut rows, &options, &mut SqlProgress { model: request.name }, &scratch.0)
     });
     register(request, &scratch.0, outcome.or_raise(), started)

@@ -80,7 +80,8 @@ pub fn remove_orphans() {
         };
         let Some(pid) = pid.and_then(|p| p.parse::<libc::pid_t>().ok()).filter(|p| *p > 0) else { continue };
         // SAFETY: signal 0 only asks whether the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let gone =
+            unsafe { libc::kill(pid, 0) } == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
         if gone {
             let _ = std::fs::remove_dir_all(entry.path());
         }

@@ -53,6 +53,26 @@ SET client_min_messages = warning;
 SELECT ai_classify_label('we cooked pasta for dinner .', 'topic') AS new_session;
 SELECT count(DISTINCT path) AS stored_files FROM ai.model_files WHERE model = 'tiny-mlm';
 
+-- A tagger fine-tuned from the same base: one tag per whitespace-separated word, in a text[] column.
+CREATE TABLE people_and_places (sentence text, tags text[]);
+INSERT INTO people_and_places
+SELECT replace(replace(frame, '{p}', p), '{c}', c),
+       array_replace(array_replace(tags, 'P', 'B-PER'), 'C', 'B-LOC')
+FROM unnest(ARRAY['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi']) AS p,
+     unnest(ARRAY['paris', 'london', 'berlin', 'madrid', 'vienna']) AS c,
+     (VALUES ('{p} lives in {c} .', ARRAY['P', 'O', 'O', 'C', 'O']),
+             ('{p} flew to {c} yesterday .', ARRAY['P', 'O', 'O', 'C', 'O', 'O']),
+             ('in {c} , {p} met us .', ARRAY['O', 'C', 'O', 'P', 'O', 'O', 'O'])) AS frames (frame, tags);
+SELECT ai_finetune('places', 'base', 'people_and_places', 'token-classification',
+                   '{"text_column": "sentence", "epochs": 4, "learning_rate": 2e-3, "batch_size": 8}');
+SELECT name, task, architecture, config->'id2label' AS labels,
+       (training->'metrics'->>'entity_f1')::float >= 0.9 AS entities_found
+FROM ai.models WHERE name = 'places';
+SELECT entity, label FROM ai_ner('judy flew to rome yesterday .', 'places');
+SELECT pg_temp.try($$SELECT ai_finetune('x', 'base', $q$SELECT 'a b c' AS text, ARRAY['O', 'B-PER'] AS tags$q$,
+                                        'token-classification')$$) AS tags_do_not_match_words;
+SELECT pg_temp.try($$SELECT ai_finetune('x', 'base', 'sentences', 'token-classification')$$) AS no_tags_column;
+
 -- Bad input: a clear error, and nothing registered.
 CREATE TABLE empty_table (text text);
 CREATE TABLE one_class (text text, label text);

@@ -1,4 +1,5 @@
 //! Shared by the training tests: fixture paths, an in-memory data source, a recording progress.
+#![allow(dead_code)] // each test file uses a part of it
 
 use pg_ai::engine::error::{AiError, Result};
 use pg_ai::engine::train::{DataSource, Example, Progress, StepReport};
