@@ -23,6 +23,10 @@ static MERGE_MEMORY: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// The database the launcher worker connects to, to list the databases whose interrupted jobs it resumes.
 static LAUNCHER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
+/// Freed memory a backend keeps for reuse once it runs models, in kB (see engine::allocator).
+static KEEP_FREED_MEMORY: GucSetting<i32> =
+    GucSetting::<i32>::new((crate::engine::allocator::DEFAULT_KEEP_FREED >> 10) as i32);
+
 /// Reports each call's time by phase as a NOTICE.
 static TIMING: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -79,6 +83,16 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"pg_ai.keep_freed_memory",
+        c"Freed memory a backend that runs models keeps for reuse instead of returning it to the kernel at once.",
+        c"Tensor outputs are megabytes; returning each one costs page faults on the next. 0 = glibc's defaults.",
+        &KEEP_FREED_MEMORY,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
+    );
     GucRegistry::define_string_guc(
         c"pg_ai.launcher_database",
         c"Database the pg_ai launcher connects to when pg_ai is in shared_preload_libraries.",
@@ -93,6 +107,13 @@ pub fn init() {
 
 pub fn launcher_database() -> String {
     LAUNCHER_DATABASE.get().and_then(|s| s.into_string().ok()).unwrap_or_else(|| "postgres".to_string())
+}
+
+/// Applies the compute settings of this backend before model work: its thread count (fixed at the first call)
+/// and the freed memory it keeps.
+pub fn apply_compute_settings() {
+    crate::engine::threads::configure(threads());
+    crate::engine::allocator::keep_freed_memory(KEEP_FREED_MEMORY.get().max(0) as usize * 1024);
 }
 
 pub fn threads() -> usize {

@@ -208,7 +208,7 @@ fn run(id: i64, job: &Job) {
     let parent = (job.kind == "finetune").then(|| job.text("base_model"));
     let request = Request { name: &job.model, source: job.text("source"), objective, options: &options, parent };
     let trainer_options = request.trainer_options();
-    crate::engine::threads::configure(crate::guc::threads());
+    crate::guc::apply_compute_settings();
     let started = Instant::now();
     let checkpoint = Scratch::new();
     // The checkpoint is read as the worker's own (superuser) role; all else runs with the owner's rights.

@@ -29,7 +29,7 @@ fn ai_load_model(
                 .with_hint("Only superusers and members of pg_read_server_files may load models from a path."),
         );
     }
-    crate::engine::threads::configure(crate::guc::threads());
+    crate::guc::apply_compute_settings();
     let started = Instant::now();
     let files = ModelFiles::locate(source, crate::guc::hf_cache_dir().as_deref()).or_raise();
     check_allowed_path(&files);

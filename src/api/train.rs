@@ -260,7 +260,7 @@ impl Start {
 fn train_now(request: &Request, start: Start) -> String {
     super::require_new_name(request.name);
     let options = request.trainer_options();
-    crate::engine::threads::configure(crate::guc::threads());
+    crate::guc::apply_compute_settings();
     let started = Instant::now();
     let scratch = Scratch::new();
     let outcome = Spi::connect(|client| {

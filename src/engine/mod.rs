@@ -1,6 +1,7 @@
 //! The engine: model files, tokenisation, the models, the tasks, generation and training. Nothing here calls Postgres,
 //! so all of it is tested with plain `cargo test`.
 
+pub mod allocator;
 pub mod beam;
 pub mod chat;
 pub mod codec;

@@ -100,7 +100,7 @@ fn load_registered(name: &str) -> Rc<AnyModel> {
         )
     });
     cache::get_or_load(&entry, || {
-        crate::engine::threads::configure(crate::guc::threads());
+        crate::guc::apply_compute_settings();
         let files = if entry.stored {
             stored_files::materialise(&entry.name, &entry.sha256)
         } else {
