@@ -22,7 +22,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        api::jobs::register_launcher();
+        api::launcher::register_launcher();
     }
 }
 

@@ -6,7 +6,7 @@
 //! Training runs outside any transaction: each pass over the rows reads them in one of its own, and every few
 //! minutes (or `checkpoint_every` steps) a checkpoint commits into ai.job_checkpoints. A job that a server stop
 //! interrupts resumes from it, bit for bit as if it had not stopped: by itself after the restart when pg_ai is
-//! in shared_preload_libraries (the launcher worker below), else with ai_resume_job.
+//! in shared_preload_libraries (launcher.rs), else with ai_resume_job.
 
 use super::train::{self, Request, Rows, RowsQuery, Scratch, SqlProgress, Start};
 use crate::engine::error::{AiError, ErrorKind, Result as EngineResult};
@@ -119,7 +119,7 @@ fn start_worker(id: i64, database: &str) {
     }
 }
 
-fn try_start_worker(id: i64, database: &str) -> bool {
+pub(super) fn try_start_worker(id: i64, database: &str) -> bool {
     BackgroundWorkerBuilder::new(&format!("pg_ai job {id}"))
         .set_type("pg_ai job")
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
@@ -365,104 +365,6 @@ fn error_report(e: pg_sys::panic::CaughtError) -> (PgSqlErrorCode, String) {
         | pg_sys::panic::CaughtError::ErrorReport(report)
         | pg_sys::panic::CaughtError::RustPanic { ereport: report, .. } => {
             (report.sql_error_code(), report.message().to_string())
-        }
-    }
-}
-
-/// With pg_ai in shared_preload_libraries: a worker that starts with the server (and again after a crash),
-/// removes what killed processes left in the data directory, finds the jobs that a stop interrupted in every
-/// database, and resumes them. It then waits for the
-/// shutdown, so that the postmaster starts it again after a crash restart.
-pub fn register_launcher() {
-    BackgroundWorkerBuilder::new("pg_ai launcher")
-        .set_type("pg_ai launcher")
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(Duration::from_secs(10)))
-        .set_library("pg_ai")
-        .set_function("ai_launcher_main")
-        .enable_spi_access()
-        .load();
-}
-
-#[pg_guard]
-#[no_mangle]
-pub extern "C-unwind" fn ai_launcher_main(_argument: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    crate::store::stored_files::remove_orphans();
-    BackgroundWorker::connect_worker_to_spi(Some(&crate::guc::launcher_database()), None);
-    let databases: Vec<String> = BackgroundWorker::transaction(|| {
-        Spi::connect(|client| {
-            let rows = client.select(
-                "SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate
-                 ORDER BY datname",
-                None,
-                &[],
-            )?;
-            rows.map(|row| row.get::<String>(1).map(Option::unwrap_or_default)).collect::<Result<Vec<_>, _>>()
-        })
-        .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot list databases: {e}"))
-    });
-    // One database at a time, so that the look-ups do not take the worker slots the jobs need.
-    for database in databases {
-        let started = BackgroundWorkerBuilder::new(&format!("pg_ai resume in {database}"))
-            .set_type("pg_ai resume")
-            .set_start_time(BgWorkerStartTime::RecoveryFinished)
-            .set_library("pg_ai")
-            .set_function("ai_resume_main")
-            .set_extra(&database)
-            .enable_spi_access()
-            // SAFETY: this process's pid, for the postmaster to report the worker's end to.
-            .set_notify_pid(unsafe { pg_sys::MyProcPid })
-            .load_dynamic();
-        match started {
-            Ok(worker) => {
-                let _ = worker.wait_for_shutdown();
-            }
-            Err(_) => warning!("pg_ai: no background worker slot to resume the jobs of database \"{database}\""),
-        }
-    }
-    while BackgroundWorker::wait_latch(None) {}
-}
-
-/// Resumes the interrupted jobs of one database (if it has pg_ai), and records the end of those whose
-/// cancel request the stop interrupted.
-#[pg_guard]
-#[no_mangle]
-pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = BackgroundWorker::get_extra().to_string();
-    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    let jobs: Vec<i64> = BackgroundWorker::transaction(|| {
-        Spi::connect_mut(|client| {
-            let installed = client
-                .select("SELECT to_regproc('ai.job_worker_alive') IS NOT NULL", None, &[])?
-                .first()
-                .get_one::<bool>()?
-                .unwrap_or(false);
-            if !installed {
-                return Ok(Vec::new());
-            }
-            client.update(
-                "UPDATE ai.jobs SET status = 'cancelled', error = 'the job was cancelled', finished_at = clock_timestamp()
-                 WHERE status = 'cancelling' AND NOT ai.job_worker_alive(pid)",
-                None,
-                &[],
-            )?;
-            let rows = client.select(
-                "SELECT id FROM ai.jobs WHERE status = 'queued' OR status = 'running' AND NOT ai.job_worker_alive(pid)
-                 ORDER BY id",
-                None,
-                &[],
-            )?;
-            rows.map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect::<Result<Vec<_>, _>>()
-        })
-        .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot read ai.jobs: {e}"))
-    });
-    for id in jobs {
-        if try_start_worker(id, &database) {
-            log!("pg_ai: resuming job {id} in database \"{database}\"");
-        } else {
-            warning!("pg_ai: no background worker slot to resume job {id} in database \"{database}\"");
         }
     }
 }
