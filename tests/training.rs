@@ -63,7 +63,7 @@ fn loss_of(model: &dyn Trainable, batch: &Batch) -> f64 {
 /// added to every score of a row, so its true gradient is exactly 0 and what both frameworks compute
 /// is rounding noise, which Adam (g / (|g| + eps)) turns into updates of up to lr either way.
 fn key_bias(name: &str, elements: usize) -> Option<(usize, usize)> {
-    if name.ends_with("attention.self.key.bias") {
+    if name.ends_with("attention.self.key.bias") || name.ends_with("attention.k_lin.bias") {
         Some((0, elements))
     } else if name.ends_with("attn.c_attn.bias") {
         Some((elements / 3, elements / 3))
@@ -160,6 +160,38 @@ fn classification_step_matches_torch() {
 fn token_classification_step_matches_torch() {
     let g = golden("token_classification");
     let model = TrainableBert::load(&model_dir("bert-ner")).unwrap();
+    assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
+    check_against_torch(&model, &g, &batch(&g, false));
+}
+
+#[test]
+fn distilbert_mlm_step_matches_torch() {
+    let g = golden("distilbert_mlm");
+    let model = TrainableBert::load(&model_dir("distilbert-mlm")).unwrap();
+    assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
+    check_against_torch(&model, &g, &batch(&g, false));
+}
+
+#[test]
+fn distilbert_classification_step_matches_torch() {
+    let g = golden("distilbert_text_classification");
+    let model = TrainableBert::load(&model_dir("distilbert-classifier")).unwrap();
+    assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
+    check_against_torch(&model, &g, &batch(&g, false));
+}
+
+#[test]
+fn roberta_mlm_step_matches_torch() {
+    let g = golden("roberta_mlm");
+    let model = TrainableBert::load(&model_dir("roberta-mlm")).unwrap();
+    assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
+    check_against_torch(&model, &g, &batch(&g, false));
+}
+
+#[test]
+fn roberta_classification_step_matches_torch() {
+    let g = golden("roberta_text_classification");
+    let model = TrainableBert::load(&model_dir("roberta-classifier")).unwrap();
     assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
     check_against_torch(&model, &g, &batch(&g, false));
 }
