@@ -207,15 +207,11 @@ impl TrainableBert {
             std,
             position_pad,
         )?;
-        let token_type = match layout.token_types {
-            true => Some(b.embedding(
-                &format!("{base}.embeddings.token_type_embeddings.weight"),
-                c.type_vocab_size.max(1),
-                h,
-                std,
-                None,
-            )?),
-            false => None,
+        let token_types = format!("{base}.embeddings.token_type_embeddings.weight");
+        let token_type = if layout.token_types {
+            Some(b.embedding(&token_types, c.type_vocab_size.max(1), h, std, None)?)
+        } else {
+            None
         };
         let embeddings_norm = b.norm(&format!("{base}.embeddings.LayerNorm"), h)?;
         let lin = |b: &mut ParamBuilder, name: String, d_in: usize, d_out: usize| -> Result<Pair> {
