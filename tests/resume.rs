@@ -136,6 +136,29 @@ fn finetuned_classifier_resumes() {
 }
 
 #[test]
+fn finetuned_roberta_mlm_resumes_with_dropout() {
+    let base = fixtures().join("models/roberta-mlm");
+    let options = json!({"max_steps": 10, "batch_size": 8, "learning_rate": 1e-3, "dropout": 0.1});
+    check_resume(
+        "roberta-mlm",
+        Objective::Mlm,
+        || Rows::texts(&sentences()),
+        options,
+        6,
+        |rows, o, p, out| finetune(&base, Objective::Mlm, rows, o, p, out),
+    );
+}
+
+#[test]
+fn finetuned_distilbert_classifier_resumes_with_dropout() {
+    let base = fixtures().join("models/distilbert-mlm");
+    let options = json!({"max_steps": 8, "batch_size": 8, "learning_rate": 1e-3, "dropout": 0.1});
+    check_resume("distilbert-classifier", Objective::TextClassification, labelled, options, 3, |rows, o, p, out| {
+        finetune(&base, Objective::TextClassification, rows, o, p, out)
+    });
+}
+
+#[test]
 fn resume_refuses_rows_that_changed() {
     let options = TrainOptions::from_json(&json!({"max_steps": 6, "vocab_size": 300})).unwrap();
     let checkpoint = scratch("changed-checkpoint");

@@ -1,8 +1,10 @@
 //! A differentiable BERT with transformers' tensor names, so that engine::encoder loads what it saves:
 //! BertForMaskedLM (decoder tied to the word embeddings), BertForSequenceClassification and
-//! BertForTokenClassification.
+//! BertForTokenClassification, and the same three of DistilBERT and RoBERTa, which differ only in what
+//! family::Layout describes.
 
 use super::batch::{Batch, Targets};
+use super::family::Layout;
 use super::nn::{dropout, layer_norm, linear, softmax, Activation, Dropout};
 use super::options::ModelSize;
 use super::params::{read_safetensors, ParamBuilder, Params};
@@ -25,12 +27,13 @@ pub enum BertTask {
 }
 
 impl BertTask {
-    fn architecture(&self) -> &'static str {
-        match self {
-            BertTask::MaskedLm => "BertForMaskedLM",
-            BertTask::Classifier(_) => "BertForSequenceClassification",
-            BertTask::TokenClassifier(_) => "BertForTokenClassification",
-        }
+    fn architecture(&self, layout: &Layout) -> String {
+        let task = match self {
+            BertTask::MaskedLm => "MaskedLM",
+            BertTask::Classifier(_) => "SequenceClassification",
+            BertTask::TokenClassifier(_) => "TokenClassification",
+        };
+        format!("{}For{task}", layout.class)
     }
 
     fn labels(&self) -> Option<&[String]> {
@@ -57,15 +60,19 @@ struct Layer {
 enum Head {
     MaskedLm {
         dense: Pair,
+        act: Activation,
         norm: Pair,
         bias: Tensor,
     },
+    /// `pre` is BERT's pooler (tanh), DistilBERT's pre_classifier (relu) or RoBERTa's classifier.dense (tanh).
     Classifier {
-        pooler: Pair,
+        pre: Pair,
+        act: Activation,
+        dropout_first: bool,
         out: Pair,
         dropout: f64,
     },
-    /// No pooler: transformers builds this BERT with add_pooling_layer=False.
+    /// No pooler: transformers builds this encoder with add_pooling_layer=False.
     TokenClassifier {
         out: Pair,
         dropout: f64,
@@ -80,7 +87,9 @@ pub struct TrainableBert {
     pub fresh: Vec<String>,
     word: Tensor,
     position: Tensor,
-    token_type: Tensor,
+    /// Where positions start (RoBERTa's pad_token_id + 1).
+    position_offset: usize,
+    token_type: Option<Tensor>,
     embeddings_norm: Pair,
     layers: Vec<Layer>,
     head: Head,
@@ -89,6 +98,7 @@ pub struct TrainableBert {
     act: Activation,
     hidden_dropout: f64,
     attention_dropout: f64,
+    attention_out_dropout: bool,
 }
 
 /// config.json of a new BERT of the given size.
@@ -115,15 +125,16 @@ pub fn new_config(size: &ModelSize) -> Value {
     })
 }
 
-/// Bare BertModel files name tensors without the "bert." prefix; the old decoder bias name differs.
-fn normalise_names(source: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+/// Bare encoder files name tensors without the family's prefix; old files name the decoder bias
+/// after the decoder (tied to the head's bias, so either will do).
+fn normalise_names(source: HashMap<String, Tensor>, layout: &Layout) -> HashMap<String, Tensor> {
     source
         .into_iter()
         .map(|(name, t)| {
-            let name = if ["embeddings.", "encoder.", "pooler."].iter().any(|p| name.starts_with(p)) {
-                format!("bert.{name}")
-            } else if name == "cls.predictions.decoder.bias" {
-                "cls.predictions.bias".to_string()
+            let name = if layout.bare.iter().any(|p| name.starts_with(p)) {
+                format!("{}.{name}", layout.prefix)
+            } else if name == "cls.predictions.decoder.bias" || name == "lm_head.decoder.bias" {
+                name.replace(".decoder.bias", ".bias")
             } else {
                 name
             };
@@ -155,15 +166,22 @@ impl TrainableBert {
     /// and initialising the rest (seeded) as transformers does.
     pub fn build(mut config: Value, task: BertTask, source: HashMap<String, Tensor>, seed: u64) -> Result<Self> {
         let c = ModelConfig::from_value(config.clone())?;
-        if c.family != Family::Bert {
-            return Err(AiError::wrong_task(format!("a {} model is not a BERT", c.family.name())));
-        }
+        let layout = Layout::of(c.family);
         if c.heads == 0 || !c.hidden_size.is_multiple_of(c.heads) {
             return Err(AiError::corrupt("hidden size is not a multiple of the number of heads"));
         }
-        let mut source = normalise_names(source);
-        // A head trained for other labels, or for sequences rather than tokens (or the reverse), starts afresh.
-        if task.labels().is_some_and(|labels| labels != c.labels || c.architecture != task.architecture()) {
+        if c.family == Family::DistilBert && config.get("sinusoidal_pos_embds").and_then(Value::as_bool) == Some(true) {
+            return Err(AiError::wrong_task("a DistilBERT with sinusoidal position embeddings cannot be trained here")
+                .with_hint("Fine-tuning supports DistilBERT models with learnt position embeddings."));
+        }
+        let position_offset = layout.position_offset(c.pad_token_id);
+        if c.max_positions <= position_offset {
+            return Err(AiError::corrupt("config.json: max_position_embeddings leaves no position for a token"));
+        }
+        let mut source = normalise_names(source, layout);
+        // A head trained for other labels, or for sequences rather than tokens (or the reverse), starts afresh
+        // (RoBERTa's classifier.dense with it).
+        if task.labels().is_some_and(|labels| labels != c.labels || c.architecture != task.architecture(layout)) {
             source.retain(|name, _| !name.starts_with("classifier."));
         }
         let std = f64_field(&config, "initializer_range", 0.02);
@@ -172,51 +190,73 @@ impl TrainableBert {
         }
         let (h, inter) = (c.hidden_size, c.intermediate_size);
         let mut b = ParamBuilder::new(source, seed);
-        let word = b.embedding("bert.embeddings.word_embeddings.weight", c.vocab_size, h, std, Some(c.pad_token_id))?;
-        let position = b.embedding("bert.embeddings.position_embeddings.weight", c.max_positions, h, std, None)?;
-        let token_type =
-            b.embedding("bert.embeddings.token_type_embeddings.weight", c.type_vocab_size.max(1), h, std, None)?;
-        let embeddings_norm = b.norm("bert.embeddings.LayerNorm", h)?;
+        let base = layout.prefix;
+        let word = b.embedding(
+            &format!("{base}.embeddings.word_embeddings.weight"),
+            c.vocab_size,
+            h,
+            std,
+            Some(c.pad_token_id),
+        )?;
+        // RoBERTa's position embeddings have a padding row too (zero when new; never used for a real token).
+        let position_pad = (position_offset > 0).then_some(c.pad_token_id);
+        let position = b.embedding(
+            &format!("{base}.embeddings.position_embeddings.weight"),
+            c.max_positions,
+            h,
+            std,
+            position_pad,
+        )?;
+        let token_types = format!("{base}.embeddings.token_type_embeddings.weight");
+        let token_type = if layout.token_types {
+            Some(b.embedding(&token_types, c.type_vocab_size.max(1), h, std, None)?)
+        } else {
+            None
+        };
+        let embeddings_norm = b.norm(&format!("{base}.embeddings.LayerNorm"), h)?;
         let lin = |b: &mut ParamBuilder, name: String, d_in: usize, d_out: usize| -> Result<Pair> {
             Ok((b.normal(&format!("{name}.weight"), &[d_out, d_in], std)?, b.bias(&format!("{name}.bias"), d_out)?))
         };
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
-            let p = format!("bert.encoder.layer.{i}");
+            let p = format!("{base}.{}.{i}", layout.layers);
             layers.push(Layer {
-                query: lin(&mut b, format!("{p}.attention.self.query"), h, h)?,
-                key: lin(&mut b, format!("{p}.attention.self.key"), h, h)?,
-                value: lin(&mut b, format!("{p}.attention.self.value"), h, h)?,
-                attention_out: lin(&mut b, format!("{p}.attention.output.dense"), h, h)?,
-                attention_norm: b.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
-                ffn_in: lin(&mut b, format!("{p}.intermediate.dense"), h, inter)?,
-                ffn_out: lin(&mut b, format!("{p}.output.dense"), inter, h)?,
-                output_norm: b.norm(&format!("{p}.output.LayerNorm"), h)?,
+                query: lin(&mut b, format!("{p}.{}", layout.query), h, h)?,
+                key: lin(&mut b, format!("{p}.{}", layout.key), h, h)?,
+                value: lin(&mut b, format!("{p}.{}", layout.value), h, h)?,
+                attention_out: lin(&mut b, format!("{p}.{}", layout.attention_out), h, h)?,
+                attention_norm: b.norm(&format!("{p}.{}", layout.attention_norm), h)?,
+                ffn_in: lin(&mut b, format!("{p}.{}", layout.ffn_in), h, inter)?,
+                ffn_out: lin(&mut b, format!("{p}.{}", layout.ffn_out), inter, h)?,
+                output_norm: b.norm(&format!("{p}.{}", layout.output_norm), h)?,
             });
         }
-        let hidden_dropout = f64_field(&config, "hidden_dropout_prob", 0.1);
-        let classifier_dropout = config.get("classifier_dropout").and_then(Value::as_f64).unwrap_or(hidden_dropout);
+        let act = Activation::parse(&c.activation)?;
+        let dropouts = layout.dropouts(&config);
         let head = match &task {
             BertTask::MaskedLm => Head::MaskedLm {
-                dense: lin(&mut b, "cls.predictions.transform.dense".into(), h, h)?,
-                norm: b.norm("cls.predictions.transform.LayerNorm", h)?,
-                bias: b.bias("cls.predictions.bias", c.vocab_size)?,
+                dense: lin(&mut b, layout.mlm_dense.into(), h, h)?,
+                act: layout.mlm_act.unwrap_or(act),
+                norm: b.norm(layout.mlm_norm, h)?,
+                bias: b.bias(layout.mlm_bias, c.vocab_size)?,
             },
             BertTask::Classifier(labels) => Head::Classifier {
-                pooler: lin(&mut b, "bert.pooler.dense".into(), h, h)?,
-                out: lin(&mut b, "classifier".into(), h, labels.len())?,
-                dropout: classifier_dropout,
+                pre: lin(&mut b, layout.seq_dense.into(), h, h)?,
+                act: layout.seq_act,
+                dropout_first: layout.seq_dropout_first,
+                out: lin(&mut b, layout.seq_out.into(), h, labels.len())?,
+                dropout: dropouts.sequence_head,
             },
             BertTask::TokenClassifier(labels) => Head::TokenClassifier {
                 out: lin(&mut b, "classifier".into(), h, labels.len())?,
-                dropout: classifier_dropout,
+                dropout: dropouts.token_head,
             },
         };
         let obj = config.as_object_mut().ok_or_else(|| AiError::corrupt("config.json is not an object"))?;
         for key in ["id2label", "label2id", "problem_type", "num_labels"] {
             obj.remove(key);
         }
-        obj.insert("architectures".into(), json!([task.architecture()]));
+        obj.insert("architectures".into(), json!([task.architecture(layout)]));
         if let Some(labels) = task.labels() {
             let id2label: serde_json::Map<String, Value> =
                 labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
@@ -229,20 +269,22 @@ impl TrainableBert {
             obj.insert("problem_type".into(), json!("single_label_classification"));
         }
         Ok(TrainableBert {
-            attention_dropout: f64_field(&config, "attention_probs_dropout_prob", 0.1),
             config,
             fresh: std::mem::take(&mut b.fresh),
             params: b.params,
             word,
             position,
+            position_offset,
             token_type,
             embeddings_norm,
             layers,
             head,
             heads: c.heads,
             eps: c.layer_norm_eps,
-            act: Activation::parse(&c.activation)?,
-            hidden_dropout,
+            act,
+            hidden_dropout: dropouts.hidden,
+            attention_dropout: dropouts.attention,
+            attention_out_dropout: layout.attention_out_dropout,
         })
     }
 
@@ -251,11 +293,18 @@ impl TrainableBert {
         let (rows, len) = (batch.rows, batch.len);
         let h = self.word.dim(1)?;
         let ids = Tensor::from_vec(batch.ids.clone(), rows * len, &Device::Cpu)?;
-        let positions = Tensor::arange(0u32, len as u32, &Device::Cpu)?;
+        if self.position_offset + len > self.position.dim(0)? {
+            return Err(AiError::internal(format!("a batch of {len} tokens exceeds the position embeddings")));
+        }
+        // Padding is on the right, so a plain range gives every real token transformers' position.
+        let start = self.position_offset as u32;
+        let positions = Tensor::arange(start, start + len as u32, &Device::Cpu)?;
         let x = self.word.index_select(&ids, 0)?.reshape((rows, len, h))?;
-        let x = x.broadcast_add(&self.position.index_select(&positions, 0)?)?;
-        // Single-sentence inputs: every token is of type 0.
-        let x = x.broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
+        let mut x = x.broadcast_add(&self.position.index_select(&positions, 0)?)?;
+        if let Some(token_type) = &self.token_type {
+            // Single-sentence inputs: every token is of type 0.
+            x = x.broadcast_add(&token_type.narrow(0, 0, 1)?)?;
+        }
         let mut x = dropout(&mut d, &layer_norm(&x, &self.embeddings_norm, self.eps)?, self.hidden_dropout)?;
         // Additive mask: 0 where attended, a large negative number over padding. (rows, 1, 1, len)
         let mask = Tensor::from_vec(batch.attention.clone(), (rows, 1, 1, len), &Device::Cpu)?.to_dtype(DType::F32)?;
@@ -276,7 +325,8 @@ impl TrainableBert {
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
         let probs = dropout(d, &softmax(&scores)?, self.attention_dropout)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
-        let a = dropout(d, &linear(&context, &l.attention_out.0, Some(&l.attention_out.1))?, self.hidden_dropout)?;
+        let a = linear(&context, &l.attention_out.0, Some(&l.attention_out.1))?;
+        let a = if self.attention_out_dropout { dropout(d, &a, self.hidden_dropout)? } else { a };
         let x = layer_norm(&(a + x)?, &l.attention_norm, self.eps)?;
         let f = self.act.apply(&linear(&x, &l.ffn_in.0, Some(&l.ffn_in.1))?)?;
         let f = dropout(d, &linear(&f, &l.ffn_out.0, Some(&l.ffn_out.1))?, self.hidden_dropout)?;
@@ -305,15 +355,18 @@ impl Trainable for TrainableBert {
             Ok(hidden.reshape((batch.rows * batch.len, h))?.index_select(&at, 0)?)
         };
         match (&self.head, &batch.targets) {
-            (Head::MaskedLm { dense, norm, bias }, Targets::Tokens { positions, .. }) => {
+            (Head::MaskedLm { dense, act, norm, bias }, Targets::Tokens { positions, .. }) => {
                 // Only the masked positions go through the vocabulary projection.
                 let x = at_targets(positions)?;
-                let x = layer_norm(&self.act.apply(&linear(&x, &dense.0, Some(&dense.1))?)?, norm, self.eps)?;
+                let x = layer_norm(&act.apply(&linear(&x, &dense.0, Some(&dense.1))?)?, norm, self.eps)?;
                 linear(&x, &self.word, Some(bias))
             }
-            (Head::Classifier { pooler, out, dropout: p }, Targets::Labels(_)) => {
-                let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-                let pooled = linear(&first, &pooler.0, Some(&pooler.1))?.tanh()?;
+            (Head::Classifier { pre, act, dropout_first, out, dropout: p }, Targets::Labels(_)) => {
+                let mut first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+                if *dropout_first {
+                    first = dropout(&mut d, &first, *p)?;
+                }
+                let pooled = act.apply(&linear(&first, &pre.0, Some(&pre.1))?)?;
                 linear(&dropout(&mut d, &pooled, *p)?, &out.0, Some(&out.1))
             }
             // Tokens without a target (transformers' -100) are left out rather than ignored by the loss.

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod bert;
 pub mod checkpoint;
 pub mod data;
+pub mod family;
 pub mod gpt2;
 pub mod mask;
 pub mod metrics;
@@ -248,11 +249,14 @@ fn continue_from(
     let files = crate::engine::files::ModelFiles::in_dir(base_dir.to_path_buf())?;
     let mut config: Value = files.read_json("config.json")?.unwrap_or(Value::Null);
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
+    let encoder = ["bert", "distilbert", "roberta"].contains(&model_type.as_str());
     let style = match (model_type.as_str(), objective) {
-        ("bert", Objective::Mlm | Objective::TextClassification | Objective::TokenClassification) => Style::Encoder,
+        (_, Objective::Mlm | Objective::TextClassification | Objective::TokenClassification) if encoder => {
+            Style::Encoder
+        }
         ("gpt2", Objective::Clm) => Style::Decoder,
-        ("bert" | "gpt2", _) => {
-            let can = if model_type == "bert" { "mlm, text-classification or token-classification" } else { "clm" };
+        (_, _) if encoder || model_type == "gpt2" => {
+            let can = if encoder { "mlm, text-classification or token-classification" } else { "clm" };
             return Err(AiError::wrong_task(format!(
                 "a {model_type} model cannot be trained for {}",
                 objective.name()
@@ -261,7 +265,8 @@ fn continue_from(
         }
         (other, _) => {
             return Err(AiError::wrong_task(format!("fine-tuning a \"{other}\" model is not supported")).with_hint(
-                "Fine-tuning supports bert (mlm, text-classification, token-classification) and gpt2 (clm) models.",
+                "Fine-tuning supports bert, distilbert and roberta (mlm, text-classification, token-classification) \
+                 and gpt2 (clm) models.",
             ))
         }
     };
@@ -273,14 +278,22 @@ fn continue_from(
     if objective == Objective::Mlm && tokenizer.mask_id.is_none() {
         return Err(AiError::wrong_task("the base model's tokenizer has no mask token"));
     }
-    let positions_key = if style == Style::Decoder { "n_positions" } else { "max_position_embeddings" };
-    let positions = config.get(positions_key).and_then(Value::as_u64).unwrap_or(512) as usize;
+    // An encoder's own count leaves out RoBERTa's reserved positions.
+    let encoder_config = if style == Style::Encoder {
+        Some(crate::engine::config::ModelConfig::from_value(config.clone())?)
+    } else {
+        None
+    };
+    let positions = match &encoder_config {
+        Some(c) => c.max_tokens(),
+        None => config.get("n_positions").and_then(Value::as_u64).unwrap_or(512) as usize,
+    };
     let max_length = options.max_length.min(positions);
     let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options)?;
     if let (Some(p), Some(obj)) = (options.dropout, config.as_object_mut()) {
-        let keys: &[&str] = match style {
-            Style::Encoder => &["hidden_dropout_prob", "attention_probs_dropout_prob"],
-            Style::Decoder => &["resid_pdrop", "embd_pdrop", "attn_pdrop"],
+        let keys: &[&str] = match &encoder_config {
+            Some(c) => family::Layout::of(c.family).dropout_keys(),
+            None => &["resid_pdrop", "embd_pdrop", "attn_pdrop"],
         };
         for key in keys {
             obj.insert(key.to_string(), serde_json::json!(p));

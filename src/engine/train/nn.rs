@@ -40,6 +40,8 @@ pub enum Activation {
     Gelu,
     GeluTanh,
     Relu,
+    /// Only in heads (BERT's pooler, RoBERTa's classifier), never read from hidden_act.
+    Tanh,
 }
 
 impl Activation {
@@ -58,6 +60,7 @@ impl Activation {
             Activation::Gelu => x.gelu_erf()?,
             Activation::GeluTanh => x.gelu()?,
             Activation::Relu => x.relu()?,
+            Activation::Tanh => x.tanh()?,
         })
     }
 }

@@ -14,7 +14,9 @@ use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{AddedToken, ModelWrapper, NormalizedString, Normalizer, Tokenizer, TruncationParams};
+use tokenizers::{
+    AddedToken, ModelWrapper, NormalizedString, Normalizer, PreTokenizerWrapper, Tokenizer, TruncationParams,
+};
 
 pub const BERT_SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 pub const END_OF_TEXT: &str = "<|endoftext|>";
@@ -196,6 +198,18 @@ impl TrainTokenizer {
             return Err(AiError::wrong_task("token classification needs an encoder's tokenizer"));
         }
         self.inner.with_truncation(Some(TruncationParams { max_length, ..Default::default() })).map_err(tok_err)?;
+        // A byte-level BPE without add_prefix_space (RoBERTa's) encodes "paris" alone unlike "paris" after a
+        // space ("Ġparis"). transformers refuses pre-split words there unless add_prefix_space is set, which
+        // then spaces every word, the first too; here every word but the first gets a space, which gives the
+        // tokens of the running text, as the saved tokenizer encodes it at inference.
+        let spaced: Vec<String>;
+        let words: Vec<&str> = if self.inner.get_pre_tokenizer().is_some_and(byte_level_without_prefix) {
+            spaced =
+                words.iter().enumerate().map(|(i, w)| if i == 0 { w.to_string() } else { format!(" {w}") }).collect();
+            spaced.iter().map(String::as_str).collect()
+        } else {
+            words.to_vec()
+        };
         let e = self.inner.encode(words, true).map_err(|e| AiError::invalid(format!("cannot tokenize: {e}")))?;
         Ok((e.get_ids().to_vec(), e.get_word_ids().to_vec()))
     }
@@ -226,6 +240,15 @@ impl TrainTokenizer {
         };
         write_json(&dir.join("tokenizer_config.json"), &config)?;
         write_json(&dir.join("special_tokens_map.json"), &map)
+    }
+}
+
+/// Whether the pre-tokenizer is (or holds) a byte-level one that adds no space before the text.
+fn byte_level_without_prefix(p: &PreTokenizerWrapper) -> bool {
+    match p {
+        PreTokenizerWrapper::ByteLevel(b) => !b.add_prefix_space,
+        PreTokenizerWrapper::Sequence(s) => s.as_ref().iter().any(byte_level_without_prefix),
+        _ => false,
     }
 }
 
