@@ -53,6 +53,15 @@ SET client_min_messages = warning;
 SELECT ai_classify_label('we cooked pasta for dinner .', 'topic') AS new_session;
 SELECT count(DISTINCT path) AS stored_files FROM ai.model_files WHERE model = 'tiny-mlm';
 
+-- DistilBERT (and RoBERTa) bases fine-tune the same way, with their own heads.
+SELECT ai_load_model('distilbert-base', :'fixtures' || '/models/distilbert-mlm');
+SELECT ai_finetune('topic-distilbert', 'distilbert-base', 'labelled', 'text-classification',
+                   '{"text_column": "body", "label_column": "topic", "epochs": 10, "learning_rate": 2e-3,
+                     "batch_size": 8, "test_size": 0.2}');
+SELECT architecture, (training->'metrics'->>'accuracy')::float >= 0.9 AS accurate
+FROM ai.models WHERE name = 'topic-distilbert';
+SELECT ai_classify_label(ARRAY['judy is eating rice .', 'judy won the hockey game .'], 'topic-distilbert');
+
 -- A tagger fine-tuned from the same base: one tag per whitespace-separated word, in a text[] column.
 CREATE TABLE people_and_places (sentence text, tags text[]);
 INSERT INTO people_and_places
