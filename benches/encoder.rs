@@ -82,9 +82,9 @@ fn bench(task: &str, dir: PathBuf, with_mask: bool, run: impl Fn(&Model, &[&str]
 
 fn main() {
     let threads = std::env::var("PG_AI_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-    pg_ai::engine::threads::configure(threads);
     // As a backend does with the default pg_ai.keep_freed_memory.
     pg_ai::engine::allocator::keep_freed_memory(pg_ai::engine::allocator::DEFAULT_KEEP_FREED);
+    pg_ai::engine::threads::configure(threads);
     let minilm = root().join(".models/all-MiniLM-L6-v2");
     if minilm.join("model.safetensors").is_file() {
         bench("ai_embed, all-MiniLM-L6-v2 (22.7M parameters)", minilm, false, |m, t| {

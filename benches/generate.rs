@@ -77,9 +77,9 @@ fn bench_translate(name: &str, dir: &str, num_beams: usize) {
 
 fn main() {
     let threads = std::env::var("PG_AI_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-    pg_ai::engine::threads::configure(threads);
     // As a backend does with the default pg_ai.keep_freed_memory.
     pg_ai::engine::allocator::keep_freed_memory(pg_ai::engine::allocator::DEFAULT_KEEP_FREED);
+    pg_ai::engine::threads::configure(threads);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let smollm2 = root.join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if smollm2.is_file() {

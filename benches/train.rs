@@ -52,9 +52,9 @@ pub fn fortunes() -> Option<Vec<String>> {
 
 fn main() {
     let threads = std::env::var("PG_AI_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-    pg_ai::engine::threads::configure(threads);
     // As a backend does with the default pg_ai.keep_freed_memory.
     pg_ai::engine::allocator::keep_freed_memory(pg_ai::engine::allocator::DEFAULT_KEEP_FREED);
+    pg_ai::engine::threads::configure(threads);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let (texts, source) = match fortunes() {
         Some(t) => (t, "fortunes"),

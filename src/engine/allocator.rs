@@ -15,7 +15,8 @@ const MAX_HEAP_BLOCK: usize = 64 << 20;
 static APPLIED: AtomicUsize = AtomicUsize::new(0);
 
 /// Keeps up to `bytes` of freed memory in this process for reuse; 0 leaves glibc's own behaviour (applied
-/// before, it stays). Cheap to call again with the same value.
+/// before, it stays). Cheap to call again with the same value. Call it before the compute threads start
+/// (engine::threads::configure): set afterwards it helps less, for reasons glibc does not document.
 pub fn keep_freed_memory(bytes: usize) {
     if bytes == 0 || APPLIED.swap(bytes, Ordering::Relaxed) == bytes {
         return;
