@@ -1,5 +1,5 @@
 //! The training loop: shuffled batches each epoch, AdamW with clipping and a linear schedule,
-//! progress reports, and the held-out evaluation at the start and the end.
+//! progress reports, the held-out evaluation at the start and the end, and checkpoints to resume from.
 
 use super::batch::{Batch, Targets};
 use super::checkpoint::{DataShape, TrainerState};
