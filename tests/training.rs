@@ -561,30 +561,45 @@ fn pretrained_token_classifier_finds_people_and_places() {
     std::fs::remove_dir_all(out).unwrap();
 }
 
-#[test]
-fn token_classifier_finetuned_from_a_masked_lm() {
-    // Words the fixture models' vocabulary holds whole.
+/// Fine-tunes the fixture `base` as a tagger of people and places in lower case (words the fixture models'
+/// vocabularies hold whole); checks the architecture and the held-out scores, and returns the output directory.
+fn finetune_tagger(base: &str, architecture: &str) -> std::path::PathBuf {
     let people = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"];
     let surnames = ["smith", "jones", "brown", "taylor"];
     let cities = ["paris", "london", "berlin", "madrid", "rome", "vienna", "new york", "los angeles"];
     let frames =
         ["{p} lives in {c} .", "{p} flew to {c} yesterday .", "in {c} , {p} met {q} .", "{p} and {q} visited {c} ."];
     let data = people_and_places(&people, &surnames, &cities, &frames, 160);
-    let out = scratch("ft-ner");
+    let out = scratch(&format!("ft-ner-{base}"));
     let o = options(json!({"epochs": 15, "learning_rate": 2e-3, "test_size": 0.2, "batch_size": 8}));
-    let base = model_dir("bert-mlm");
-    let outcome =
-        finetune(&base, Objective::TokenClassification, &mut Rows::tagged(&data), &o, &mut Recorder::default(), &out)
-            .unwrap();
+    let outcome = finetune(
+        &model_dir(base),
+        Objective::TokenClassification,
+        &mut Rows::tagged(&data),
+        &o,
+        &mut Recorder::default(),
+        &out,
+    )
+    .unwrap();
     eprintln!("{}", outcome.metrics);
-    assert_eq!(outcome.architecture, "BertForTokenClassification");
+    assert_eq!(outcome.architecture, architecture);
     for key in ["accuracy", "entity_f1"] {
         assert!(metric(&outcome, key) >= 0.95, "held-out {key} {}", metric(&outcome, key));
     }
-    let m = encoder(&out);
-    let found = ner(&m, &["judy lives in rome ."], &mut || ()).unwrap().remove(0);
-    let spans: Vec<(&str, &str)> = found.iter().map(|e| (e.text.as_str(), e.label.as_str())).collect();
-    assert_eq!(spans, vec![("judy", "PER"), ("rome", "LOC")], "{found:?}");
+    out
+}
+
+/// The entities `dir`'s tagger finds in `sentence`, as (text, label).
+fn entities(dir: &std::path::Path, sentence: &str) -> Vec<(String, String)> {
+    let found = ner(&encoder(dir), &[sentence], &mut || ()).unwrap().remove(0);
+    found.iter().map(|e| (sentence[e.start..e.end].to_string(), e.label.clone())).collect()
+}
+
+#[test]
+fn token_classifier_finetuned_from_a_masked_lm() {
+    let out = finetune_tagger("bert-mlm", "BertForTokenClassification");
+    let expected = [("judy", "PER"), ("rome", "LOC")].map(|(t, l)| (t.to_string(), l.to_string()));
+    assert_eq!(entities(&out, "judy lives in rome ."), expected);
     std::fs::remove_dir_all(out).unwrap();
 }
 
@@ -592,30 +607,11 @@ fn token_classifier_finetuned_from_a_masked_lm() {
 fn token_classifier_finetuned_from_a_roberta_masked_lm() {
     // Pre-split words through RoBERTa's byte-level BPE: the tagger must see the tokens that the running
     // text gives at inference ("Ġrome", not "rome").
-    let people = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"];
-    let surnames = ["smith", "jones", "brown", "taylor"];
-    let cities = ["paris", "london", "berlin", "madrid", "rome", "vienna", "new york", "los angeles"];
-    let frames =
-        ["{p} lives in {c} .", "{p} flew to {c} yesterday .", "in {c} , {p} met {q} .", "{p} and {q} visited {c} ."];
-    let data = people_and_places(&people, &surnames, &cities, &frames, 160);
-    let out = scratch("ft-roberta-ner");
-    let o = options(json!({"epochs": 15, "learning_rate": 2e-3, "test_size": 0.2, "batch_size": 8}));
-    let base = model_dir("roberta-mlm");
-    let outcome =
-        finetune(&base, Objective::TokenClassification, &mut Rows::tagged(&data), &o, &mut Recorder::default(), &out)
-            .unwrap();
-    eprintln!("{}", outcome.metrics);
-    assert_eq!(outcome.architecture, "RobertaForTokenClassification");
-    for key in ["accuracy", "entity_f1"] {
-        assert!(metric(&outcome, key) >= 0.95, "held-out {key} {}", metric(&outcome, key));
-    }
-    let m = encoder(&out);
+    let out = finetune_tagger("roberta-mlm", "RobertaForTokenClassification");
     // Only a word's first piece is trained (as for BERT), and inference groups pieces as transformers'
     // "simple" aggregation does, so the check takes words that this tiny BPE keeps whole ("Ġberlin").
-    let sentence = "judy lives in berlin .";
-    let found = ner(&m, &[sentence], &mut || ()).unwrap().remove(0);
-    let spans: Vec<(&str, &str)> = found.iter().map(|e| (&sentence[e.start..e.end], e.label.as_str())).collect();
-    assert_eq!(spans, vec![("judy", "PER"), ("berlin", "LOC")], "{found:?}");
+    let expected = [("judy", "PER"), ("berlin", "LOC")].map(|(t, l)| (t.to_string(), l.to_string()));
+    assert_eq!(entities(&out, "judy lives in berlin ."), expected);
     std::fs::remove_dir_all(out).unwrap();
 }
 

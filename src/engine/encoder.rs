@@ -45,18 +45,28 @@ impl Activation {
 }
 
 /// Tensor names of one family, relative to its base prefix ("bert.", "distilbert.", "roberta.").
-struct Names {
-    type_embeddings: Option<&'static str>,
-    embeddings_norm: &'static str,
-    layer: &'static str,
-    query: &'static str,
-    key: &'static str,
-    value: &'static str,
-    attention_out: &'static str,
-    attention_norm: &'static str,
-    ffn_in: &'static str,
-    ffn_out: &'static str,
-    output_norm: &'static str,
+pub struct Names {
+    pub type_embeddings: Option<&'static str>,
+    pub embeddings_norm: &'static str,
+    pub layer: &'static str,
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attention_out: &'static str,
+    pub attention_norm: &'static str,
+    pub ffn_in: &'static str,
+    pub ffn_out: &'static str,
+    pub output_norm: &'static str,
+}
+
+impl Names {
+    /// The names of `family` (training uses them too, so that what it saves loads here).
+    pub const fn of(family: Family) -> &'static Names {
+        match family {
+            Family::DistilBert => &DISTILBERT_NAMES,
+            Family::Bert | Family::Roberta => &BERT_NAMES,
+        }
+    }
 }
 
 const BERT_NAMES: Names = Names {
@@ -162,10 +172,7 @@ impl Encoder {
     }
 
     pub fn load(vb: &VarBuilder, config: &ModelConfig) -> Result<Self> {
-        let names = match config.family {
-            Family::DistilBert => &DISTILBERT_NAMES,
-            Family::Bert | Family::Roberta => &BERT_NAMES,
-        };
+        let names = Names::of(config.family);
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
         if config.heads == 0 || !h.is_multiple_of(config.heads) {
             return Err(AiError::corrupt("hidden size is not a multiple of the number of heads"));

@@ -219,16 +219,16 @@ impl TrainableBert {
         };
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
-            let p = format!("{base}.{}.{i}", layout.layers);
+            let p = format!("{base}.{}.{i}", layout.names.layer);
             layers.push(Layer {
-                query: lin(&mut b, format!("{p}.{}", layout.query), h, h)?,
-                key: lin(&mut b, format!("{p}.{}", layout.key), h, h)?,
-                value: lin(&mut b, format!("{p}.{}", layout.value), h, h)?,
-                attention_out: lin(&mut b, format!("{p}.{}", layout.attention_out), h, h)?,
-                attention_norm: b.norm(&format!("{p}.{}", layout.attention_norm), h)?,
-                ffn_in: lin(&mut b, format!("{p}.{}", layout.ffn_in), h, inter)?,
-                ffn_out: lin(&mut b, format!("{p}.{}", layout.ffn_out), inter, h)?,
-                output_norm: b.norm(&format!("{p}.{}", layout.output_norm), h)?,
+                query: lin(&mut b, format!("{p}.{}", layout.names.query), h, h)?,
+                key: lin(&mut b, format!("{p}.{}", layout.names.key), h, h)?,
+                value: lin(&mut b, format!("{p}.{}", layout.names.value), h, h)?,
+                attention_out: lin(&mut b, format!("{p}.{}", layout.names.attention_out), h, h)?,
+                attention_norm: b.norm(&format!("{p}.{}", layout.names.attention_norm), h)?,
+                ffn_in: lin(&mut b, format!("{p}.{}", layout.names.ffn_in), h, inter)?,
+                ffn_out: lin(&mut b, format!("{p}.{}", layout.names.ffn_out), inter, h)?,
+                output_norm: b.norm(&format!("{p}.{}", layout.names.output_norm), h)?,
             });
         }
         let act = Activation::parse(&c.activation)?;

@@ -4,6 +4,7 @@
 
 use super::nn::Activation;
 use crate::engine::config::Family;
+use crate::engine::encoder::Names;
 use serde_json::Value;
 
 pub struct Layout {
@@ -14,15 +15,8 @@ pub struct Layout {
     pub class: &'static str,
     /// Top-level names in a bare encoder's file, which lacks the prefix.
     pub bare: &'static [&'static str],
-    pub layers: &'static str,
-    pub query: &'static str,
-    pub key: &'static str,
-    pub value: &'static str,
-    pub attention_out: &'static str,
-    pub attention_norm: &'static str,
-    pub ffn_in: &'static str,
-    pub ffn_out: &'static str,
-    pub output_norm: &'static str,
+    /// The encoder layers' tensor names, shared with inference.
+    pub names: &'static Names,
     pub token_types: bool,
     /// DistilBERT adds the attention output to the residual without dropout.
     pub attention_out_dropout: bool,
@@ -45,15 +39,7 @@ const BERT: Layout = Layout {
     prefix: "bert",
     class: "Bert",
     bare: &["embeddings.", "encoder.", "pooler."],
-    layers: "encoder.layer",
-    query: "attention.self.query",
-    key: "attention.self.key",
-    value: "attention.self.value",
-    attention_out: "attention.output.dense",
-    attention_norm: "attention.output.LayerNorm",
-    ffn_in: "intermediate.dense",
-    ffn_out: "output.dense",
-    output_norm: "output.LayerNorm",
+    names: Names::of(Family::Bert),
     token_types: true,
     attention_out_dropout: true,
     mlm_dense: "cls.predictions.transform.dense",
@@ -71,15 +57,7 @@ const DISTILBERT: Layout = Layout {
     prefix: "distilbert",
     class: "DistilBert",
     bare: &["embeddings.", "transformer."],
-    layers: "transformer.layer",
-    query: "attention.q_lin",
-    key: "attention.k_lin",
-    value: "attention.v_lin",
-    attention_out: "attention.out_lin",
-    attention_norm: "sa_layer_norm",
-    ffn_in: "ffn.lin1",
-    ffn_out: "ffn.lin2",
-    output_norm: "output_layer_norm",
+    names: Names::of(Family::DistilBert),
     token_types: false,
     attention_out_dropout: false,
     mlm_dense: "vocab_transform",
