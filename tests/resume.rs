@@ -195,3 +195,23 @@ fn finetuned_tagger_resumes() {
         finetune(&base, Objective::TokenClassification, rows, o, p, out)
     });
 }
+
+#[test]
+fn pretrained_seq2seq_resumes_with_dropout() {
+    // Each sentence as the source, its words reversed as the target.
+    let pairs = || {
+        let rows = sentences()
+            .into_iter()
+            .map(|s| {
+                let target = s.split_whitespace().rev().collect::<Vec<_>>().join(" ");
+                pg_ai::engine::train::Example { text: s, target: Some(target), ..Default::default() }
+            })
+            .collect();
+        Rows::new(rows)
+    };
+    let options = json!({"max_steps": 16, "batch_size": 16, "dropout": 0.1, "vocab_size": 300,
+                         "source_prefix": "reverse: "});
+    check_resume("seq2seq", Objective::Seq2Seq, pairs, options, 7, |rows, o, p, out| {
+        pretrain(Objective::Seq2Seq, rows, o, p, out)
+    });
+}

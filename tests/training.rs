@@ -4,7 +4,7 @@
 mod training_support;
 
 use pg_ai::engine::train::{
-    AdamW, AdamWConfig, Batch, BertTask, Gradients, Targets, Trainable, TrainableBert, TrainableGpt2,
+    AdamW, AdamWConfig, Batch, BertTask, Gradients, Targets, Trainable, TrainableBert, TrainableGpt2, TrainableT5,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -197,6 +197,53 @@ fn roberta_classification_step_matches_torch() {
 }
 
 #[test]
+fn seq2seq_step_matches_torch() {
+    let g = golden("seq2seq");
+    let model = TrainableT5::load(&model_dir("t5")).unwrap();
+    assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
+    let b = &g["batch"];
+    let batch = Batch::seq2seq_from_hf(
+        &matrix(&b["input_ids"]),
+        &matrix(&b["attention_mask"]),
+        &matrix(&b["decoder_input_ids"]),
+        &matrix::<i64>(&b["labels"]),
+    );
+    // The batch pg_ai builds from the same rows is the same batch.
+    let targets: Vec<Vec<u32>> = matrix::<i64>(&b["labels"])
+        .iter()
+        .map(|r| r.iter().filter(|l| **l >= 0).map(|l| *l as u32).collect())
+        .collect();
+    let sources: Vec<Vec<u32>> = matrix::<u32>(&b["input_ids"])
+        .iter()
+        .zip(matrix::<u32>(&b["attention_mask"]))
+        .map(|(ids, mask)| ids.iter().zip(mask).filter(|(_, m)| *m == 1).map(|(i, _)| *i).collect())
+        .collect();
+    let ours = Batch::seq2seq(
+        &sources.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        &targets.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        0,
+        model.decoder_start().unwrap(),
+    );
+    assert_eq!((&ours.ids, &ours.attention), (&batch.ids, &batch.attention));
+    // Past a target's end the decoder's inputs differ (transformers shifts </s> in there) and matter to no target.
+    let flat_labels: Vec<i64> = matrix::<i64>(&b["labels"]).concat();
+    let decoded = |batch: &Batch| -> Vec<u32> {
+        batch
+            .decoder
+            .as_ref()
+            .unwrap()
+            .ids
+            .iter()
+            .zip(&flat_labels)
+            .filter(|(_, l)| **l >= 0)
+            .map(|(i, _)| *i)
+            .collect()
+    };
+    assert_eq!(decoded(&ours), decoded(&batch));
+    check_against_torch(&model, &g, &batch);
+}
+
+#[test]
 fn a_sequence_head_is_not_reused_for_tokens() {
     // Same labels, but a sequence classifier's head (and pooler) mean nothing to a token classifier.
     let dir = model_dir("bert-classifier");
@@ -217,8 +264,10 @@ use pg_ai::engine::files::ModelFiles;
 use pg_ai::engine::generate::{generate_with, GenerateOptions};
 use pg_ai::engine::model::{AnyModel, Model, Task};
 use pg_ai::engine::tasks::{classify::classify, fill_mask::fill_mask, ner::ner};
-use pg_ai::engine::train::{finetune, pretrain, Objective, TrainOptions, TrainOutcome};
+use pg_ai::engine::train::{finetune, pretrain, Example, Objective, TrainOptions, TrainOutcome};
+use pg_ai::engine::translator::{TranslateOptions, Translator};
 use serde_json::json;
+use std::collections::HashMap;
 use training_support::{scratch, sentences, Recorder, Rows};
 
 fn options(v: Value) -> TrainOptions {
@@ -476,6 +525,107 @@ fn same_seed_gives_the_same_bytes() {
     assert_ne!(a[0], c[0], "another seed gave the same weights");
 }
 
+/// A toy language pair, English to German word by word (as make_fixtures.py's), over every sentence of one frame.
+fn english_german() -> Vec<(String, String)> {
+    const WORDS: &str = "the die cat katze dog hund bird vogel horse pferd fish fisch cow kuh mouse maus sat sass \
+                         ran lief slept schlief ate ass in im park park garden garten house haus river fluss \
+                         field feld forest wald barn stall . .";
+    let list: Vec<&str> = WORDS.split_whitespace().collect();
+    let words: HashMap<&str, &str> = list.chunks(2).map(|p| (p[0], p[1])).collect();
+    let mut pairs = Vec::new();
+    for animal in ["cat", "dog", "bird", "horse", "fish", "cow", "mouse"] {
+        for verb in ["sat", "ran", "slept", "ate"] {
+            for place in ["park", "garden", "house", "river", "field", "forest", "barn"] {
+                let english = format!("the {animal} {verb} in the {place} .");
+                let german: Vec<&str> = english.split(' ').map(|w| words[w]).collect();
+                pairs.push((english, german.join(" ")));
+            }
+        }
+    }
+    pairs
+}
+
+fn pairs_rows(pairs: &[(String, String)]) -> Rows {
+    Rows::new(
+        pairs.iter().map(|(s, t)| Example { text: s.clone(), target: Some(t.clone()), ..Default::default() }).collect(),
+    )
+}
+
+fn translator(dir: &std::path::Path) -> Translator {
+    match load_any(dir) {
+        AnyModel::Seq2Seq(t) => t,
+        _ => panic!("{} is not a translation model", dir.display()),
+    }
+}
+
+fn translate(t: &Translator, texts: &[&str]) -> Vec<String> {
+    let prefix = t.translation_prefix(None, None).unwrap();
+    let inputs: Vec<String> = texts.iter().map(|s| format!("{prefix}{s}")).collect();
+    t.generate(&inputs, TranslateOptions { max_tokens: 64, num_beams: 1 }, &mut || ()).unwrap()
+}
+
+#[test]
+fn pretrained_seq2seq_learns_to_translate() {
+    let all = english_german();
+    // Sentences it never sees: it must translate word by word, not recall.
+    let unseen = ["the horse slept in the river .", "the cat ran in the field .", "the fish sat in the house ."];
+    let mut pairs: Vec<(String, String)> = all.iter().filter(|(s, _)| !unseen.contains(&s.as_str())).cloned().collect();
+    pairs.push(("the cat sat in the park .".into(), " ".into())); // a blank target is skipped and counted
+    let out = scratch("seq2seq");
+    let o = options(json!({"max_steps": 450, "learning_rate": 3e-3, "warmup_ratio": 0.05, "vocab_size": 150,
+                           "batch_size": 16, "dropout": 0.0, "source_prefix": "translate English to German: "}));
+    let outcome = pretrain(Objective::Seq2Seq, &mut pairs_rows(&pairs), &o, &mut Recorder::default(), &out).unwrap();
+    eprintln!("{}", outcome.metrics);
+    assert_eq!((outcome.architecture.as_str(), outcome.task.as_str()), ("T5ForConditionalGeneration", "translation"));
+    assert_eq!((outcome.examples, outcome.skipped), (pairs.len() - 1, 1));
+    let (initial, eval) = (metric(&outcome, "initial_eval_loss"), metric(&outcome, "eval_loss"));
+    assert!(eval < 0.1 * initial, "eval loss {eval} from {initial}");
+
+    let t = translator(&out);
+    assert_eq!(t.translation_prefix(None, None).unwrap(), "translate English to German: ");
+    let want: Vec<&str> = unseen.iter().map(|u| all.iter().find(|(s, _)| s == u).unwrap().1.as_str()).collect();
+    assert_eq!(translate(&t, &unseen), want);
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn unigram_vocabulary_is_the_same_every_time() {
+    let texts: Vec<String> = english_german().into_iter().flat_map(|(s, t)| [s, t]).collect();
+    let vocab = || {
+        let t = pg_ai::engine::train::tokenizer::TrainTokenizer::train_unigram(&texts, 60).unwrap();
+        let dir = scratch("unigram");
+        std::fs::create_dir_all(&dir).unwrap();
+        t.write(&dir, 32).unwrap();
+        let json = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        json
+    };
+    let first = vocab();
+    for _ in 0..4 {
+        assert!(vocab() == first, "two trainings on the same texts gave different vocabularies");
+    }
+}
+
+#[test]
+fn t5_finetuned_for_a_new_pair() {
+    // English to German with the words in reverse order: the base model's pair, changed.
+    let pairs: Vec<(String, String)> =
+        english_german().into_iter().map(|(s, t)| (s, t.split(' ').rev().collect::<Vec<_>>().join(" "))).collect();
+    let out = scratch("ft-t5");
+    let o = options(json!({"max_steps": 100, "learning_rate": 3e-3}));
+    let outcome =
+        finetune(&model_dir("t5"), Objective::Seq2Seq, &mut pairs_rows(&pairs), &o, &mut Recorder::default(), &out)
+            .unwrap();
+    eprintln!("{}", outcome.metrics);
+    assert!(metric(&outcome, "eval_loss") < 0.5 * metric(&outcome, "initial_eval_loss"));
+    let t = translator(&out);
+    // Trained without a prefix, so ai_translate without languages adds none; the base's own pair is still known.
+    assert_eq!(t.translation_prefix(None, None).unwrap(), "");
+    assert_eq!(t.translation_prefix(Some("en"), Some("de")).unwrap(), "translate English to German: ");
+    assert_eq!(translate(&t, &["the dog sat in the garden ."]), vec![". garten die im sass hund die"]);
+    std::fs::remove_dir_all(out).unwrap();
+}
+
 type Tagged = (String, Option<Vec<Option<String>>>);
 
 /// Tags each word of `frame`: a placeholder's words become B-/I- of its kind, the rest O.
@@ -681,8 +831,17 @@ fn bad_input_is_refused_with_the_right_error() {
     let clm_on_distilbert = finetune(&model_dir("distilbert-mlm"), Objective::Clm, &mut some, &o, &mut quiet, &out);
     assert_eq!(error_kind(clm_on_distilbert), ErrorKind::WrongTask);
     let e = finetune(&model_dir("t5"), Objective::Mlm, &mut some, &o, &mut quiet, &out).unwrap_err();
-    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::WrongTask, "fine-tuning a \"t5\" model is not supported"));
-    assert!(e.hint.unwrap().contains("distilbert and roberta"));
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::WrongTask, "a t5 model cannot be trained for mlm"));
+    assert_eq!(e.hint.as_deref(), Some("A t5 base can be fine-tuned for seq2seq."));
+    let e = finetune(&model_dir("marian"), Objective::Seq2Seq, &mut some, &o, &mut quiet, &out).unwrap_err();
+    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::WrongTask, "fine-tuning a \"marian\" model is not supported"));
+    assert!(e.hint.unwrap().contains("t5 (seq2seq)"));
+    let prefixed = options(json!({"source_prefix": "summarize: "}));
+    let e = finetune(&model_dir("gpt2"), Objective::Clm, &mut some, &prefixed, &mut quiet, &out).unwrap_err();
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (ErrorKind::InvalidParameter, "option source_prefix applies to seq2seq only")
+    );
     let sized = options(json!({"hidden_size": 32}));
     let resized = finetune(&model_dir("bert-mlm"), Objective::Mlm, &mut some, &sized, &mut quiet, &out);
     assert_eq!(error_kind(resized), ErrorKind::InvalidParameter);
@@ -697,9 +856,10 @@ fn bad_input_is_refused_with_the_right_error() {
         assert_eq!(e.kind, ErrorKind::InvalidParameter, "{bad}");
         assert!(e.hint.is_some() || e.message.contains("must be"), "{bad}: {}", e.message);
     }
-    let e = Objective::parse("seq2seq").unwrap_err();
+    let e = Objective::parse("speech").unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidParameter);
-    assert!(e.hint.unwrap().contains("mlm, clm, text-classification"));
+    assert!(e.hint.unwrap().contains("mlm (masked LM, BERT), clm (causal LM, GPT-2), seq2seq"));
+    assert_eq!(Objective::parse("translation").unwrap(), Objective::Seq2Seq);
     assert_eq!(Objective::parse("text-classification").unwrap(), Objective::TextClassification);
     assert_eq!(Objective::parse("token-classification").unwrap(), Objective::TokenClassification);
     assert_eq!(Objective::TokenClassification.task(), "token-classification");

@@ -50,18 +50,18 @@ fn source_query(client: &SpiClient, source: &str) -> String {
 
 /// Checks that the source has the columns training reads, and returns the query that reads them: the text as
 /// text, then a label as text or tags as text[].
-fn training_query(client: &SpiClient, query: &str, columns: &[&str], extra: Extra) -> String {
+fn training_query(client: &SpiClient, query: &str, columns: &[Column], extra: Extra) -> String {
     let probe = client
         .select(&format!("SELECT * FROM ({query}) AS source LIMIT 0"), None, &[])
         .unwrap_or_else(|e| error!("cannot read the training source: {e}"));
     let have: Vec<String> = (1..=probe.columns().unwrap_or(0)).filter_map(|i| probe.column_name(i).ok()).collect();
-    for column in columns {
-        if !have.iter().any(|h| h == column) {
+    for Column { option, name } in columns {
+        if !have.iter().any(|h| h == name) {
             sql_error(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!("the training source has no column \"{column}\""),
+                format!("the training source has no column \"{name}\""),
                 &format!(
-                    "Its columns: {}. Name yours in the options, e.g. '{{\"text_column\": \"body\"}}'.",
+                    "Its columns: {}. Name yours in the options, e.g. '{{\"{option}\": \"body\"}}'.",
                     have.join(", ")
                 ),
             );
@@ -72,7 +72,7 @@ fn training_query(client: &SpiClient, query: &str, columns: &[&str], extra: Extr
         .enumerate()
         .map(|(i, c)| {
             let tags = i == 1 && matches!(extra, Extra::Tags);
-            format!("{}::{}", quote_ident(c), if tags { "text[]" } else { "text" })
+            format!("{}::{}", quote_ident(&c.name), if tags { "text[]" } else { "text" })
         })
         .collect();
     format!("SELECT {} FROM ({query}) AS source", select.join(", "))
@@ -100,6 +100,8 @@ pub(super) enum Extra {
     Label,
     /// One tag per whitespace-separated word (token-classification).
     Tags,
+    /// The text the model must answer (seq2seq).
+    Target,
 }
 
 impl DataSource for Rows<'_> {
@@ -112,12 +114,14 @@ impl DataSource for Rows<'_> {
                 let mut chunk = Vec::with_capacity(rows.len());
                 for row in rows {
                     let text = row.get::<String>(1).map_err(spi)?.unwrap_or_default();
-                    let (label, tags) = match self.query.extra {
-                        Extra::Nothing => (None, None),
-                        Extra::Label => (row.get::<String>(2).map_err(spi)?, None),
-                        Extra::Tags => (None, row.get::<Vec<Option<String>>>(2).map_err(spi)?),
-                    };
-                    chunk.push(Example { text, label, target: None, tags });
+                    let (mut label, mut target, mut tags) = (None, None, None);
+                    match self.query.extra {
+                        Extra::Nothing => {}
+                        Extra::Label => label = row.get::<String>(2).map_err(spi)?,
+                        Extra::Target => target = row.get::<String>(2).map_err(spi)?,
+                        Extra::Tags => tags = row.get::<Vec<Option<String>>>(2).map_err(spi)?,
+                    }
+                    chunk.push(Example { text, label, target, tags });
                 }
                 chunk
             };
@@ -175,14 +179,20 @@ fn trainer_options(options: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Options that name the source's columns.
-const COLUMN_OPTIONS: [&str; 3] = ["text_column", "label_column", "tags_column"];
+const COLUMN_OPTIONS: [&str; 5] = ["text_column", "label_column", "tags_column", "source_column", "target_column"];
 
-/// The columns a training objective reads, from the options (defaults: text, label, tags).
-fn columns(objective: Objective, options: &serde_json::Value) -> (Vec<String>, Extra) {
-    let column = |key: &str, default: &str| match options.get(key) {
-        None => default.to_string(),
-        Some(serde_json::Value::String(name)) => name.clone(),
-        Some(_) => raise(AiError::invalid(format!("option \"{key}\" must be a column name in a string"))),
+/// A column training reads, and the option that names it.
+struct Column {
+    option: &'static str,
+    name: String,
+}
+
+/// The columns a training objective reads, from the options (defaults: text, label, tags, source, target).
+fn columns(objective: Objective, options: &serde_json::Value) -> (Vec<Column>, Extra) {
+    let column = |option: &'static str, default: &str| match options.get(option) {
+        None => Column { option, name: default.to_string() },
+        Some(serde_json::Value::String(name)) => Column { option, name: name.clone() },
+        Some(_) => raise(AiError::invalid(format!("option \"{option}\" must be a column name in a string"))),
     };
     match objective {
         Objective::TextClassification => {
@@ -190,6 +200,9 @@ fn columns(objective: Objective, options: &serde_json::Value) -> (Vec<String>, E
         }
         Objective::TokenClassification => {
             (vec![column("text_column", "text"), column("tags_column", "tags")], Extra::Tags)
+        }
+        Objective::Seq2Seq => {
+            (vec![column("source_column", "source"), column("target_column", "target")], Extra::Target)
         }
         _ => (vec![column("text_column", "text")], Extra::Nothing),
     }
@@ -213,9 +226,8 @@ impl Request<'_> {
     /// The query that reads the source's training columns as text; checks that they exist.
     pub fn rows_query(&self, client: &SpiClient) -> RowsQuery {
         let query = source_query(client, self.source);
-        let (names, extra) = columns(self.objective, self.options);
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        RowsQuery { sql: training_query(client, &query, &names, extra), extra }
+        let (columns, extra) = columns(self.objective, self.options);
+        RowsQuery { sql: training_query(client, &query, &columns, extra), extra }
     }
 }
 
@@ -347,8 +359,9 @@ pub(super) fn find_base(base_model: &str) -> catalog::CatalogEntry {
 }
 
 /// Trains a new model from scratch on the rows of `source` (a table, a view or a SELECT query):
-/// objective 'mlm' (BERT-style masked LM), 'clm' (GPT-2-style causal LM) or 'text-classification'. The tokenizer
-/// is trained on the same rows first. Returns the new model's name.
+/// objective 'mlm' (BERT-style masked LM), 'clm' (GPT-2-style causal LM), 'seq2seq' (T5-style, from a source to a
+/// target column), 'text-classification' or 'token-classification'. The tokenizer is trained on the same rows
+/// first. Returns the new model's name.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_pretrain(name: &str, source: &str, objective: &str, options: default!(Option<JsonB>, "'{}'")) -> String {
     super::require_writable(c"ai_pretrain()");
@@ -357,8 +370,9 @@ fn ai_pretrain(name: &str, source: &str, objective: &str, options: default!(Opti
     train_now(&Request { name, source, objective, options: &options, parent: None }, Start::Pretrain)
 }
 
-/// Continues training the registered model `base_model` on the rows of `source`: task 'mlm', 'clm' or
-/// 'text-classification' (a new head over the distinct values of the label column). Returns the new name.
+/// Continues training the registered model `base_model` on the rows of `source`: task 'mlm', 'clm', 'seq2seq'
+/// (or 'translation'), 'text-classification' (a new head over the distinct values of the label column) or
+/// 'token-classification'. Returns the new name.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_finetune(
     name: &str,

@@ -44,6 +44,33 @@ fn default_true() -> bool {
     true
 }
 
+/// transformers' `_relative_position_bucket`: exact buckets for near offsets (key minus query), logarithmic
+/// ones beyond; the decoder's (not bidirectional) only look back.
+pub fn relative_bucket(c: &T5Config, relative: i64, bidirectional: bool) -> u32 {
+    let mut buckets = c.relative_attention_num_buckets as i64;
+    let mut bucket = 0;
+    let distance = if bidirectional {
+        buckets /= 2;
+        if relative > 0 {
+            bucket += buckets;
+        }
+        relative.abs()
+    } else {
+        -relative.min(0)
+    };
+    let max_exact = buckets / 2;
+    bucket += if distance < max_exact {
+        distance
+    } else {
+        // In f32, as torch computes it.
+        let far = (distance as f32 / max_exact as f32).ln()
+            / (c.relative_attention_max_distance as f32 / max_exact as f32).ln()
+            * (buckets - max_exact) as f32;
+        (max_exact + far as i64).min(buckets - 1)
+    };
+    bucket as u32
+}
+
 /// T5's layer norm: scale only, no mean subtraction and no bias.
 fn rms_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<RmsNorm> {
     Ok(RmsNorm::new(vb.get(size, "weight")?, eps))
@@ -211,33 +238,6 @@ impl T5 {
             + self.lm_head.as_ref().map_or(0, |l| l.weight().elem_count())
     }
 
-    /// transformers' `_relative_position_bucket`: exact buckets for near offsets, logarithmic ones beyond.
-    fn bucket(&self, relative: i64, bidirectional: bool) -> u32 {
-        let c = &self.config;
-        let mut buckets = c.relative_attention_num_buckets as i64;
-        let mut bucket = 0;
-        let distance = if bidirectional {
-            buckets /= 2;
-            if relative > 0 {
-                bucket += buckets;
-            }
-            relative.abs()
-        } else {
-            -relative.min(0)
-        };
-        let max_exact = buckets / 2;
-        bucket += if distance < max_exact {
-            distance
-        } else {
-            // In f32, as torch computes it.
-            let far = (distance as f32 / max_exact as f32).ln()
-                / (c.relative_attention_max_distance as f32 / max_exact as f32).ln()
-                * (buckets - max_exact) as f32;
-            (max_exact + far as i64).min(buckets - 1)
-        };
-        bucket as u32
-    }
-
     /// The relative-position bias (1, heads, queries, keys) for queries at `first_query..` over keys `0..keys`.
     fn position_bias(
         &self,
@@ -249,7 +249,7 @@ impl T5 {
     ) -> Result<Tensor> {
         let buckets: Vec<u32> = (first_query..first_query + queries)
             .flat_map(|q| (0..keys).map(move |k| k as i64 - q as i64))
-            .map(|relative| self.bucket(relative, bidirectional))
+            .map(|relative| relative_bucket(&self.config, relative, bidirectional))
             .collect();
         let buckets = Tensor::from_vec(buckets, (queries, keys), &Device::Cpu)?;
         Ok(table.forward(&buckets)?.permute((2, 0, 1))?.unsqueeze(0)?)

@@ -121,6 +121,13 @@ impl Translator {
                     .find(|(k, _)| *k == key)
                     .map_or_else(|| format!("translate {s} to {t}: "), |p| p.1.into()))
             }
+            // A model trained by ai_pretrain/ai_finetune records the prefix it learnt with.
+            (None, None) if params.and_then(|p| p.get("translation")).is_some() => Ok(self
+                .config
+                .pointer("/task_specific_params/translation/prefix")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()),
             (None, None) if pairs.len() == 1 => Ok(pairs[0].1.to_string()),
             _ => {
                 let known: Vec<&str> = pairs.iter().map(|(_, p)| p.trim_end_matches(": ")).collect();

@@ -82,6 +82,29 @@ SELECT pg_temp.try($$SELECT ai_finetune('x', 'base', $q$SELECT 'a b c' AS text, 
                                         'token-classification')$$) AS tags_do_not_match_words;
 SELECT pg_temp.try($$SELECT ai_finetune('x', 'base', 'sentences', 'token-classification')$$) AS no_tags_column;
 
+-- A T5 fine-tuned for a new pair from source and target columns: German with its words in reverse order. Rows
+-- whose target is NULL are skipped and counted; ai_translate needs no languages for what the model learnt.
+SELECT ai_load_model('t5-base', :'fixtures' || '/models/t5');
+CREATE TABLE reversed (english text, german text);
+INSERT INTO reversed
+SELECT format('the %s %s in the %s .', a.en, v.en, p.en), format('. %s die im %s %s die', p.de, v.de, a.de)
+FROM (VALUES ('cat', 'katze'), ('dog', 'hund'), ('bird', 'vogel'), ('horse', 'pferd'), ('fish', 'fisch')) AS a (en, de),
+     (VALUES ('sat', 'sass'), ('ran', 'lief')) AS v (en, de),
+     (VALUES ('park', 'park'), ('garden', 'garten'), ('house', 'haus'), ('river', 'fluss'), ('field', 'feld'))
+         AS p (en, de);
+INSERT INTO reversed VALUES ('the cat sat .', NULL);
+SELECT ai_finetune('reversed', 't5-base', 'reversed', 'translation',
+                   '{"source_column": "english", "target_column": "german", "max_steps": 60, "learning_rate": 3e-3}');
+SELECT name, task, architecture, parent, training->>'objective' AS objective,
+       training->'metrics'->>'skipped' AS skipped,
+       (training->'metrics'->>'eval_loss')::float < (training->'metrics'->>'initial_eval_loss')::float / 2
+           AS eval_loss_halved
+FROM ai.models WHERE name = 'reversed';
+SELECT ai_translate('the dog sat in the garden .', 'reversed');
+SELECT pg_temp.try($$SELECT ai_finetune('x', 't5-base', 'sentences', 'seq2seq')$$) AS no_source_column;
+SELECT pg_temp.try($$SELECT ai_finetune('x', 'base', 'reversed', 'seq2seq',
+                                        '{"source_column": "english", "target_column": "german"}')$$) AS not_a_t5;
+
 -- Bad input: a clear error, and nothing registered.
 CREATE TABLE empty_table (text text);
 CREATE TABLE one_class (text text, label text);

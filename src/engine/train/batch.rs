@@ -13,6 +13,15 @@ pub enum Targets {
     Labels(Vec<u32>),
 }
 
+/// The decoder side of a sequence-to-sequence batch: each row's target shifted right after the start token,
+/// padded on the right.
+#[derive(Debug, Clone)]
+pub struct DecoderInput {
+    /// (rows, len) row-major.
+    pub ids: Vec<u32>,
+    pub len: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// (rows, len) row-major, padded on the right.
@@ -21,7 +30,10 @@ pub struct Batch {
     pub attention: Vec<u32>,
     pub rows: usize,
     pub len: usize,
+    /// Token targets index the decoder's positions when there is one.
     pub targets: Targets,
+    /// Sequence-to-sequence batches only.
+    pub decoder: Option<DecoderInput>,
 }
 
 impl Batch {
@@ -34,7 +46,24 @@ impl Batch {
             ids[r * len..r * len + s.len()].copy_from_slice(s);
             attention[r * len..r * len + s.len()].fill(1);
         }
-        Batch { ids, attention, rows, len, targets }
+        Batch { ids, attention, rows, len, targets, decoder: None }
+    }
+
+    /// Sources padded with `pad` for the encoder; each target, shifted right after `start`, for the decoder,
+    /// which must predict every token of it (</s> included).
+    pub fn seq2seq(sources: &[&[u32]], targets: &[&[u32]], pad: u32, start: u32) -> Batch {
+        let len = targets.iter().map(|t| t.len()).max().unwrap_or(0);
+        let (mut ids, mut positions, mut wanted) = (vec![pad; targets.len() * len], Vec::new(), Vec::new());
+        for (r, t) in targets.iter().enumerate() {
+            for (i, &token) in t.iter().enumerate() {
+                ids[r * len + i] = if i == 0 { start } else { t[i - 1] };
+                positions.push((r * len + i) as u32);
+                wanted.push(token);
+            }
+        }
+        let mut batch = Batch::padded(sources, pad, Targets::Tokens { positions, ids: wanted });
+        batch.decoder = Some(DecoderInput { ids, len });
+        batch
     }
 
     /// Every next token of each sequence, for a causal LM: position t predicts token t + 1.
@@ -69,16 +98,35 @@ impl Batch {
             rows,
             len,
             targets: Targets::Tokens { positions, ids },
+            decoder: None,
         }
+    }
+
+    /// A sequence-to-sequence batch from transformers' tensors: `labels` (-100 for "no target") index the
+    /// decoder's positions, whose inputs are `decoder_input_ids`.
+    pub fn seq2seq_from_hf(
+        input_ids: &[Vec<u32>],
+        attention_mask: &[Vec<u32>],
+        decoder_input_ids: &[Vec<u32>],
+        labels: &[Vec<i64>],
+    ) -> Batch {
+        let mut batch = Batch::from_hf(decoder_input_ids, &[], labels, false);
+        let decoder = DecoderInput { ids: batch.ids, len: batch.len };
+        batch.ids = input_ids.concat();
+        batch.attention = attention_mask.concat();
+        batch.len = input_ids.first().map_or(0, Vec::len);
+        batch.decoder = Some(decoder);
+        batch
     }
 
     pub fn ids_tensor(&self) -> Result<Tensor> {
         Ok(Tensor::from_vec(self.ids.clone(), (self.rows, self.len), &Device::Cpu)?)
     }
 
-    /// Real (non-padding) tokens in the batch.
+    /// Real (non-padding) tokens in the batch, the decoder's targets included.
     pub fn tokens(&self) -> usize {
-        self.attention.iter().filter(|a| **a != 0).count()
+        let decoded = if self.decoder.is_some() { self.target_count() } else { 0 };
+        self.attention.iter().filter(|a| **a != 0).count() + decoded
     }
 
     /// The ids the loss compares the logits with, as a tensor.

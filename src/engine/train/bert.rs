@@ -7,7 +7,7 @@ use super::batch::{Batch, Targets};
 use super::family::Layout;
 use super::nn::{dropout, layer_norm, linear, softmax, Activation, Dropout};
 use super::options::ModelSize;
-use super::params::{read_safetensors, ParamBuilder, Params};
+use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::engine::config::{Family, ModelConfig};
 use crate::engine::error::{AiError, Result};
@@ -332,13 +332,6 @@ impl TrainableBert {
         let f = dropout(d, &linear(&f, &l.ffn_out.0, Some(&l.ffn_out.1))?, self.hidden_dropout)?;
         layer_norm(&(f + x)?, &l.output_norm, self.eps)
     }
-}
-
-fn read_config(dir: &Path) -> Result<Value> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| AiError::corrupt(format!("{} is not valid JSON: {e}", path.display())))
 }
 
 impl Trainable for TrainableBert {

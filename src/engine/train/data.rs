@@ -14,6 +14,8 @@ pub struct Row {
     pub label: Option<u32>,
     /// (position in `ids`, tag id) of each word's first token (token classification).
     pub tags: Vec<(u32, u32)>,
+    /// What the decoder must answer, </s> included (seq2seq).
+    pub target: Vec<u32>,
 }
 
 #[derive(Debug)]
@@ -43,12 +45,15 @@ fn all_empty(rows: usize) -> AiError {
         .with_hint("Rows whose text is NULL or blank are skipped; at least one must have text.")
 }
 
-/// Every non-blank text, for training a tokenizer.
-pub fn collect_texts(data: &mut dyn DataSource) -> Result<Vec<String>> {
+/// Every non-blank text (and target, `with_targets`), for training a tokenizer.
+pub fn collect_texts(data: &mut dyn DataSource, with_targets: bool) -> Result<Vec<String>> {
     let (mut texts, mut rows) = (Vec::new(), 0usize);
     data.pass(&mut |chunk| {
         rows += chunk.len();
-        texts.extend(chunk.into_iter().map(|e| e.text).filter(|t| !t.trim().is_empty()));
+        for e in chunk {
+            let target = e.target.filter(|_| with_targets);
+            texts.extend([Some(e.text), target].into_iter().flatten().filter(|t| !t.trim().is_empty()));
+        }
         Ok(())
     })?;
     match (rows, texts.len()) {
@@ -79,6 +84,7 @@ struct Pending {
     /// Every word's tag, and (position, word) of each word's first token left after truncation.
     tags: Vec<String>,
     firsts: Vec<(u32, u32)>,
+    target: Vec<u32>,
 }
 
 /// Tokenizes every row; text classification needs a label for every row, token classification a tag
@@ -102,6 +108,7 @@ pub fn prepare(
             }
             let pending = match objective {
                 Objective::TokenClassification => tagged_row(at, example, tokenizer, max_length)?,
+                Objective::Seq2Seq => paired_row(at, example, tokenizer, max_length, options)?,
                 _ => labelled_row(at, example, tokenizer, objective, max_length)?,
             };
             match pending {
@@ -123,7 +130,7 @@ pub fn prepare(
     for p in rows {
         let label = p.label.as_ref().map(id);
         let tags = p.firsts.iter().map(|&(at, word)| (at, id(&p.tags[word as usize]))).collect();
-        let row = Row { ids: p.ids, label, tags };
+        let row = Row { ids: p.ids, label, tags, target: p.target };
         if held_out(p.at, options.seed, options.test_size) {
             eval.push(row);
         } else {
@@ -155,7 +162,26 @@ fn labelled_row(
         return Err(AiError::invalid(format!("training row {} has text but no label", at + 1))
             .with_hint("Text classification needs a label for every row; filter out rows with NULL labels."));
     }
-    Ok(Some(Pending { at, ids, label, tags: Vec::new(), firsts: Vec::new() }))
+    Ok(Some(Pending { at, ids, label, tags: Vec::new(), firsts: Vec::new(), target: Vec::new() }))
+}
+
+/// A row for seq2seq: the source (after the options' source_prefix) and the target, each ending in </s>;
+/// None (skipped and counted) when the target is NULL or blank.
+fn paired_row(
+    at: usize,
+    example: Example,
+    tokenizer: &mut TrainTokenizer,
+    max_length: usize,
+    options: &TrainOptions,
+) -> Result<Option<Pending>> {
+    let Some(target) = example.target.filter(|t| !t.trim().is_empty()) else { return Ok(None) };
+    let prefix = options.source_prefix.as_deref().unwrap_or("");
+    let ids = tokenizer.encode(&format!("{prefix}{}", example.text), max_length)?;
+    let target = tokenizer.encode(&target, max_length)?;
+    if tokenizer.is_empty_encoding(&ids) || tokenizer.is_empty_encoding(&target) {
+        return Ok(None);
+    }
+    Ok(Some(Pending { at, ids, label: None, tags: Vec::new(), firsts: Vec::new(), target }))
 }
 
 /// A row for token classification: its words encoded as pre-split input (transformers'
@@ -192,7 +218,7 @@ fn tagged_row(
     if firsts.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Pending { at, ids, label: None, tags, firsts }))
+    Ok(Some(Pending { at, ids, label: None, tags, firsts, target: Vec::new() }))
 }
 
 /// The sorted distinct labels of a classification objective (at least two), or none.
@@ -200,7 +226,7 @@ fn distinct_labels(rows: &[Pending], objective: Objective) -> Result<Vec<String>
     let set: BTreeSet<&String> = match objective {
         Objective::TextClassification => rows.iter().filter_map(|r| r.label.as_ref()).collect(),
         Objective::TokenClassification => rows.iter().flat_map(|r| &r.tags).collect(),
-        Objective::Mlm | Objective::Clm => return Ok(Vec::new()),
+        Objective::Mlm | Objective::Clm | Objective::Seq2Seq => return Ok(Vec::new()),
     };
     let labels: Vec<String> = set.into_iter().cloned().collect();
     if labels.len() < 2 {

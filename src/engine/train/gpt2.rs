@@ -4,7 +4,7 @@
 use super::batch::{Batch, Targets};
 use super::nn::{conv1d, dropout, layer_norm, softmax, Activation, Dropout};
 use super::options::ModelSize;
-use super::params::{read_safetensors, ParamBuilder, Params};
+use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::engine::error::{AiError, Result};
 use crate::engine::gpt2::Gpt2Config;
@@ -67,12 +67,7 @@ pub fn new_config(size: &ModelSize, eos: u32) -> Value {
 
 impl TrainableGpt2 {
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", path.display())))?;
-        let config: Value = serde_json::from_str(&text)
-            .map_err(|e| AiError::corrupt(format!("{} is not valid JSON: {e}", path.display())))?;
-        Self::build(config, read_safetensors(&dir.join("model.safetensors"))?, 0)
+        Self::build(read_config(dir)?, read_safetensors(&dir.join("model.safetensors"))?, 0)
     }
 
     pub fn build(mut config: Value, source: HashMap<String, Tensor>, seed: u64) -> Result<Self> {

@@ -15,6 +15,7 @@ pub mod optim;
 pub mod options;
 pub mod params;
 pub mod run;
+pub mod t5;
 pub mod tokenizer;
 
 pub use batch::{Batch, Targets};
@@ -25,6 +26,7 @@ pub use nn::Dropout;
 pub use optim::{AdamW, AdamWConfig, Gradients};
 pub use options::TrainOptions;
 pub use params::Params;
+pub use t5::TrainableT5;
 
 use crate::engine::error::{AiError, Result};
 use candle_core::Tensor;
@@ -38,7 +40,7 @@ use tokenizer::{Style, TrainTokenizer};
 pub struct Example {
     pub text: String,
     pub label: Option<String>,
-    /// For sequence-to-sequence objectives (not yet supported).
+    /// What the model must answer for `text` (seq2seq); None where the SQL value is NULL.
     pub target: Option<String>,
     /// For token classification: one tag per whitespace-separated word of `text` (None where the
     /// SQL array element is NULL, which is refused).
@@ -80,11 +82,18 @@ pub enum Objective {
     Clm,
     TextClassification,
     TokenClassification,
+    /// Sequence to sequence (T5): the loss is on the decoder side, predicting each target from its source.
+    Seq2Seq,
 }
 
 impl Objective {
-    const ALL: [Objective; 4] =
-        [Objective::Mlm, Objective::Clm, Objective::TextClassification, Objective::TokenClassification];
+    const ALL: [Objective; 5] = [
+        Objective::Mlm,
+        Objective::Clm,
+        Objective::TextClassification,
+        Objective::TokenClassification,
+        Objective::Seq2Seq,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -92,20 +101,18 @@ impl Objective {
             Objective::Clm => "clm",
             Objective::TextClassification => "text-classification",
             Objective::TokenClassification => "token-classification",
+            Objective::Seq2Seq => "seq2seq",
         }
     }
 
+    /// An objective by name; "translation" is seq2seq.
     pub fn parse(s: &str) -> Result<Self> {
+        let s = if s == "translation" { "seq2seq" } else { s };
         Self::ALL.into_iter().find(|o| o.name() == s).ok_or_else(|| {
-            let hint = if s == "seq2seq" {
-                format!(
-                    "\"{s}\" is not supported yet. Objectives: mlm, clm, text-classification, token-classification."
-                )
-            } else {
-                "Objectives: mlm (masked LM, BERT), clm (causal LM, GPT-2), text-classification, token-classification."
-                    .to_string()
-            };
-            AiError::invalid(format!("unknown training objective \"{s}\"")).with_hint(hint)
+            AiError::invalid(format!("unknown training objective \"{s}\"")).with_hint(
+                "Objectives: mlm (masked LM, BERT), clm (causal LM, GPT-2), seq2seq (T5, also called translation), \
+                 text-classification, token-classification.",
+            )
         })
     }
 
@@ -116,6 +123,7 @@ impl Objective {
             Objective::Clm => "text-generation",
             Objective::TextClassification => "text-classification",
             Objective::TokenClassification => "token-classification",
+            Objective::Seq2Seq => "translation",
         }
     }
 
@@ -144,6 +152,11 @@ pub trait Trainable {
     /// The config.json that goes with the weights.
     fn config(&self) -> &Value;
 
+    /// The token a sequence-to-sequence decoder starts from; None for other models.
+    fn decoder_start(&self) -> Option<u32> {
+        None
+    }
+
     /// Mean cross-entropy over the batch's targets, as transformers' models compute `loss`.
     fn loss(&self, batch: &Batch, dropout: Option<&mut Dropout>) -> Result<Tensor> {
         Ok(candle_nn::loss::cross_entropy(&self.logits(batch, dropout)?, &batch.target_tensor()?)?)
@@ -158,8 +171,18 @@ pub trait Trainable {
     }
 }
 
+/// The prefix seq2seq puts before its sources; refused for other objectives.
+fn source_prefix(objective: Objective, options: &TrainOptions) -> Result<&str> {
+    match (&options.source_prefix, objective) {
+        (Some(_), o) if o != Objective::Seq2Seq => {
+            Err(AiError::invalid("option source_prefix applies to seq2seq only"))
+        }
+        (prefix, _) => Ok(prefix.as_deref().unwrap_or("")),
+    }
+}
+
 /// Train a new model from scratch (tokenizer trained on the same rows first): a BERT for mlm,
-/// text-classification and token-classification, a GPT-2 for clm.
+/// text-classification and token-classification, a GPT-2 for clm, a T5 for seq2seq.
 pub fn pretrain(
     objective: Objective,
     data: &mut dyn DataSource,
@@ -167,7 +190,11 @@ pub fn pretrain(
     progress: &mut dyn Progress,
     out_dir: &Path,
 ) -> Result<TrainOutcome> {
-    let texts = data::collect_texts(data)?;
+    let prefix = source_prefix(objective, options)?;
+    let mut texts = data::collect_texts(data, objective == Objective::Seq2Seq)?;
+    if !prefix.is_empty() {
+        texts.push(prefix.to_string());
+    }
     let vocab = options.vocab_size();
     let mut tokenizer = match objective {
         Objective::Clm if vocab < 300 => {
@@ -175,6 +202,7 @@ pub fn pretrain(
                 .with_hint("It holds the 256 bytes and <|endoftext|> before any merge; use 300 or more."))
         }
         Objective::Clm => TrainTokenizer::train_byte_bpe(&texts, vocab)?,
+        Objective::Seq2Seq => TrainTokenizer::train_unigram(&texts, vocab)?,
         _ => TrainTokenizer::train_wordpiece(&texts, vocab)?,
     };
     drop(texts);
@@ -186,6 +214,9 @@ pub fn pretrain(
             let eos = tokenizer.eos_id.ok_or_else(|| AiError::internal("the new tokenizer lacks <|endoftext|>"))?;
             let config = gpt2::new_config(&size, eos);
             Box::new(TrainableGpt2::build(config, HashMap::new(), options.seed)?)
+        }
+        Objective::Seq2Seq => {
+            Box::new(TrainableT5::build(t5::new_config(&size, prefix), HashMap::new(), options.seed)?)
         }
         Objective::Mlm | Objective::TextClassification | Objective::TokenClassification => {
             let config = bert::new_config(&size);
@@ -255,8 +286,13 @@ fn continue_from(
             Style::Encoder
         }
         ("gpt2", Objective::Clm) => Style::Decoder,
-        (_, _) if encoder || model_type == "gpt2" => {
-            let can = if encoder { "mlm, text-classification or token-classification" } else { "clm" };
+        ("t5", Objective::Seq2Seq) => Style::Seq2Seq,
+        (_, _) if encoder || ["gpt2", "t5"].contains(&model_type.as_str()) => {
+            let can = match model_type.as_str() {
+                "gpt2" => "clm",
+                "t5" => "seq2seq",
+                _ => "mlm, text-classification or token-classification",
+            };
             return Err(AiError::wrong_task(format!(
                 "a {model_type} model cannot be trained for {}",
                 objective.name()
@@ -265,11 +301,12 @@ fn continue_from(
         }
         (other, _) => {
             return Err(AiError::wrong_task(format!("fine-tuning a \"{other}\" model is not supported")).with_hint(
-                "Fine-tuning supports bert, distilbert and roberta (mlm, text-classification, token-classification) \
-                 and gpt2 (clm) models.",
+                "Fine-tuning supports bert, distilbert and roberta (mlm, text-classification, token-classification), \
+                 gpt2 (clm) and t5 (seq2seq) models.",
             ))
         }
     };
+    let prefix = source_prefix(objective, options)?;
     if files.weights.len() != 1 || files.gguf().is_some() {
         return Err(AiError::invalid("fine-tuning needs a single model.safetensors file")
             .with_hint("Sharded and GGUF models cannot be fine-tuned."));
@@ -284,6 +321,7 @@ fn continue_from(
     } else {
         None
     };
+    // T5's relative positions have no limit; n_positions is what it was trained for.
     let positions = match &encoder_config {
         Some(c) => c.max_tokens(),
         None => config.get("n_positions").and_then(Value::as_u64).unwrap_or(512) as usize,
@@ -291,17 +329,23 @@ fn continue_from(
     let max_length = options.max_length.min(positions);
     let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options)?;
     if let (Some(p), Some(obj)) = (options.dropout, config.as_object_mut()) {
-        let keys: &[&str] = match &encoder_config {
-            Some(c) => family::Layout::of(c.family).dropout_keys(),
-            None => &["resid_pdrop", "embd_pdrop", "attn_pdrop"],
+        let keys: &[&str] = match (&encoder_config, style) {
+            (Some(c), _) => family::Layout::of(c.family).dropout_keys(),
+            (None, Style::Seq2Seq) => &["dropout_rate"],
+            (None, _) => &["resid_pdrop", "embd_pdrop", "attn_pdrop"],
         };
         for key in keys {
             obj.insert(key.to_string(), serde_json::json!(p));
         }
     }
+    if style == Style::Seq2Seq {
+        // ai_translate puts the same prefix before its inputs when it is given no languages.
+        config["task_specific_params"]["translation"] = serde_json::json!({"prefix": prefix});
+    }
     let source = params::read_safetensors(&files.weights[0])?;
     let model: Box<dyn Trainable> = match style {
         Style::Decoder => Box::new(TrainableGpt2::build(config, source, options.seed)?),
+        Style::Seq2Seq => Box::new(TrainableT5::build(config, source, options.seed)?),
         Style::Encoder => {
             Box::new(TrainableBert::build(config, bert_task(objective, &prepared), source, options.seed)?)
         }
@@ -324,7 +368,7 @@ fn bert_task(objective: Objective, prepared: &data::Prepared) -> BertTask {
     match objective {
         Objective::TextClassification => BertTask::Classifier(prepared.labels.clone()),
         Objective::TokenClassification => BertTask::TokenClassifier(prepared.labels.clone()),
-        Objective::Mlm | Objective::Clm => BertTask::MaskedLm,
+        Objective::Mlm | Objective::Clm | Objective::Seq2Seq => BertTask::MaskedLm,
     }
 }
 

@@ -26,6 +26,9 @@ pub struct TrainOptions {
     pub dropout: Option<f64>,
     /// A background job saves a checkpoint every this many steps (None: every few minutes).
     pub checkpoint_every: Option<usize>,
+    /// Text put before every source of a seq2seq run (T5's "translate English to German: "), recorded in the
+    /// model's config so that ai_translate puts it there too.
+    pub source_prefix: Option<String>,
     // Model size, for pretraining only (None: the defaults below).
     pub vocab_size: Option<usize>,
     pub hidden_size: Option<usize>,
@@ -52,6 +55,7 @@ impl Default for TrainOptions {
             max_length: 128,
             dropout: None,
             checkpoint_every: None,
+            source_prefix: None,
             vocab_size: None,
             hidden_size: None,
             layers: None,
@@ -77,6 +81,7 @@ const KEYS: &[&str] = &[
     "max_length",
     "dropout",
     "checkpoint_every",
+    "source_prefix",
     "vocab_size",
     "hidden_size",
     "layers",
@@ -151,6 +156,13 @@ impl TrainOptions {
             max_length: int(map, "max_length", 8, 8192)?.unwrap_or(d.max_length),
             dropout: real(map, "dropout", 0.0, 1.0, false, true)?,
             checkpoint_every: int(map, "checkpoint_every", 1, 100_000_000)?,
+            source_prefix: match map.get("source_prefix") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(prefix)) => Some(prefix.clone()),
+                Some(other) => {
+                    return Err(AiError::invalid(format!("option source_prefix must be a string, not {other}")))
+                }
+            },
             vocab_size: int(map, "vocab_size", 100, 1_000_000)?,
             hidden_size: int(map, "hidden_size", 4, 8192)?,
             layers: int(map, "layers", 1, 96)?,

@@ -41,6 +41,14 @@ impl Params {
     }
 }
 
+/// A save_pretrained directory's config.json.
+pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| AiError::corrupt(format!("{} is not valid JSON: {e}", path.display())))
+}
+
 /// Reads every tensor of a safetensors file as f32.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
@@ -97,6 +105,20 @@ impl ParamBuilder {
             let normal = Normal::new(0.0f32, std as f32).expect("std is positive");
             (0..n).map(|_| normal.sample(rng)).collect()
         })
+    }
+
+    /// Normal(0, std) values that are not decayed: HF Trainer decays no parameter with "bias" in its name,
+    /// T5's relative_attention_bias tables among them.
+    pub fn normal_undecayed(&mut self, name: &str, dims: &[usize], std: f64) -> Result<Tensor> {
+        self.add(name, dims, false, |rng, n| {
+            let normal = Normal::new(0.0f32, std as f32).expect("std is positive");
+            (0..n).map(|_| normal.sample(rng)).collect()
+        })
+    }
+
+    /// An RMS norm's scale (T5's layer norms): ones, not decayed.
+    pub fn scale(&mut self, name: &str, dim: usize) -> Result<Tensor> {
+        self.add(name, &[dim], false, |_, n| vec![1.0; n])
     }
 
     /// An embedding whose padding row starts at zero, as nn.Embedding(padding_idx) is initialised.

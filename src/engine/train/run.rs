@@ -94,6 +94,11 @@ impl Job<'_> {
                 let len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
                 Batch::padded(&seqs, t.pad_id, tag_targets(rows, len))
             }
+            Objective::Seq2Seq => {
+                let start = self.model.decoder_start().ok_or_else(|| AiError::internal("not an encoder-decoder"))?;
+                let targets: Vec<&[u32]> = rows.iter().map(|r| r.target.as_slice()).collect();
+                Batch::seq2seq(&seqs, &targets, t.pad_id, start)
+            }
         })
     }
 

@@ -1,25 +1,33 @@
 //! Tokenizers for training: new ones learnt from the rows (WordPiece as BERT uses, byte-level BPE as
-//! GPT-2 uses) or a base model's own, and the files engine::text / engine::codec load them from.
+//! GPT-2 uses, a sentencepiece-style Unigram as T5 uses) or a base model's own, and the files engine::text /
+//! engine::codec load them from.
 
 use crate::engine::error::{AiError, Result};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::bpe::{BpeTrainer, BPE};
+use tokenizers::models::unigram::{Unigram, UnigramTrainer};
 use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::metaspace::Metaspace;
 use tokenizers::processors::bert::BertProcessing;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::utils::parallelism::{get_parallelism, set_parallelism};
 use tokenizers::{
-    AddedToken, ModelWrapper, NormalizedString, Normalizer, PreTokenizerWrapper, Tokenizer, TruncationParams,
+    AddedToken, ModelWrapper, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString,
+    PreTokenizer, PreTokenizerWrapper, Tokenizer, TruncationParams,
 };
 
 pub const BERT_SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 pub const END_OF_TEXT: &str = "<|endoftext|>";
+/// T5's special tokens, in its order: <pad> 0 (also the decoder's start), </s> 1, <unk> 2.
+pub const T5_SPECIALS: [&str; 3] = ["<pad>", "</s>", "<unk>"];
 
 /// Files a tokenizer may consist of; a fine-tuned model gets copies of its base's.
 const TOKENIZER_FILES: &[&str] =
@@ -31,6 +39,8 @@ pub enum Style {
     Encoder,
     /// text <|endoftext|>, for decoders.
     Decoder,
+    /// text </s>, for sequence-to-sequence models (sources and targets alike).
+    Seq2Seq,
 }
 
 pub struct TrainTokenizer {
@@ -115,6 +125,51 @@ impl TrainTokenizer {
         Self::wrap(tokenizer, Style::Decoder)
     }
 
+    /// A sentencepiece-style Unigram vocabulary learnt from `texts`, as T5's: Metaspace pre-tokenizer ("▁"
+    /// for spaces), no normaliser (case is kept), "</s>" after every text, T5's special tokens first.
+    pub fn train_unigram(texts: &[String], vocab_size: usize) -> Result<Self> {
+        let metaspace = Metaspace::default();
+        // The trainer counts words in a randomly seeded hash map and sums in parallel, so the same rows could
+        // give different vocabularies; it is fed here with counts in word order, one thread.
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for text in texts {
+            let mut words = PreTokenizedString::from(text.as_str());
+            metaspace.pre_tokenize(&mut words).map_err(tok_err)?;
+            for (word, _, _) in words.get_splits(OffsetReferential::Original, OffsetType::None) {
+                *counts.entry(word.to_string()).or_default() += 1;
+            }
+        }
+        let trainer = UnigramTrainer::builder()
+            .vocab_size(vocab_size as u32)
+            .show_progress(false)
+            .special_tokens(T5_SPECIALS.map(special).to_vec())
+            .unk_token(Some("<unk>".into()))
+            .build()
+            .map_err(tok_err)?;
+        let mut model = Unigram::default();
+        let parallel = get_parallelism();
+        set_parallelism(false);
+        let trained = trainer.do_train(counts.into_iter().collect(), &mut model);
+        set_parallelism(parallel);
+        trained.map_err(|e| {
+            AiError::invalid(format!("cannot learn a vocabulary of {vocab_size} pieces: {e}"))
+                .with_hint("vocab_size must hold at least every character of the rows; raise it.")
+        })?;
+        let mut tokenizer = Tokenizer::new(canonical_unigram(&model)?);
+        tokenizer.with_pre_tokenizer(Some(metaspace.clone()));
+        tokenizer.with_decoder(Some(metaspace));
+        tokenizer.add_special_tokens(T5_SPECIALS.map(special)).map_err(tok_err)?;
+        let eos = tokenizer.token_to_id("</s>").ok_or_else(|| AiError::internal("</s> missing"))?;
+        let template = TemplateProcessing::builder()
+            .try_single("$A </s>")
+            .map_err(tok_err)?
+            .special_tokens(vec![("</s>".to_string(), eos)])
+            .build()
+            .map_err(tok_err)?;
+        tokenizer.with_post_processor(Some(template));
+        Self::wrap(tokenizer, Style::Seq2Seq)
+    }
+
     /// A base model's tokenizer.json, with its special tokens found as engine::text finds them.
     pub fn from_dir(dir: &Path, style: Style) -> Result<Self> {
         let path = dir.join("tokenizer.json");
@@ -152,9 +207,9 @@ impl TrainTokenizer {
         };
         let id = |t: &str| inner.token_to_id(t);
         Ok(TrainTokenizer {
-            pad_id: id("[PAD]").unwrap_or(0),
+            pad_id: id("[PAD]").or(id("<pad>")).unwrap_or(0),
             mask_id: id("[MASK]"),
-            eos_id: id(END_OF_TEXT),
+            eos_id: id(END_OF_TEXT).or(id("</s>")),
             special_ids,
             style,
             inner,
@@ -165,11 +220,11 @@ impl TrainTokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// Token ids of one text, at most `max_length` of them: [CLS] .. [SEP] for an encoder (the
-    /// text is cut, not the special tokens), text then <|endoftext|> for a decoder.
+    /// Token ids of one text, at most `max_length` of them: [CLS] .. [SEP] for an encoder, text then </s> for a
+    /// sequence-to-sequence model (the text is cut, not the special tokens), text then <|endoftext|> for a decoder.
     pub fn encode(&mut self, text: &str, max_length: usize) -> Result<Vec<u32>> {
         match self.style {
-            Style::Encoder => {
+            Style::Encoder | Style::Seq2Seq => {
                 self.inner
                     .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
                     .map_err(tok_err)?;
@@ -237,10 +292,40 @@ impl TrainTokenizer {
                        "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT, "model_max_length": max_length}),
                 json!({"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}),
             ),
+            Style::Seq2Seq => (
+                json!({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</s>", "pad_token": "<pad>",
+                       "unk_token": "<unk>", "model_max_length": max_length}),
+                json!({"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}),
+            ),
         };
         write_json(&dir.join("tokenizer_config.json"), &config)?;
         write_json(&dir.join("special_tokens_map.json"), &map)
     }
+}
+
+/// The trained Unigram with the characters the trainer had to add back numbered in character order. It gives
+/// them the lowest scores in steps of 1e-4 in hash-set order, so which character gets which score (and id) would
+/// change run to run; here the single characters in that band share its scores in sorted order.
+fn canonical_unigram(model: &Unigram) -> Result<Unigram> {
+    // In id order: T5's special tokens first, then the pieces by falling score.
+    let mut pieces: Vec<(String, f64)> = model.iter().cloned().collect();
+    let specials = T5_SPECIALS.len();
+    let (head, rest) = pieces.split_at_mut(specials);
+    let single = |p: &str| p.chars().count() == 1;
+    let lowest = rest.iter().map(|(_, s)| *s).fold(f64::INFINITY, f64::min);
+    let band = lowest + 1e-4 * (rest.iter().filter(|(p, _)| single(p)).count() + 1) as f64;
+    let in_band: Vec<usize> = (0..rest.len()).filter(|&i| single(&rest[i].0) && rest[i].1 <= band).collect();
+    let mut scores: Vec<f64> = in_band.iter().map(|&i| rest[i].1).collect();
+    let mut chars: Vec<String> = in_band.iter().map(|&i| rest[i].0.clone()).collect();
+    scores.sort_by(|a, b| b.total_cmp(a));
+    chars.sort();
+    for (&i, (c, s)) in in_band.iter().zip(chars.into_iter().zip(scores)) {
+        rest[i] = (c, s);
+    }
+    rest.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let vocab: Vec<(String, f64)> = head.iter().cloned().chain(rest.iter().cloned()).collect();
+    let unk = vocab.iter().position(|(p, _)| p == "<unk>");
+    Unigram::from(vocab, unk, false).map_err(tok_err)
 }
 
 /// Whether the pre-tokenizer is (or holds) a byte-level one that adds no space before the text.
