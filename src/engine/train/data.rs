@@ -2,10 +2,13 @@
 //! training and held-out rows by a hash of each row's position, so the split needs no shuffle state.
 
 use super::options::TrainOptions;
+use super::row_file::{RowWriter, Rows};
 use super::tokenizer::TrainTokenizer;
 use super::{DataSource, Example, Objective};
 use crate::engine::error::{AiError, Result};
-use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct Row {
@@ -20,8 +23,9 @@ pub struct Row {
 
 #[derive(Debug)]
 pub struct Prepared {
-    pub train: Vec<Row>,
-    pub eval: Vec<Row>,
+    /// Kept in a scratch file, read back batch by batch.
+    pub train: Rows,
+    pub eval: Rows,
     /// Labels in id order (classification only).
     pub labels: Vec<String>,
     /// Rows seen, usable or not.
@@ -45,20 +49,31 @@ fn all_empty(rows: usize) -> AiError {
         .with_hint("Rows whose text is NULL or blank are skipped; at least one must have text.")
 }
 
-/// Every non-blank text (and target, `with_targets`), for training a tokenizer.
+/// How much text a new tokenizer learns from: the rest of a larger source is read for training but not held
+/// for the tokenizer (sentencepiece samples its input likewise).
+pub const TOKENIZER_SAMPLE_BYTES: usize = 64 << 20;
+
+/// The non-blank texts (and targets, `with_targets`) of the first TOKENIZER_SAMPLE_BYTES, for training a
+/// tokenizer; every row is read, so that a source with no usable text is refused.
 pub fn collect_texts(data: &mut dyn DataSource, with_targets: bool) -> Result<Vec<String>> {
-    let (mut texts, mut rows) = (Vec::new(), 0usize);
+    let (mut texts, mut rows, mut bytes, mut usable) = (Vec::new(), 0usize, 0usize, false);
     data.pass(&mut |chunk| {
         rows += chunk.len();
         for e in chunk {
             let target = e.target.filter(|_| with_targets);
-            texts.extend([Some(e.text), target].into_iter().flatten().filter(|t| !t.trim().is_empty()));
+            for text in [Some(e.text), target].into_iter().flatten().filter(|t| !t.trim().is_empty()) {
+                usable = true;
+                if bytes + text.len() <= TOKENIZER_SAMPLE_BYTES || texts.is_empty() {
+                    bytes += text.len();
+                    texts.push(text);
+                }
+            }
         }
         Ok(())
     })?;
-    match (rows, texts.len()) {
+    match (rows, usable) {
         (0, _) => Err(no_rows()),
-        (n, 0) => Err(all_empty(n)),
+        (n, false) => Err(all_empty(n)),
         _ => Ok(texts),
     }
 }
@@ -78,7 +93,6 @@ pub fn held_out(position: usize, seed: u64, test_size: f64) -> bool {
 
 /// A usable row before its labels have ids.
 struct Pending {
-    at: usize,
     ids: Vec<u32>,
     label: Option<String>,
     /// Every word's tag, and (position, word) of each word's first token left after truncation.
@@ -87,16 +101,40 @@ struct Pending {
     target: Vec<u32>,
 }
 
-/// Tokenizes every row; text classification needs a label for every row, token classification a tag
-/// for every word (labels sorted to ids either way).
+/// Label and tag names numbered in order of first appearance, as rows are written; sorted at the end.
+#[derive(Default)]
+struct Names(HashMap<String, u32>);
+
+impl Names {
+    fn id(&mut self, name: String) -> u32 {
+        let next = self.0.len() as u32;
+        *self.0.entry(name).or_insert(next)
+    }
+
+    /// The names sorted, and for each id given out, its place among them.
+    fn sorted(self) -> (Vec<String>, Vec<u32>) {
+        let mut names: Vec<(String, u32)> = self.0.into_iter().collect();
+        names.sort();
+        let mut place = vec![0u32; names.len()];
+        for (i, (_, id)) in names.iter().enumerate() {
+            place[*id as usize] = i as u32;
+        }
+        (names.into_iter().map(|(name, _)| name).collect(), place)
+    }
+}
+
+/// Tokenizes every row and writes it to a scratch file in `dir`; text classification needs a label for every
+/// row, token classification a tag for every word (labels sorted to ids either way).
 pub fn prepare(
     data: &mut dyn DataSource,
     tokenizer: &mut TrainTokenizer,
     objective: Objective,
     max_length: usize,
     options: &TrainOptions,
+    dir: &Path,
 ) -> Result<Prepared> {
-    let mut rows: Vec<Pending> = Vec::new();
+    let mut writer = RowWriter::create(dir)?;
+    let (mut train, mut eval, mut names) = (Vec::new(), Vec::new(), Names::default());
     let (mut position, mut skipped) = (0usize, 0usize);
     data.pass(&mut |chunk| {
         for example in chunk {
@@ -108,12 +146,25 @@ pub fn prepare(
             }
             let pending = match objective {
                 Objective::TokenClassification => tagged_row(at, example, tokenizer, max_length)?,
-                Objective::Seq2Seq => paired_row(at, example, tokenizer, max_length, options)?,
+                Objective::Seq2Seq => paired_row(example, tokenizer, max_length, options)?,
                 _ => labelled_row(at, example, tokenizer, objective, max_length)?,
             };
-            match pending {
-                Some(p) => rows.push(p),
-                None => skipped += 1,
+            let Some(p) = pending else {
+                skipped += 1;
+                continue;
+            };
+            let tag_ids: Vec<u32> = p.tags.into_iter().map(|t| names.id(t)).collect();
+            let row = Row {
+                label: p.label.map(|l| names.id(l)),
+                tags: p.firsts.iter().map(|&(at, word)| (at, tag_ids[word as usize])).collect(),
+                ids: p.ids,
+                target: p.target,
+            };
+            let span = writer.write(&row)?;
+            if held_out(at, options.seed, options.test_size) {
+                eval.push(span);
+            } else {
+                train.push(span);
             }
         }
         Ok(())
@@ -121,27 +172,23 @@ pub fn prepare(
     if position == 0 {
         return Err(no_rows());
     }
-    if rows.is_empty() {
+    if train.is_empty() && eval.is_empty() {
         return Err(all_empty(position));
     }
-    let labels = distinct_labels(&rows, objective)?;
-    let id = |l: &String| labels.binary_search(l).expect("label collected above") as u32;
-    let (mut train, mut eval) = (Vec::new(), Vec::new());
-    for p in rows {
-        let label = p.label.as_ref().map(id);
-        let tags = p.firsts.iter().map(|&(at, word)| (at, id(&p.tags[word as usize]))).collect();
-        let row = Row { ids: p.ids, label, tags, target: p.target };
-        if held_out(p.at, options.seed, options.test_size) {
-            eval.push(row);
-        } else {
-            train.push(row);
-        }
-    }
+    let (labels, places) = names.sorted();
+    check_labels(&labels, objective)?;
     if train.is_empty() {
         return Err(AiError::invalid(format!("test_size {} leaves no rows to train on", options.test_size))
             .with_hint("Lower test_size or supply more rows."));
     }
-    Ok(Prepared { train, eval, labels, rows: position, skipped })
+    let (file, places) = (writer.finish()?, Arc::new(places));
+    Ok(Prepared {
+        train: Rows::new(file.clone(), train, places.clone()),
+        eval: Rows::new(file, eval, places),
+        labels,
+        rows: position,
+        skipped,
+    })
 }
 
 /// A row for mlm, clm or text classification; None when it encodes to nothing but special tokens.
@@ -162,13 +209,12 @@ fn labelled_row(
         return Err(AiError::invalid(format!("training row {} has text but no label", at + 1))
             .with_hint("Text classification needs a label for every row; filter out rows with NULL labels."));
     }
-    Ok(Some(Pending { at, ids, label, tags: Vec::new(), firsts: Vec::new(), target: Vec::new() }))
+    Ok(Some(Pending { ids, label, tags: Vec::new(), firsts: Vec::new(), target: Vec::new() }))
 }
 
 /// A row for seq2seq: the source (after the options' source_prefix) and the target, each ending in </s>;
 /// None (skipped and counted) when the target is NULL or blank.
 fn paired_row(
-    at: usize,
     example: Example,
     tokenizer: &mut TrainTokenizer,
     max_length: usize,
@@ -181,7 +227,7 @@ fn paired_row(
     if tokenizer.is_empty_encoding(&ids) || tokenizer.is_empty_encoding(&target) {
         return Ok(None);
     }
-    Ok(Some(Pending { at, ids, label: None, tags: Vec::new(), firsts: Vec::new(), target }))
+    Ok(Some(Pending { ids, label: None, tags: Vec::new(), firsts: Vec::new(), target }))
 }
 
 /// A row for token classification: its words encoded as pre-split input (transformers'
@@ -218,27 +264,22 @@ fn tagged_row(
     if firsts.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Pending { at, ids, label: None, tags, firsts, target: Vec::new() }))
+    Ok(Some(Pending { ids, label: None, tags, firsts, target: Vec::new() }))
 }
 
-/// The sorted distinct labels of a classification objective (at least two), or none.
-fn distinct_labels(rows: &[Pending], objective: Objective) -> Result<Vec<String>> {
-    let set: BTreeSet<&String> = match objective {
-        Objective::TextClassification => rows.iter().filter_map(|r| r.label.as_ref()).collect(),
-        Objective::TokenClassification => rows.iter().flat_map(|r| &r.tags).collect(),
-        Objective::Mlm | Objective::Clm | Objective::Seq2Seq => return Ok(Vec::new()),
-    };
-    let labels: Vec<String> = set.into_iter().cloned().collect();
-    if labels.len() < 2 {
-        let (what, needs) = match objective {
-            Objective::TokenClassification => {
-                ("word has the same tag", "A token classifier needs at least two different tags.")
-            }
-            _ => ("row has the same label", "A classifier needs at least two different labels."),
-        };
-        return Err(AiError::invalid(format!("every {what} \"{}\"", labels[0])).with_hint(needs));
+/// A classification objective needs at least two distinct labels.
+fn check_labels(labels: &[String], objective: Objective) -> Result<()> {
+    if !objective.is_classification() || labels.len() >= 2 {
+        return Ok(());
     }
-    Ok(labels)
+    let (what, needs) = match objective {
+        Objective::TokenClassification => {
+            ("word has the same tag", "A token classifier needs at least two different tags.")
+        }
+        _ => ("row has the same label", "A classifier needs at least two different labels."),
+    };
+    let only = labels.first().map_or("", String::as_str);
+    Err(AiError::invalid(format!("every {what} \"{only}\"")).with_hint(needs))
 }
 
 #[cfg(test)]
@@ -268,26 +309,27 @@ mod tests {
         // The smallest vocabulary: single characters, so every word is split into one piece per letter.
         let mut tokenizer = TrainTokenizer::train_wordpiece(&texts, 0).unwrap();
         let options = TrainOptions { test_size: 0.0, ..Default::default() };
+        let dir = std::env::temp_dir();
         let mut rows = Rows(vec![
             tagged("anna went to oslo", &["B-PER", "O", "O", "B-LOC"]),
             tagged("  ", &[]),
             // [CLS] o ##s ##l [SEP] after truncation to 5: one word left, and it trains.
             tagged("oslo anna", &["B-LOC", "B-PER"]),
         ]);
-        let p = prepare(&mut rows, &mut tokenizer, Objective::TokenClassification, 5, &options).unwrap();
+        let p = prepare(&mut rows, &mut tokenizer, Objective::TokenClassification, 5, &options, &dir).unwrap();
         assert_eq!(p.labels, vec!["B-LOC", "B-PER", "O"]);
         assert_eq!((p.rows, p.skipped, p.train.len()), (3, 1, 2));
         // [CLS] a ##n ##n [SEP]: "anna" is cut after three pieces and still tagged.
-        assert_eq!(p.train[0].tags, vec![(1, 1)]);
-        assert_eq!(p.train[1].tags, vec![(1, 0)]);
-        let p = prepare(&mut rows, &mut tokenizer, Objective::TokenClassification, 64, &options).unwrap();
+        assert_eq!(p.train.get(0).unwrap().tags, vec![(1, 1)]);
+        assert_eq!(p.train.get(1).unwrap().tags, vec![(1, 0)]);
+        let p = prepare(&mut rows, &mut tokenizer, Objective::TokenClassification, 64, &options, &dir).unwrap();
         // [CLS] a ##n ##n ##a w ##e ##n ##t t ##o o ##s ##l ##o [SEP]
-        assert_eq!(p.train[0].ids.len(), 16);
-        assert_eq!(p.train[0].tags, vec![(1, 1), (5, 2), (9, 2), (11, 0)]);
-        assert_eq!(p.train[1].tags, vec![(1, 0), (5, 1)]);
+        assert_eq!(p.train.get(0).unwrap().ids.len(), 16);
+        assert_eq!(p.train.get(0).unwrap().tags, vec![(1, 1), (5, 2), (9, 2), (11, 0)]);
+        assert_eq!(p.train.get(1).unwrap().tags, vec![(1, 0), (5, 1)]);
         // Truncated to [CLS] [SEP], a row has no word left: skipped and counted.
         let mut rows = Rows(vec![tagged("anna went", &["B-PER", "O"]), tagged("to oslo", &["O", "B-LOC"])]);
-        let e = prepare(&mut rows, &mut tokenizer, Objective::TokenClassification, 2, &options).unwrap_err();
+        let e = prepare(&mut rows, &mut tokenizer, Objective::TokenClassification, 2, &options, &dir).unwrap_err();
         assert_eq!(e.message, "all 2 training texts are empty or NULL");
     }
 

@@ -14,6 +14,7 @@ pub mod nn;
 pub mod optim;
 pub mod options;
 pub mod params;
+pub mod row_file;
 pub mod run;
 pub mod t5;
 pub mod tokenizer;
@@ -171,6 +172,11 @@ pub trait Trainable {
     }
 }
 
+/// Where the prepared rows' scratch file goes: beside the output directory.
+fn scratch_area(out_dir: &Path) -> &Path {
+    out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 /// The prefix seq2seq puts before its sources; refused for other objectives.
 fn source_prefix(objective: Objective, options: &TrainOptions) -> Result<&str> {
     match (&options.source_prefix, objective) {
@@ -207,7 +213,7 @@ pub fn pretrain(
     };
     drop(texts);
     let max_length = options.max_length;
-    let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options)?;
+    let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir))?;
     let size = options::ModelSize::new(options, tokenizer.vocab_size());
     let model: Box<dyn Trainable> = match objective {
         Objective::Clm => {
@@ -327,7 +333,7 @@ fn continue_from(
         None => config.get("n_positions").and_then(Value::as_u64).unwrap_or(512) as usize,
     };
     let max_length = options.max_length.min(positions);
-    let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options)?;
+    let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir))?;
     if let (Some(p), Some(obj)) = (options.dropout, config.as_object_mut()) {
         let keys: &[&str] = match (&encoder_config, style) {
             (Some(c), _) => family::Layout::of(c.family).dropout_keys(),

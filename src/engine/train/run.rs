@@ -9,6 +9,7 @@ use super::metrics::{accuracy, entity_f1, macro_f1};
 use super::nn::Dropout;
 use super::optim::{linear_schedule, AdamW, AdamWConfig, Gradients};
 use super::options::TrainOptions;
+use super::row_file::Rows;
 use super::tokenizer::TrainTokenizer;
 use super::{Objective, Progress, StepReport, Trainable};
 use crate::engine::error::{AiError, Result};
@@ -105,12 +106,12 @@ impl Job<'_> {
     /// Mean loss per target over `rows` (masks drawn from a fixed stream, so every evaluation of
     /// the same rows sees the same masks), and predicted labels for classification (one per row, or
     /// one per tagged word in row order).
-    fn evaluate(&self, rows: &[Row]) -> Result<(f64, Vec<u32>)> {
+    fn evaluate(&self, rows: &Rows) -> Result<(f64, Vec<u32>)> {
         let mut rng = stream(self.options.seed, 9);
         let (mut total, mut count, mut predicted) = (0.0f64, 0usize, Vec::new());
-        let refs: Vec<&Row> = rows.iter().collect();
-        for chunk in refs.chunks(self.options.batch_size) {
-            let batch = self.batch(chunk, &mut rng)?;
+        for start in (0..rows.len()).step_by(self.options.batch_size) {
+            let chunk = rows.slice(start..(start + self.options.batch_size).min(rows.len()))?;
+            let batch = self.batch(&chunk.iter().collect::<Vec<_>>(), &mut rng)?;
             let logits = self.model.logits(&batch, None)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &batch.target_tensor()?)?.to_scalar::<f32>()? as f64;
             total += loss * batch.target_count() as f64;
@@ -123,8 +124,10 @@ impl Job<'_> {
     }
 
     /// Word-level accuracy and macro F1, and entity-level F1 where the tags are IOB2.
-    fn tag_metrics(&self, predicted: &[u32], metrics: &mut Value) {
-        let gold: Vec<Vec<u32>> = self.data.eval.iter().map(|r| r.tags.iter().map(|t| t.1).collect()).collect();
+    fn tag_metrics(&self, predicted: &[u32], metrics: &mut Value) -> Result<()> {
+        let eval = &self.data.eval;
+        let gold: Vec<Vec<u32>> =
+            (0..eval.len()).map(|i| Ok(eval.get(i)?.tags.iter().map(|t| t.1).collect())).collect::<Result<_>>()?;
         let flat: Vec<u32> = gold.concat();
         metrics["accuracy"] = json!(accuracy(predicted, &flat));
         metrics["macro_f1"] = json!(macro_f1(predicted, &flat));
@@ -142,6 +145,7 @@ impl Job<'_> {
         if let Some(f1) = entity_f1(&predicted_rows, &gold_rows, &self.data.labels) {
             metrics["entity_f1"] = json!(f1);
         }
+        Ok(())
     }
 
     pub fn run(&self, progress: &mut dyn Progress) -> Result<Finished> {
@@ -181,8 +185,8 @@ impl Job<'_> {
             epoch += 1;
             for chunk in order.chunks(o.batch_size).skip(done_this_epoch) {
                 progress.check()?;
-                let rows: Vec<&Row> = chunk.iter().map(|&i| &train[i]).collect();
-                let batch = self.batch(&rows, &mut mask_rng)?;
+                let rows: Vec<Row> = chunk.iter().map(|&i| train.get(i)).collect::<Result<_>>()?;
+                let batch = self.batch(&rows.iter().collect::<Vec<_>>(), &mut mask_rng)?;
                 let loss = self.model.loss(&batch, Some(&mut dropout))?;
                 let loss_value = loss.to_scalar::<f32>()? as f64;
                 if !loss_value.is_finite() {
@@ -253,11 +257,13 @@ impl Job<'_> {
             metrics["initial_eval_loss"] = json!(initial);
             metrics["eval_loss"] = json!(eval_loss);
             if self.objective == Objective::TextClassification {
-                let gold: Vec<u32> = self.data.eval.iter().map(|r| r.label.unwrap_or(0)).collect();
+                let eval = &self.data.eval;
+                let gold: Vec<u32> =
+                    (0..eval.len()).map(|i| Ok(eval.get(i)?.label.unwrap_or(0))).collect::<Result<_>>()?;
                 metrics["accuracy"] = json!(accuracy(&predicted, &gold));
                 metrics["macro_f1"] = json!(macro_f1(&predicted, &gold));
             } else if self.objective == Objective::TokenClassification {
-                self.tag_metrics(&predicted, &mut metrics);
+                self.tag_metrics(&predicted, &mut metrics)?;
             } else {
                 metrics["perplexity"] = json!(eval_loss.exp());
             }
