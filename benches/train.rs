@@ -1,22 +1,29 @@
-//! Training speed, engine only: tokens per second for MLM (BERT) and CLM (GPT-2) pretraining on a fixed small
-//! configuration (hidden 128, 2 layers, 4 heads, vocabulary 2000, batch 16, up to 128 tokens a row), 100 steps
-//! each, on Debian's fortunes (or tests/fixtures/train/sentences.txt where the fortunes package is absent).
+//! Training speed, engine only: tokens per second for MLM (BERT), CLM (GPT-2) and seq2seq (T5: each row to its
+//! words in reverse order) pretraining on a fixed small configuration (hidden 128, 2 layers, 4 heads, vocabulary
+//! 2000, batch 16, up to 128 tokens a row), 100 steps each, on Debian's fortunes (or
+//! tests/fixtures/train/sentences.txt where the fortunes package is absent). Seq2seq counts source and target
+//! tokens.
 //!
 //!     cargo bench --bench train        # benches/train.sh runs PyTorch on the same configuration and rows
 //!
-//! The trained directories go to target/bench-train/{mlm,clm}: benches/train_torch.py reads their config and
+//! The trained directories go to target/bench-train/{mlm,clm,seq2seq}: benches/train_torch.py reads their config and
 //! tokenizer so that both sides train the same architecture on the same tokens.
 
 use pg_ai::engine::error::Result;
 use pg_ai::engine::train::{pretrain, DataSource, Example, Objective, Progress, StepReport, TrainOptions};
 use std::path::{Path, PathBuf};
 
-struct Texts(Vec<String>);
+/// The rows; with `reversed`, each text's words in reverse order are its target.
+struct Texts {
+    texts: Vec<String>,
+    reversed: bool,
+}
 
 impl DataSource for Texts {
     fn pass(&mut self, each: &mut dyn FnMut(Vec<Example>) -> Result<()>) -> Result<()> {
-        for chunk in self.0.chunks(256) {
-            each(chunk.iter().map(|t| Example { text: t.clone(), ..Default::default() }).collect())?;
+        let target = |t: &str| self.reversed.then(|| t.split(' ').rev().collect::<Vec<_>>().join(" "));
+        for chunk in self.texts.chunks(256) {
+            each(chunk.iter().map(|t| Example { text: t.clone(), target: target(t), ..Default::default() }).collect())?;
         }
         Ok(())
     }
@@ -69,10 +76,11 @@ fn main() {
         "intermediate_size": 512, "vocab_size": 2000, "test_size": 0.01, "dropout": 0.1,
     }))
     .unwrap();
-    for (objective, name) in [(Objective::Mlm, "mlm"), (Objective::Clm, "clm")] {
+    for (objective, name) in [(Objective::Mlm, "mlm"), (Objective::Clm, "clm"), (Objective::Seq2Seq, "seq2seq")] {
         let out = root.join("target/bench-train").join(name);
         let _ = std::fs::remove_dir_all(&out);
-        let outcome = pretrain(objective, &mut Texts(texts.clone()), &options, &mut Quiet, &out).unwrap();
+        let mut rows = Texts { texts: texts.clone(), reversed: objective == Objective::Seq2Seq };
+        let outcome = pretrain(objective, &mut rows, &options, &mut Quiet, &out).unwrap();
         let m = &outcome.metrics;
         println!("{name} (hidden 128, 2 layers, batch 16)");
         println!(

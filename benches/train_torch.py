@@ -1,7 +1,8 @@
 """PyTorch (eager, through transformers) training on the configuration and rows of `cargo bench --bench train`,
 printed in the same form so that benches/train.sh can put the two side by side. Run the Rust bench first: this
-reads the config.json and tokenizer.json it wrote to target/bench-train/{mlm,clm}, so both sides train the same
-architecture on the same tokens, 100 AdamW steps with gradient clipping, batch 16, rows up to 128 tokens.
+reads the config.json and tokenizer.json it wrote to target/bench-train/{mlm,clm,seq2seq}, so both sides train the
+same architecture on the same tokens, 100 AdamW steps with gradient clipping, batch 16, rows up to 128 tokens.
+Seq2seq maps each row to its words in reverse order and counts source and target tokens, as pg_ai does.
 
     /work/pyenv/bin/python benches/train_torch.py
 """
@@ -11,8 +12,8 @@ import random
 import time
 
 import torch
-from transformers import (AutoConfig, BertForMaskedLM, DataCollatorForLanguageModeling, GPT2LMHeadModel,
-                          PreTrainedTokenizerFast)
+from transformers import (AutoConfig, BertForMaskedLM, DataCollatorForLanguageModeling, DataCollatorForSeq2Seq,
+                          GPT2LMHeadModel, PreTrainedTokenizerFast, T5ForConditionalGeneration)
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 STEPS, BATCH, MAX_LENGTH = 100, 16, 128
@@ -44,12 +45,22 @@ def train(name, model_class):
     rows = texts()
     if name == "clm":
         tok.pad_token = tok.eos_token = "<|endoftext|>"
-        encoded = [tok(t + "<|endoftext|>", truncation=True, max_length=MAX_LENGTH)["input_ids"] for t in rows]
+        encoded = [{"input_ids": tok(t + "<|endoftext|>", truncation=True, max_length=MAX_LENGTH)["input_ids"]}
+                   for t in rows]
+    elif name == "seq2seq":
+        tok.pad_token, tok.eos_token = "<pad>", "</s>"  # the template adds </s>
+        encoded = [{"input_ids": tok(t, truncation=True, max_length=MAX_LENGTH)["input_ids"],
+                    "labels": tok(" ".join(reversed(t.split(" "))), truncation=True, max_length=MAX_LENGTH)["input_ids"]}
+                   for t in rows]
     else:
         tok.pad_token, tok.mask_token = "[PAD]", "[MASK]"
-        encoded = [tok(t, truncation=True, max_length=MAX_LENGTH)["input_ids"] for t in rows]
-    collator = DataCollatorForLanguageModeling(tok, mlm=name == "mlm", mlm_probability=0.15)
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n or ".ln_" in n]
+        encoded = [{"input_ids": tok(t, truncation=True, max_length=MAX_LENGTH)["input_ids"]} for t in rows]
+    if name == "seq2seq":
+        collator = DataCollatorForSeq2Seq(tok, model=model)
+    else:
+        collator = DataCollatorForLanguageModeling(tok, mlm=name == "mlm", mlm_probability=0.15)
+    no_decay = [p for n, p in model.named_parameters()
+                if n.endswith("bias") or "LayerNorm" in n or ".ln_" in n or "layer_norm" in n or "attention_bias" in n]
     decay = [p for p in model.parameters() if all(p is not q for q in no_decay)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=5e-4)
@@ -57,8 +68,10 @@ def train(name, model_class):
     tokens = 0
     started = time.perf_counter()
     for _ in range(STEPS):
-        batch = collator([{"input_ids": ids} for ids in rng.sample(encoded, BATCH)])
+        batch = collator(rng.sample(encoded, BATCH))
         tokens += int(batch["attention_mask"].sum())
+        if name == "seq2seq":
+            tokens += int((batch["labels"] != -100).sum())
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -74,3 +87,4 @@ if __name__ == "__main__":
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     train("mlm", BertForMaskedLM)
     train("clm", GPT2LMHeadModel)
+    train("seq2seq", T5ForConditionalGeneration)
