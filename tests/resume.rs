@@ -215,3 +215,17 @@ fn pretrained_seq2seq_resumes_with_dropout() {
         pretrain(Objective::Seq2Seq, rows, o, p, out)
     });
 }
+
+#[test]
+fn finetuned_llama_resumes_with_dropout() {
+    let base = fixtures().join("models/llama");
+    let options = json!({"max_steps": 8, "batch_size": 8, "learning_rate": 1e-3, "dropout": 0.1});
+    check_resume(
+        "llama",
+        Objective::Clm,
+        || Rows::texts(&sentences()),
+        options,
+        3,
+        |rows, o, p, out| finetune(&base, Objective::Clm, rows, o, p, out),
+    );
+}

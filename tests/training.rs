@@ -4,7 +4,8 @@
 mod training_support;
 
 use pg_ai::engine::train::{
-    AdamW, AdamWConfig, Batch, BertTask, Gradients, Targets, Trainable, TrainableBert, TrainableGpt2, TrainableT5,
+    AdamW, AdamWConfig, Batch, BertTask, Gradients, Targets, Trainable, TrainableBert, TrainableGpt2, TrainableLlama,
+    TrainableT5,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -194,6 +195,14 @@ fn roberta_classification_step_matches_torch() {
     let model = TrainableBert::load(&model_dir("roberta-classifier")).unwrap();
     assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
     check_against_torch(&model, &g, &batch(&g, false));
+}
+
+#[test]
+fn llama_clm_step_matches_torch() {
+    let g = golden("llama_clm");
+    let model = TrainableLlama::load(&model_dir("llama")).unwrap();
+    assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
+    check_against_torch(&model, &g, &batch(&g, true));
 }
 
 #[test]
@@ -503,6 +512,31 @@ fn finetuned_mlm_and_clm_load_and_answer() {
     let greedy = GenerateOptions { max_tokens: 10, ..Default::default() };
     generate_with(model.causal().unwrap(), "alice is", &greedy, &mut || (), &mut |p| text.push_str(p)).unwrap();
     assert!(!text.trim().is_empty());
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn finetuned_llama_learns_a_new_sentence_frame() {
+    // "{n} plays {x} on sunday ." is new to the fixture, which learnt the toy sentences of make_fixtures.py.
+    let people = ["alice", "bob", "carol", "dave", "erin", "frank"];
+    let texts: Vec<String> =
+        people.iter().flat_map(|n| ["tennis", "golf", "chess"].map(|x| format!("{n} plays {x} on sunday ."))).collect();
+    let out = scratch("ft-llama");
+    let o = options(json!({"max_steps": 40, "learning_rate": 3e-3, "batch_size": 8}));
+    let outcome =
+        finetune(&model_dir("llama"), Objective::Clm, &mut Rows::texts(&texts), &o, &mut Recorder::default(), &out)
+            .unwrap();
+    eprintln!("{}", outcome.metrics);
+    assert_eq!((outcome.architecture.as_str(), outcome.task.as_str()), ("LlamaForCausalLM", "text-generation"));
+    assert!(metric(&outcome, "eval_loss") < 0.5 * metric(&outcome, "initial_eval_loss"));
+    let model = load_any(&out);
+    let AnyModel::Llama(_) = &model else { panic!("not loaded as Llama") };
+    let mut text = String::new();
+    let greedy = GenerateOptions { max_tokens: 30, ..Default::default() };
+    generate_with(model.causal().unwrap(), "grace plays", &greedy, &mut || (), &mut |p| text.push_str(p)).unwrap();
+    // A sentence of the new frame, ended where the rows end (the end-of-text token after each).
+    let frame = ["tennis", "golf", "chess"].map(|x| format!("grace plays {x} on sunday ."));
+    assert!(frame.contains(&format!("grace plays{text}")), "grace plays{text}");
     std::fs::remove_dir_all(out).unwrap();
 }
 
@@ -836,6 +870,12 @@ fn bad_input_is_refused_with_the_right_error() {
     let e = finetune(&model_dir("marian"), Objective::Seq2Seq, &mut some, &o, &mut quiet, &out).unwrap_err();
     assert_eq!((e.kind, e.message.as_str()), (ErrorKind::WrongTask, "fine-tuning a \"marian\" model is not supported"));
     assert!(e.hint.unwrap().contains("t5 (seq2seq)"));
+    let ner_on_llama = finetune(&model_dir("llama"), Objective::TokenClassification, &mut fine, &o, &mut quiet, &out);
+    let e = ner_on_llama.unwrap_err();
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (ErrorKind::WrongTask, "a llama model cannot be trained for token-classification")
+    );
     let prefixed = options(json!({"source_prefix": "summarize: "}));
     let e = finetune(&model_dir("gpt2"), Objective::Clm, &mut some, &prefixed, &mut quiet, &out).unwrap_err();
     assert_eq!(

@@ -105,6 +105,16 @@ SELECT pg_temp.try($$SELECT ai_finetune('x', 't5-base', 'sentences', 'seq2seq')$
 SELECT pg_temp.try($$SELECT ai_finetune('x', 'base', 'reversed', 'seq2seq',
                                         '{"source_column": "english", "target_column": "german"}')$$) AS not_a_t5;
 
+-- A Llama-family model fine-tuned on a new sentence frame generates it.
+SELECT ai_load_model('llama-base', :'fixtures' || '/models/llama');
+SELECT ai_finetune('llama-sunday', 'llama-base',
+                   $$SELECT n || ' plays ' || x || ' on sunday .' AS text
+                     FROM unnest(ARRAY['alice', 'bob', 'carol', 'dave', 'erin', 'frank']) AS n,
+                          unnest(ARRAY['tennis', 'golf', 'chess']) AS x$$,
+                   'clm', '{"max_steps": 40, "learning_rate": 3e-3, "batch_size": 8}');
+SELECT architecture, task, parent FROM ai.models WHERE name = 'llama-sunday';
+SELECT 'grace plays' || ai_generate('grace plays', 'llama-sunday', max_tokens => 30) AS continued;
+
 -- Bad input: a clear error, and nothing registered.
 CREATE TABLE empty_table (text text);
 CREATE TABLE one_class (text text, label text);

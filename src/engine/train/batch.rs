@@ -142,6 +142,17 @@ impl Batch {
         Ok(Tensor::from_vec(ids, n, &Device::Cpu)?)
     }
 
+    /// The states of `hidden` (rows, len, dim) at the token targets' positions, (targets, dim): only those go
+    /// through a vocabulary projection.
+    pub fn at_targets(&self, hidden: &Tensor) -> Result<Tensor> {
+        let Targets::Tokens { positions, .. } = &self.targets else {
+            return Err(AiError::internal("a language model predicts tokens, not labels"));
+        };
+        let (rows, len, dim) = hidden.dims3()?;
+        let at = Tensor::from_vec(positions.clone(), positions.len(), &Device::Cpu)?;
+        Ok(hidden.reshape((rows * len, dim))?.index_select(&at, 0)?)
+    }
+
     pub fn target_count(&self) -> usize {
         match &self.targets {
             Targets::Tokens { ids, .. } => ids.len(),

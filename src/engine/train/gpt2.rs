@@ -1,7 +1,7 @@
 //! A differentiable GPT-2 (GPT2LMHeadModel) with transformers' tensor names and Conv1D layout
 //! (weights stored (in, out)), so that engine::gpt2 loads what it saves. The LM head is tied to wte.
 
-use super::batch::{Batch, Targets};
+use super::batch::Batch;
 use super::nn::{conv1d, dropout, layer_norm, softmax, Activation, Dropout};
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
@@ -194,14 +194,7 @@ impl Trainable for TrainableGpt2 {
     }
 
     fn logits(&self, batch: &Batch, d: Option<&mut Dropout>) -> Result<Tensor> {
-        let Targets::Tokens { positions, .. } = &batch.targets else {
-            return Err(AiError::internal("a causal LM predicts tokens, not labels"));
-        };
-        let hidden = self.hidden(batch, d)?;
-        let h = hidden.dim(2)?;
-        let at = Tensor::from_vec(positions.clone(), positions.len(), &Device::Cpu)?;
-        let x = hidden.reshape((batch.rows * batch.len, h))?.index_select(&at, 0)?;
-        Ok(x.matmul(&self.wte.t()?)?)
+        Ok(batch.at_targets(&self.hidden(batch, d)?)?.matmul(&self.wte.t()?)?)
     }
 
     fn config(&self) -> &Value {

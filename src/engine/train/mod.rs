@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod family;
 pub mod gpt2;
+pub mod llama;
 pub mod mask;
 pub mod metrics;
 pub mod nn;
@@ -23,6 +24,7 @@ pub use batch::{Batch, Targets};
 pub use bert::{BertTask, TrainableBert};
 pub use checkpoint::TrainerState;
 pub use gpt2::TrainableGpt2;
+pub use llama::TrainableLlama;
 pub use nn::Dropout;
 pub use optim::{AdamW, AdamWConfig, Gradients};
 pub use options::TrainOptions;
@@ -291,11 +293,11 @@ fn continue_from(
         (_, Objective::Mlm | Objective::TextClassification | Objective::TokenClassification) if encoder => {
             Style::Encoder
         }
-        ("gpt2", Objective::Clm) => Style::Decoder,
+        ("gpt2" | "llama", Objective::Clm) => Style::Decoder,
         ("t5", Objective::Seq2Seq) => Style::Seq2Seq,
-        (_, _) if encoder || ["gpt2", "t5"].contains(&model_type.as_str()) => {
+        (_, _) if encoder || ["gpt2", "llama", "t5"].contains(&model_type.as_str()) => {
             let can = match model_type.as_str() {
-                "gpt2" => "clm",
+                "gpt2" | "llama" => "clm",
                 "t5" => "seq2seq",
                 _ => "mlm, text-classification or token-classification",
             };
@@ -308,7 +310,7 @@ fn continue_from(
         (other, _) => {
             return Err(AiError::wrong_task(format!("fine-tuning a \"{other}\" model is not supported")).with_hint(
                 "Fine-tuning supports bert, distilbert and roberta (mlm, text-classification, token-classification), \
-                 gpt2 (clm) and t5 (seq2seq) models.",
+                 gpt2 and llama (clm) and t5 (seq2seq) models.",
             ))
         }
     };
@@ -330,7 +332,10 @@ fn continue_from(
     // T5's relative positions have no limit; n_positions is what it was trained for.
     let positions = match &encoder_config {
         Some(c) => c.max_tokens(),
-        None => config.get("n_positions").and_then(Value::as_u64).unwrap_or(512) as usize,
+        None => ["n_positions", "max_position_embeddings"]
+            .iter()
+            .find_map(|key| config.get(*key).and_then(Value::as_u64))
+            .unwrap_or(512) as usize,
     };
     let max_length = options.max_length.min(positions);
     let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir))?;
@@ -338,6 +343,8 @@ fn continue_from(
         let keys: &[&str] = match (&encoder_config, style) {
             (Some(c), _) => family::Layout::of(c.family).dropout_keys(),
             (None, Style::Seq2Seq) => &["dropout_rate"],
+            // Llama has attention dropout only.
+            (None, _) if model_type == "llama" => &["attention_dropout"],
             (None, _) => &["resid_pdrop", "embd_pdrop", "attn_pdrop"],
         };
         for key in keys {
@@ -350,6 +357,7 @@ fn continue_from(
     }
     let source = params::read_safetensors(&files.weights[0])?;
     let model: Box<dyn Trainable> = match style {
+        Style::Decoder if model_type == "llama" => Box::new(TrainableLlama::build(config, source, options.seed)?),
         Style::Decoder => Box::new(TrainableGpt2::build(config, source, options.seed)?),
         Style::Seq2Seq => Box::new(TrainableT5::build(config, source, options.seed)?),
         Style::Encoder => {

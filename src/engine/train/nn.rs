@@ -28,6 +28,12 @@ pub fn layer_norm(x: &Tensor, (w, b): &(Tensor, Tensor), eps: f64) -> Result<Ten
     Ok(candle_nn::ops::layer_norm_slow(x, w, b, eps as f32)?)
 }
 
+/// An RMS norm (T5's and Llama's layer norm): x / sqrt(mean(x^2) + eps), scaled; no mean subtraction, no bias.
+pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    let variance = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_div(&(variance + eps)?.sqrt()?)?.broadcast_mul(scale)?)
+}
+
 /// Softmax over the last dimension. The max is only there for stability, so it is detached.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();

@@ -2,14 +2,14 @@
 //! engine::t5 loads what it saves: RMS norms written out (candle's fused one has no backward pass), relative
 //! position buckets shared with inference, and the loss on the decoder side only.
 
-use super::batch::{Batch, Targets};
-use super::nn::{dropout, linear, softmax, Activation, Dropout};
+use super::batch::Batch;
+use super::nn::{dropout, linear, rms_norm, softmax, Activation, Dropout};
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::engine::error::{AiError, Result};
 use crate::engine::t5::{relative_bucket, T5Config};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -81,12 +81,6 @@ pub fn new_config(size: &ModelSize, source_prefix: &str) -> Value {
         "task_specific_params": {"translation": {"prefix": source_prefix}},
         "dtype": "float32",
     })
-}
-
-/// T5's layer norm: x / sqrt(mean(x^2) + eps), scaled; no mean subtraction, no bias.
-fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
-    let variance = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(variance + eps)?.sqrt()?)?.broadcast_mul(scale)?)
 }
 
 /// (batch, len, heads * d_kv) -> (batch, heads, len, d_kv)
@@ -304,14 +298,8 @@ impl Trainable for TrainableT5 {
     }
 
     fn logits(&self, batch: &Batch, mut d: Option<&mut Dropout>) -> Result<Tensor> {
-        let Targets::Tokens { positions, .. } = &batch.targets else {
-            return Err(AiError::internal("a sequence-to-sequence model predicts tokens, not labels"));
-        };
-        let hidden = self.decoded(batch, &mut d)?;
-        let (rows, len, dim) = hidden.dims3()?;
-        // Only the target positions go through the vocabulary projection.
-        let at = Tensor::from_vec(positions.clone(), positions.len(), &Device::Cpu)?;
-        let x = hidden.reshape((rows * len, dim))?.index_select(&at, 0)?;
+        let x = batch.at_targets(&self.decoded(batch, &mut d)?)?;
+        let dim = x.dim(1)?;
         match &self.lm_head {
             Some(head) => linear(&x, head, None),
             // A tied head sees the states scaled by d_model^-0.5, as transformers does.
