@@ -87,6 +87,15 @@ fn main() {
     } else {
         println!("skipping SmolLM2: run scripts/fetch-smollm2.sh first");
     }
+    // Full-size f32 models with random weights (benches/make_bench_models.py), as benches/side_by_side.sh uses.
+    for (name, dir) in [("GPT-2 124M size, f32", "gpt2-124m"), ("SmolLM2-135M size (Llama), f32", "smollm2-135m")] {
+        let dir = root.join(".models/bench").join(dir);
+        if dir.is_dir() {
+            bench(name, dir.to_str().unwrap(), PROMPT, 64);
+        } else {
+            println!("skipping {name}: run benches/make_bench_models.py first");
+        }
+    }
     let gpt2 = root.join("tests/fixtures/models/gpt2");
     let prompt = "the cat sat in the park . alice is eating bread . bob lives in";
     bench("tests/fixtures/models/gpt2 (tiny, 64-token context)", gpt2.to_str().unwrap(), prompt, 64);

@@ -6,6 +6,10 @@
 --   py_fill_mask(text, model, top_k) TABLE(token, score, sequence)        the fill-mask pipeline (ai_fill_mask)
 --   py_fill_mask(text[], model, top_k) TABLE(ord, token, score, sequence) the pipeline over a list, batch size 32
 --   py_generate(prompt, model, max_tokens) text     model.generate, greedy, the continuation only (ai_generate)
+--   py_pretrain(model, objective, query) float8      tokens/s of 100 steps of transformers + torch.optim.AdamW
+--                                                   training a fresh copy of the pg_ai model `model` (same
+--                                                   config, same tokenizer) on the query's rows, as
+--                                                   benches/train_torch.py does
 --
 -- Models are named as in pg_ai: the directory is read from pg_ai's own catalog (ai.models.source), loaded on
 -- first use and cached in the backend (GD), like pg_ai's per-backend cache. Settings read at the first call:
@@ -113,4 +117,45 @@ encoded = tokenizer(prompt, return_tensors='pt')
 with torch.inference_mode():
     out = lm.generate(**encoded, max_new_tokens=max_tokens, do_sample=False)
 return tokenizer.decode(out[0, encoded['input_ids'].shape[1]:], skip_special_tokens=True)
+$$;
+
+CREATE OR REPLACE FUNCTION py_pretrain(model text, objective text, query text) RETURNS float8
+LANGUAGE plpython3u AS $$
+plpy.execute("SELECT py_bootstrap()")
+torch = GD['torch']
+import os, random, time
+from transformers import (AutoConfig, BertForMaskedLM, DataCollatorForLanguageModeling, GPT2LMHeadModel,
+                          PreTrainedTokenizerFast)
+steps, batch_size, max_length = 100, 16, 128
+where = plpy.prepare("SELECT current_setting('data_directory') || '/pg_ai/models/' || sha256 AS dir "
+                     "FROM ai.models WHERE name = $1", ["text"])
+folder = plpy.execute(where, [model])[0]['dir']
+tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(folder, 'tokenizer.json'))
+config = AutoConfig.from_pretrained(folder)
+torch.manual_seed(0)
+net = (GPT2LMHeadModel if objective == 'clm' else BertForMaskedLM)(config)
+net.train()
+texts = [r['text'] for r in plpy.execute(query)]
+if objective == 'clm':
+    tok.pad_token = tok.eos_token = '<|endoftext|>'
+    encoded = [tok(t + '<|endoftext|>', truncation=True, max_length=max_length)['input_ids'] for t in texts]
+else:
+    tok.pad_token, tok.mask_token = '[PAD]', '[MASK]'
+    encoded = [tok(t, truncation=True, max_length=max_length)['input_ids'] for t in texts]
+collator = DataCollatorForLanguageModeling(tok, mlm=objective == 'mlm', mlm_probability=0.15)
+no_decay = [p for n, p in net.named_parameters() if n.endswith('bias') or 'LayerNorm' in n or '.ln_' in n]
+decay = [p for p in net.parameters() if all(p is not q for q in no_decay)]
+opt = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.01}, {'params': no_decay, 'weight_decay': 0.0}], lr=5e-4)
+rng = random.Random(0)
+tokens = 0
+started = time.perf_counter()
+for _ in range(steps):
+    batch = collator([{'input_ids': ids} for ids in rng.sample(encoded, batch_size)])
+    tokens += int(batch['attention_mask'].sum())
+    loss = net(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad()
+return tokens / (time.perf_counter() - started)
 $$;

@@ -20,8 +20,7 @@
 #   PYBENCH_WARM, PYBENCH_WARM_BASE, PYBENCH_GEN_CALLS, PYBENCH_FIRST_TRIES   iteration counts (100, 20, 3, 3)
 #
 # Duration: about 7 minutes with PYBENCH_ROWS=1000 on the quiet 2-core development machine (the 10,000-row
-# per-row embeds add most of 20 more). benches/side_by_side.out is the output of that run, taken at commit
-# 7a7843b, when training was not yet part of this benchmark (benches/train.sh measures it).
+# per-row embeds add most of 20 more). benches/side_by_side.out is the output of that run.
 #
 # Models: the real all-MiniLM-L6-v2; the tiny fixture BERT (tests/fixtures/models/bert-mlm); and randomly
 # initialised full-size BERT-base, GPT-2 (124M) and SmolLM2-135M (Llama) made by benches/make_bench_models.py
@@ -195,6 +194,29 @@ SELECT 'text_$model', md5(FN_generate('$prompt', '$model', $gen_tokens));
 SELECT 'gen_$model', $gen_calls * $gen_tokens * 1000 / bench_ms(\$\$SELECT count(FN_generate('$prompt', '$model', $gen_tokens)) FROM generate_series(1, $gen_calls)\$\$);
 SQL
 done
+log "training from a table: mlm and clm, 100 steps each, on the fortunes"
+fortunes=$(mktemp)
+chmod 644 "$fortunes"
+if [ -d /usr/share/games/fortunes ]; then
+    # Entries end at a line holding "%"; whitespace collapsed, as benches/train.rs reads them.
+    find /usr/share/games/fortunes -maxdepth 1 -type f ! -name '*.*' -print0 | sort -z |
+        xargs -0 awk 'BEGIN { RS = "\n%\n" } { gsub(/[ \t\n\r]+/, " "); sub(/^ /, ""); sub(/ $/, "");
+             if ($0 != "") { gsub(/"/, "\"\""); print "\"" $0 "\"" } }' >"$fortunes"
+else
+    awk '{ gsub(/"/, "\"\""); print "\"" $0 "\"" }' tests/fixtures/train/sentences.txt >"$fortunes"
+fi
+sql -c "CREATE TABLE bench_fortunes (body text)" -c "\\copy bench_fortunes FROM '$fortunes' WITH (FORMAT csv)"
+rm -f "$fortunes"
+train_options='{"max_steps": 100, "batch_size": 16, "max_length": 128, "hidden_size": 128, "layers": 2, "heads": 4,
+                "intermediate_size": 512, "vocab_size": 2000, "test_size": 0.01, "dropout": 0.1}'
+for objective in mlm clm; do
+    sql -c "SET client_min_messages = warning" \
+        -c "SELECT ai_pretrain('bench-$objective', 'SELECT body AS text FROM bench_fortunes', '$objective', '$train_options')" >/dev/null
+    record "train_$objective" ai "$(sql -c "SELECT (training->'metrics'->>'tokens_per_second')::float FROM ai.models WHERE name = 'bench-$objective'")"
+    record "train_$objective" py "$(sql -c "SELECT py_pretrain('bench-$objective', '$objective', 'SELECT body AS text FROM bench_fortunes')")"
+done
+echo "training: $(sql -c 'SELECT count(*) FROM bench_fortunes') rows; pg_ai's ai_pretrain (its figure includes the held-out evaluations at start and end) and PL/Python training a fresh copy of the same configuration with the same tokenizer, as benches/train_torch.py does" >>"$notes"
+
 prompt_tokens=$(PYTHONPATH=$site /usr/bin/python3 -c "import sys; from tokenizers import Tokenizer
 print(len(Tokenizer.from_file(sys.argv[1]).encode(sys.argv[2]).ids))" "$repo/.models/bench/smollm2-135m/tokenizer.json" "$prompt" 2>/dev/null || echo '?')
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -239,11 +261,11 @@ row "backend RSS after loading MiniLM and one embed" rss MB lower
 row "backend PSS after loading MiniLM and one embed" pss MB lower
 row "greedy generation, GPT-2 124M size, $gen_tokens new tokens" gen_gpt2-124m tok/s higher
 row "greedy generation, SmolLM2-135M size (Llama), $gen_tokens new" gen_smollm2-135m tok/s higher
-printf "| %-58s | %12s | %12s | %7s |\n" "training (benches/train.sh, against PyTorch directly)" "see there" "see there" "-"
+row "training from a table, MLM (BERT, hidden 128, 2 layers)" train_mlm tok/s higher
+row "training from a table, CLM (GPT-2, hidden 128, 2 layers)" train_clm tok/s higher
 echo
 echo "notes:"
 sed 's/^/- /' "$notes"
 echo "- generation: prompt of $prompt_tokens tokens (SmolLM2 tokenizer), $gen_tokens new tokens per call, no end-of-text token" \
      "(random weights), prompt processing included; both sides generated $(same_text gpt2-124m) for GPT-2 and" \
      "$(same_text smollm2-135m) for SmolLM2"
-echo "- training: benches/train.sh runs pg_ai's trainer and PyTorch eager on the same configuration and tokens"
