@@ -166,8 +166,7 @@ impl AnyModel {
             AnyModel::Gpt2(m) => m.parameter_bytes,
             AnyModel::Llama(m) => m.parameter_bytes,
             AnyModel::Seq2Seq(m) => m.parameter_bytes,
-            // Quantized: the tensors take about what the file does.
-            AnyModel::Gguf(m) => m.file_bytes,
+            AnyModel::Gguf(m) => m.weight_bytes,
         }
     }
 
