@@ -9,8 +9,7 @@ theirs=$("$python" benches/generate_transformers.py 2>/dev/null)
 echo "== pg_ai"; echo "$ours"
 echo "== transformers"; echo "$theirs"
 echo "== pg_ai / transformers (tokens per second)"
-# Pair the lines by model heading and measure name, and divide the tokens/s figures.
-paste <(echo "$ours" | awk '/^[^ ]/{m=$0} /tokens\/s/{print m " " $1 " " $(NF-1)}') \
-      <(echo "$theirs" | awk '/^[^ ]/{m=$0} /tokens\/s/{print m " " $1 " " $(NF-1)}') |
-    awk -F'\t' '{split($1,a," "); split($2,b," "); o=a[length(a)]; t=b[length(b)];
-                 sub(/ [0-9.]+$/,"",$1); if (t > 0) printf "%s %.2fx\n", $1, o / t}'
+# Pair the figures by model heading and measure name (models only one side runs are left out), and divide.
+figures() { awk '/^[^ ]/{m=$0} /tokens\/s/{print m " " $1 "\t" $(NF-1)}' | sort; }
+join -t $'\t' <(echo "$ours" | figures) <(echo "$theirs" | figures) |
+    awk -F'\t' '$3 > 0 {printf "%s %.2fx\n", $1, $2 / $3}'

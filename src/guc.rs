@@ -30,6 +30,9 @@ static KEEP_FREED_MEMORY: GucSetting<i32> =
 /// Reports each call's time by phase as a NOTICE.
 static TIMING: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// GGUF weights that candle multiplies without SIMD (Q4_1, Q5_1, Q8_1) are held as Q8_0.
+static GGUF_REQUANTIZE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn init() {
     GucRegistry::define_int_guc(
         c"pg_ai.threads",
@@ -76,6 +79,14 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
+        c"pg_ai.gguf_requantize",
+        c"Holds GGUF weights stored as Q4_1, Q5_1 or Q8_1 as Q8_0, which has SIMD kernels: several times faster.",
+        c"Costs about 1.7x their memory and moves answers slightly (README, Benchmarks); applies to models loaded after.",
+        &GGUF_REQUANTIZE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
         c"pg_ai.timing",
         c"Reports where each model call's time goes (lookup and load, tokenize, forward, decode) as a NOTICE.",
         c"For finding out what to speed up; one NOTICE per call.",
@@ -116,6 +127,7 @@ pub fn apply_compute_settings() {
     // 2650 tokens/s).
     crate::engine::allocator::keep_freed_memory(KEEP_FREED_MEMORY.get().max(0) as usize * 1024);
     crate::engine::threads::configure(threads());
+    crate::engine::gguf::requantize_slow_weights(GGUF_REQUANTIZE.get());
 }
 
 pub fn threads() -> usize {

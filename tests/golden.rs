@@ -278,39 +278,37 @@ fn smollm2_gguf_answers_through_its_chat_template() {
     assert!(reply.contains("Paris"), "{reply}");
 }
 
-/// SmolLM2's Q4_1 weights are re-quantised to Q8_0 on load (candle has no SIMD dot product for Q4_1): the answers
-/// stay those of the weights as stored, the same greedy tokens and next-token logits within 0.5 (of logits
-/// spread over about 30).
+/// SmolLM2's Q4_1 weights are re-quantised to Q8_0 on load (candle has no SIMD dot product for Q4_1). Against the
+/// file's weights de-quantised to f32 (what transformers runs), the next-token distribution moves by a KL
+/// divergence of 0.0084 nats where the Q4_1 weights as stored move it by 0.0025 (both round the activations to 8
+/// bits), and the most likely token stays the same.
 #[test]
-fn smollm2_requantised_answers_as_stored() {
-    use pg_ai::engine::generate::{generate_with, CausalLm, GenerateOptions};
-    use pg_ai::engine::gguf::GgufModel;
+fn smollm2_requantised_stays_close_to_its_f32_weights() {
+    use pg_ai::engine::generate::CausalLm;
+    use pg_ai::engine::gguf::{GgufModel, Weights};
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.is_file() {
-        let status = std::process::Command::new(path.parent().unwrap().parent().unwrap().join("scripts/fetch-smollm2.sh"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "fetching SmolLM2 failed");
+        let fetch = path.parent().unwrap().parent().unwrap().join("scripts/fetch-smollm2.sh");
+        assert!(std::process::Command::new(fetch).status().unwrap().success(), "fetching SmolLM2 failed");
     }
-    let (stored, fast) = (GgufModel::load_as_stored(&path).unwrap(), GgufModel::load(&path).unwrap());
+    let load = |w: Weights| GgufModel::load_as(&path, w).unwrap();
+    let (stored, fast, exact) = (load(Weights::AsStored), load(Weights::Fast), load(Weights::F32));
     assert!(fast.weight_bytes > stored.weight_bytes, "nothing was re-quantised");
     let prompt = "PostgreSQL is a powerful, open source object-relational database system with over 35 years of";
-    let logits = |m: &GgufModel| -> Vec<f32> {
+    // log-softmax of the next token's logits
+    let next = |m: &GgufModel| -> Vec<f64> {
         let ids = m.codec().encode_prompt(prompt).unwrap();
-        m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap()
+        let logits: Vec<f32> = m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap();
+        let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let sum: f64 = logits.iter().map(|l| (*l as f64 - max).exp()).sum();
+        logits.iter().map(|l| *l as f64 - max - sum.ln()).collect()
     };
-    let (a, b) = (logits(&stored), logits(&fast));
-    let spread = a.iter().cloned().fold(f32::MIN, f32::max) - a.iter().cloned().fold(f32::MAX, f32::min);
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-    eprintln!("largest logit change {worst} (logits spread over {spread})");
-    assert!(worst < 0.5, "largest logit change {worst}");
-    let text = |m: &GgufModel| {
-        let mut out = String::new();
-        let options = GenerateOptions { max_tokens: 32, ..Default::default() };
-        generate_with(m, prompt, &options, &mut || (), &mut |p| out.push_str(p)).unwrap();
-        out
-    };
-    assert_eq!(text(&fast), text(&stored));
+    let (p, q_stored, q_fast) = (next(&exact), next(&stored), next(&fast));
+    let kl = |q: &[f64]| p.iter().zip(q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum::<f64>();
+    let argmax = |v: &[f64]| (0..v.len()).max_by(|a, b| v[*a].total_cmp(&v[*b])).unwrap();
+    eprintln!("KL from f32: stored Q4_1 {:.5}, Q8_0 {:.5}", kl(&q_stored), kl(&q_fast));
+    assert_eq!((argmax(&q_fast), argmax(&q_stored)), (argmax(&p), argmax(&p)));
+    assert!(kl(&q_stored) < 0.01 && kl(&q_fast) < 0.02, "KL from f32: Q4_1 {}, Q8_0 {}", kl(&q_stored), kl(&q_fast));
 }
 
 mod translation {

@@ -52,19 +52,44 @@ fn scalar_only(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q8_1)
 }
 
-/// Rewrites the weights candle would multiply without SIMD as Q8_0 (which has SIMD dot products), in memory: the
-/// prompt of SmolLM2's Q4_1 file went through about ten times slower than PyTorch before. Q8_0 keeps each block
-/// of 32 weights to within max|w|/254, far finer than the 4- and 5-bit steps it starts from; it takes 34 bytes a
-/// block where Q4_1 takes 20. Returns the tensors as a GGUF data section that `content` now describes, or None
-/// when every weight is fast already. Bytes of weights either way.
-fn requantize<R: Read + Seek>(
+static REQUANTIZE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether `GgufModel::load` rewrites Q4_1, Q5_1 and Q8_1 weights as Q8_0 (the pg_ai.gguf_requantize setting).
+pub fn requantize_slow_weights(on: bool) {
+    REQUANTIZE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How a GGUF file's weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// As the file stores them.
+    AsStored,
+    /// Q4_1, Q5_1 and Q8_1 weights rewritten as Q8_0, the rest as stored: the default (see `rewrite`).
+    Fast,
+    /// Every weight de-quantised to f32: the reference that measures what quantisation changes.
+    F32,
+}
+
+/// Rewrites the weights `weights` asks for, in memory, as a GGUF data section that `content` then describes; None
+/// when nothing changes. Also the bytes of all weights.
+///
+/// Why `Fast`: candle multiplies Q4_1, Q5_1 and Q8_1 weights with a scalar loop, and SmolLM2's Q4_1 prompt went
+/// through about ten times slower than PyTorch; Q8_0 has SIMD dot products. Q8_0 holds each block of 32 weights to
+/// within max|w|/254, finer than the 4- and 5-bit steps it starts from, in 34 bytes a block where Q4_1 takes 20.
+fn rewrite<R: Read + Seek>(
     content: &mut gguf_file::Content,
     file: &mut R,
+    weights: Weights,
 ) -> candle_core::Result<(Option<Cursor<Vec<u8>>>, usize)> {
     let bytes = |info: &gguf_file::TensorInfo| {
         info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
     };
-    if !content.tensor_infos.values().any(|info| scalar_only(info.ggml_dtype)) {
+    let target = |dtype: GgmlDType| match weights {
+        Weights::Fast if scalar_only(dtype) => Some(GgmlDType::Q8_0),
+        Weights::F32 if dtype != GgmlDType::F32 => Some(GgmlDType::F32),
+        _ => None,
+    };
+    if !content.tensor_infos.values().any(|info| target(info.ggml_dtype).is_some()) {
         return Ok((None, content.tensor_infos.values().map(bytes).sum()));
     }
     let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
@@ -72,8 +97,8 @@ fn requantize<R: Read + Seek>(
     let mut data = Vec::new();
     for name in names {
         let mut tensor = content.tensor(file, &name, &Device::Cpu)?;
-        if scalar_only(tensor.dtype()) {
-            tensor = QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?;
+        if let Some(to) = target(tensor.dtype()) {
+            tensor = QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, to)?;
         }
         data.resize(data.len().next_multiple_of(gguf_file::DEFAULT_ALIGNMENT as usize), 0);
         if let Some(info) = content.tensor_infos.get_mut(&name) {
@@ -87,17 +112,14 @@ fn requantize<R: Read + Seek>(
 }
 
 impl GgufModel {
-    /// Loads the file, with Q4_1, Q5_1 and Q8_1 weights re-quantised to Q8_0 (see `requantize`).
+    /// Loads the file, with Q4_1, Q5_1 and Q8_1 weights re-quantised to Q8_0 (see `rewrite`) unless
+    /// `requantize_slow_weights(false)` was called.
     pub fn load(path: &Path) -> Result<Self> {
-        Self::open(path, true)
+        let fast = REQUANTIZE.load(std::sync::atomic::Ordering::Relaxed);
+        Self::load_as(path, if fast { Weights::Fast } else { Weights::AsStored })
     }
 
-    /// Loads the weights as the file stores them, to measure what re-quantisation changes.
-    pub fn load_as_stored(path: &Path) -> Result<Self> {
-        Self::open(path, false)
-    }
-
-    fn open(path: &Path, fast_weights: bool) -> Result<Self> {
+    pub fn load_as(path: &Path, weights: Weights) -> Result<Self> {
         let corrupt = |e: candle_core::Error| {
             AiError::corrupt(format!("cannot read {}: {e}", path.display()))
                 .with_hint("pg_ai reads GGUF files of llama-architecture models.")
@@ -127,11 +149,7 @@ impl GgufModel {
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
             .map_or(MAX_SEQ_LEN, |n| (n as usize).min(MAX_SEQ_LEN));
-        let (rewritten, weight_bytes) = if fast_weights {
-            requantize(&mut content, &mut file).map_err(corrupt)?
-        } else {
-            (None, file.metadata().map_or(0, |m| m.len() as usize))
-        };
+        let (rewritten, weight_bytes) = rewrite(&mut content, &mut file, weights).map_err(corrupt)?;
         let weights = match rewritten {
             Some(mut data) => ModelWeights::from_gguf(content, &mut data, &Device::Cpu),
             None => ModelWeights::from_gguf(content, &mut file, &Device::Cpu),

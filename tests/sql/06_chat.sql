@@ -18,6 +18,12 @@ SELECT pg_temp.try($$SELECT ai_chat('[{"role": "user", "content": "hi"}]', 'gpt2
 SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', '/nonexistent/model.gguf')) AS missing_gguf;
 SELECT ai_chat(NULL, 'smollm2') IS NULL AS null_messages;
 
--- What this backend holds: SmolLM2's 135M parameters take what its Q4_1 file does.
+-- What this backend holds: SmolLM2's 135M parameters, stored as Q4_1 (94 MB), are held as Q8_0, which candle
+-- multiplies with SIMD; pg_ai.gguf_requantize = off keeps them as the file stores them (for models loaded after).
+SET pg_ai.gguf_requantize = off;
+SELECT ai_load_model('smollm2-as-stored', :'root' || '/.models/SmolLM2-135M-Instruct.Q4_1.gguf') \g /dev/null
+SELECT ai_chat('[{"role": "user", "content": "What is the capital of France?"}]', 'smollm2-as-stored',
+               max_tokens => 24) LIKE '%Paris%' AS answers_paris_as_stored;
+RESET pg_ai.gguf_requantize;
 SELECT name, architecture, parameters, pg_size_pretty(memory_bytes::bigint) AS memory
 FROM ai_loaded_models() ORDER BY name;
