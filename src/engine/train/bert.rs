@@ -322,7 +322,8 @@ impl TrainableBert {
             Ok(linear(x, &p.0, Some(&p.1))?.reshape((b, s, self.heads, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let (q, k, v) = (split(&l.query)?, split(&l.key)?, split(&l.value)?);
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
+        // Scaling q (head_dim values a token) rather than the scores (one per pair of tokens): less work.
+        let scores = (q / (hd as f64).sqrt())?.matmul(&k.t()?)?.broadcast_add(bias)?;
         let probs = dropout(d, &softmax(&scores)?, self.attention_dropout)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
         let a = linear(&context, &l.attention_out.0, Some(&l.attention_out.1))?;

@@ -177,7 +177,8 @@ impl TrainableGpt2 {
             Ok(qkv.narrow(2, i * h, h)?.reshape((batch, seq, self.heads, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+        // Scaling q (head_dim values a token) rather than the scores (one per pair of tokens): less work.
+        let scores = (q / (hd as f64).sqrt())?.matmul(&k.t()?)?.broadcast_add(mask)?;
         let probs = dropout(d, &softmax(&scores)?, self.attn_pdrop)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, h))?;
         let a = dropout(d, &conv1d(&context, &b.attn_proj.0, Some(&b.attn_proj.1))?, self.resid_pdrop)?;

@@ -229,7 +229,8 @@ impl TrainableLlama {
         // Each query head reads its group's key and value head.
         let k = Self::rotate(&heads(&l.k, kv_heads)?, &rotary.0, &rotary.1)?.index_select(&self.kv_of_head, 1)?;
         let v = heads(&l.v, kv_heads)?.index_select(&self.kv_of_head, 1)?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?;
+        // Scaling q (head_dim values a token) rather than the scores (one per pair of tokens): less work.
+        let scores = (q / (self.head_dim as f64).sqrt())?.matmul(&k.t()?)?.broadcast_add(mask)?;
         let probs = dropout(d, &softmax(&scores)?, self.attention_dropout)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, len, hidden))?;
         linear(&context, &l.o.0, l.o.1.as_ref())

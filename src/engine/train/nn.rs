@@ -2,9 +2,10 @@
 //! backward pass and would silently cut the graph, so these use plain tensor ops only.
 
 use crate::engine::error::{AiError, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 /// x (.., in) times a weight stored (out, in), as nn.Linear keeps it.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -34,11 +35,43 @@ pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.broadcast_div(&(variance + eps)?.sqrt()?)?.broadcast_mul(scale)?)
 }
 
-/// Softmax over the last dimension. The max is only there for stability, so it is detached.
+/// Softmax over the last dimension, with a backward pass: candle's fused softmax has none and would silently cut
+/// the graph, and composing it from max, sub, exp, sum and div costs five passes over the attention scores (and
+/// more backwards), which made it a large part of a training step.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    Ok(x.contiguous()?.apply_op1(Softmax)?)
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "pg_ai-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("softmax: contiguous f32 input only")
+        };
+        let width = layout.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; end - start];
+        out.par_chunks_mut(width).zip(data[start..end].par_chunks(width)).for_each(|(out, row)| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for (o, x) in out.iter_mut().zip(row) {
+                *o = (x - max).exp();
+                sum += *o;
+            }
+            out.iter_mut().for_each(|o| *o /= sum);
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// d softmax: y * (g - sum(g * y)) along the row.
+    fn bwd(&self, _arg: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let along = (grad * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((y * grad.broadcast_sub(&along)?)?))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
