@@ -1,7 +1,7 @@
 //! A training batch: padded token ids and what the model must predict.
 
 use crate::engine::error::{AiError, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 #[derive(Debug, Clone)]
 pub enum Targets {
@@ -121,6 +121,13 @@ impl Batch {
 
     pub fn ids_tensor(&self) -> Result<Tensor> {
         Ok(Tensor::from_vec(self.ids.clone(), (self.rows, self.len), &Device::Cpu)?)
+    }
+
+    /// The additive attention mask of the (encoder) tokens, (rows, 1, 1, len): 0 where attended, a large negative
+    /// number over padding, as transformers adds its dtype's minimum.
+    pub fn padding_bias(&self) -> Result<Tensor> {
+        let attended = Tensor::from_vec(self.attention.clone(), (self.rows, 1, 1, self.len), &Device::Cpu)?;
+        Ok(((attended.to_dtype(DType::F32)? - 1.0)? * 1e30)?)
     }
 
     /// Real (non-padding) tokens in the batch, the decoder's targets included.

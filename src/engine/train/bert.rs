@@ -11,7 +11,7 @@ use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::engine::config::{Family, ModelConfig};
 use crate::engine::error::{AiError, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -306,9 +306,7 @@ impl TrainableBert {
             x = x.broadcast_add(&token_type.narrow(0, 0, 1)?)?;
         }
         let mut x = dropout(&mut d, &layer_norm(&x, &self.embeddings_norm, self.eps)?, self.hidden_dropout)?;
-        // Additive mask: 0 where attended, a large negative number over padding. (rows, 1, 1, len)
-        let mask = Tensor::from_vec(batch.attention.clone(), (rows, 1, 1, len), &Device::Cpu)?.to_dtype(DType::F32)?;
-        let bias = ((mask - 1.0)? * 1e30)?;
+        let bias = batch.padding_bias()?;
         for l in &self.layers {
             x = self.layer(l, &x, &bias, &mut d)?;
         }

@@ -2,7 +2,7 @@
 //! (weights stored (in, out)), so that engine::gpt2 loads what it saves. The LM head is tied to wte.
 
 use super::batch::Batch;
-use super::nn::{conv1d, dropout, layer_norm, softmax, Activation, Dropout};
+use super::nn::{causal_mask, conv1d, dropout, layer_norm, softmax, Activation, Dropout};
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
@@ -160,9 +160,7 @@ impl TrainableGpt2 {
         let positions = Tensor::arange(0u32, len as u32, &Device::Cpu)?;
         let mut x = dropout(&mut d, &x.broadcast_add(&self.wpe.index_select(&positions, 0)?)?, self.embd_pdrop)?;
         // Causal mask only: padding is on the right, so no real token ever attends to it.
-        let mask: Vec<f32> =
-            (0..len).flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
-        let mask = Tensor::from_vec(mask, (len, len), &Device::Cpu)?;
+        let mask = causal_mask(len)?;
         for block in &self.blocks {
             x = self.block(block, &x, &mask, &mut d)?;
         }

@@ -3,7 +3,7 @@
 //! out: candle's fused rope and rms_norm kernels have no backward pass.
 
 use super::batch::Batch;
-use super::nn::{dropout, linear, rms_norm, softmax, Dropout};
+use super::nn::{causal_mask, dropout, linear, rms_norm, softmax, Dropout};
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::engine::error::{AiError, Result};
@@ -251,9 +251,7 @@ impl TrainableLlama {
         let (cos, sin) = self.rotary(len)?;
         let rotary = (cos.reshape((1, 1, len, self.inv_freq.len()))?, sin.reshape((1, 1, len, self.inv_freq.len()))?);
         // Causal mask only: padding is on the right, so no real token ever attends to it.
-        let mask: Vec<f32> =
-            (0..len).flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
-        let mask = Tensor::from_vec(mask, (len, len), &Device::Cpu)?;
+        let mask = causal_mask(len)?;
         for l in &self.layers {
             let a = self.attention(l, &rms_norm(&x, &l.input_norm, self.eps)?, &rotary, &mask, &mut d)?;
             x = (x + a)?;

@@ -29,6 +29,14 @@ pub fn layer_norm(x: &Tensor, (w, b): &(Tensor, Tensor), eps: f64) -> Result<Ten
     Ok(candle_nn::ops::layer_norm_slow(x, w, b, eps as f32)?)
 }
 
+/// The additive mask of a decoder's self-attention, (len, len): 0 where a token may look (itself and those
+/// before it), -inf after it, which softmax turns into 0.
+pub fn causal_mask(len: usize) -> Result<Tensor> {
+    let mask: Vec<f32> =
+        (0..len).flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Ok(Tensor::from_vec(mask, (len, len), &Device::Cpu)?)
+}
+
 /// An RMS norm (T5's and Llama's layer norm): x / sqrt(mean(x^2) + eps), scaled; no mean subtraction, no bias.
 pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
     let variance = x.sqr()?.mean_keepdim(D::Minus1)?;

@@ -3,13 +3,13 @@
 //! position buckets shared with inference, and the loss on the decoder side only.
 
 use super::batch::Batch;
-use super::nn::{dropout, linear, rms_norm, softmax, Activation, Dropout};
+use super::nn::{causal_mask, dropout, linear, rms_norm, softmax, Activation, Dropout};
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::engine::error::{AiError, Result};
 use crate::engine::t5::{relative_bucket, T5Config};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -254,10 +254,7 @@ impl TrainableT5 {
             let ids = Tensor::from_vec(ids.to_vec(), rows * len, &Device::Cpu)?;
             Ok(self.shared.index_select(&ids, 0)?.reshape((rows, len, dim))?)
         };
-        // Padding: a large negative score (rows, 1, 1, keys), as transformers adds its dtype's minimum.
-        let attended =
-            Tensor::from_vec(batch.attention.clone(), (rows, 1, 1, len), &Device::Cpu)?.to_dtype(DType::F32)?;
-        let padding = ((attended - 1.0)? * 1e30)?;
+        let padding = batch.padding_bias()?;
 
         let bias = self.position_bias(&self.encoder_bias, len, len, true)?.broadcast_add(&padding)?;
         let mut x = dropout(d, &embed(&batch.ids, len)?, p)?;
@@ -270,10 +267,7 @@ impl TrainableT5 {
         }
         let memory = dropout(d, &rms_norm(&x, &self.encoder_norm, eps)?, p)?;
 
-        // Causal: a target token sees itself and those before it.
-        let causal: Vec<f32> =
-            (0..out_len).flat_map(|i| (0..out_len).map(move |j| if j > i { -1e30 } else { 0.0 })).collect();
-        let causal = Tensor::from_vec(causal, (1, 1, out_len, out_len), &Device::Cpu)?;
+        let causal = causal_mask(out_len)?;
         let self_bias = self.position_bias(&self.decoder_bias, out_len, out_len, false)?.broadcast_add(&causal)?;
         let mut y = dropout(d, &embed(&decoder.ids, out_len)?, p)?;
         for b in &self.decoder {
