@@ -2,8 +2,8 @@
 //!
 //!     scripts/fetch-smollm2.sh && cargo bench --bench generate
 //!
-//! SmolLM2-135M-Instruct (GGUF Q4_1), the tiny fixture GPT-2, and the fixture T5 translating (greedy and
-//! 3 beams). PG_AI_THREADS sets the threads. benches/generate_transformers.py measures transformers on the
+//! SmolLM2-135M-Instruct (GGUF Q4_1), GPT-2 and SmolLM2 sizes in f32 and int8, the tiny fixture GPT-2, and the
+//! fixture T5 translating (greedy and 3 beams). PG_AI_THREADS sets the threads. benches/generate_transformers.py measures transformers on the
 //! same fixtures and inputs; benches/generate.sh runs both and prints the ratios.
 
 use pg_ai::engine::files::ModelFiles;
@@ -17,8 +17,10 @@ const PROMPT: &str = "PostgreSQL is a powerful, open source object-relational da
     of active development that has earned it a strong reputation for reliability, feature robustness, and \
     performance. It supports both SQL and JSON querying, and it runs on all major operating systems.";
 
-fn bench(name: &str, source: &str, prompt: &str, new_tokens: usize) {
-    let loaded = AnyModel::load(&ModelFiles::locate(source, None).expect("model files")).expect("model loads");
+/// `int8`: weights read from safetensors held as Q8_0 (pg_ai.int8_decoders).
+fn bench(name: &str, source: &str, prompt: &str, new_tokens: usize, int8: bool) {
+    let files = ModelFiles::locate(source, None).expect("model files");
+    let loaded = AnyModel::load_with(&files, int8).expect("model loads");
     let model = loaded.causal().expect("a decoder");
     let prompt = model.codec().encode_prompt(prompt).unwrap();
     let mut session: Box<dyn Decoder + '_> = model.session().unwrap();
@@ -83,22 +85,24 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let smollm2 = root.join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if smollm2.is_file() {
-        bench("SmolLM2-135M-Instruct, GGUF Q4_1", smollm2.to_str().unwrap(), PROMPT, 64);
+        bench("SmolLM2-135M-Instruct, GGUF Q4_1", smollm2.to_str().unwrap(), PROMPT, 64, false);
     } else {
         println!("skipping SmolLM2: run scripts/fetch-smollm2.sh first");
     }
-    // Full-size f32 models with random weights (benches/make_bench_models.py), as benches/side_by_side.sh uses.
-    for (name, dir) in [("GPT-2 124M size, f32", "gpt2-124m"), ("SmolLM2-135M size (Llama), f32", "smollm2-135m")] {
+    // Full-size f32 models with random weights (benches/make_bench_models.py), as benches/side_by_side.sh uses,
+    // as stored and held in 8 bits.
+    for (name, dir) in [("GPT-2 124M size", "gpt2-124m"), ("SmolLM2-135M size (Llama)", "smollm2-135m")] {
         let dir = root.join(".models/bench").join(dir);
         if dir.is_dir() {
-            bench(name, dir.to_str().unwrap(), PROMPT, 64);
+            bench(&format!("{name}, f32"), dir.to_str().unwrap(), PROMPT, 64, false);
+            bench(&format!("{name}, int8"), dir.to_str().unwrap(), PROMPT, 64, true);
         } else {
             println!("skipping {name}: run benches/make_bench_models.py first");
         }
     }
     let gpt2 = root.join("tests/fixtures/models/gpt2");
     let prompt = "the cat sat in the park . alice is eating bread . bob lives in";
-    bench("tests/fixtures/models/gpt2 (tiny, 64-token context)", gpt2.to_str().unwrap(), prompt, 64);
+    bench("tests/fixtures/models/gpt2 (tiny, 64-token context)", gpt2.to_str().unwrap(), prompt, 64, false);
     let t5 = root.join("tests/fixtures/models/t5");
     bench_translate("tests/fixtures/models/t5 (tiny)", t5.to_str().unwrap(), 1);
     bench_translate("tests/fixtures/models/t5 (tiny)", t5.to_str().unwrap(), 3);

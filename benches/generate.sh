@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # pg_ai's engine and transformers generating on the same fixtures, in one run, with the ratios:
-#   benches/generate.sh [python]     (default /work/pyenv/bin/python; needs torch and transformers)
+#   benches/generate.sh [python]     (default /work/pyenv/bin/python; needs torch, transformers, gguf, accelerate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-/work/pyenv/bin/python}
@@ -13,3 +13,6 @@ echo "== pg_ai / transformers (tokens per second)"
 figures() { awk '/^[^ ]/{m=$0} /tokens\/s/{print m " " $1 "\t" $(NF-1)}' | sort; }
 join -t $'\t' <(echo "$ours" | figures) <(echo "$theirs" | figures) |
     awk -F'\t' '$3 > 0 {printf "%s %.2fx\n", $1, $2 / $3}'
+# pg_ai's int8 figures against transformers' f32 ones (transformers runs the f32 weights as stored).
+join -t $'\t' <(echo "$ours" | figures | grep ', int8 ' | sed 's/, int8 /, f32 /') <(echo "$theirs" | figures) |
+    awk -F'\t' '$3 > 0 {sub(/, f32 /, ", pg_ai int8 vs f32 ", $1); printf "%s %.2fx\n", $1, $2 / $3}'

@@ -67,6 +67,19 @@ def smollm2():
     decoder("SmolLM2-135M-Instruct, GGUF Q4_1", model, ids, 2048)
 
 
+def bench_models():
+    """The full-size f32 models with random weights (benches/make_bench_models.py), as benches/side_by_side.sh uses."""
+    from transformers import AutoModelForCausalLM
+    for name, directory in (("GPT-2 124M size", "gpt2-124m"), ("SmolLM2-135M size (Llama)", "smollm2-135m")):
+        path = os.path.join(REPO, ".models", "bench", directory)
+        if not os.path.isdir(path):
+            print(f"skipping {name}: run benches/make_bench_models.py first")
+            continue
+        tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+        ids = tok(SMOLLM2_PROMPT, return_tensors="pt").input_ids
+        decoder(f"{name}, f32", model, ids, 1024)
+
+
 @torch.no_grad()
 def t5(num_beams):
     path = os.path.join(ROOT, "t5")
@@ -92,6 +105,7 @@ if __name__ == "__main__":
     import transformers
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     smollm2()
+    bench_models()
     gpt2()
     t5(1)
     t5(3)

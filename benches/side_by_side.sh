@@ -8,7 +8,7 @@
 #   benches/side_by_side.sh
 #
 # Environment (all optional):
-#   PYBENCH_SITE_PACKAGES  a site-packages directory with torch, transformers and sentence-transformers for
+#   PYBENCH_SITE_PACKAGES  a site-packages directory with torch, transformers, sentence-transformers and gguf for
 #                          CPython 3.11 (Debian 12's plpython3u is CPython 3.11). Unset: they are installed once
 #                          with `pip install --target .pybench/site-packages` (git-ignored; several GB)
 #   MINILM_DIR             all-MiniLM-L6-v2 (default .models/all-MiniLM-L6-v2, fetched by scripts/fetch-minilm.sh)
@@ -58,11 +58,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 site=${PYBENCH_SITE_PACKAGES:-$repo/.pybench/site-packages}
-if ! PYTHONPATH=$site /usr/bin/python3 -c "import torch, transformers, sentence_transformers" 2>/dev/null; then
-    [ -n "${PYBENCH_SITE_PACKAGES:-}" ] && { echo "$site lacks torch, transformers or sentence-transformers" >&2; exit 1; }
-    log "installing torch, transformers, sentence-transformers into $site (once; several GB)"
+# gguf: transformers reads SmolLM2's tokenizer from its GGUF file with it (benches/make_bench_models.py).
+if ! PYTHONPATH=$site /usr/bin/python3 -c "import torch, transformers, sentence_transformers, gguf" 2>/dev/null; then
+    [ -n "${PYBENCH_SITE_PACKAGES:-}" ] && { echo "$site lacks torch, transformers, sentence-transformers or gguf" >&2; exit 1; }
+    log "installing torch, transformers, sentence-transformers, gguf into $site (once; several GB)"
     /usr/bin/python3 -m pip install --quiet --break-system-packages --target "$site" \
-        torch transformers sentence-transformers
+        torch transformers sentence-transformers gguf
 fi
 chmod -R a+rX "$site" 2>/dev/null || true
 pyver=$(PYTHONPATH=$site /usr/bin/python3 -c "import torch, transformers, sentence_transformers as s;
@@ -121,6 +122,7 @@ results=$(mktemp)
 notes=$(mktemp)
 trap 'rm -f "$results" "$notes"' EXIT
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results"; }
+value() { awk -F'\t' -v k="$1" -v s="$2" '$1 == k && $2 == s { v = $3 } END { print v }' "$results"; }
 now_ms() { date +%s%3N; }
 
 # Runs SQL on stdin in one fresh session for each side, pg_ai first; FN_ becomes ai_ or py_. Every output line
@@ -194,6 +196,17 @@ SELECT 'text_$model', md5(FN_generate('$prompt', '$model', $gen_tokens));
 SELECT 'gen_$model', $gen_calls * $gen_tokens * 1000 / bench_ms(\$\$SELECT count(FN_generate('$prompt', '$model', $gen_tokens)) FROM generate_series(1, $gen_calls)\$\$);
 SQL
 done
+# pg_ai with its weights in 8 bits (pg_ai.int8_decoders), against the same PL/Python figure: what a user gets by
+# turning the setting on (README, Benchmarks, measures what it changes in the answers).
+for model in gpt2-124m smollm2-135m; do
+    log "greedy generation, $model in int8: $gen_tokens new tokens, $gen_calls calls after one warm-up"
+    sql <<SQL | while IFS='|' read -r key value; do [ -n "$value" ] && record "$key" ai "$value"; done
+SET pg_ai.int8_decoders = on;
+SELECT 'text_int8_$model', md5(ai_generate('$prompt', '$model', $gen_tokens));
+SELECT 'gen_int8_$model', $gen_calls * $gen_tokens * 1000 / bench_ms(\$\$SELECT count(ai_generate('$prompt', '$model', $gen_tokens)) FROM generate_series(1, $gen_calls)\$\$);
+SQL
+    record "gen_int8_$model" py "$(value "gen_$model" py)"
+done
 log "training from a table: mlm and clm, 100 steps each, on the fortunes"
 fortunes=$(mktemp)
 chmod 644 "$fortunes"
@@ -222,7 +235,6 @@ print(len(Tokenizer.from_file(sys.argv[1]).encode(sys.argv[2]).ids))" "$repo/.mo
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- the table
-value() { awk -F'\t' -v k="$1" -v s="$2" '$1 == k && $2 == s { v = $3 } END { print v }' "$results"; }
 same_text() { [ "$(value "text_$1" ai)" = "$(value "text_$1" py)" ] && echo "the same text" || echo "DIFFERENT texts"; }
 # row LABEL KEY UNIT lower|higher: the ratio is always pg_ai's advantage, > 1 means pg_ai is better
 row() {
@@ -261,6 +273,8 @@ row "backend RSS after loading MiniLM and one embed" rss MB lower
 row "backend PSS after loading MiniLM and one embed" pss MB lower
 row "greedy generation, GPT-2 124M size, $gen_tokens new tokens" gen_gpt2-124m tok/s higher
 row "greedy generation, SmolLM2-135M size (Llama), $gen_tokens new" gen_smollm2-135m tok/s higher
+row "  the same, pg_ai in int8 (pg_ai.int8_decoders), GPT-2 size" gen_int8_gpt2-124m tok/s higher
+row "  the same, pg_ai in int8 (pg_ai.int8_decoders), SmolLM2 size" gen_int8_smollm2-135m tok/s higher
 row "training from a table, MLM (BERT, hidden 128, 2 layers)" train_mlm tok/s higher
 row "training from a table, CLM (GPT-2, hidden 128, 2 layers)" train_clm tok/s higher
 echo

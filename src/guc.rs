@@ -27,6 +27,9 @@ static LAUNCHER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CStr
 static KEEP_FREED_MEMORY: GucSetting<i32> =
     GucSetting::<i32>::new((crate::engine::allocator::DEFAULT_KEEP_FREED >> 10) as i32);
 
+/// GPT-2 and Llama-family weights read from safetensors are held as 8-bit blocks (Q8_0).
+static INT8_DECODERS: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// Reports each call's time by phase as a NOTICE.
 static TIMING: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -87,6 +90,14 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
+        c"pg_ai.int8_decoders",
+        c"Holds the weights of GPT-2 and Llama-family models loaded from safetensors as 8-bit blocks (Q8_0).",
+        c"About half the memory and faster generation; answers move slightly (README, Benchmarks). Applies to models loaded after.",
+        &INT8_DECODERS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
         c"pg_ai.timing",
         c"Reports where each model call's time goes (lookup and load, tokenize, forward, decode) as a NOTICE.",
         c"For finding out what to speed up; one NOTICE per call.",
@@ -128,6 +139,7 @@ pub fn apply_compute_settings() {
     crate::engine::allocator::keep_freed_memory(KEEP_FREED_MEMORY.get().max(0) as usize * 1024);
     crate::engine::threads::configure(threads());
     crate::engine::gguf::requantize_slow_weights(GGUF_REQUANTIZE.get());
+    crate::engine::int8::hold_decoders_in_int8(INT8_DECODERS.get());
 }
 
 pub fn threads() -> usize {

@@ -227,6 +227,29 @@ mod generation {
         check_greedy("llama-rope");
     }
 
+    /// With pg_ai.int8_decoders the fixtures' next-token logits stay within 1% of their spread of transformers'
+    /// f32 ones (their weights are random: SmolLM2's real ones measure the change in KL below).
+    #[test]
+    fn int8_decoders_stay_near_transformers() {
+        for name in ["gpt2", "llama", "llama-rope"] {
+            let loaded = AnyModel::load_with(&ModelFiles::in_dir(fixtures().join("models").join(name)).unwrap(), true);
+            let loaded = loaded.unwrap();
+            let m = loaded.causal().unwrap();
+            for case in cases(&golden(name), "generate") {
+                let prompt = case["prompt"].as_str().unwrap();
+                let ids = m.codec().encode_prompt(prompt).unwrap();
+                let logits: Vec<f32> = m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap();
+                let want: Vec<f32> =
+                    case["next_token_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+                let spread =
+                    want.iter().cloned().fold(f32::MIN, f32::max) - want.iter().cloned().fold(f32::MAX, f32::min);
+                let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                eprintln!("{name} {prompt:?}: largest change {worst:.5} of a spread of {spread:.3}");
+                assert!(worst < 0.01 * spread, "{name} {prompt:?}: {worst} of {spread}");
+            }
+        }
+    }
+
     #[test]
     fn sampling_is_repeatable_with_a_seed() {
         let loaded = decoder("gpt2");
@@ -309,6 +332,113 @@ fn smollm2_requantised_stays_close_to_its_f32_weights() {
     eprintln!("KL from f32: stored Q4_1 {:.5}, Q8_0 {:.5}", kl(&q_stored), kl(&q_fast));
     assert_eq!((argmax(&q_fast), argmax(&q_stored)), (argmax(&p), argmax(&p)));
     assert!(kl(&q_stored) < 0.01 && kl(&q_fast) < 0.02, "KL from f32: Q4_1 {}, Q8_0 {}", kl(&q_stored), kl(&q_fast));
+}
+
+/// The real SmolLM2-135M weights (the GGUF's, de-quantised to f32) written out as transformers writes a
+/// LlamaForCausalLM: the safetensors path then answers as the GGUF path does, and with pg_ai.int8_decoders (every
+/// linear weight as Q8_0) the next-token distribution moves by a KL divergence of 0.008 nats, the most likely
+/// token unchanged.
+#[test]
+fn smollm2_safetensors_in_int8_stays_close_to_f32() {
+    use candle_core::quantized::gguf_file;
+    use candle_core::quantized::tokenizer::TokenizerFromGguf;
+    use candle_core::{Device, Tensor};
+    use pg_ai::engine::generate::CausalLm;
+    use pg_ai::engine::gguf::{GgufModel, Weights};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.is_file() {
+        assert!(std::process::Command::new(root.join("scripts/fetch-smollm2.sh")).status().unwrap().success());
+    }
+    let gguf = GgufModel::load_as(&path, Weights::F32).unwrap();
+    let dir = std::env::temp_dir().join(format!("pg_ai-golden-smollm2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_as_transformers_llama(&path, &dir);
+
+    let prompt = "PostgreSQL is a powerful, open source object-relational database system with over 35 years of";
+    let next = |m: &dyn CausalLm| -> Vec<f64> {
+        let ids = m.codec().encode_prompt(prompt).unwrap();
+        let logits: Vec<f32> = m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap();
+        let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let sum: f64 = logits.iter().map(|l| (*l as f64 - max).exp()).sum();
+        logits.iter().map(|l| *l as f64 - max - sum.ln()).collect()
+    };
+    let load = |int8: bool| AnyModel::load_with(&ModelFiles::in_dir(dir.clone()).unwrap(), int8).unwrap();
+    let (f32_model, int8_model) = (load(false), load(true));
+    assert!(int8_model.memory_bytes() * 2 < f32_model.memory_bytes() + f32_model.memory_bytes() / 10);
+    assert_eq!(int8_model.parameters(), f32_model.parameters());
+    let (reference, exact, quantised) =
+        (next(&gguf), next(f32_model.causal().unwrap()), next(int8_model.causal().unwrap()));
+    let kl = |q: &[f64]| exact.iter().zip(q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum::<f64>();
+    let argmax = |v: &[f64]| (0..v.len()).max_by(|a, b| v[*a].total_cmp(&v[*b])).unwrap();
+    eprintln!("KL from f32: GGUF path {:.6}, int8 {:.5}", kl(&reference), kl(&quantised));
+    assert!(kl(&reference) < 1e-4, "the safetensors and GGUF paths disagree: KL {}", kl(&reference));
+    assert_eq!(argmax(&quantised), argmax(&exact));
+    assert!(kl(&quantised) < 0.02, "KL from f32 in int8: {}", kl(&quantised));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    /// The GGUF's tensors under transformers' names, the query and key rows back in its rotate-half order.
+    fn write_as_transformers_llama(gguf: &std::path::Path, dir: &std::path::Path) {
+        let mut file = std::fs::File::open(gguf).unwrap();
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        let meta = |k: &str| content.metadata[k].clone();
+        let u = |k: &str| meta(k).to_u32().unwrap() as usize;
+        let (heads, kv_heads, layers) =
+            (u("llama.attention.head_count"), u("llama.attention.head_count_kv"), u("llama.block_count"));
+        let get = |name: &str| content.tensor(&mut file.try_clone().unwrap(), name, &Device::Cpu).unwrap();
+        let f32 = |name: &str| get(name).dequantize(&Device::Cpu).unwrap();
+        let rotate_half_order = |t: Tensor, heads: usize| {
+            let (rows, cols) = t.dims2().unwrap();
+            t.reshape((heads, rows / heads / 2, 2, cols))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((rows, cols))
+                .unwrap()
+        };
+        let embed = f32("token_embd.weight");
+        let vocab = embed.dim(0).unwrap();
+        let mut tensors = std::collections::HashMap::new();
+        tensors.insert("model.embed_tokens.weight".to_string(), embed);
+        tensors.insert("model.norm.weight".to_string(), f32("output_norm.weight"));
+        for i in 0..layers {
+            let (hf, blk) = (format!("model.layers.{i}"), format!("blk.{i}"));
+            let q = rotate_half_order(f32(&format!("{blk}.attn_q.weight")), heads);
+            let k = rotate_half_order(f32(&format!("{blk}.attn_k.weight")), kv_heads);
+            tensors.insert(format!("{hf}.self_attn.q_proj.weight"), q);
+            tensors.insert(format!("{hf}.self_attn.k_proj.weight"), k);
+            for (to, from) in [
+                ("self_attn.v_proj", "attn_v"),
+                ("self_attn.o_proj", "attn_output"),
+                ("mlp.gate_proj", "ffn_gate"),
+                ("mlp.up_proj", "ffn_up"),
+                ("mlp.down_proj", "ffn_down"),
+                ("input_layernorm", "attn_norm"),
+                ("post_attention_layernorm", "ffn_norm"),
+            ] {
+                tensors.insert(format!("{hf}.{to}.weight"), f32(&format!("{blk}.{from}.weight")));
+            }
+        }
+        candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+        let config = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": u("llama.embedding_length"),
+            "intermediate_size": u("llama.feed_forward_length"),
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "rms_norm_eps": meta("llama.attention.layer_norm_rms_epsilon").to_f32().unwrap(),
+            "rope_theta": meta("llama.rope.freq_base").to_f32().unwrap(),
+            "max_position_embeddings": u("llama.context_length"),
+            "vocab_size": vocab,
+            "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
+            "eos_token_id": u("tokenizer.ggml.eos_token_id"),
+        });
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let tokenizer = <tokenizers::Tokenizer as TokenizerFromGguf>::from_gguf(&content).unwrap();
+        tokenizer.save(dir.join("tokenizer.json"), false).unwrap();
+    }
 }
 
 mod translation {

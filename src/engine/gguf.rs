@@ -18,7 +18,7 @@ pub struct GgufModel {
     pub architecture: String,
     /// The file's scalar metadata (general.*, llama.*), for ai.models.config.
     pub metadata: Value,
-    /// Bytes of the weights in memory (more than the file's where they were re-quantised).
+    /// Bytes of the weights in memory: the file's, the token embeddings also in f32, more where re-quantised.
     pub weight_bytes: usize,
     pub parameters: usize,
     weights: ModelWeights,
@@ -70,8 +70,24 @@ pub enum Weights {
     F32,
 }
 
+/// Bytes the weights take once candle's quantized Llama holds them: each as stored, plus the token embeddings
+/// de-quantised to f32 for lookup; the stored embeddings stay only where they are also the output head.
+pub fn bytes_in_memory(content: &gguf_file::Content) -> usize {
+    let stored = |info: &gguf_file::TensorInfo| {
+        info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
+    };
+    let all: usize = content.tensor_infos.values().map(stored).sum();
+    match content.tensor_infos.get("token_embd.weight") {
+        Some(embed) if content.tensor_infos.contains_key("output.weight") => {
+            all - stored(embed) + embed.shape.elem_count() * 4
+        }
+        Some(embed) => all + embed.shape.elem_count() * 4,
+        None => all,
+    }
+}
+
 /// Rewrites the weights `weights` asks for, in memory, as a GGUF data section that `content` then describes; None
-/// when nothing changes. Also the bytes of all weights.
+/// when nothing changes.
 ///
 /// Why `Fast`: candle multiplies Q4_1, Q5_1 and Q8_1 weights with a scalar loop, and SmolLM2's Q4_1 prompt went
 /// through about ten times slower than PyTorch; Q8_0 has SIMD dot products. Q8_0 holds each block of 32 weights to
@@ -80,17 +96,14 @@ fn rewrite<R: Read + Seek>(
     content: &mut gguf_file::Content,
     file: &mut R,
     weights: Weights,
-) -> candle_core::Result<(Option<Cursor<Vec<u8>>>, usize)> {
-    let bytes = |info: &gguf_file::TensorInfo| {
-        info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
-    };
+) -> candle_core::Result<Option<Cursor<Vec<u8>>>> {
     let target = |dtype: GgmlDType| match weights {
         Weights::Fast if scalar_only(dtype) => Some(GgmlDType::Q8_0),
         Weights::F32 if dtype != GgmlDType::F32 => Some(GgmlDType::F32),
         _ => None,
     };
     if !content.tensor_infos.values().any(|info| target(info.ggml_dtype).is_some()) {
-        return Ok((None, content.tensor_infos.values().map(bytes).sum()));
+        return Ok(None);
     }
     let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
     names.sort();
@@ -107,8 +120,7 @@ fn rewrite<R: Read + Seek>(
         data.extend_from_slice(&tensor.data()?);
     }
     content.tensor_data_offset = 0;
-    let total = content.tensor_infos.values().map(bytes).sum();
-    Ok((Some(Cursor::new(data)), total))
+    Ok(Some(Cursor::new(data)))
 }
 
 impl GgufModel {
@@ -149,7 +161,8 @@ impl GgufModel {
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
             .map_or(MAX_SEQ_LEN, |n| (n as usize).min(MAX_SEQ_LEN));
-        let (rewritten, weight_bytes) = rewrite(&mut content, &mut file, weights).map_err(corrupt)?;
+        let rewritten = rewrite(&mut content, &mut file, weights).map_err(corrupt)?;
+        let weight_bytes = bytes_in_memory(&content);
         let weights = match rewritten {
             Some(mut data) => ModelWeights::from_gguf(content, &mut data, &Device::Cpu),
             None => ModelWeights::from_gguf(content, &mut file, &Device::Cpu),
@@ -194,9 +207,14 @@ impl Decoder for Session {
     }
 }
 
+/// A generation session on quantized Llama weights, for GGUF files and Llama models held in int8.
+pub fn session<'a>(weights: &ModelWeights, context: usize) -> Box<dyn Decoder + 'a> {
+    Box::new(Session { weights: weights.clone(), position: 0, context })
+}
+
 impl CausalLm for GgufModel {
     fn session(&self) -> Result<Box<dyn Decoder + '_>> {
-        Ok(Box::new(Session { weights: self.weights.clone(), position: 0, context: self.context }))
+        Ok(session(&self.weights, self.context))
     }
 
     fn codec(&self) -> &dyn TextCodec {

@@ -2,8 +2,9 @@
 //! the other way round, as GPT-2's Conv1D layers keep their weights as (in, out).
 
 use super::error::{AiError, Result};
+use super::int8::Projection;
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, VarBuilder};
 use serde_json::Value;
 
 #[derive(Debug, Clone)]
@@ -45,9 +46,9 @@ impl Gpt2Config {
 }
 
 /// GPT-2's Conv1D is a linear layer with its weight stored as (in, out).
-fn conv1d(vb: VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Linear> {
+fn conv1d(vb: VarBuilder, d_in: usize, d_out: usize, int8: bool) -> candle_core::Result<Projection> {
     let weight = vb.get((d_in, d_out), "weight")?.t()?.contiguous()?;
-    Ok(Linear::new(weight, Some(vb.get(d_out, "bias")?)))
+    Projection::new(weight, Some(vb.get(d_out, "bias")?), int8)
 }
 
 fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> candle_core::Result<LayerNorm> {
@@ -56,11 +57,11 @@ fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> candle_core::Result<Layer
 
 struct Block {
     ln_1: LayerNorm,
-    c_attn: Linear,
-    attn_proj: Linear,
+    c_attn: Projection,
+    attn_proj: Projection,
     ln_2: LayerNorm,
-    c_fc: Linear,
-    mlp_proj: Linear,
+    c_fc: Projection,
+    mlp_proj: Projection,
 }
 
 pub struct Gpt2 {
@@ -69,7 +70,7 @@ pub struct Gpt2 {
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    lm_head: Linear,
+    lm_head: Projection,
     /// The LM head is the token embedding matrix itself.
     tied_head: bool,
 }
@@ -94,7 +95,8 @@ impl KvCache {
 }
 
 impl Gpt2 {
-    pub fn load(vb: &VarBuilder, config: Gpt2Config) -> Result<Self> {
+    /// Loads the weights, the projections and LM head as Q8_0 where `int8` (see engine::int8).
+    pub fn load(vb: &VarBuilder, config: Gpt2Config, int8: bool) -> Result<Self> {
         let c = &config;
         let load = || -> candle_core::Result<Gpt2> {
             let t = if vb.contains_tensor("transformer.wte.weight") { vb.pp("transformer") } else { vb.clone() };
@@ -105,11 +107,11 @@ impl Gpt2 {
                 let b = t.pp(format!("h.{i}"));
                 blocks.push(Block {
                     ln_1: layer_norm(b.pp("ln_1"), c.n_embd, c.layer_norm_epsilon)?,
-                    c_attn: conv1d(b.pp("attn.c_attn"), c.n_embd, 3 * c.n_embd)?,
-                    attn_proj: conv1d(b.pp("attn.c_proj"), c.n_embd, c.n_embd)?,
+                    c_attn: conv1d(b.pp("attn.c_attn"), c.n_embd, 3 * c.n_embd, int8)?,
+                    attn_proj: conv1d(b.pp("attn.c_proj"), c.n_embd, c.n_embd, int8)?,
                     ln_2: layer_norm(b.pp("ln_2"), c.n_embd, c.layer_norm_epsilon)?,
-                    c_fc: conv1d(b.pp("mlp.c_fc"), c.n_embd, c.n_inner)?,
-                    mlp_proj: conv1d(b.pp("mlp.c_proj"), c.n_inner, c.n_embd)?,
+                    c_fc: conv1d(b.pp("mlp.c_fc"), c.n_embd, c.n_inner, int8)?,
+                    mlp_proj: conv1d(b.pp("mlp.c_proj"), c.n_inner, c.n_embd, int8)?,
                 });
             }
             // The LM head is tied to the token embeddings and usually absent from the file.
@@ -121,7 +123,7 @@ impl Gpt2 {
             };
             Ok(Gpt2 {
                 ln_f: layer_norm(t.pp("ln_f"), c.n_embd, c.layer_norm_epsilon)?,
-                lm_head: Linear::new(head, None),
+                lm_head: Projection::new(head, None, int8)?,
                 tied_head,
                 wte,
                 wpe,
@@ -135,22 +137,29 @@ impl Gpt2 {
         load().map_err(|e| AiError::corrupt(format!("the weights do not match config.json: {e}")))
     }
 
-    /// Parameters held, counting the tied LM head once.
+    /// Parameters, counting the tied LM head once.
     pub fn parameter_count(&self) -> usize {
-        let lin = |l: &Linear| l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count);
-        let norm = |n: &LayerNorm| 2 * n.weight().elem_count();
+        self.count(Projection::parameters, 1)
+    }
+
+    /// Bytes of the weights in memory. An 8-bit head tied to the embeddings is a copy of them, and counts.
+    pub fn weight_bytes(&self) -> usize {
+        let int8_head = matches!(self.lm_head, Projection::Int8 { .. });
+        self.count(Projection::bytes, 4) + if self.tied_head && int8_head { self.lm_head.bytes() } else { 0 }
+    }
+
+    /// Sums `of` over the projections and `per_f32` units per f32 tensor element over the rest.
+    fn count(&self, of: fn(&Projection) -> usize, per_f32: usize) -> usize {
+        let norm = |n: &LayerNorm| 2 * n.weight().elem_count() * per_f32;
         let blocks: usize = self
             .blocks
             .iter()
-            .map(|b| {
-                norm(&b.ln_1) + norm(&b.ln_2) + lin(&b.c_attn) + lin(&b.attn_proj) + lin(&b.c_fc) + lin(&b.mlp_proj)
-            })
+            .map(|b| norm(&b.ln_1) + norm(&b.ln_2) + of(&b.c_attn) + of(&b.attn_proj) + of(&b.c_fc) + of(&b.mlp_proj))
             .sum();
-        self.wte.embeddings().elem_count()
-            + self.wpe.embeddings().elem_count()
+        (self.wte.embeddings().elem_count() + self.wpe.embeddings().elem_count()) * per_f32
             + blocks
             + norm(&self.ln_f)
-            + if self.tied_head { 0 } else { self.lm_head.weight().elem_count() }
+            + if self.tied_head { 0 } else { of(&self.lm_head) }
     }
 
     /// Feeds `ids` after the tokens already in `cache` and returns the logits of the last one, (vocab).

@@ -15,21 +15,32 @@ pub struct Gpt2Model {
     model: Gpt2,
     codec: DecoderTokenizer,
     chat_template: Option<String>,
-    pub parameter_bytes: usize,
+    pub parameters: usize,
+    /// Bytes of the weights in memory: 4 per parameter in f32, about 1.1 in int8.
+    pub weight_bytes: usize,
 }
 
 impl Gpt2Model {
-    pub fn load(files: &ModelFiles, config: Value) -> Result<Self> {
+    /// Loads the model, its weights in 8 bits where `int8` (see engine::int8).
+    pub fn load(files: &ModelFiles, config: Value, int8: bool) -> Result<Self> {
         let gpt2_config = Gpt2Config::from_json(&config)?;
         let codec = DecoderTokenizer::from_dir(files, gpt2_config.eos_token_id.into_iter().collect())?;
         let chat_template = files
             .read_json("tokenizer_config.json")?
             .and_then(|c| c.get("chat_template")?.as_str().map(str::to_string));
-        let model = Gpt2::load(&var_builder(&files.weights)?, gpt2_config)?;
-        let parameter_bytes = model.parameter_count() * 4;
+        let model = Gpt2::load(&var_builder(&files.weights)?, gpt2_config, int8)?;
+        let (parameters, weight_bytes) = (model.parameter_count(), model.weight_bytes());
         let architecture =
             config.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("GPT2LMHeadModel");
-        Ok(Gpt2Model { architecture: architecture.to_string(), config, model, codec, chat_template, parameter_bytes })
+        Ok(Gpt2Model {
+            architecture: architecture.to_string(),
+            config,
+            model,
+            codec,
+            chat_template,
+            parameters,
+            weight_bytes,
+        })
     }
 }
 

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gpt2;
 pub mod gpt2_model;
+pub mod int8;
 pub mod llama;
 pub mod marian;
 pub mod model;

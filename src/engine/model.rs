@@ -94,7 +94,13 @@ pub enum AnyModel {
 }
 
 impl AnyModel {
+    /// Loads the model, decoders in 8 bits where pg_ai.int8_decoders is on (see engine::int8).
     pub fn load(files: &ModelFiles) -> Result<AnyModel> {
+        Self::load_with(files, super::int8::decoders_in_int8())
+    }
+
+    /// Loads the model, GPT-2 and Llama weights read from safetensors in 8 bits where `int8_decoders`.
+    pub fn load_with(files: &ModelFiles, int8_decoders: bool) -> Result<AnyModel> {
         if let Some(path) = files.gguf() {
             return Ok(AnyModel::Gguf(GgufModel::load(path)?));
         }
@@ -103,8 +109,8 @@ impl AnyModel {
         let config: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| AiError::corrupt(format!("config.json is not valid JSON: {e}")))?;
         match config.get("model_type").and_then(serde_json::Value::as_str) {
-            Some("gpt2") => Ok(AnyModel::Gpt2(Gpt2Model::load(files, config)?)),
-            Some("llama") => Ok(AnyModel::Llama(LlamaModel::load(files, config)?)),
+            Some("gpt2") => Ok(AnyModel::Gpt2(Gpt2Model::load(files, config, int8_decoders)?)),
+            Some("llama") => Ok(AnyModel::Llama(LlamaModel::load(files, config, int8_decoders)?)),
             Some("t5") => Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::T5)?)),
             Some("marian") => Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::Marian)?)),
             _ => Ok(AnyModel::Encoder(Model::load(files, ModelConfig::from_value(config)?)?)),
@@ -154,6 +160,8 @@ impl AnyModel {
     pub fn parameters(&self) -> usize {
         match self {
             AnyModel::Gguf(m) => m.parameters,
+            AnyModel::Gpt2(m) => m.parameters,
+            AnyModel::Llama(m) => m.parameters,
             // The others hold f32 tensors.
             other => other.memory_bytes() / 4,
         }
@@ -163,8 +171,8 @@ impl AnyModel {
     pub fn memory_bytes(&self) -> usize {
         match self {
             AnyModel::Encoder(m) => m.parameter_bytes,
-            AnyModel::Gpt2(m) => m.parameter_bytes,
-            AnyModel::Llama(m) => m.parameter_bytes,
+            AnyModel::Gpt2(m) => m.weight_bytes,
+            AnyModel::Llama(m) => m.weight_bytes,
             AnyModel::Seq2Seq(m) => m.parameter_bytes,
             AnyModel::Gguf(m) => m.weight_bytes,
         }
