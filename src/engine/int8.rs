@@ -83,3 +83,41 @@ impl Module for Projection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn project(k: usize) -> (Projection, Projection, Tensor) {
+        let weight = Tensor::randn(0f32, 1.0, (16, k), &Device::Cpu).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 16, &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 3, k), &Device::Cpu).unwrap();
+        let f32 = Projection::new(weight.clone(), Some(bias.clone()), false).unwrap();
+        (f32, Projection::new(weight, Some(bias), true).unwrap(), x)
+    }
+
+    fn largest_change(a: &Projection, b: &Projection, x: &Tensor) -> f32 {
+        let diff = (a.forward(x).unwrap() - b.forward(x).unwrap()).unwrap().abs().unwrap();
+        diff.flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F32).unwrap().to_scalar().unwrap()
+    }
+
+    /// Rows of 64 become two Q8_0 blocks each: a quarter of the bytes, answers within rounding of 8 bits.
+    #[test]
+    fn whole_blocks_are_held_in_8_bits() {
+        let (exact, int8, x) = project(64);
+        assert_eq!(int8.bytes(), 16 * 2 * 34 + 16 * 4);
+        assert_eq!((exact.bytes(), exact.parameters(), int8.parameters()), (16 * 65 * 4, 16 * 65, 16 * 65));
+        // Each output sums 64 products of N(0, 1) values, each off by about 1% (both sides rounded to 8 bits).
+        let change = largest_change(&exact, &int8, &x);
+        assert!(change > 0.0 && change < 0.5, "{change}");
+    }
+
+    /// Rows of 48 are not whole blocks: they stay in f32 and answer exactly.
+    #[test]
+    fn rows_that_are_not_whole_blocks_stay_in_f32() {
+        let (exact, int8, x) = project(48);
+        assert_eq!(int8.bytes(), exact.bytes());
+        assert_eq!(largest_change(&exact, &int8, &x), 0.0);
+    }
+}

@@ -219,3 +219,47 @@ impl CausalLm for LlamaModel {
         self.chat_template.as_deref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    /// A random Llama whose rows (48) are not whole Q8_0 blocks, so that int8 keeps some projections in f32 and
+    /// quantises the rest (the MLP's down projection reads 96): both paths must still answer alike, and the
+    /// reordered query and key rows must leave attention as it was.
+    #[test]
+    fn int8_llama_answers_as_the_f32_one() {
+        let config = Config {
+            hidden_size: 48,
+            intermediate_size: 96,
+            vocab_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            use_flash_attn: false,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            bos_token_id: None,
+            eos_token_id: None,
+            rope_scaling: None,
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+        };
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let exact = Llama::load(vb.clone(), &config).unwrap();
+        let (gguf, mut data, _) = as_int8_gguf(&vb, &config).unwrap();
+        let dtypes: Vec<GgmlDType> = gguf.tensor_infos.values().map(|i| i.ggml_dtype).collect();
+        assert!(dtypes.contains(&GgmlDType::Q8_0) && dtypes.contains(&GgmlDType::F32), "{dtypes:?}");
+        let mut int8 = ModelWeights::from_gguf(gguf, &mut data, &Device::Cpu).unwrap();
+
+        let ids = Tensor::new(&[[3u32, 17, 42, 5, 9, 30]], &Device::Cpu).unwrap();
+        let mut cache = Cache::new(true, DType::F32, &config, &Device::Cpu).unwrap();
+        let want: Vec<f32> = exact.forward(&ids, 0, &mut cache).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = int8.forward(&ids, 0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let spread = want.iter().cloned().fold(f32::MIN, f32::max) - want.iter().cloned().fold(f32::MAX, f32::min);
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 0.01 * spread, "largest change {worst} of a spread of {spread}");
+    }
+}
