@@ -232,8 +232,8 @@ mod generation {
     #[test]
     fn int8_decoders_stay_near_transformers() {
         for name in ["gpt2", "llama", "llama-rope"] {
-            let loaded = AnyModel::load_with(&ModelFiles::in_dir(fixtures().join("models").join(name)).unwrap(), true);
-            let loaded = loaded.unwrap();
+            let files = ModelFiles::in_dir(fixtures().join("models").join(name)).unwrap();
+            let loaded = AnyModel::load_with(&files, true).unwrap();
             let m = loaded.causal().unwrap();
             for case in cases(&golden(name), "generate") {
                 let prompt = case["prompt"].as_str().unwrap();

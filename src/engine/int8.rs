@@ -34,7 +34,11 @@ pub fn quantize(weight: &Tensor) -> candle_core::Result<QTensor> {
 pub enum Projection {
     F32(Linear),
     /// Asked for in 8 bits: Q8_0 where the rows are whole blocks, else an f32 copy (see `quantize`).
-    Int8 { weight: QMatMul, bias: Option<Tensor>, bytes: usize },
+    Int8 {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+        bytes: usize,
+    },
 }
 
 impl Projection {
