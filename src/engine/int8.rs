@@ -37,7 +37,6 @@ pub enum Projection {
     Int8 {
         weight: QMatMul,
         bias: Option<Tensor>,
-        bytes: usize,
     },
 }
 
@@ -47,23 +46,27 @@ impl Projection {
         if !int8 {
             return Ok(Projection::F32(Linear::new(weight, bias)));
         }
-        let q = quantize(&weight)?;
-        let bytes = q.storage_size_in_bytes() + bias.as_ref().map_or(0, |b| b.elem_count() * 4);
-        Ok(Projection::Int8 { weight: QMatMul::from_qtensor(q)?, bias, bytes })
+        Ok(Projection::Int8 { weight: QMatMul::from_qtensor(quantize(&weight)?)?, bias })
     }
 
     /// Bytes of the weight and bias in memory.
     pub fn bytes(&self) -> usize {
         match self {
             Projection::F32(l) => (l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count)) * 4,
-            Projection::Int8 { bytes, .. } => *bytes,
+            Projection::Int8 { weight, bias } => {
+                let w = match weight {
+                    QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.elem_count() * t.dtype().size_in_bytes(),
+                };
+                w + bias.as_ref().map_or(0, |b| b.elem_count() * 4)
+            }
         }
     }
 
     pub fn parameters(&self) -> usize {
         match self {
             Projection::F32(l) => l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count),
-            Projection::Int8 { weight, bias, .. } => {
+            Projection::Int8 { weight, bias } => {
                 let w = match weight {
                     QMatMul::QTensor(q) => q.shape().elem_count(),
                     QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.elem_count(),
@@ -78,7 +81,7 @@ impl Module for Projection {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Projection::F32(l) => l.forward(x),
-            Projection::Int8 { weight, bias, .. } => {
+            Projection::Int8 { weight, bias } => {
                 let y = weight.forward(x)?;
                 match bias {
                     Some(b) => y.broadcast_add(b),
