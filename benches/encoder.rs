@@ -7,6 +7,7 @@
 //! (default: one per core). The SQL-level figures come from benches/sql.sh.
 
 use pg_ai::engine::files::ModelFiles;
+use pg_ai::engine::int8::Int8;
 use pg_ai::engine::model::{AnyModel, Model};
 use pg_ai::engine::tasks::{embed::embed, fill_mask::fill_mask};
 use std::path::PathBuf;
@@ -18,9 +19,11 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn load(dir: PathBuf) -> (Model, Duration) {
+fn load(dir: PathBuf, int8: bool) -> (Model, Duration) {
     let started = Instant::now();
-    let AnyModel::Encoder(model) = AnyModel::load(&ModelFiles::in_dir(dir).expect("model files")).expect("model loads")
+    let files = ModelFiles::in_dir(dir).expect("model files");
+    let AnyModel::Encoder(model) =
+        AnyModel::load_with(&files, Int8 { encoders: int8, ..Int8::NONE }).expect("model loads")
     else {
         panic!("an encoder model")
     };
@@ -54,8 +57,8 @@ fn report(task: &str, load: Duration, first: Duration, single: Duration, one_by_
     println!("  {ROWS} rows as one array: {:.0} rows/s", rate(array));
 }
 
-fn bench(task: &str, dir: PathBuf, with_mask: bool, run: impl Fn(&Model, &[&str])) {
-    let (model, load_time) = load(dir);
+fn bench(task: &str, dir: PathBuf, with_mask: bool, int8: bool, run: impl Fn(&Model, &[&str])) {
+    let (model, load_time) = load(dir, int8);
     let texts = texts(with_mask);
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let started = Instant::now();
@@ -86,19 +89,28 @@ fn main() {
     pg_ai::engine::allocator::keep_freed_memory(pg_ai::engine::allocator::DEFAULT_KEEP_FREED);
     pg_ai::engine::threads::configure(threads);
     let minilm = root().join(".models/all-MiniLM-L6-v2");
-    if minilm.join("model.safetensors").is_file() {
-        bench("ai_embed, all-MiniLM-L6-v2 (22.7M parameters)", minilm, false, |m, t| {
-            embed(m, t, &mut || ()).unwrap();
-        });
-    } else {
-        println!("skipping MiniLM: run scripts/fetch-minilm.sh first");
+    for (int8, precision) in [(false, "f32"), (true, "int8 (pg_ai.int8_encoders)")] {
+        if minilm.join("model.safetensors").is_file() {
+            bench(
+                &format!("ai_embed, all-MiniLM-L6-v2 (22.7M parameters), {precision}"),
+                minilm.clone(),
+                false,
+                int8,
+                |m, t| {
+                    embed(m, t, &mut || ()).unwrap();
+                },
+            );
+        } else {
+            println!("skipping MiniLM: run scripts/fetch-minilm.sh first");
+        }
+        bench(
+            &format!("ai_fill_mask, tests/fixtures/models/bert-mlm (tiny), {precision}"),
+            root().join("tests/fixtures/models/bert-mlm"),
+            true,
+            int8,
+            |m, t| {
+                fill_mask(m, t, 5, &mut || ()).unwrap();
+            },
+        );
     }
-    bench(
-        "ai_fill_mask, tests/fixtures/models/bert-mlm (tiny)",
-        root().join("tests/fixtures/models/bert-mlm"),
-        true,
-        |m, t| {
-            fill_mask(m, t, 5, &mut || ()).unwrap();
-        },
-    );
 }

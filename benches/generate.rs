@@ -8,6 +8,7 @@
 
 use pg_ai::engine::files::ModelFiles;
 use pg_ai::engine::generate::Decoder;
+use pg_ai::engine::int8::Int8;
 use pg_ai::engine::model::AnyModel;
 use pg_ai::engine::translator::TranslateOptions;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ const PROMPT: &str = "PostgreSQL is a powerful, open source object-relational da
 /// `int8`: weights read from safetensors held as Q8_0 (pg_ai.int8_decoders).
 fn bench(name: &str, source: &str, prompt: &str, new_tokens: usize, int8: bool) {
     let files = ModelFiles::locate(source, None).expect("model files");
-    let loaded = AnyModel::load_with(&files, int8).expect("model loads");
+    let loaded = AnyModel::load_with(&files, Int8 { decoders: int8, ..Int8::NONE }).expect("model loads");
     let model = loaded.causal().expect("a decoder");
     let prompt = model.codec().encode_prompt(prompt).unwrap();
     let mut session: Box<dyn Decoder + '_> = model.session().unwrap();

@@ -8,6 +8,7 @@
 
 use super::config::{Family, ModelConfig};
 use super::error::{AiError, Result};
+use super::int8::Projection;
 use super::timing::{time, Phase};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
@@ -101,11 +102,16 @@ fn linear(vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize) -> candle_
     candle_nn::linear(in_dim, out_dim, vb.pp(name))
 }
 
+/// A linear layer's weights, held in 8 bits where `int8`.
+fn project(linear: Linear, int8: bool) -> candle_core::Result<Projection> {
+    Projection::new(linear.weight().clone(), linear.bias().cloned(), int8)
+}
+
 /// Stacks linear layers that read the same input into one.
-fn fused(parts: &[Linear]) -> candle_core::Result<Linear> {
+fn fused(parts: &[Linear], int8: bool) -> candle_core::Result<Projection> {
     let weights: Vec<&Tensor> = parts.iter().map(Linear::weight).collect();
     let biases = parts.iter().map(|p| p.bias().cloned()).collect::<Option<Vec<Tensor>>>();
-    Ok(Linear::new(Tensor::cat(&weights, 0)?, biases.map(|b| Tensor::cat(&b, 0)).transpose()?))
+    Projection::new(Tensor::cat(&weights, 0)?, biases.map(|b| Tensor::cat(&b, 0)).transpose()?, int8)
 }
 
 fn layer_norm(vb: &VarBuilder, name: &str, dim: usize, eps: f64) -> candle_core::Result<LayerNorm> {
@@ -115,11 +121,11 @@ fn layer_norm(vb: &VarBuilder, name: &str, dim: usize, eps: f64) -> candle_core:
 
 struct Layer {
     /// Query, key and value projections in one matrix: one product instead of three.
-    qkv: Linear,
-    attention_out: Linear,
+    qkv: Projection,
+    attention_out: Projection,
     attention_norm: LayerNorm,
-    ffn_in: Linear,
-    ffn_out: Linear,
+    ffn_in: Projection,
+    ffn_out: Projection,
     output_norm: LayerNorm,
 }
 
@@ -145,18 +151,20 @@ pub struct Encoder {
 /// Task heads found in the weights; a model may carry none (a plain encoder for embeddings).
 pub enum Head {
     MaskedLm {
-        transform: Linear,
+        transform: Projection,
         act: Activation,
         norm: LayerNorm,
-        decoder: Linear,
+        decoder: Projection,
+        /// Whether the decoder's weight is the word embeddings (an 8-bit one is a copy of them).
+        tied: bool,
     },
     /// `pre` is BERT's pooler (tanh), DistilBERT's pre_classifier (relu) or RoBERTa's dense (tanh).
     SequenceClassifier {
-        pre: Option<(Linear, Activation)>,
-        out: Linear,
+        pre: Option<(Projection, Activation)>,
+        out: Projection,
     },
     TokenClassifier {
-        out: Linear,
+        out: Projection,
     },
 }
 
@@ -171,7 +179,8 @@ impl Encoder {
         }
     }
 
-    pub fn load(vb: &VarBuilder, config: &ModelConfig) -> Result<Self> {
+    /// Loads the encoder, its linear layers in 8 bits where `int8` (see engine::int8).
+    pub fn load(vb: &VarBuilder, config: &ModelConfig, int8: bool) -> Result<Self> {
         let names = Names::of(config.family);
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
         if config.heads == 0 || !h.is_multiple_of(config.heads) {
@@ -191,15 +200,14 @@ impl Encoder {
                 let l = base.pp(format!("{}.{i}", names.layer));
                 let inter = config.intermediate_size;
                 layers.push(Layer {
-                    qkv: fused(&[
-                        linear(&l, names.query, h, h)?,
-                        linear(&l, names.key, h, h)?,
-                        linear(&l, names.value, h, h)?,
-                    ])?,
-                    attention_out: linear(&l, names.attention_out, h, h)?,
+                    qkv: fused(
+                        &[linear(&l, names.query, h, h)?, linear(&l, names.key, h, h)?, linear(&l, names.value, h, h)?],
+                        int8,
+                    )?,
+                    attention_out: project(linear(&l, names.attention_out, h, h)?, int8)?,
                     attention_norm: layer_norm(&l, names.attention_norm, h, eps)?,
-                    ffn_in: linear(&l, names.ffn_in, h, inter)?,
-                    ffn_out: linear(&l, names.ffn_out, inter, h)?,
+                    ffn_in: project(linear(&l, names.ffn_in, h, inter)?, int8)?,
+                    ffn_out: project(linear(&l, names.ffn_out, inter, h)?, int8)?,
                     output_norm: layer_norm(&l, names.output_norm, h, eps)?,
                 });
             }
@@ -270,21 +278,30 @@ impl Encoder {
     }
 
     pub fn parameter_count(&self) -> usize {
+        self.count(Projection::parameters, 1)
+    }
+
+    /// Bytes of the weights in memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.count(Projection::bytes, 4)
+    }
+
+    /// Sums `of` over the projections and `per_f32` units per f32 tensor element over the rest.
+    fn count(&self, of: fn(&Projection) -> usize, per_f32: usize) -> usize {
         let norm = |n: &LayerNorm| n.weight().elem_count() * 2;
-        let lin = |l: &Linear| l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count);
         let layers: usize = self
             .layers
             .iter()
             .map(|l| {
-                [&l.qkv, &l.attention_out, &l.ffn_in, &l.ffn_out].map(lin).iter().sum::<usize>()
-                    + norm(&l.attention_norm)
-                    + norm(&l.output_norm)
+                [&l.qkv, &l.attention_out, &l.ffn_in, &l.ffn_out].map(of).iter().sum::<usize>()
+                    + (norm(&l.attention_norm) + norm(&l.output_norm)) * per_f32
             })
             .sum();
-        self.word_embeddings.embeddings().elem_count()
+        (self.word_embeddings.embeddings().elem_count()
             + self.position_embeddings.embeddings().elem_count()
             + self.type_embeddings.as_ref().map_or(0, |t| t.embeddings().elem_count())
-            + norm(&self.embeddings_norm)
+            + norm(&self.embeddings_norm))
+            * per_f32
             + layers
     }
 
@@ -296,25 +313,46 @@ impl Encoder {
 impl Head {
     /// Parameters the head adds; a decoder tied to the word embeddings adds only its bias.
     pub fn parameter_count(&self) -> usize {
-        let lin = |l: &Linear| l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count);
+        self.count(Projection::parameters, 1, |decoder| decoder.bias().map_or(0, Tensor::elem_count))
+    }
+
+    /// Bytes the head adds; a decoder tied to the word embeddings shares them in f32, and copies them in 8 bits.
+    pub fn weight_bytes(&self) -> usize {
+        self.count(Projection::bytes, 4, |decoder| match decoder {
+            Projection::F32(l) => l.bias().map_or(0, Tensor::elem_count) * 4,
+            Projection::Int8 { .. } => decoder.bytes(),
+        })
+    }
+
+    /// Sums `of` over the projections (`tied_decoder` for a decoder tied to the word embeddings) and `per_f32`
+    /// units per f32 tensor element over the rest.
+    fn count(&self, of: fn(&Projection) -> usize, per_f32: usize, tied_decoder: fn(&Projection) -> usize) -> usize {
         match self {
-            Head::MaskedLm { transform, norm, decoder, .. } => {
-                lin(transform) + norm.weight().elem_count() * 2 + decoder.bias().map_or(0, Tensor::elem_count)
+            Head::MaskedLm { transform, norm, decoder, tied, .. } => {
+                of(transform)
+                    + norm.weight().elem_count() * 2 * per_f32
+                    + if *tied { tied_decoder(decoder) } else { of(decoder) }
             }
-            Head::SequenceClassifier { pre, out } => pre.as_ref().map_or(0, |(d, _)| lin(d)) + lin(out),
-            Head::TokenClassifier { out } => lin(out),
+            Head::SequenceClassifier { pre, out } => pre.as_ref().map_or(0, |(d, _)| of(d)) + of(out),
+            Head::TokenClassifier { out } => of(out),
         }
     }
 
     /// Loads whichever head the weights carry. Decoders tied to the word embeddings are often
     /// absent from the file; they then reuse `word_embeddings`.
-    pub fn load(vb: &VarBuilder, config: &ModelConfig, word_embeddings: &Tensor) -> Result<Option<Head>> {
+    /// Linear layers are held in 8 bits where `int8`.
+    pub fn load(vb: &VarBuilder, config: &ModelConfig, word_embeddings: &Tensor, int8: bool) -> Result<Option<Head>> {
         let (h, v, eps) = (config.hidden_size, config.vocab_size, config.layer_norm_eps);
         let n_labels = config.labels.len().max(1);
         let act = Activation::parse(&config.activation)?;
-        let tied = |vb: VarBuilder, bias: Tensor| -> candle_core::Result<Linear> {
-            let weight = if vb.contains_tensor("weight") { vb.get((v, h), "weight")? } else { word_embeddings.clone() };
-            Ok(Linear::new(weight, Some(bias)))
+        let linear = |vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize| {
+            project(linear(vb, name, in_dim, out_dim)?, int8)
+        };
+        // The masked-LM decoder, and whether it is tied to the word embeddings.
+        let decoder = |vb: VarBuilder, bias: Tensor| -> candle_core::Result<(Projection, bool)> {
+            let tied = !vb.contains_tensor("weight");
+            let weight = if tied { word_embeddings.clone() } else { vb.get((v, h), "weight")? };
+            Ok((Projection::new(weight, Some(bias), int8)?, tied))
         };
         let head = || -> candle_core::Result<Option<Head>> {
             let has = |name: &str| vb.contains_tensor(name);
@@ -323,29 +361,37 @@ impl Head {
                     let p = vb.pp("cls.predictions");
                     let bias =
                         if p.contains_tensor("bias") { p.get(v, "bias")? } else { p.pp("decoder").get(v, "bias")? };
+                    let (decoder, tied) = decoder(p.pp("decoder"), bias)?;
                     Head::MaskedLm {
                         transform: linear(&p, "transform.dense", h, h)?,
                         act,
                         norm: layer_norm(&p, "transform.LayerNorm", h, eps)?,
-                        decoder: tied(p.pp("decoder"), bias)?,
+                        decoder,
+                        tied,
                     }
                 }
-                Family::DistilBert if has("vocab_transform.weight") => Head::MaskedLm {
-                    transform: linear(vb, "vocab_transform", h, h)?,
-                    act,
-                    norm: layer_norm(vb, "vocab_layer_norm", h, eps)?,
-                    decoder: tied(vb.pp("vocab_projector"), vb.pp("vocab_projector").get(v, "bias")?)?,
-                },
+                Family::DistilBert if has("vocab_transform.weight") => {
+                    let (decoder, tied) = decoder(vb.pp("vocab_projector"), vb.pp("vocab_projector").get(v, "bias")?)?;
+                    Head::MaskedLm {
+                        transform: linear(vb, "vocab_transform", h, h)?,
+                        act,
+                        norm: layer_norm(vb, "vocab_layer_norm", h, eps)?,
+                        decoder,
+                        tied,
+                    }
+                }
                 Family::Roberta if has("lm_head.dense.weight") => {
                     let p = vb.pp("lm_head");
                     let bias =
                         if p.contains_tensor("bias") { p.get(v, "bias")? } else { p.pp("decoder").get(v, "bias")? };
+                    let (decoder, tied) = decoder(p.pp("decoder"), bias)?;
                     Head::MaskedLm {
                         transform: linear(&p, "dense", h, h)?,
                         // RobertaLMHead applies erf GELU whatever hidden_act says.
                         act: Activation::Gelu,
                         norm: layer_norm(&p, "layer_norm", h, eps)?,
-                        decoder: tied(p.pp("decoder"), bias)?,
+                        decoder,
+                        tied,
                     }
                 }
                 Family::Roberta if has("classifier.out_proj.weight") => Head::SequenceClassifier {
@@ -373,7 +419,7 @@ impl Head {
 
     /// Masked-LM logits for one position's hidden state(s), (n, hidden) -> (n, vocab).
     pub fn masked_lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let Head::MaskedLm { transform, act, norm, decoder } = self else {
+        let Head::MaskedLm { transform, act, norm, decoder, .. } = self else {
             return Err(AiError::internal("not a masked-LM head"));
         };
         time(Phase::Forward, || Ok(decoder.forward(&norm.forward(&act.apply(&transform.forward(hidden)?)?)?)?))

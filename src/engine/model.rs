@@ -7,6 +7,7 @@ use super::files::ModelFiles;
 use super::generate::CausalLm;
 use super::gguf::GgufModel;
 use super::gpt2_model::Gpt2Model;
+use super::int8::Int8;
 use super::llama::LlamaModel;
 use super::pooling::Pooling;
 use super::text::TextTokenizer;
@@ -78,8 +79,9 @@ pub struct Model {
     pub encoder: Encoder,
     pub head: Option<Head>,
     pub pooling: Pooling,
-    /// Bytes of f32 parameters held in memory.
-    pub parameter_bytes: usize,
+    pub parameters: usize,
+    /// Bytes of the weights held in memory.
+    pub weight_bytes: usize,
 }
 
 /// Any model pg_ai can load: an encoder with its task head, a decoder that generates, or an encoder-decoder
@@ -94,13 +96,13 @@ pub enum AnyModel {
 }
 
 impl AnyModel {
-    /// Loads the model, decoders in 8 bits where pg_ai.int8_decoders is on (see engine::int8).
+    /// Loads the model, in 8 bits where the pg_ai.int8_* settings say (see engine::int8).
     pub fn load(files: &ModelFiles) -> Result<AnyModel> {
-        Self::load_with(files, super::int8::decoders_in_int8())
+        Self::load_with(files, Int8::current())
     }
 
-    /// Loads the model, GPT-2 and Llama weights read from safetensors in 8 bits where `int8_decoders`.
-    pub fn load_with(files: &ModelFiles, int8_decoders: bool) -> Result<AnyModel> {
+    /// Loads the model, in 8 bits where `int8` says.
+    pub fn load_with(files: &ModelFiles, int8: Int8) -> Result<AnyModel> {
         if let Some(path) = files.gguf() {
             return Ok(AnyModel::Gguf(GgufModel::load(path)?));
         }
@@ -109,11 +111,11 @@ impl AnyModel {
         let config: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| AiError::corrupt(format!("config.json is not valid JSON: {e}")))?;
         match config.get("model_type").and_then(serde_json::Value::as_str) {
-            Some("gpt2") => Ok(AnyModel::Gpt2(Gpt2Model::load(files, config, int8_decoders)?)),
-            Some("llama") => Ok(AnyModel::Llama(LlamaModel::load(files, config, int8_decoders)?)),
+            Some("gpt2") => Ok(AnyModel::Gpt2(Gpt2Model::load(files, config, int8.decoders)?)),
+            Some("llama") => Ok(AnyModel::Llama(LlamaModel::load(files, config, int8.decoders)?)),
             Some("t5") => Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::T5)?)),
             Some("marian") => Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::Marian)?)),
-            _ => Ok(AnyModel::Encoder(Model::load(files, ModelConfig::from_value(config)?)?)),
+            _ => Ok(AnyModel::Encoder(Model::load(files, ModelConfig::from_value(config)?, int8.encoders)?)),
         }
     }
 
@@ -162,7 +164,8 @@ impl AnyModel {
             AnyModel::Gguf(m) => m.parameters,
             AnyModel::Gpt2(m) => m.parameters,
             AnyModel::Llama(m) => m.parameters,
-            // The others hold f32 tensors.
+            AnyModel::Encoder(m) => m.parameters,
+            // The translators hold f32 tensors.
             other => other.memory_bytes() / 4,
         }
     }
@@ -170,7 +173,7 @@ impl AnyModel {
     /// Bytes of weights held in memory.
     pub fn memory_bytes(&self) -> usize {
         match self {
-            AnyModel::Encoder(m) => m.parameter_bytes,
+            AnyModel::Encoder(m) => m.weight_bytes,
             AnyModel::Gpt2(m) => m.weight_bytes,
             AnyModel::Llama(m) => m.weight_bytes,
             AnyModel::Seq2Seq(m) => m.parameter_bytes,
@@ -216,14 +219,16 @@ impl AnyModel {
 }
 
 impl Model {
-    pub fn load(files: &ModelFiles, config: ModelConfig) -> Result<Model> {
+    /// Loads the encoder and its head, their linear layers in 8 bits where `int8`.
+    pub fn load(files: &ModelFiles, config: ModelConfig, int8: bool) -> Result<Model> {
         let tokenizer = TextTokenizer::load(&files.dir, config.max_tokens())?;
         let vb = var_builder(&files.weights)?;
-        let encoder = Encoder::load(&vb, &config)?;
-        let head = Head::load(&vb, &config, encoder.word_embeddings())?;
+        let encoder = Encoder::load(&vb, &config, int8)?;
+        let head = Head::load(&vb, &config, encoder.word_embeddings(), int8)?;
         let pooling = Pooling::from_files(files)?;
-        let parameter_bytes = encoder.parameter_count() * 4 + head.as_ref().map_or(0, Head::parameter_count) * 4;
-        Ok(Model { config, tokenizer, encoder, head, pooling, parameter_bytes })
+        let parameters = encoder.parameter_count() + head.as_ref().map_or(0, Head::parameter_count);
+        let weight_bytes = encoder.weight_bytes() + head.as_ref().map_or(0, Head::weight_bytes);
+        Ok(Model { config, tokenizer, encoder, head, pooling, parameters, weight_bytes })
     }
 
     /// The tasks this model can answer: embeddings always, the rest by its head.
