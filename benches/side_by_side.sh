@@ -188,6 +188,33 @@ for side in ai py; do
     record rss "$side" "${m%|*}"; record pss "$side" "${m#*|}"
 done
 
+# pg_ai with its encoder weights in 8 bits (pg_ai.int8_encoders), against the same PL/Python figures in f32: what a
+# user gets by turning the setting on (README, Benchmarks, measures what it changes in the answers).
+log "encoders in int8: first call, warm single rows, throughput, memory"
+int8_encoders="SET pg_ai.int8_encoders = on"
+best_ai=999999
+for _ in $(seq "$first_tries"); do
+    t=$(now_ms); sql -c "$int8_encoders" -c "SELECT ai_embed('A man is eating food.', 'minilm') IS NOT NULL" >/dev/null
+    f=$(($(now_ms) - t)); ((f < best_ai)) && best_ai=$f
+done
+record first_int8 ai "$best_ai"
+{
+    echo "$int8_encoders;"
+    echo "SELECT count(ai_embed('warm up', 'minilm'));"
+    echo "SELECT count(*) FROM ai_fill_mask('the man went to the [MASK] .', 'bert-base');"
+    echo "SELECT 'warm_embed_int8', bench_ms(\$\$SELECT count(ai_embed('A man is eating food number ' || i, 'minilm')) FROM generate_series(1, $warm_n) i\$\$) / $warm_n;"
+    echo "SELECT 'warm_fill_base_int8', bench_ms(\$\$SELECT count(t) FROM (SELECT ai_fill_mask('the man went to the [MASK] number ' || i || ' .', 'bert-base') AS t FROM generate_series(1, $warm_base_n) i) s\$\$) / $warm_base_n;"
+    for n in $rows_list; do
+        echo "SELECT 'rows_embed_${n}_int8', $n * 1000 / bench_ms(\$\$SELECT count(ai_embed(body, 'minilm')) FROM bench_texts WHERE i <= $n\$\$);"
+        echo "SELECT 'array_embed_${n}_int8', $n * 1000 / bench_ms(\$\$SELECT count(embedding) FROM ai_embed(ARRAY(SELECT body FROM bench_texts WHERE i <= $n ORDER BY i), 'minilm')\$\$);"
+    done
+} | sql | while IFS='|' read -r key value; do [ -n "$value" ] && record "$key" ai "$value"; done
+m=$(sql -c "$int8_encoders" -c "SELECT count(ai_embed('A man is eating food.', 'minilm'))" -c "$memory" | tail -n 1)
+record rss_int8 ai "${m%|*}"; record pss_int8 ai "${m#*|}"
+for key in first warm_embed warm_fill_base rss pss $(for n in $rows_list; do echo "rows_embed_$n array_embed_$n"; done); do
+    record "${key}_int8" py "$(value "$key" py)"
+done
+
 prompt="PostgreSQL is a powerful, open source object-relational database system with over 35 years of active development that has earned it a strong reputation for reliability, feature robustness, and performance."
 for model in gpt2-124m smollm2-135m; do
     log "greedy generation, $model: $gen_tokens new tokens, $gen_calls calls after one warm-up"
@@ -271,6 +298,16 @@ row "fill-mask tiny BERT, $n rows, per-row calls in a SELECT" "rows_fill_$n" row
 row "fill-mask tiny BERT, $n rows, array form" "array_fill_$n" rows/s higher
 row "backend RSS after loading MiniLM and one embed" rss MB lower
 row "backend PSS after loading MiniLM and one embed" pss MB lower
+printf "| %-58s | %12s | %12s | %7s |\n" "pg_ai's encoders in int8 (pg_ai.int8_encoders), PL/Python f32:" "" "" ""
+row "  first embed in a fresh connection" first_int8 ms lower
+row "  warm single embed, MiniLM" warm_embed_int8 ms lower
+row "  warm single fill-mask, BERT-base size" warm_fill_base_int8 ms lower
+for n in $rows_list; do
+    row "  embed MiniLM, $n rows, per-row calls in a SELECT" "rows_embed_${n}_int8" rows/s higher
+    row "  embed MiniLM, $n rows, array form" "array_embed_${n}_int8" rows/s higher
+done
+row "  backend RSS after loading MiniLM and one embed" rss_int8 MB lower
+row "  backend PSS after loading MiniLM and one embed" pss_int8 MB lower
 row "greedy generation, GPT-2 124M size, $gen_tokens new tokens" gen_gpt2-124m tok/s higher
 row "greedy generation, SmolLM2-135M size (Llama), $gen_tokens new" gen_smollm2-135m tok/s higher
 row "  the same, pg_ai in int8 (pg_ai.int8_decoders), GPT-2 size" gen_int8_gpt2-124m tok/s higher
