@@ -114,6 +114,11 @@ fn fused(parts: &[Linear], int8: bool) -> candle_core::Result<Projection> {
     Projection::new(Tensor::cat(&weights, 0)?, biases.map(|b| Tensor::cat(&b, 0)).transpose()?, int8)
 }
 
+/// Bytes a tensor holds.
+fn bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
 fn layer_norm(vb: &VarBuilder, name: &str, dim: usize, eps: f64) -> candle_core::Result<LayerNorm> {
     let vb = vb.pp(name);
     Ok(LayerNorm::new(vb.get(dim, "weight")?, vb.get(dim, "bias")?, eps))
@@ -213,7 +218,13 @@ impl Encoder {
             }
             Ok(Encoder {
                 family: config.family,
-                word_embeddings: emb("embeddings.word_embeddings", config.vocab_size)?,
+                word_embeddings: if int8 {
+                    // The lookup table in f16: half the bytes, and rounding far below the 8-bit weights'.
+                    let table = base.pp("embeddings.word_embeddings").get((config.vocab_size, h), "weight")?;
+                    Embedding::new(table.to_dtype(DType::F16)?, h)
+                } else {
+                    emb("embeddings.word_embeddings", config.vocab_size)?
+                },
                 position_embeddings: emb("embeddings.position_embeddings", config.max_positions)?,
                 type_embeddings,
                 embeddings_norm: layer_norm(&base, names.embeddings_norm, h, eps)?,
@@ -244,7 +255,7 @@ impl Encoder {
         let device = batch.ids.device();
         // Padding is always on the right, so a plain range gives every real token its position.
         let positions = Tensor::arange(self.position_offset, self.position_offset + seq as u32, device)?;
-        let mut x = self.word_embeddings.forward(&batch.ids)?;
+        let mut x = self.word_embeddings.forward(&batch.ids)?.to_dtype(DType::F32)?;
         x = x.broadcast_add(&self.position_embeddings.forward(&positions)?)?;
         if let Some(types) = &self.type_embeddings {
             x = (x + types.forward(&batch.type_ids)?)?;
@@ -278,30 +289,30 @@ impl Encoder {
     }
 
     pub fn parameter_count(&self) -> usize {
-        self.count(Projection::parameters, 1)
+        self.count(Projection::parameters, Tensor::elem_count)
     }
 
     /// Bytes of the weights in memory.
     pub fn weight_bytes(&self) -> usize {
-        self.count(Projection::bytes, 4)
+        self.count(Projection::bytes, bytes)
     }
 
-    /// Sums `of` over the projections and `per_f32` units per f32 tensor element over the rest.
-    fn count(&self, of: fn(&Projection) -> usize, per_f32: usize) -> usize {
-        let norm = |n: &LayerNorm| n.weight().elem_count() * 2;
+    /// Sums `of` over the projections and `tensor` over the other tensors.
+    fn count(&self, of: fn(&Projection) -> usize, tensor: fn(&Tensor) -> usize) -> usize {
+        let norm = |n: &LayerNorm| tensor(n.weight()) + n.bias().map_or(0, tensor);
         let layers: usize = self
             .layers
             .iter()
             .map(|l| {
                 [&l.qkv, &l.attention_out, &l.ffn_in, &l.ffn_out].map(of).iter().sum::<usize>()
-                    + (norm(&l.attention_norm) + norm(&l.output_norm)) * per_f32
+                    + norm(&l.attention_norm)
+                    + norm(&l.output_norm)
             })
             .sum();
-        (self.word_embeddings.embeddings().elem_count()
-            + self.position_embeddings.embeddings().elem_count()
-            + self.type_embeddings.as_ref().map_or(0, |t| t.embeddings().elem_count())
-            + norm(&self.embeddings_norm))
-            * per_f32
+        tensor(self.word_embeddings.embeddings())
+            + tensor(self.position_embeddings.embeddings())
+            + self.type_embeddings.as_ref().map_or(0, |t| tensor(t.embeddings()))
+            + norm(&self.embeddings_norm)
             + layers
     }
 
@@ -313,24 +324,30 @@ impl Encoder {
 impl Head {
     /// Parameters the head adds; a decoder tied to the word embeddings adds only its bias.
     pub fn parameter_count(&self) -> usize {
-        self.count(Projection::parameters, 1, |decoder| decoder.bias().map_or(0, Tensor::elem_count))
+        self.count(Projection::parameters, Tensor::elem_count, |decoder| decoder.bias().map_or(0, Tensor::elem_count))
     }
 
     /// Bytes the head adds; a decoder tied to the word embeddings shares them in f32, and copies them in 8 bits.
     pub fn weight_bytes(&self) -> usize {
-        self.count(Projection::bytes, 4, |decoder| match decoder {
-            Projection::F32(l) => l.bias().map_or(0, Tensor::elem_count) * 4,
+        self.count(Projection::bytes, bytes, |decoder| match decoder {
+            Projection::F32(l) => l.bias().map_or(0, bytes),
             Projection::Int8 { .. } => decoder.bytes(),
         })
     }
 
-    /// Sums `of` over the projections (`tied_decoder` for a decoder tied to the word embeddings) and `per_f32`
-    /// units per f32 tensor element over the rest.
-    fn count(&self, of: fn(&Projection) -> usize, per_f32: usize, tied_decoder: fn(&Projection) -> usize) -> usize {
+    /// Sums `of` over the projections (`tied_decoder` for a decoder tied to the word embeddings) and `tensor`
+    /// over the other tensors.
+    fn count(
+        &self,
+        of: fn(&Projection) -> usize,
+        tensor: fn(&Tensor) -> usize,
+        tied_decoder: fn(&Projection) -> usize,
+    ) -> usize {
         match self {
             Head::MaskedLm { transform, norm, decoder, tied, .. } => {
                 of(transform)
-                    + norm.weight().elem_count() * 2 * per_f32
+                    + tensor(norm.weight())
+                    + norm.bias().map_or(0, tensor)
                     + if *tied { tied_decoder(decoder) } else { of(decoder) }
             }
             Head::SequenceClassifier { pre, out } => pre.as_ref().map_or(0, |(d, _)| of(d)) + of(out),
@@ -351,7 +368,8 @@ impl Head {
         // The masked-LM decoder, and whether it is tied to the word embeddings.
         let decoder = |vb: VarBuilder, bias: Tensor| -> candle_core::Result<(Projection, bool)> {
             let tied = !vb.contains_tensor("weight");
-            let weight = if tied { word_embeddings.clone() } else { vb.get((v, h), "weight")? };
+            // In f32 the embeddings themselves; to_dtype copies the f16 ones of an 8-bit encoder (then quantized).
+            let weight = if tied { word_embeddings.to_dtype(DType::F32)? } else { vb.get((v, h), "weight")? };
             Ok((Projection::new(weight, Some(bias), int8)?, tied))
         };
         let head = || -> candle_core::Result<Option<Head>> {

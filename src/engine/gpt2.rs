@@ -125,7 +125,9 @@ impl Gpt2 {
                 ln_f: layer_norm(t.pp("ln_f"), c.n_embd, c.layer_norm_epsilon)?,
                 lm_head: Projection::new(head, None, int8)?,
                 tied_head,
-                wte,
+                // In 8 bits the head is a copy, and the lookup table can be f16: half the bytes, and rounding far
+                // below the 8-bit weights'.
+                wte: if int8 { Embedding::new(wte.embeddings().to_dtype(DType::F16)?, c.n_embd) } else { wte },
                 wpe,
                 blocks,
                 config: config.clone(),
@@ -139,24 +141,26 @@ impl Gpt2 {
 
     /// Parameters, counting the tied LM head once.
     pub fn parameter_count(&self) -> usize {
-        self.count(Projection::parameters, 1)
+        self.count(Projection::parameters, Tensor::elem_count)
     }
 
     /// Bytes of the weights in memory. An 8-bit head tied to the embeddings is a copy of them, and counts.
     pub fn weight_bytes(&self) -> usize {
         let int8_head = matches!(self.lm_head, Projection::Int8 { .. });
-        self.count(Projection::bytes, 4) + if self.tied_head && int8_head { self.lm_head.bytes() } else { 0 }
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        self.count(Projection::bytes, bytes) + if self.tied_head && int8_head { self.lm_head.bytes() } else { 0 }
     }
 
-    /// Sums `of` over the projections and `per_f32` units per f32 tensor element over the rest.
-    fn count(&self, of: fn(&Projection) -> usize, per_f32: usize) -> usize {
-        let norm = |n: &LayerNorm| 2 * n.weight().elem_count() * per_f32;
+    /// Sums `of` over the projections and `tensor` over the other tensors.
+    fn count(&self, of: fn(&Projection) -> usize, tensor: fn(&Tensor) -> usize) -> usize {
+        let norm = |n: &LayerNorm| tensor(n.weight()) + n.bias().map_or(0, tensor);
         let blocks: usize = self
             .blocks
             .iter()
             .map(|b| norm(&b.ln_1) + norm(&b.ln_2) + of(&b.c_attn) + of(&b.attn_proj) + of(&b.c_fc) + of(&b.mlp_proj))
             .sum();
-        (self.wte.embeddings().elem_count() + self.wpe.embeddings().elem_count()) * per_f32
+        tensor(self.wte.embeddings())
+            + tensor(self.wpe.embeddings())
             + blocks
             + norm(&self.ln_f)
             + if self.tied_head { 0 } else { of(&self.lm_head) }
@@ -178,7 +182,7 @@ impl Gpt2 {
         cache.layers.resize(self.blocks.len(), None);
         let input = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
         let positions = Tensor::arange(past as u32, (past + seq) as u32, &Device::Cpu)?;
-        let mut x = self.wte.forward(&input)?.broadcast_add(&self.wpe.forward(&positions)?)?;
+        let mut x = self.wte.forward(&input)?.to_dtype(DType::F32)?.broadcast_add(&self.wpe.forward(&positions)?)?;
         let mask = causal_mask(seq, past)?;
         for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = self.block_forward(block, &x, kv, mask.as_ref())?;

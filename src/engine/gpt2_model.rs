@@ -16,8 +16,8 @@ pub struct Gpt2Model {
     codec: DecoderTokenizer,
     chat_template: Option<String>,
     pub parameters: usize,
-    /// Bytes of the weights in memory: 4 per parameter in f32; in int8 about 1.06 for the linear weights, 4 for the
-    /// token embeddings (kept in f32 for lookup).
+    /// Bytes of the weights in memory: 4 per parameter in f32; in int8 about 1.06 for the linear weights and the
+    /// head's copy of the token embeddings, 2 for the embeddings themselves (kept in f16 for lookup).
     pub weight_bytes: usize,
 }
 

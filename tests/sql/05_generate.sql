@@ -32,9 +32,10 @@ SELECT ai_load_model('llama', :'fixtures' || '/models/llama');
 SELECT task, architecture FROM ai.models WHERE name = 'llama';
 SELECT ai_generate('the cat', 'llama'), ai_generate('bob lives in', 'llama', max_tokens => 3);
 
--- pg_ai.int8_decoders holds GPT-2 and Llama weights as 8-bit blocks, for models loaded after the change: about
--- half the memory (the token embeddings stay in f32 for lookup) and faster generation; answers move slightly
--- (tests/golden.rs measures how much on SmolLM2's real weights); here they continue as in f32 above.
+-- pg_ai.int8_decoders holds GPT-2 and Llama weights as 8-bit blocks, for models loaded after the change: a half
+-- to a third of the memory (token embeddings are also held in f16 or f32 for lookup) and faster generation;
+-- answers move slightly (tests/golden.rs measures how much on SmolLM2's real weights); here they continue as in
+-- f32 above.
 SET pg_ai.int8_decoders = on;
 SELECT ai_load_model('gpt2-int8', :'fixtures' || '/models/gpt2') \g /dev/null
 SELECT ai_load_model('llama-int8', :'fixtures' || '/models/llama') \g /dev/null
