@@ -372,7 +372,17 @@ const SMOLLM2_PROMPT: &str =
 /// Log-probabilities of the token after SMOLLM2_PROMPT (log-softmax of its logits).
 fn next_token_log_probs(m: &dyn pg_ai::engine::generate::CausalLm) -> Vec<f64> {
     let ids = m.codec().encode_prompt(SMOLLM2_PROMPT).unwrap();
-    let logits: Vec<f32> = m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap();
+    log_softmax(m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap())
+}
+
+/// Log-probabilities of the token after each token of SMOLLM2_PROMPT, fed one by one as generation feeds them.
+fn log_probs_along_the_prompt(m: &dyn pg_ai::engine::generate::CausalLm) -> Vec<Vec<f64>> {
+    let mut session = m.session().unwrap();
+    let ids = m.codec().encode_prompt(SMOLLM2_PROMPT).unwrap();
+    ids.iter().map(|id| log_softmax(session.next_logits(&[*id]).unwrap().to_vec1().unwrap())).collect()
+}
+
+fn log_softmax(logits: Vec<f32>) -> Vec<f64> {
     let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
     let sum: f64 = logits.iter().map(|l| (*l as f64 - max).exp()).sum();
     logits.iter().map(|l| *l as f64 - max - sum.ln()).collect()
@@ -428,8 +438,8 @@ fn smollm2_requantised_stays_close_to_its_f32_weights() {
 
 /// The real SmolLM2-135M weights (the GGUF's, de-quantised to f32) written out as transformers writes a
 /// LlamaForCausalLM: the safetensors path then answers as the GGUF path does, and with pg_ai.int8_decoders (every
-/// linear weight as Q8_0) the next-token distribution moves by a KL divergence of 0.008 nats, the most likely
-/// token unchanged.
+/// linear weight as Q8_0) the next-token distribution after each token of a prompt moves by a mean KL divergence
+/// under 0.03 nats, the most likely token mostly unchanged.
 #[test]
 fn smollm2_safetensors_in_int8_stays_close_to_f32() {
     use candle_core::quantized::gguf_file;
@@ -449,12 +459,22 @@ fn smollm2_safetensors_in_int8_stays_close_to_f32() {
     assert!(int8_model.memory_bytes() * 2 < f32_model.memory_bytes() + f32_model.memory_bytes() / 10);
     assert_eq!(int8_model.parameters(), f32_model.parameters());
     let exact = next_token_log_probs(f32_model.causal().unwrap());
-    let quantised = next_token_log_probs(int8_model.causal().unwrap());
-    let (kl_gguf, kl_int8) = (kl(&exact, &next_token_log_probs(&gguf)), kl(&exact, &quantised));
-    eprintln!("KL from f32: GGUF path {kl_gguf:.6}, int8 {kl_int8:.5}");
+    let kl_gguf = kl(&exact, &next_token_log_probs(&gguf));
     assert!(kl_gguf < 1e-4, "the safetensors and GGUF paths disagree: KL {kl_gguf}");
-    assert_eq!(argmax(&quantised), argmax(&exact));
-    assert!(kl_int8 < 0.02, "KL from f32 in int8: {kl_int8}");
+    // After each token of the prompt: the mean KL, and how often the most likely next token is the same.
+    let (exact, quantised) = (
+        log_probs_along_the_prompt(f32_model.causal().unwrap()),
+        log_probs_along_the_prompt(int8_model.causal().unwrap()),
+    );
+    let mean_kl = exact.iter().zip(&quantised).map(|(p, q)| kl(p, q)).sum::<f64>() / exact.len() as f64;
+    let same_top = exact.iter().zip(&quantised).filter(|(p, q)| argmax(p) == argmax(q)).count();
+    eprintln!(
+        "KL from f32: GGUF path {kl_gguf:.6}; int8 after each of {} tokens: mean {mean_kl:.5}, same top token {same_top}",
+        exact.len()
+    );
+    // Measured: 0.020 (0.009 with rows unpadded, which candle's tiled kernels quantise per 32 values, not 256).
+    assert!(mean_kl < 0.03, "mean KL from f32 in int8: {mean_kl}");
+    assert!(same_top * 10 >= exact.len() * 9, "the top token changed at {} of {}", exact.len() - same_top, exact.len());
     std::fs::remove_dir_all(&dir).unwrap();
 
     /// The GGUF's tensors under transformers' names, the query and key rows back in its rotate-half order.

@@ -3,6 +3,7 @@
 
 use super::error::{AiError, Result};
 use super::int8::Projection;
+use super::kv_cache::{causal_mask, CachedDecoder, KvCache};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, VarBuilder};
 use serde_json::Value;
@@ -73,25 +74,6 @@ pub struct Gpt2 {
     lm_head: Projection,
     /// The LM head is the token embedding matrix itself.
     tied_head: bool,
-}
-
-/// Keys and values of the tokens seen so far, per layer: (1, heads, seen, head_dim).
-#[derive(Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-}
-
-impl KvCache {
-    pub fn len(&self) -> usize {
-        match self.layers.first() {
-            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
-            _ => 0,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Gpt2 {
@@ -168,18 +150,8 @@ impl Gpt2 {
 
     /// Feeds `ids` after the tokens already in `cache` and returns the logits of the last one, (vocab).
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let c = &self.config;
-        let past = cache.len();
         let seq = ids.len();
-        if past + seq > c.n_positions {
-            return Err(AiError::invalid(format!(
-                "the prompt and the generated text need {} tokens; this model accepts at most {}",
-                past + seq,
-                c.n_positions
-            ))
-            .with_hint("Shorten the prompt or lower max_tokens."));
-        }
-        cache.layers.resize(self.blocks.len(), None);
+        let past = cache.prepare(seq, self.blocks.len(), self.config.n_positions)?;
         let input = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
         let positions = Tensor::arange(past as u32, (past + seq) as u32, &Device::Cpu)?;
         let mut x = self.wte.forward(&input)?.to_dtype(DType::F32)?.broadcast_add(&self.wpe.forward(&positions)?)?;
@@ -221,13 +193,12 @@ impl Gpt2 {
     }
 }
 
-/// (seq, past + seq) additive mask: token i sees the past and itself, nothing after. None for one token.
-fn causal_mask(seq: usize, past: usize) -> candle_core::Result<Option<Tensor>> {
-    if seq == 1 {
-        return Ok(None);
+impl CachedDecoder for Gpt2 {
+    fn context(&self) -> usize {
+        self.config.n_positions
     }
-    let total = past + seq;
-    let mask: Vec<f32> =
-        (0..seq).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Ok(Some(Tensor::from_vec(mask, (seq, total), &Device::Cpu)?.to_dtype(DType::F32)?))
+
+    fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        Gpt2::forward(self, ids, cache)
+    }
 }

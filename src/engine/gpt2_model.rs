@@ -5,8 +5,8 @@ use super::encoder::var_builder;
 use super::error::Result;
 use super::files::ModelFiles;
 use super::generate::{CausalLm, Decoder, TextCodec};
-use super::gpt2::{Gpt2, Gpt2Config, KvCache};
-use candle_core::Tensor;
+use super::gpt2::{Gpt2, Gpt2Config};
+use super::kv_cache::Session;
 use serde_json::Value;
 
 pub struct Gpt2Model {
@@ -48,7 +48,7 @@ impl Gpt2Model {
 impl CausalLm for Gpt2Model {
     /// A generation session: its own KV cache over the shared weights.
     fn session(&self) -> Result<Box<dyn Decoder + '_>> {
-        Ok(Box::new(Session { model: &self.model, cache: KvCache::default() }))
+        Ok(Box::new(Session::new(&self.model)))
     }
 
     fn codec(&self) -> &dyn TextCodec {
@@ -57,25 +57,5 @@ impl CausalLm for Gpt2Model {
 
     fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
-    }
-}
-
-struct Session<'a> {
-    model: &'a Gpt2,
-    cache: KvCache,
-}
-
-impl Decoder for Session<'_> {
-    fn reset(&mut self) -> Result<()> {
-        self.cache = KvCache::default();
-        Ok(())
-    }
-
-    fn context_size(&self) -> usize {
-        self.model.config.n_positions
-    }
-
-    fn next_logits(&mut self, ids: &[u32]) -> Result<Tensor> {
-        self.model.forward(ids, &mut self.cache)
     }
 }
