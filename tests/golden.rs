@@ -417,10 +417,17 @@ fn smollm2_gguf_answers_through_its_chat_template() {
     assert!(reply.contains("Paris"), "{reply}");
 }
 
-/// SmolLM2's Q4_1 weights are re-quantised to Q8_0 on load (candle has no SIMD dot product for Q4_1). Against the
-/// file's weights de-quantised to f32 (what transformers runs), the next-token distribution moves by a KL
-/// divergence of 0.0084 nats where the Q4_1 weights as stored move it by 0.0025 (both round the activations to 8
-/// bits), and the most likely token stays the same.
+/// The mean KL divergence of `q` from `p` over positions, and at how many the most likely token is the same.
+fn mean_kl_and_same_top(p: &[Vec<f64>], q: &[Vec<f64>]) -> (f64, usize) {
+    let mean = p.iter().zip(q).map(|(p, q)| kl(p, q)).sum::<f64>() / p.len() as f64;
+    (mean, p.iter().zip(q).filter(|(p, q)| argmax(p) == argmax(q)).count())
+}
+
+/// SmolLM2's Q4_1 weights are re-quantised to Q8_0 on load and run on pg_ai's 8-bit Llama (candle has no SIMD dot
+/// product for Q4_1). Against the file's weights de-quantised to f32 (what transformers runs), after each token of
+/// a prompt: the Q4_1 weights as stored move the next-token distribution by a mean KL divergence of 0.003 nats,
+/// the 8-bit Llama by 0.020 (it rounds the activations to 8 bits per 256 values, candle's quantized Llama per 32);
+/// the most likely token is the same at 22 and 21 of 22 positions.
 #[test]
 fn smollm2_requantised_stays_close_to_its_f32_weights() {
     use pg_ai::engine::gguf::{GgufModel, Weights};
@@ -428,12 +435,12 @@ fn smollm2_requantised_stays_close_to_its_f32_weights() {
     let load = |w: Weights| GgufModel::load_as(&path, w).unwrap();
     let (stored, fast, exact) = (load(Weights::AsStored), load(Weights::Fast), load(Weights::F32));
     assert!(fast.weight_bytes > stored.weight_bytes, "nothing was re-quantised");
-    let (p, q_stored, q_fast) =
-        (next_token_log_probs(&exact), next_token_log_probs(&stored), next_token_log_probs(&fast));
-    let (kl_stored, kl_fast) = (kl(&p, &q_stored), kl(&p, &q_fast));
-    eprintln!("KL from f32: stored Q4_1 {kl_stored:.5}, Q8_0 {kl_fast:.5}");
-    assert_eq!((argmax(&q_fast), argmax(&q_stored)), (argmax(&p), argmax(&p)));
-    assert!(kl_stored < 0.01 && kl_fast < 0.02, "KL from f32: Q4_1 {kl_stored}, Q8_0 {kl_fast}");
+    let p = log_probs_along_the_prompt(&exact);
+    let (kl_stored, same_stored) = mean_kl_and_same_top(&p, &log_probs_along_the_prompt(&stored));
+    let (kl_fast, same_fast) = mean_kl_and_same_top(&p, &log_probs_along_the_prompt(&fast));
+    eprintln!("mean KL from f32 over {}: stored Q4_1 {kl_stored:.5} ({same_stored} same top), Q8_0 {kl_fast:.5} ({same_fast})", p.len());
+    assert!(kl_stored < 0.02 && kl_fast < 0.03, "KL from f32: Q4_1 {kl_stored}, Q8_0 {kl_fast}");
+    assert!(same_stored.min(same_fast) * 10 >= p.len() * 9, "the top token changed: {same_stored}, {same_fast}");
 }
 
 /// The real SmolLM2-135M weights (the GGUF's, de-quantised to f32) written out as transformers writes a
@@ -444,7 +451,6 @@ fn smollm2_requantised_stays_close_to_its_f32_weights() {
 fn smollm2_safetensors_in_int8_stays_close_to_f32() {
     use candle_core::quantized::gguf_file;
     use candle_core::quantized::tokenizer::TokenizerFromGguf;
-    use candle_core::{Device, Tensor};
     use pg_ai::engine::gguf::{GgufModel, Weights};
     let path = smollm2_gguf();
     let gguf = GgufModel::load_as(&path, Weights::F32).unwrap();
@@ -462,12 +468,8 @@ fn smollm2_safetensors_in_int8_stays_close_to_f32() {
     let kl_gguf = kl(&exact, &next_token_log_probs(&gguf));
     assert!(kl_gguf < 1e-4, "the safetensors and GGUF paths disagree: KL {kl_gguf}");
     // After each token of the prompt: the mean KL, and how often the most likely next token is the same.
-    let (exact, quantised) = (
-        log_probs_along_the_prompt(f32_model.causal().unwrap()),
-        log_probs_along_the_prompt(int8_model.causal().unwrap()),
-    );
-    let mean_kl = exact.iter().zip(&quantised).map(|(p, q)| kl(p, q)).sum::<f64>() / exact.len() as f64;
-    let same_top = exact.iter().zip(&quantised).filter(|(p, q)| argmax(p) == argmax(q)).count();
+    let exact = log_probs_along_the_prompt(f32_model.causal().unwrap());
+    let (mean_kl, same_top) = mean_kl_and_same_top(&exact, &log_probs_along_the_prompt(int8_model.causal().unwrap()));
     eprintln!(
         "KL from f32: GGUF path {kl_gguf:.6}; int8 after each of {} tokens: mean {mean_kl:.5}, same top token {same_top}",
         exact.len()
@@ -477,63 +479,26 @@ fn smollm2_safetensors_in_int8_stays_close_to_f32() {
     assert!(same_top * 10 >= exact.len() * 9, "the top token changed at {} of {}", exact.len() - same_top, exact.len());
     std::fs::remove_dir_all(&dir).unwrap();
 
-    /// The GGUF's tensors under transformers' names, the query and key rows back in its rotate-half order.
+    /// The GGUF's tensors under transformers' names, as pg_ai reads them (engine::gguf), and its configuration.
     fn write_as_transformers_llama(gguf: &std::path::Path, dir: &std::path::Path) {
         let mut file = std::fs::File::open(gguf).unwrap();
         let content = gguf_file::Content::read(&mut file).unwrap();
-        let meta = |k: &str| content.metadata[k].clone();
-        let u = |k: &str| meta(k).to_u32().unwrap() as usize;
-        let (heads, kv_heads, layers) =
-            (u("llama.attention.head_count"), u("llama.attention.head_count_kv"), u("llama.block_count"));
-        let get = |name: &str| content.tensor(&mut file.try_clone().unwrap(), name, &Device::Cpu).unwrap();
-        let f32 = |name: &str| get(name).dequantize(&Device::Cpu).unwrap();
-        let rotate_half_order = |t: Tensor, heads: usize| {
-            let (rows, cols) = t.dims2().unwrap();
-            t.reshape((heads, rows / heads / 2, 2, cols))
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .reshape((rows, cols))
-                .unwrap()
-        };
-        let embed = f32("token_embd.weight");
-        let vocab = embed.dim(0).unwrap();
-        let mut tensors = std::collections::HashMap::new();
-        tensors.insert("model.embed_tokens.weight".to_string(), embed);
-        tensors.insert("model.norm.weight".to_string(), f32("output_norm.weight"));
-        for i in 0..layers {
-            let (hf, blk) = (format!("model.layers.{i}"), format!("blk.{i}"));
-            let q = rotate_half_order(f32(&format!("{blk}.attn_q.weight")), heads);
-            let k = rotate_half_order(f32(&format!("{blk}.attn_k.weight")), kv_heads);
-            tensors.insert(format!("{hf}.self_attn.q_proj.weight"), q);
-            tensors.insert(format!("{hf}.self_attn.k_proj.weight"), k);
-            for (to, from) in [
-                ("self_attn.v_proj", "attn_v"),
-                ("self_attn.o_proj", "attn_output"),
-                ("mlp.gate_proj", "ffn_gate"),
-                ("mlp.up_proj", "ffn_up"),
-                ("mlp.down_proj", "ffn_down"),
-                ("input_layernorm", "attn_norm"),
-                ("post_attention_layernorm", "ffn_norm"),
-            ] {
-                tensors.insert(format!("{hf}.{to}.weight"), f32(&format!("{blk}.{from}.weight")));
-            }
-        }
+        let (tensors, c) = pg_ai::engine::gguf::as_transformers_llama(&content, &mut file).unwrap();
         candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
         let config = serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
-            "hidden_size": u("llama.embedding_length"),
-            "intermediate_size": u("llama.feed_forward_length"),
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads,
-            "rms_norm_eps": meta("llama.attention.layer_norm_rms_epsilon").to_f32().unwrap(),
-            "rope_theta": meta("llama.rope.freq_base").to_f32().unwrap(),
-            "max_position_embeddings": u("llama.context_length"),
-            "vocab_size": vocab,
-            "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
-            "eos_token_id": u("tokenizer.ggml.eos_token_id"),
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads,
+            "num_key_value_heads": c.num_key_value_heads,
+            "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope_theta,
+            "max_position_embeddings": c.max_position_embeddings,
+            "vocab_size": c.vocab_size,
+            "tie_word_embeddings": c.tie_word_embeddings,
+            "eos_token_id": content.metadata["tokenizer.ggml.eos_token_id"].to_u32().unwrap(),
         });
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         let tokenizer = <tokenizers::Tokenizer as TokenizerFromGguf>::from_gguf(&content).unwrap();

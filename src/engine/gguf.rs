@@ -4,12 +4,17 @@
 use super::codec::DecoderTokenizer;
 use super::error::{AiError, Result};
 use super::generate::{CausalLm, Decoder, TextCodec};
+use super::kv_cache;
+use super::llama_int8::Int8Llama;
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::llama::Config;
 use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::io::{Cursor, Read, Seek};
 use std::path::Path;
 use tokenizers::Tokenizer;
@@ -21,10 +26,15 @@ pub struct GgufModel {
     /// Bytes of the weights in memory: the file's, the token embeddings also in f32, more where re-quantised.
     pub weight_bytes: usize,
     pub parameters: usize,
-    weights: ModelWeights,
+    weights: Held,
     codec: DecoderTokenizer,
-    context: usize,
     chat_template: Option<String>,
+}
+
+/// The weights: on candle's quantized Llama as the file stores them (or Q8_0, or f32), or on pg_ai's 8-bit Llama.
+enum Held {
+    Quantized { weights: ModelWeights, context: usize },
+    Int8(Int8Llama),
 }
 
 fn scalar(v: &gguf_file::Value) -> Option<Value> {
@@ -64,7 +74,8 @@ pub fn requantize_slow_weights(on: bool) {
 pub enum Weights {
     /// As the file stores them.
     AsStored,
-    /// Q4_1, Q5_1 and Q8_1 weights rewritten as Q8_0, the rest as stored: the default (see `rewrite`).
+    /// The default: a file with Q4_1, Q5_1 or Q8_1 weights, which candle multiplies with a scalar loop, on pg_ai's
+    /// 8-bit Llama (engine::llama_int8: Q8_0, rows padded for candle's tiled kernels); other files as stored.
     Fast,
     /// Every weight de-quantised to f32: the reference that measures what quantisation changes.
     F32,
@@ -156,18 +167,28 @@ impl GgufModel {
         let codec =
             DecoderTokenizer::new(Tokenizer::from_gguf(&content).map_err(corrupt)?, eos_id.into_iter().collect())?;
         let chat_template = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
-        let context = content
-            .metadata
-            .get("llama.context_length")
-            .and_then(|v| v.to_u32().ok())
-            .map_or(MAX_SEQ_LEN, |n| (n as usize).min(MAX_SEQ_LEN));
-        let rewritten = rewrite(&mut content, &mut file, weights).map_err(corrupt)?;
-        let weight_bytes = bytes_in_memory(&content);
-        let weights = match rewritten {
-            Some(mut data) => ModelWeights::from_gguf(content, &mut data, &Device::Cpu),
-            None => ModelWeights::from_gguf(content, &mut file, &Device::Cpu),
-        }
-        .map_err(corrupt)?;
+        let slow = content.tensor_infos.values().any(|info| scalar_only(info.ggml_dtype));
+        let (weights, weight_bytes) = if weights == Weights::Fast && slow {
+            let (tensors, config) = as_transformers_llama(&content, &mut file).map_err(corrupt)?;
+            let model = Int8Llama::load(&VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config)
+                .map_err(corrupt)?;
+            let bytes = model.weight_bytes();
+            (Held::Int8(model), bytes)
+        } else {
+            let context = content
+                .metadata
+                .get("llama.context_length")
+                .and_then(|v| v.to_u32().ok())
+                .map_or(MAX_SEQ_LEN, |n| (n as usize).min(MAX_SEQ_LEN));
+            let rewritten = rewrite(&mut content, &mut file, weights).map_err(corrupt)?;
+            let weight_bytes = bytes_in_memory(&content);
+            let weights = match rewritten {
+                Some(mut data) => ModelWeights::from_gguf(content, &mut data, &Device::Cpu),
+                None => ModelWeights::from_gguf(content, &mut file, &Device::Cpu),
+            }
+            .map_err(corrupt)?;
+            (Held::Quantized { weights, context }, weight_bytes)
+        };
         Ok(GgufModel {
             architecture: "llama (gguf)".to_string(),
             metadata: Value::Object(metadata),
@@ -175,10 +196,73 @@ impl GgufModel {
             parameters,
             weights,
             codec,
-            context,
             chat_template,
         })
     }
+}
+
+/// A llama GGUF's weights de-quantised to f32 under transformers' names, the query and key rows back in
+/// transformers' rotate-half order (llama.cpp's converter interleaves them), and the configuration its metadata
+/// gives. Rope scaling is not read, as candle's quantized Llama does not read it either.
+pub fn as_transformers_llama<R: Read + Seek>(
+    content: &gguf_file::Content,
+    file: &mut R,
+) -> candle_core::Result<(HashMap<String, Tensor>, Config)> {
+    let meta = |key: &str| {
+        content.metadata.get(key).ok_or_else(|| candle_core::Error::Msg(format!("the GGUF metadata lacks {key}")))
+    };
+    let size = |key: &str| Ok::<_, candle_core::Error>(meta(key)?.to_u32()? as usize);
+    let (heads, kv_heads, layers) =
+        (size("llama.attention.head_count")?, size("llama.attention.head_count_kv")?, size("llama.block_count")?);
+    let mut f32 = |name: &str| content.tensor(file, name, &Device::Cpu)?.dequantize(&Device::Cpu);
+    let rotate_half_order = |t: Tensor, heads: usize| {
+        let (rows, cols) = t.dims2()?;
+        t.reshape((heads, rows / heads / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))
+    };
+    let embeddings = f32("token_embd.weight")?;
+    let (vocab_size, hidden_size) = embeddings.dims2()?;
+    let mut tensors = HashMap::new();
+    tensors.insert("model.embed_tokens.weight".to_string(), embeddings);
+    tensors.insert("model.norm.weight".to_string(), f32("output_norm.weight")?);
+    let tie_word_embeddings = !content.tensor_infos.contains_key("output.weight");
+    if !tie_word_embeddings {
+        tensors.insert("lm_head.weight".to_string(), f32("output.weight")?);
+    }
+    for i in 0..layers {
+        let (hf, blk) = (format!("model.layers.{i}"), format!("blk.{i}"));
+        let q = rotate_half_order(f32(&format!("{blk}.attn_q.weight"))?, heads)?;
+        let k = rotate_half_order(f32(&format!("{blk}.attn_k.weight"))?, kv_heads)?;
+        tensors.insert(format!("{hf}.self_attn.q_proj.weight"), q);
+        tensors.insert(format!("{hf}.self_attn.k_proj.weight"), k);
+        for (to, from) in [
+            ("self_attn.v_proj", "attn_v"),
+            ("self_attn.o_proj", "attn_output"),
+            ("mlp.gate_proj", "ffn_gate"),
+            ("mlp.up_proj", "ffn_up"),
+            ("mlp.down_proj", "ffn_down"),
+            ("input_layernorm", "attn_norm"),
+            ("post_attention_layernorm", "ffn_norm"),
+        ] {
+            tensors.insert(format!("{hf}.{to}.weight"), f32(&format!("{blk}.{from}.weight"))?);
+        }
+    }
+    let config = Config {
+        hidden_size,
+        intermediate_size: size("llama.feed_forward_length")?,
+        vocab_size,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        use_flash_attn: false,
+        rms_norm_eps: meta("llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+        rope_theta: content.metadata.get("llama.rope.freq_base").map_or(Ok(10000.0), |v| v.to_f32())?,
+        bos_token_id: None,
+        eos_token_id: None,
+        rope_scaling: None,
+        max_position_embeddings: size("llama.context_length").unwrap_or(MAX_SEQ_LEN),
+        tie_word_embeddings,
+    };
+    Ok((tensors, config))
 }
 
 /// A generation session: a copy of the weights' handles (the tensors are shared) with its own KV cache.
@@ -207,14 +291,14 @@ impl Decoder for Session {
     }
 }
 
-/// A generation session on quantized Llama weights, for GGUF files and Llama models held in int8.
-pub fn session<'a>(weights: &ModelWeights, context: usize) -> Box<dyn Decoder + 'a> {
-    Box::new(Session { weights: weights.clone(), position: 0, context })
-}
-
 impl CausalLm for GgufModel {
     fn session(&self) -> Result<Box<dyn Decoder + '_>> {
-        Ok(session(&self.weights, self.context))
+        Ok(match &self.weights {
+            Held::Quantized { weights, context } => {
+                Box::new(Session { weights: weights.clone(), position: 0, context: *context })
+            }
+            Held::Int8(model) => Box::new(kv_cache::Session::new(model)),
+        })
     }
 
     fn codec(&self) -> &dyn TextCodec {

@@ -19,8 +19,9 @@ SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', '/nonexistent/mod
 SELECT ai_chat(NULL, 'smollm2') IS NULL AS null_messages;
 
 -- What this backend holds: SmolLM2's 135M parameters, stored as Q4_1 (94 MB), are held as Q8_0, which candle
--- multiplies with SIMD; pg_ai.gguf_requantize = off keeps them as the file stores them (for models loaded after).
--- Either way the token embeddings are also held in f32 for lookup (113 MB of the figures).
+-- multiplies with SIMD, on pg_ai's 8-bit Llama (with the token embeddings also in f16 for lookup, 57 MB);
+-- pg_ai.gguf_requantize = off keeps them as the file stores them (for models loaded after), on candle's quantized
+-- Llama, which also holds the token embeddings in f32 (113 MB).
 SET pg_ai.gguf_requantize = off;
 SELECT ai_load_model('smollm2-as-stored', :'root' || '/.models/SmolLM2-135M-Instruct.Q4_1.gguf') \g /dev/null
 SELECT ai_chat('[{"role": "user", "content": "What is the capital of France?"}]', 'smollm2-as-stored',
