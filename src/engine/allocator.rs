@@ -28,3 +28,13 @@ pub fn keep_freed_memory(bytes: usize) {
         libc::mallopt(libc::M_TRIM_THRESHOLD, clamp(bytes));
     }
 }
+
+/// Gives the freed memory this process keeps back to the kernel. Loading a model frees f32 copies of its weights
+/// (those read from the files, those quantised), up to the whole model: kept, they would stay in the backend's
+/// memory, which `keep_freed_memory` is not for.
+pub fn give_back_freed_memory() {
+    // SAFETY: malloc_trim only returns free pages of malloc's heaps to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

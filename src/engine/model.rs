@@ -98,7 +98,9 @@ pub enum AnyModel {
 impl AnyModel {
     /// Loads the model, in 8 bits where the pg_ai.int8_* settings say (see engine::int8).
     pub fn load(files: &ModelFiles) -> Result<AnyModel> {
-        Self::load_with(files, Int8::current())
+        let model = Self::load_with(files, Int8::current());
+        super::allocator::give_back_freed_memory();
+        model
     }
 
     /// Loads the model, in 8 bits where `int8` says.
