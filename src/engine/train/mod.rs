@@ -174,9 +174,11 @@ pub trait Trainable {
     }
 }
 
-/// Where the prepared rows' scratch file goes: beside the output directory.
-fn scratch_area(out_dir: &Path) -> &Path {
-    out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+/// Where the prepared rows' scratch file goes: beside the output directory (made if absent).
+fn scratch_area(out_dir: &Path) -> Result<&Path> {
+    let dir = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| AiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
 }
 
 /// The prefix seq2seq puts before its sources; refused for other objectives.
@@ -215,7 +217,7 @@ pub fn pretrain(
     };
     drop(texts);
     let max_length = options.max_length;
-    let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir))?;
+    let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir)?)?;
     let size = options::ModelSize::new(options, tokenizer.vocab_size());
     let model: Box<dyn Trainable> = match objective {
         Objective::Clm => {
@@ -338,7 +340,7 @@ fn continue_from(
             .unwrap_or(512) as usize,
     };
     let max_length = options.max_length.min(positions);
-    let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir))?;
+    let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir)?)?;
     if let (Some(p), Some(obj)) = (options.dropout, config.as_object_mut()) {
         let keys: &[&str] = match (&encoder_config, style) {
             (Some(c), _) => family::Layout::of(c.family).dropout_keys(),
