@@ -362,7 +362,7 @@ impl Head {
         let (h, v, eps) = (config.hidden_size, config.vocab_size, config.layer_norm_eps);
         let n_labels = config.labels.len().max(1);
         let act = Activation::parse(&config.activation)?;
-        let linear = |vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize| {
+        let projection = |vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize| {
             project(linear(vb, name, in_dim, out_dim)?, int8)
         };
         // The masked-LM decoder, and whether it is tied to the word embeddings.
@@ -381,7 +381,7 @@ impl Head {
                         if p.contains_tensor("bias") { p.get(v, "bias")? } else { p.pp("decoder").get(v, "bias")? };
                     let (decoder, tied) = decoder(p.pp("decoder"), bias)?;
                     Head::MaskedLm {
-                        transform: linear(&p, "transform.dense", h, h)?,
+                        transform: projection(&p, "transform.dense", h, h)?,
                         act,
                         norm: layer_norm(&p, "transform.LayerNorm", h, eps)?,
                         decoder,
@@ -391,7 +391,7 @@ impl Head {
                 Family::DistilBert if has("vocab_transform.weight") => {
                     let (decoder, tied) = decoder(vb.pp("vocab_projector"), vb.pp("vocab_projector").get(v, "bias")?)?;
                     Head::MaskedLm {
-                        transform: linear(vb, "vocab_transform", h, h)?,
+                        transform: projection(vb, "vocab_transform", h, h)?,
                         act,
                         norm: layer_norm(vb, "vocab_layer_norm", h, eps)?,
                         decoder,
@@ -404,7 +404,7 @@ impl Head {
                         if p.contains_tensor("bias") { p.get(v, "bias")? } else { p.pp("decoder").get(v, "bias")? };
                     let (decoder, tied) = decoder(p.pp("decoder"), bias)?;
                     Head::MaskedLm {
-                        transform: linear(&p, "dense", h, h)?,
+                        transform: projection(&p, "dense", h, h)?,
                         // RobertaLMHead applies erf GELU whatever hidden_act says.
                         act: Activation::Gelu,
                         norm: layer_norm(&p, "layer_norm", h, eps)?,
@@ -413,18 +413,18 @@ impl Head {
                     }
                 }
                 Family::Roberta if has("classifier.out_proj.weight") => Head::SequenceClassifier {
-                    pre: Some((linear(vb, "classifier.dense", h, h)?, Activation::Tanh)),
-                    out: linear(vb, "classifier.out_proj", h, n_labels)?,
+                    pre: Some((projection(vb, "classifier.dense", h, h)?, Activation::Tanh)),
+                    out: projection(vb, "classifier.out_proj", h, n_labels)?,
                 },
                 _ if has("classifier.weight") => {
-                    let out = linear(vb, "classifier", h, n_labels)?;
+                    let out = projection(vb, "classifier", h, n_labels)?;
                     let token_level = config.architecture.ends_with("ForTokenClassification");
                     if token_level {
                         Head::TokenClassifier { out }
                     } else {
                         let pre = match config.family {
-                            Family::DistilBert => (linear(vb, "pre_classifier", h, h)?, Activation::Relu),
-                            _ => (linear(&Encoder::base(vb, config), "pooler.dense", h, h)?, Activation::Tanh),
+                            Family::DistilBert => (projection(vb, "pre_classifier", h, h)?, Activation::Relu),
+                            _ => (projection(&Encoder::base(vb, config), "pooler.dense", h, h)?, Activation::Tanh),
                         };
                         Head::SequenceClassifier { pre: Some(pre), out }
                     }

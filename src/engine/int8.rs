@@ -1,12 +1,13 @@
 //! 8-bit weights: each run of 32 weights in a row is held as one f16 scale and 32 signed bytes (GGML's Q8_0),
-//! which candle multiplies with SIMD dot products. Two settings ask for it: pg_ai.int8_decoders (GPT-2 and
-//! Llama read from safetensors) and pg_ai.int8_encoders (BERT, DistilBERT, RoBERTa).
+//! which candle multiplies with SIMD dot products. Settings ask for it: pg_ai.int8_decoders (GPT-2 and Llama
+//! read from safetensors), pg_ai.int8_encoders (BERT, DistilBERT, RoBERTa), and pg_ai.gguf_requantize for GGUF
+//! files whose weights candle can only multiply with a scalar loop (engine::gguf).
 //!
 //! Why: a call on one row, and generating a token, reads every weight once, so on a CPU the bytes of the
 //! weights set the pace. Q8_0 holds a weight to within max|w|/254 of its block in 34 bytes where f32 takes 128:
 //! about a quarter of the memory and of the bytes read. On CPUs with VNNI, candle also multiplies many rows at
 //! once faster in 8 bits than gemm does in f32. The answers move slightly (tests/golden.rs measures by how much),
-//! so both settings are off by default.
+//! so the int8 settings are off by default (GGUF weights are quantized already: there it is on).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor, D};

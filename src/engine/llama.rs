@@ -46,7 +46,14 @@ impl LlamaModel {
             .read_json("tokenizer_config.json")?
             .and_then(|c| c.get("chat_template")?.as_str().map(str::to_string));
         let c = &llama_config;
-        let kv = c.hidden_size / c.num_attention_heads * c.num_key_value_heads;
+        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+        if heads == 0 || kv_heads == 0 || !c.hidden_size.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
+            return Err(AiError::corrupt(format!(
+                "config.json: {heads} attention heads and {kv_heads} key/value heads do not fit hidden_size {}",
+                c.hidden_size
+            )));
+        }
+        let kv = c.hidden_size / heads * kv_heads;
         let per_layer =
             c.hidden_size * (2 * c.hidden_size + 2 * kv) + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size;
         let head = if c.tie_word_embeddings { 0 } else { c.vocab_size * c.hidden_size };

@@ -47,7 +47,14 @@ impl Int8Llama {
     /// The same model with its weights in 8 bits or not: in f32 it answers as candle-transformers' Llama does,
     /// which the tests use to check the model apart from the rounding.
     fn build(vb: &VarBuilder, c: &Config, int8: bool) -> candle_core::Result<Self> {
-        let head_dim = c.hidden_size / c.num_attention_heads;
+        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+        if heads == 0 || kv_heads == 0 || !c.hidden_size.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
+            candle_core::bail!(
+                "{heads} attention heads and {kv_heads} key/value heads do not fit hidden size {}",
+                c.hidden_size
+            )
+        }
+        let head_dim = c.hidden_size / heads;
         let (h, kv, ff) = (c.hidden_size, head_dim * c.num_key_value_heads, c.intermediate_size);
         let norm = |vb: VarBuilder| Ok::<_, candle_core::Error>(RmsNorm::new(vb.get(h, "weight")?, c.rms_norm_eps));
         let stacked = |vb: &VarBuilder, parts: &[(&str, usize)]| {
@@ -77,8 +84,8 @@ impl Int8Llama {
             layers,
             norm: norm(vb.pp("model.norm"))?,
             head: Projection::new(head, None, int8)?,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
+            heads,
+            kv_heads,
             head_dim,
             intermediate: ff,
             inverse_frequencies,
