@@ -23,7 +23,8 @@ pub struct GgufModel {
     pub architecture: String,
     /// The file's scalar metadata (general.*, llama.*), for ai.models.config.
     pub metadata: Value,
-    /// Bytes of the weights in memory: the file's, the token embeddings also in f32, more where re-quantised.
+    /// Bytes of the weights in memory: on candle's quantized Llama the file's (or f32), plus the token embeddings in
+    /// f32; on the 8-bit Llama its own (see `Int8Llama::weight_bytes`).
     pub weight_bytes: usize,
     pub parameters: usize,
     weights: Held,
@@ -97,22 +98,13 @@ pub fn bytes_in_memory(content: &gguf_file::Content) -> usize {
     }
 }
 
-/// Rewrites the weights `weights` asks for, in memory, as a GGUF data section that `content` then describes; None
-/// when nothing changes.
-///
-/// Why `Fast`: candle multiplies Q4_1, Q5_1 and Q8_1 weights with a scalar loop, and SmolLM2's Q4_1 prompt went
-/// through about ten times slower than PyTorch; Q8_0 has SIMD dot products. Q8_0 holds each block of 32 weights to
-/// within max|w|/254, finer than the 4- and 5-bit steps it starts from, in 34 bytes a block where Q4_1 takes 20.
-fn rewrite<R: Read + Seek>(
+/// Rewrites every quantized weight as f32, in memory, as a GGUF data section that `content` then describes; None
+/// when all are f32 already.
+fn dequantize_all<R: Read + Seek>(
     content: &mut gguf_file::Content,
     file: &mut R,
-    weights: Weights,
 ) -> candle_core::Result<Option<Cursor<Vec<u8>>>> {
-    let target = |dtype: GgmlDType| match weights {
-        Weights::Fast if scalar_only(dtype) => Some(GgmlDType::Q8_0),
-        Weights::F32 if dtype != GgmlDType::F32 => Some(GgmlDType::F32),
-        _ => None,
-    };
+    let target = |dtype: GgmlDType| (dtype != GgmlDType::F32).then_some(GgmlDType::F32);
     if !content.tensor_infos.values().any(|info| target(info.ggml_dtype).is_some()) {
         return Ok(None);
     }
@@ -135,7 +127,7 @@ fn rewrite<R: Read + Seek>(
 }
 
 impl GgufModel {
-    /// Loads the file, with Q4_1, Q5_1 and Q8_1 weights re-quantised to Q8_0 (see `rewrite`) unless
+    /// Loads the file; one with Q4_1, Q5_1 or Q8_1 weights onto the 8-bit Llama (`Weights::Fast`) unless
     /// `requantize_slow_weights(false)` was called.
     pub fn load(path: &Path) -> Result<Self> {
         let fast = REQUANTIZE.load(std::sync::atomic::Ordering::Relaxed);
@@ -167,6 +159,9 @@ impl GgufModel {
         let codec =
             DecoderTokenizer::new(Tokenizer::from_gguf(&content).map_err(corrupt)?, eos_id.into_iter().collect())?;
         let chat_template = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+        // Why: candle multiplies Q4_1, Q5_1 and Q8_1 weights with a scalar loop (SmolLM2's Q4_1 prompt went through
+        // about ten times slower than PyTorch). Q8_0 has SIMD kernels, and holds each block of 32 weights to within
+        // max|w|/254, finer than the 4- and 5-bit steps it starts from, in 34 bytes a block where Q4_1 takes 20.
         let slow = content.tensor_infos.values().any(|info| scalar_only(info.ggml_dtype));
         let (weights, weight_bytes) = if weights == Weights::Fast && slow {
             let (tensors, config) = as_transformers_llama(&content, &mut file).map_err(corrupt)?;
@@ -180,7 +175,8 @@ impl GgufModel {
                 .get("llama.context_length")
                 .and_then(|v| v.to_u32().ok())
                 .map_or(MAX_SEQ_LEN, |n| (n as usize).min(MAX_SEQ_LEN));
-            let rewritten = rewrite(&mut content, &mut file, weights).map_err(corrupt)?;
+            let rewritten =
+                if weights == Weights::F32 { dequantize_all(&mut content, &mut file).map_err(corrupt)? } else { None };
             let weight_bytes = bytes_in_memory(&content);
             let weights = match rewritten {
                 Some(mut data) => ModelWeights::from_gguf(content, &mut data, &Device::Cpu),
