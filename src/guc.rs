@@ -84,8 +84,8 @@ pub fn init() {
     );
     GucRegistry::define_bool_guc(
         c"pg_ai.gguf_requantize",
-        c"Holds GGUF weights stored as Q4_1, Q5_1 or Q8_1 as Q8_0, which has SIMD kernels: several times faster.",
-        c"Costs about 1.7x their memory and moves answers slightly (README, Benchmarks); applies to models loaded after.",
+        c"Runs GGUF files with weights stored as Q4_1, Q5_1 or Q8_1 as Q8_0, which has SIMD kernels: several times faster.",
+        c"Costs some memory (SmolLM2: 227 MB, not 200) and moves answers slightly (README); applies to models loaded after.",
         &GGUF_REQUANTIZE,
         GucContext::Userset,
         GucFlags::default(),
