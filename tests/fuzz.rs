@@ -2,6 +2,7 @@
 //! into an ERROR by pgrx, but an abort or a runaway allocation would take the backend down).
 
 use pg_ai::engine::files::ModelFiles;
+use pg_ai::engine::int8::Int8;
 use pg_ai::engine::model::AnyModel;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -43,10 +44,13 @@ fn damaged(model: &str, file: &str, content: &[u8], case: usize) -> PathBuf {
     dir
 }
 
-/// Loads `dir` (or the .gguf file in it); Some(true) if it loaded, Some(false) on an error, None on a panic.
-fn outcome(path: &Path) -> Option<bool> {
-    catch_unwind(AssertUnwindSafe(|| ModelFiles::in_dir(path.to_path_buf()).and_then(|f| AnyModel::load(&f)).is_ok()))
-        .ok()
+/// Loads `dir` (or the .gguf file in it) with `int8`'s weights in 8 bits; Some(true) if it loaded, Some(false) on
+/// an error, None on a panic.
+fn outcome(path: &Path, int8: Int8) -> Option<bool> {
+    catch_unwind(AssertUnwindSafe(|| {
+        ModelFiles::in_dir(path.to_path_buf()).and_then(|f| AnyModel::load_with(&f, int8)).is_ok()
+    }))
+    .ok()
 }
 
 /// Random bytes, a truncated file, and damaged copies of the real one (a few bytes overwritten).
@@ -70,11 +74,15 @@ fn variants(rng: &mut Rng, original: &[u8]) -> Vec<(String, Vec<u8>, bool)> {
 }
 
 fn fuzz(model: &str, file: &str, seed: u64) {
+    fuzz_with(model, file, seed, Int8::NONE)
+}
+
+fn fuzz_with(model: &str, file: &str, seed: u64, int8: Int8) {
     let mut rng = Rng(seed);
     let original = std::fs::read(fixture(model).join(file)).unwrap();
     for (case, (what, content, must_fail)) in variants(&mut rng, &original).into_iter().enumerate() {
         let dir = damaged(model, file, &content, case);
-        let result = outcome(&dir);
+        let result = outcome(&dir, int8);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(result.is_some(), "{model}/{file}, {what}: loading panicked");
         if must_fail {
@@ -88,6 +96,16 @@ fn damaged_safetensors_are_errors() {
     fuzz("bert-mlm", "model.safetensors", 1);
     fuzz("gpt2", "model.safetensors", 2);
     fuzz("t5", "model.safetensors", 3);
+}
+
+/// The same through the 8-bit models (pg_ai.int8_encoders and int8_decoders), which read and pad the weights
+/// their own way.
+#[test]
+fn damaged_safetensors_in_int8_are_errors() {
+    fuzz_with("bert-mlm", "model.safetensors", 9, Int8::ALL);
+    fuzz_with("gpt2", "model.safetensors", 10, Int8::ALL);
+    fuzz_with("llama", "model.safetensors", 11, Int8::ALL);
+    fuzz_with("llama", "config.json", 12, Int8::ALL);
 }
 
 #[test]

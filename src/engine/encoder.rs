@@ -200,7 +200,7 @@ impl Encoder {
                 Some(name) if config.type_vocab_size > 0 => Some(emb(name, config.type_vocab_size)?),
                 _ => None,
             };
-            let mut layers = Vec::with_capacity(config.layers);
+            let mut layers = Vec::new(); // not sized by config.json, which may be damaged
             for i in 0..config.layers {
                 let l = base.pp(format!("{}.{i}", names.layer));
                 let inter = config.intermediate_size;

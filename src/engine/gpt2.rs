@@ -84,7 +84,7 @@ impl Gpt2 {
             let t = if vb.contains_tensor("transformer.wte.weight") { vb.pp("transformer") } else { vb.clone() };
             let wte = Embedding::new(t.pp("wte").get((c.vocab_size, c.n_embd), "weight")?, c.n_embd);
             let wpe = Embedding::new(t.pp("wpe").get((c.n_positions, c.n_embd), "weight")?, c.n_embd);
-            let mut blocks = Vec::with_capacity(c.n_layer);
+            let mut blocks = Vec::new(); // not sized by config.json, which may be damaged
             for i in 0..c.n_layer {
                 let b = t.pp(format!("h.{i}"));
                 blocks.push(Block {

@@ -61,7 +61,8 @@ impl Int8Llama {
             let rows = parts.iter().map(|(name, n)| vb.get((*n, h), name)).collect::<candle_core::Result<Vec<_>>>()?;
             Projection::new(Tensor::cat(&rows, 0)?, None, int8)
         };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        // No capacity from config.json: a damaged layer count must fail at the first missing tensor, not allocate.
+        let mut layers = Vec::new();
         for i in 0..c.num_hidden_layers {
             let l = vb.pp(format!("model.layers.{i}"));
             let (a, m) = (l.pp("self_attn"), l.pp("mlp"));
