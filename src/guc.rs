@@ -84,8 +84,8 @@ pub fn init() {
     );
     GucRegistry::define_bool_guc(
         c"pg_ai.gguf_requantize",
-        c"Runs GGUF files with weights stored as Q4_1, Q5_1 or Q8_1 as Q8_0, which has SIMD kernels: several times faster.",
-        c"Costs some memory (SmolLM2: 227 MB, not 200) and moves answers slightly (README); applies to models loaded after.",
+        c"Runs GGUF files whose weights are Q4_1, Q5_1 or Q8_1 as Q8_0, which has SIMD kernels: several times faster.",
+        c"Costs memory (SmolLM2: 227 MB, not 200), moves answers slightly (README). For models loaded after.",
         &GGUF_REQUANTIZE,
         GucContext::Userset,
         GucFlags::default(),
@@ -101,7 +101,7 @@ pub fn init() {
     GucRegistry::define_bool_guc(
         c"pg_ai.int8_encoders",
         c"Holds the weights of BERT, DistilBERT and RoBERTa models and their task heads as 8-bit blocks (Q8_0).",
-        c"About a third of the memory and faster embed, fill-mask, classify and NER; answers move slightly (README, Benchmarks). Applies to models loaded after.",
+        c"40% of the memory, single rows 2-3x faster; answers move slightly (README). For models loaded after.",
         &INT8_ENCODERS,
         GucContext::Userset,
         GucFlags::default(),
