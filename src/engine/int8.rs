@@ -40,23 +40,24 @@ impl Int8 {
     }
 }
 
-/// Row length to hold a Q8_0 weight of `n` rows of `k` at. candle's tiled VNNI kernels take rows in whole
-/// blocks of 256 and a multiple of 16 rows, and multiply 2-10x faster than the block-by-block dot products
-/// other rows get (rows of 384 and 576, 10 and 384 at a time). So where those kernels run, rows are padded with
-/// zeros to a multiple of 256 (their bytes are held too), unless that would more than add half: short rows
+/// The shape to hold a Q8_0 weight of `n` rows of `k` at: (rows, row length). candle's tiled VNNI kernels take
+/// rows in whole blocks of 256, 16 rows at a time, and multiply 2-10x faster than the block-by-block dot products
+/// other weights get (rows of 384 and 576, 10 and 384 at a time; a 30522-row head 2.6x for one input row, 10x for
+/// eight). So where those kernels run, rows are padded with zeros to a multiple of 256 and zero rows are added up
+/// to a multiple of 16 (their bytes are held too), unless the rows would grow by more than half: short rows
 /// (hidden sizes under 192) are faster unpadded, or in f32. Elsewhere padding would only add work.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn tiled_row_length(k: usize, n: usize) -> usize {
+fn tiled_shape(n: usize, k: usize) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
-    if k.is_multiple_of(GgmlDType::Q8_0.block_size()) && n.is_multiple_of(16) {
+    if k.is_multiple_of(GgmlDType::Q8_0.block_size()) {
         let vnni = (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
             || is_x86_feature_detected!("avxvnni");
         let padded = k.div_ceil(256) * 256;
         if vnni && padded - k <= k / 2 {
-            return padded;
+            return (n.next_multiple_of(16), padded);
         }
     }
-    k
+    (n, k)
 }
 
 /// `weight` (rows, k) as Q8_0 where its rows split into whole blocks of 32, else as it is (f32).
@@ -71,11 +72,13 @@ pub fn quantize(weight: &Tensor) -> candle_core::Result<QTensor> {
 pub enum Projection {
     F32(Linear),
     /// Asked for in 8 bits: Q8_0 where the rows are whole blocks, else an f32 copy (see `quantize`).
-    /// `padding` zeros end each row (see `tiled_row_length`); inputs get as many.
+    /// `padding` zeros end each row, and inputs get as many; `extra_rows` zero rows follow the weight's own, and
+    /// their outputs are dropped (see `tiled_shape`).
     Int8 {
         weight: QMatMul,
         bias: Option<Tensor>,
         padding: usize,
+        extra_rows: usize,
     },
 }
 
@@ -86,9 +89,11 @@ impl Projection {
             return Ok(Projection::F32(Linear::new(weight, bias)));
         }
         let (n, k) = weight.dims2()?;
-        let padding = tiled_row_length(k, n) - k;
+        let (rows, row_length) = tiled_shape(n, k);
+        let (padding, extra_rows) = (row_length - k, rows - n);
         let weight = if padding > 0 { weight.pad_with_zeros(1, 0, padding)? } else { weight };
-        Ok(Projection::Int8 { weight: QMatMul::from_qtensor(quantize(&weight)?)?, bias, padding })
+        let weight = if extra_rows > 0 { weight.pad_with_zeros(0, 0, extra_rows)? } else { weight };
+        Ok(Projection::Int8 { weight: QMatMul::from_qtensor(quantize(&weight)?)?, bias, padding, extra_rows })
     }
 
     /// Bytes of the weight and bias in memory.
@@ -116,13 +121,13 @@ impl Projection {
     pub fn parameters(&self) -> usize {
         match self {
             Projection::F32(l) => l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count),
-            Projection::Int8 { weight, bias, padding } => {
+            Projection::Int8 { weight, bias, padding, extra_rows } => {
                 let (n, k) = match weight {
                     QMatMul::QTensor(q) => q.shape().dims2(),
                     QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2(),
                 }
                 .expect("a projection's weight is a matrix");
-                n * (k - padding) + bias.as_ref().map_or(0, Tensor::elem_count)
+                (n - extra_rows) * (k - padding) + bias.as_ref().map_or(0, Tensor::elem_count)
             }
         }
     }
@@ -132,11 +137,15 @@ impl Module for Projection {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Projection::F32(l) => l.forward(x),
-            Projection::Int8 { weight, bias, padding } => {
-                let y = match padding {
+            Projection::Int8 { weight, bias, padding, extra_rows } => {
+                let mut y = match padding {
                     0 => weight.forward(x)?,
                     &p => weight.forward(&x.pad_with_zeros(D::Minus1, 0, p)?)?,
                 };
+                if *extra_rows > 0 {
+                    let n = y.dim(D::Minus1)? - extra_rows;
+                    y = y.narrow(D::Minus1, 0, n)?.contiguous()?;
+                }
                 match bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),
@@ -166,7 +175,7 @@ mod tests {
     }
 
     /// Rows of 64 become two Q8_0 blocks each: a quarter of the bytes, answers within rounding of 8 bits.
-    /// (15 outputs: never padded, see `tiled_row_length`.)
+    /// (Rows of 64 are never padded, see `tiled_shape`.)
     #[test]
     fn whole_blocks_are_held_in_8_bits() {
         let (exact, int8, x) = project(15, 64);
@@ -190,13 +199,27 @@ mod tests {
     #[test]
     fn padded_rows_answer_as_unpadded_ones() {
         let (exact, int8, x) = project(16, 384);
-        let held = tiled_row_length(384, 16);
-        assert!(held == 384 || held == 512, "{held}");
+        let (rows, held) = tiled_shape(16, 384);
+        assert!((rows, held) == (16, 384) || (rows, held) == (16, 512), "{rows} {held}");
         assert_eq!(int8.bytes(), 16 * held / 32 * 34 + 16 * 4);
         assert_eq!(int8.parameters(), exact.parameters());
         // 384 products of N(0, 1) values: about sqrt(6) times the rounding of the 64-long rows above.
         let change = largest_change(&exact, &int8, &x);
         assert!(change > 0.0 && change < 1.25, "{change}");
         assert!(matches!(int8, Projection::Int8 { padding, .. } if padding == held - 384));
+    }
+
+    /// 30 rows of 256 get 2 zero rows where the tiled kernels run; their outputs are dropped, and the rest answer
+    /// as unpadded rows do.
+    #[test]
+    fn extra_rows_are_dropped_from_the_answer() {
+        let (exact, int8, x) = project(30, 256);
+        let (rows, held) = tiled_shape(30, 256);
+        assert!((rows, held) == (30, 256) || (rows, held) == (32, 256), "{rows} {held}");
+        assert_eq!(int8.forward(&x).unwrap().dims(), &[1, 3, 30]);
+        assert_eq!(int8.bytes(), rows * 256 / 32 * 34 + 30 * 4);
+        assert_eq!(int8.parameters(), exact.parameters());
+        let change = largest_change(&exact, &int8, &x);
+        assert!(change > 0.0 && change < 1.25, "{change}");
     }
 }
