@@ -19,7 +19,7 @@
 #   PYBENCH_ROWS           row counts for throughput (default "1000 10000")
 #   PYBENCH_WARM, PYBENCH_WARM_BASE, PYBENCH_GEN_CALLS, PYBENCH_FIRST_TRIES   iteration counts (100, 20, 3, 3)
 #
-# Duration: about 7 minutes with PYBENCH_ROWS=1000 on the quiet 2-core development machine (the 10,000-row
+# Duration: about 9 minutes with PYBENCH_ROWS=1000 on the quiet 2-core development machine (the 10,000-row
 # per-row embeds add most of 20 more). benches/side_by_side.out is the output of that run.
 #
 # Models: the real all-MiniLM-L6-v2; the tiny fixture BERT (tests/fixtures/models/bert-mlm); and randomly
