@@ -31,9 +31,10 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)
 }
 
-/// A copy of a fixture directory in which `file` is replaced by `content`.
-fn damaged(model: &str, file: &str, content: &[u8], case: usize) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pg_ai-fuzz-{}-{model}-{case}", std::process::id()));
+/// A copy of a fixture directory in which `file` is replaced by `content`; `seed` and `case` name it apart from
+/// the copies that tests running at the same time make.
+fn damaged(model: &str, file: &str, content: &[u8], seed: u64, case: usize) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pg_ai-fuzz-{}-{model}-{seed}-{case}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(fixture(model)).unwrap() {
@@ -81,7 +82,7 @@ fn fuzz_with(model: &str, file: &str, seed: u64, int8: Int8) {
     let mut rng = Rng(seed);
     let original = std::fs::read(fixture(model).join(file)).unwrap();
     for (case, (what, content, must_fail)) in variants(&mut rng, &original).into_iter().enumerate() {
-        let dir = damaged(model, file, &content, case);
+        let dir = damaged(model, file, &content, seed, case);
         let result = outcome(&dir, int8);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(result.is_some(), "{model}/{file}, {what}: loading panicked");
