@@ -8,7 +8,7 @@
 
 use super::config::{Family, ModelConfig};
 use super::error::{AiError, Result};
-use super::int8::Projection;
+use super::int8::{bytes, Projection};
 use super::timing::{time, Phase};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
@@ -112,11 +112,6 @@ fn fused(parts: &[Linear], int8: bool) -> candle_core::Result<Projection> {
     let weights: Vec<&Tensor> = parts.iter().map(Linear::weight).collect();
     let biases = parts.iter().map(|p| p.bias().cloned()).collect::<Option<Vec<Tensor>>>();
     Projection::new(Tensor::cat(&weights, 0)?, biases.map(|b| Tensor::cat(&b, 0)).transpose()?, int8)
-}
-
-/// Bytes a tensor holds.
-fn bytes(t: &Tensor) -> usize {
-    t.elem_count() * t.dtype().size_in_bytes()
 }
 
 fn layer_norm(vb: &VarBuilder, name: &str, dim: usize, eps: f64) -> candle_core::Result<LayerNorm> {

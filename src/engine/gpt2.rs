@@ -2,7 +2,7 @@
 //! the other way round, as GPT-2's Conv1D layers keep their weights as (in, out).
 
 use super::error::{AiError, Result};
-use super::int8::Projection;
+use super::int8::{bytes, Projection};
 use super::kv_cache::{causal_mask, CachedDecoder, KvCache};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, VarBuilder};
@@ -129,7 +129,6 @@ impl Gpt2 {
     /// Bytes of the weights in memory. An 8-bit head tied to the embeddings is a copy of them, and counts.
     pub fn weight_bytes(&self) -> usize {
         let int8_head = matches!(self.lm_head, Projection::Int8 { .. });
-        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         self.count(Projection::bytes, bytes) + if self.tied_head && int8_head { self.lm_head.bytes() } else { 0 }
     }
 

@@ -60,6 +60,11 @@ fn tiled_shape(n: usize, k: usize) -> (usize, usize) {
     (n, k)
 }
 
+/// Bytes a tensor holds in memory.
+pub fn bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
 /// `weight` (rows, k) as Q8_0 where its rows split into whole blocks of 32, else as it is (f32).
 pub fn quantize(weight: &Tensor) -> candle_core::Result<QTensor> {
     let k = weight.dims().last().copied().unwrap_or(0);
@@ -99,13 +104,13 @@ impl Projection {
     /// Bytes of the weight and bias in memory.
     pub fn bytes(&self) -> usize {
         match self {
-            Projection::F32(l) => (l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count)) * 4,
+            Projection::F32(l) => bytes(l.weight()) + l.bias().map_or(0, bytes),
             Projection::Int8 { weight, bias, .. } => {
                 let w = match weight {
                     QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.elem_count() * t.dtype().size_in_bytes(),
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => bytes(t),
                 };
-                w + bias.as_ref().map_or(0, |b| b.elem_count() * 4)
+                w + bias.as_ref().map_or(0, bytes)
             }
         }
     }

@@ -5,7 +5,7 @@
 //! is quantised once per layer.
 
 use super::error::Result;
-use super::int8::Projection;
+use super::int8::{bytes, Projection};
 use super::kv_cache::{causal_mask, CachedDecoder, KvCache};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{ops::softmax_last_dim, rotary_emb::rope, Embedding, RmsNorm, VarBuilder};
@@ -96,7 +96,6 @@ impl Int8Llama {
 
     /// Bytes of the weights in memory.
     pub fn weight_bytes(&self) -> usize {
-        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         let layers: usize = self
             .layers
             .iter()
