@@ -84,7 +84,7 @@ pub enum Weights {
 
 /// Bytes the weights take once candle's quantized Llama holds them: each as stored, plus the token embeddings
 /// de-quantised to f32 for lookup; the stored embeddings stay only where they are also the output head.
-pub fn bytes_in_memory(content: &gguf_file::Content) -> usize {
+fn bytes_in_memory(content: &gguf_file::Content) -> usize {
     let stored = |info: &gguf_file::TensorInfo| {
         info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
     };
@@ -104,8 +104,7 @@ fn dequantize_all<R: Read + Seek>(
     content: &mut gguf_file::Content,
     file: &mut R,
 ) -> candle_core::Result<Option<Cursor<Vec<u8>>>> {
-    let target = |dtype: GgmlDType| (dtype != GgmlDType::F32).then_some(GgmlDType::F32);
-    if !content.tensor_infos.values().any(|info| target(info.ggml_dtype).is_some()) {
+    if content.tensor_infos.values().all(|info| info.ggml_dtype == GgmlDType::F32) {
         return Ok(None);
     }
     let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
@@ -113,8 +112,8 @@ fn dequantize_all<R: Read + Seek>(
     let mut data = Vec::new();
     for name in names {
         let mut tensor = content.tensor(file, &name, &Device::Cpu)?;
-        if let Some(to) = target(tensor.dtype()) {
-            tensor = QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, to)?;
+        if tensor.dtype() != GgmlDType::F32 {
+            tensor = QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::F32)?;
         }
         data.resize(data.len().next_multiple_of(gguf_file::DEFAULT_ALIGNMENT as usize), 0);
         if let Some(info) = content.tensor_infos.get_mut(&name) {

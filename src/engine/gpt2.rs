@@ -147,21 +147,6 @@ impl Gpt2 {
             + if self.tied_head { 0 } else { of(&self.lm_head) }
     }
 
-    /// Feeds `ids` after the tokens already in `cache` and returns the logits of the last one, (vocab).
-    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let seq = ids.len();
-        let past = cache.prepare(seq, self.blocks.len(), self.config.n_positions)?;
-        let input = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
-        let positions = Tensor::arange(past as u32, (past + seq) as u32, &Device::Cpu)?;
-        let mut x = self.wte.forward(&input)?.to_dtype(DType::F32)?.broadcast_add(&self.wpe.forward(&positions)?)?;
-        let mask = causal_mask(seq, past)?;
-        for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = self.block_forward(block, &x, kv, mask.as_ref())?;
-        }
-        let last = self.ln_f.forward(&x.narrow(1, seq - 1, 1)?)?;
-        Ok(self.lm_head.forward(&last)?.squeeze(0)?.squeeze(0)?)
-    }
-
     fn block_forward(
         &self,
         b: &Block,
@@ -198,6 +183,16 @@ impl CachedDecoder for Gpt2 {
     }
 
     fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        Gpt2::forward(self, ids, cache)
+        let seq = ids.len();
+        let past = cache.prepare(seq, self.blocks.len(), self.context())?;
+        let input = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+        let positions = Tensor::arange(past as u32, (past + seq) as u32, &Device::Cpu)?;
+        let mut x = self.wte.forward(&input)?.to_dtype(DType::F32)?.broadcast_add(&self.wpe.forward(&positions)?)?;
+        let mask = causal_mask(seq, past)?;
+        for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = self.block_forward(block, &x, kv, mask.as_ref())?;
+        }
+        let last = self.ln_f.forward(&x.narrow(1, seq - 1, 1)?)?;
+        Ok(self.lm_head.forward(&last)?.squeeze(0)?.squeeze(0)?)
     }
 }

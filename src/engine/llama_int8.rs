@@ -108,21 +108,6 @@ impl Int8Llama {
         bytes(self.embeddings.embeddings()) + layers + bytes(self.norm.weight()) + self.head.bytes()
     }
 
-    /// Feeds `ids` after the tokens already in `cache` and returns the logits of the last one, (vocab).
-    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let seq = ids.len();
-        let past = cache.prepare(seq, self.layers.len(), self.context)?;
-        let (cos, sin) = self.rotation(past, seq)?;
-        let mask = causal_mask(seq, past)?;
-        let input = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
-        let mut x = self.embeddings.forward(&input)?.to_dtype(DType::F32)?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.layer_forward(layer, &x, kv, &cos, &sin, mask.as_ref())?;
-        }
-        let last = self.norm.forward(&x.narrow(1, seq - 1, 1)?)?;
-        Ok(self.head.forward(&last)?.squeeze(0)?.squeeze(0)?)
-    }
-
     /// Cosines and sines of the rotary angles for positions past..past + seq, each (seq, head_dim / 2).
     fn rotation(&self, past: usize, seq: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let angles: Vec<f32> =
@@ -176,7 +161,17 @@ impl CachedDecoder for Int8Llama {
     }
 
     fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        Int8Llama::forward(self, ids, cache)
+        let seq = ids.len();
+        let past = cache.prepare(seq, self.layers.len(), self.context())?;
+        let (cos, sin) = self.rotation(past, seq)?;
+        let mask = causal_mask(seq, past)?;
+        let input = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+        let mut x = self.embeddings.forward(&input)?.to_dtype(DType::F32)?;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = self.layer_forward(layer, &x, kv, &cos, &sin, mask.as_ref())?;
+        }
+        let last = self.norm.forward(&x.narrow(1, seq - 1, 1)?)?;
+        Ok(self.head.forward(&last)?.squeeze(0)?.squeeze(0)?)
     }
 }
 
