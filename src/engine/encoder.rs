@@ -213,12 +213,10 @@ impl Encoder {
             }
             Ok(Encoder {
                 family: config.family,
-                word_embeddings: if int8 {
+                word_embeddings: match emb("embeddings.word_embeddings", config.vocab_size)? {
                     // The lookup table in f16: half the bytes, and rounding far below the 8-bit weights'.
-                    let table = base.pp("embeddings.word_embeddings").get((config.vocab_size, h), "weight")?;
-                    Embedding::new(table.to_dtype(DType::F16)?, h)
-                } else {
-                    emb("embeddings.word_embeddings", config.vocab_size)?
+                    table if int8 => Embedding::new(table.embeddings().to_dtype(DType::F16)?, h),
+                    table => table,
                 },
                 position_embeddings: emb("embeddings.position_embeddings", config.max_positions)?,
                 type_embeddings,
