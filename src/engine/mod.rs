@@ -8,6 +8,7 @@ pub mod codec;
 pub mod config;
 pub mod encoder;
 pub mod error;
+pub mod fast_math;
 pub mod files;
 pub mod generate;
 pub mod gguf;

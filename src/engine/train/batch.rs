@@ -136,17 +136,12 @@ impl Batch {
         self.attention.iter().filter(|a| **a != 0).count() + decoded
     }
 
-    /// The ids the loss compares the logits with, as a tensor.
-    pub fn target_tensor(&self) -> Result<Tensor> {
-        let ids = match &self.targets {
-            Targets::Tokens { ids, .. } => ids.clone(),
-            Targets::Labels(labels) => labels.clone(),
-        };
-        if ids.is_empty() {
-            return Err(AiError::internal("a batch without targets"));
+    /// The ids the loss compares the logits with.
+    pub fn target_ids(&self) -> &[u32] {
+        match &self.targets {
+            Targets::Tokens { ids, .. } => ids,
+            Targets::Labels(labels) => labels,
         }
-        let n = ids.len();
-        Ok(Tensor::from_vec(ids, n, &Device::Cpu)?)
     }
 
     /// The states of `hidden` (rows, len, dim) at the token targets' positions, (targets, dim): only those go

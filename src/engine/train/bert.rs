@@ -5,7 +5,8 @@
 
 use super::batch::{Batch, Targets};
 use super::family::Layout;
-use super::nn::{dropout, layer_norm, linear, softmax, Activation, Dropout};
+use super::nn::{attention, dropout, layer_norm, linear, Activation, Dropout};
+use super::ops::{add_bias, Heads};
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
@@ -300,10 +301,10 @@ impl TrainableBert {
         let start = self.position_offset as u32;
         let positions = Tensor::arange(start, start + len as u32, &Device::Cpu)?;
         let x = self.word.index_select(&ids, 0)?.reshape((rows, len, h))?;
-        let mut x = x.broadcast_add(&self.position.index_select(&positions, 0)?)?;
+        let mut x = add_bias(&x, &self.position.index_select(&positions, 0)?)?;
         if let Some(token_type) = &self.token_type {
             // Single-sentence inputs: every token is of type 0.
-            x = x.broadcast_add(&token_type.narrow(0, 0, 1)?)?;
+            x = add_bias(&x, &token_type.get(0)?)?;
         }
         let mut x = dropout(&mut d, &layer_norm(&x, &self.embeddings_norm, self.eps)?, self.hidden_dropout)?;
         let bias = batch.padding_bias()?;
@@ -314,16 +315,11 @@ impl TrainableBert {
     }
 
     fn layer(&self, l: &Layer, x: &Tensor, bias: &Tensor, d: &mut Option<&mut Dropout>) -> Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
-        let hd = h / self.heads;
-        let split = |p: &Pair| -> Result<Tensor> {
-            Ok(linear(x, &p.0, Some(&p.1))?.reshape((b, s, self.heads, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let (q, k, v) = (split(&l.query)?, split(&l.key)?, split(&l.value)?);
-        // Scaling q (head_dim values a token) rather than the scores (one per pair of tokens): less work.
-        let scores = (q / (hd as f64).sqrt())?.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let probs = dropout(d, &softmax(&scores)?, self.attention_dropout)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let h = x.dim(2)?;
+        let heads = Heads { heads: self.heads, kv_heads: self.heads, scale: 1.0 / ((h / self.heads) as f64).sqrt() };
+        let project = |p: &Pair| linear(x, &p.0, Some(&p.1));
+        let qkv = (&project(&l.query)?, &project(&l.key)?, &project(&l.value)?);
+        let context = attention(qkv, &heads, Some(bias), d, self.attention_dropout)?;
         let a = linear(&context, &l.attention_out.0, Some(&l.attention_out.1))?;
         let a = if self.attention_out_dropout { dropout(d, &a, self.hidden_dropout)? } else { a };
         let x = layer_norm(&(a + x)?, &l.attention_norm, self.eps)?;

@@ -2,7 +2,8 @@
 //! (weights stored (in, out)), so that engine::gpt2 loads what it saves. The LM head is tied to wte.
 
 use super::batch::Batch;
-use super::nn::{causal_mask, conv1d, dropout, layer_norm, softmax, Activation, Dropout};
+use super::nn::{attention, causal_mask, conv1d, dropout, layer_norm, linear, Activation, Dropout};
+use super::ops::{add_bias, Heads};
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
@@ -158,7 +159,7 @@ impl TrainableGpt2 {
         let ids = Tensor::from_vec(batch.ids.clone(), rows * len, &Device::Cpu)?;
         let x = self.wte.index_select(&ids, 0)?.reshape((rows, len, h))?;
         let positions = Tensor::arange(0u32, len as u32, &Device::Cpu)?;
-        let mut x = dropout(&mut d, &x.broadcast_add(&self.wpe.index_select(&positions, 0)?)?, self.embd_pdrop)?;
+        let mut x = dropout(&mut d, &add_bias(&x, &self.wpe.index_select(&positions, 0)?)?, self.embd_pdrop)?;
         // Causal mask only: padding is on the right, so no real token ever attends to it.
         let mask = causal_mask(len)?;
         for block in &self.blocks {
@@ -168,17 +169,14 @@ impl TrainableGpt2 {
     }
 
     fn block(&self, b: &Block, x: &Tensor, mask: &Tensor, d: &mut Option<&mut Dropout>) -> Result<Tensor> {
-        let (batch, seq, h) = x.dims3()?;
-        let hd = h / self.heads;
-        let qkv = conv1d(&layer_norm(x, &b.ln_1, self.eps)?, &b.c_attn.0, Some(&b.c_attn.1))?;
-        let split = |i: usize| -> Result<Tensor> {
-            Ok(qkv.narrow(2, i * h, h)?.reshape((batch, seq, self.heads, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        // Scaling q (head_dim values a token) rather than the scores (one per pair of tokens): less work.
-        let scores = (q / (hd as f64).sqrt())?.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = dropout(d, &softmax(&scores)?, self.attn_pdrop)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, h))?;
+        let h = x.dim(2)?;
+        let heads = Heads { heads: self.heads, kv_heads: self.heads, scale: 1.0 / ((h / self.heads) as f64).sqrt() };
+        let normed = layer_norm(x, &b.ln_1, self.eps)?;
+        // c_attn's columns are the query, key and value projections side by side: narrowing the weight (h x 3h)
+        // costs less than narrowing its output (a value per token), and the attention reads each in place.
+        let project =
+            |i: usize| conv1d(&normed, &b.c_attn.0.narrow(1, i * h, h)?, Some(&b.c_attn.1.narrow(0, i * h, h)?));
+        let context = attention((&project(0)?, &project(1)?, &project(2)?), &heads, Some(mask), d, self.attn_pdrop)?;
         let a = dropout(d, &conv1d(&context, &b.attn_proj.0, Some(&b.attn_proj.1))?, self.resid_pdrop)?;
         let x = (x + a)?;
         let m = self.act.apply(&conv1d(&layer_norm(&x, &b.ln_2, self.eps)?, &b.c_fc.0, Some(&b.c_fc.1))?)?;
@@ -193,7 +191,7 @@ impl Trainable for TrainableGpt2 {
     }
 
     fn logits(&self, batch: &Batch, d: Option<&mut Dropout>) -> Result<Tensor> {
-        Ok(batch.at_targets(&self.hidden(batch, d)?)?.matmul(&self.wte.t()?)?)
+        linear(&batch.at_targets(&self.hidden(batch, d)?)?, &self.wte, None)
     }
 
     fn config(&self) -> &Value {

@@ -3,7 +3,7 @@
 //! out: candle's fused rope and rms_norm kernels have no backward pass.
 
 use super::batch::Batch;
-use super::nn::{causal_mask, dropout, linear, rms_norm, softmax, Dropout};
+use super::nn::{attention_probs, causal_mask, dropout, linear, rms_norm, Dropout};
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::engine::error::{AiError, Result};
@@ -229,9 +229,9 @@ impl TrainableLlama {
         // Each query head reads its group's key and value head.
         let k = Self::rotate(&heads(&l.k, kv_heads)?, &rotary.0, &rotary.1)?.index_select(&self.kv_of_head, 1)?;
         let v = heads(&l.v, kv_heads)?.index_select(&self.kv_of_head, 1)?;
-        // Scaling q (head_dim values a token) rather than the scores (one per pair of tokens): less work.
-        let scores = (q / (self.head_dim as f64).sqrt())?.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = dropout(d, &softmax(&scores)?, self.attention_dropout)?;
+        let scores = q.matmul(&k.t()?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let probs = dropout(d, &attention_probs(&scores, scale, Some(mask))?, self.attention_dropout)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, len, hidden))?;
         linear(&context, &l.o.0, l.o.1.as_ref())
     }

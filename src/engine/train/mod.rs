@@ -12,6 +12,7 @@ pub mod llama;
 pub mod mask;
 pub mod metrics;
 pub mod nn;
+pub mod ops;
 pub mod optim;
 pub mod options;
 pub mod params;
@@ -162,7 +163,7 @@ pub trait Trainable {
 
     /// Mean cross-entropy over the batch's targets, as transformers' models compute `loss`.
     fn loss(&self, batch: &Batch, dropout: Option<&mut Dropout>) -> Result<Tensor> {
-        Ok(candle_nn::loss::cross_entropy(&self.logits(batch, dropout)?, &batch.target_tensor()?)?)
+        ops::cross_entropy(&self.logits(batch, dropout)?, batch.target_ids())
     }
 
     /// Writes config.json and model.safetensors into `dir`.

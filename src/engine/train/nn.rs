@@ -1,32 +1,26 @@
 //! Differentiable building blocks. candle's fused softmax_last_dim / layer_norm kernels have no
-//! backward pass and would silently cut the graph, so these use plain tensor ops only.
+//! backward pass and would silently cut the graph; these use engine::train::ops (fused, with a
+//! backward of their own) and plain tensor ops.
 
+use super::ops;
 use crate::engine::error::{AiError, Result};
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, D};
+use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 /// x (.., in) times a weight stored (out, in), as nn.Linear keeps it.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    conv1d(x, &w.t()?, b)
+    ops::linear(x, w, b, ops::Stored::OutIn)
 }
 
 /// x (.., in) times a weight stored (in, out), as GPT-2's Conv1D keeps it.
 pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let (inner, rows) = (dims[dims.len() - 1], x.elem_count() / dims[dims.len() - 1]);
-    let mut y = x.reshape((rows, inner))?.matmul(w)?;
-    if let Some(b) = b {
-        y = y.broadcast_add(b)?;
-    }
-    let mut out = dims;
-    *out.last_mut().expect("x has dims") = w.dim(1)?;
-    Ok(y.reshape(out)?)
+    ops::linear(x, w, b, ops::Stored::InOut)
 }
 
 pub fn layer_norm(x: &Tensor, (w, b): &(Tensor, Tensor), eps: f64) -> Result<Tensor> {
-    Ok(candle_nn::ops::layer_norm_slow(x, w, b, eps as f32)?)
+    ops::layer_norm(x, w, b, eps)
 }
 
 /// The additive mask of a decoder's self-attention, (len, len): 0 where a token may look (itself and those
@@ -39,47 +33,30 @@ pub fn causal_mask(len: usize) -> Result<Tensor> {
 
 /// An RMS norm (T5's and Llama's layer norm): x / sqrt(mean(x^2) + eps), scaled; no mean subtraction, no bias.
 pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
-    let variance = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(variance + eps)?.sqrt()?)?.broadcast_mul(scale)?)
+    ops::rms_norm(x, scale, eps)
 }
 
-/// Softmax over the last dimension, with a backward pass: candle's fused softmax has none and would silently cut
-/// the graph, and composing it from max, sub, exp, sum and div costs five passes over the attention scores (and
-/// more backwards), which made it a large part of a training step.
-pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1(Softmax)?)
+/// Multi-head attention of q (rows, queries, heads * dim) over k and v (rows, keys, kv_heads * dim), with
+/// dropout `p` on the probabilities when training; the mask is additive and constant.
+pub fn attention(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    heads: &ops::Heads,
+    mask: Option<&Tensor>,
+    d: &mut Option<&mut Dropout>,
+    p: f64,
+) -> Result<Tensor> {
+    let (rows, queries, _) = q.dims3()?;
+    let probabilities = rows * heads.heads * queries * k.dim(1)?;
+    let factors = match d {
+        Some(d) if p > 0.0 => Some(d.factors(probabilities, p)),
+        _ => None,
+    };
+    ops::attention(q, k, v, heads, mask, factors)
 }
 
-struct Softmax;
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "pg_ai-softmax"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("softmax: contiguous f32 input only")
-        };
-        let width = layout.dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; end - start];
-        out.par_chunks_mut(width).zip(data[start..end].par_chunks(width)).for_each(|(out, row)| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for (o, x) in out.iter_mut().zip(row) {
-                *o = (x - max).exp();
-                sum += *o;
-            }
-            out.iter_mut().for_each(|o| *o /= sum);
-        });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    /// d softmax: y * (g - sum(g * y)) along the row.
-    fn bwd(&self, _arg: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let along = (grad * y)?.sum_keepdim(D::Minus1)?;
-        Ok(Some((y * grad.broadcast_sub(&along)?)?))
-    }
+/// Attention probabilities: softmax over the keys of `scores * scale + mask`, the mask additive and constant.
+pub fn attention_probs(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    ops::softmax(scores, scale, mask)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,13 +81,16 @@ impl Activation {
 
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Gelu => x.gelu_erf()?,
-            Activation::GeluTanh => x.gelu()?,
+            Activation::Gelu => ops::gelu(x, false)?,
+            Activation::GeluTanh => ops::gelu(x, true)?,
             Activation::Relu => x.relu()?,
             Activation::Tanh => x.tanh()?,
         })
     }
 }
+
+/// Elements whose dropout draws one parallel task makes.
+const DRAWS_PER_TASK: usize = 16 * 1024;
 
 /// Seeded dropout: candle's own draws from an unseeded generator, which would break reproducibility.
 pub struct Dropout {
@@ -135,10 +115,23 @@ impl Dropout {
         if p <= 0.0 {
             return Ok(x.clone());
         }
+        ops::scale_by(x, self.factors(x.elem_count(), p))
+    }
+
+    /// For each of `n` elements, 0 (dropped, with probability p) or 1 / (1 - p). Element i takes one f64 draw,
+    /// words 2i and 2i + 1 of the stream from where it stands, whichever task draws it: the same factors as one
+    /// thread drawing in order, in parallel (drawn serially they were a sixth of a training step).
+    fn factors(&mut self, n: usize, p: f64) -> Vec<f32> {
         let scale = (1.0 / (1.0 - p)) as f32;
-        let keep: Vec<f32> =
-            (0..x.elem_count()).map(|_| if self.rng.random::<f64>() < p { 0.0 } else { scale }).collect();
-        Ok((x * Tensor::from_vec(keep, x.shape(), &Device::Cpu)?)?)
+        let start = self.rng.get_word_pos();
+        let mut factors = vec![0f32; n];
+        factors.par_chunks_mut(DRAWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
+            let mut rng = self.rng.clone();
+            rng.set_word_pos(start + 2 * (task * DRAWS_PER_TASK) as u128);
+            chunk.iter_mut().for_each(|f| *f = if rng.random::<f64>() < p { 0.0 } else { scale });
+        });
+        self.rng.set_word_pos(start + 2 * n as u128);
+        factors
     }
 }
 
@@ -147,5 +140,25 @@ pub fn dropout(d: &mut Option<&mut Dropout>, x: &Tensor, p: f64) -> Result<Tenso
     match d {
         Some(d) => d.apply(x, p),
         None => Ok(x.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_dropout_draws_what_one_thread_would() {
+        let mut d = Dropout::new(7);
+        // An odd start, and more than two tasks with a last one not full.
+        d.rng.set_word_pos(3);
+        let mut serial = d.rng.clone();
+        let n = 2 * DRAWS_PER_TASK + 1000;
+        let factors = d.factors(n, 0.25);
+        let want: Vec<f32> = (0..n).map(|_| if serial.random::<f64>() < 0.25 { 0.0 } else { 4.0 / 3.0 }).collect();
+        assert_eq!(factors, want);
+        assert_eq!(d.position(), serial.get_word_pos());
+        let dropped = factors.iter().filter(|f| **f == 0.0).count() as f64 / n as f64;
+        assert!((dropped - 0.25).abs() < 0.01, "{dropped}");
     }
 }

@@ -2,6 +2,7 @@
 //! parameter alike; HF Trainer decays neither biases nor LayerNorm weights, hence this one.
 
 use super::checkpoint::{self, Moments};
+use super::ops::{adamw_update, AdamWStep};
 use super::params::Params;
 use crate::engine::error::{AiError, Result};
 use candle_core::Tensor;
@@ -91,23 +92,18 @@ impl AdamW {
     pub fn step(&mut self, params: &Params, grads: &Gradients, lr: f64) -> Result<()> {
         let c = self.config;
         self.step += 1;
-        let step_size = lr / (1.0 - c.beta1.powi(self.step));
-        let bias_correction2_sqrt = (1.0 - c.beta2.powi(self.step)).sqrt();
         for ((param, grad), moments) in params.list.iter().zip(&grads.0).zip(&mut self.moments) {
             let Some(g) = grad else { continue };
-            let (m, v) = match moments.take() {
-                Some((m, v)) => {
-                    ((m * c.beta1)? + (g * (1.0 - c.beta1))?, (v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)
-                }
-                None => ((g * (1.0 - c.beta1)), (g.sqr()? * (1.0 - c.beta2))),
+            let constants = AdamWStep {
+                one_minus_beta1: (1.0 - c.beta1) as f32,
+                beta2: c.beta2 as f32,
+                one_minus_beta2: (1.0 - c.beta2) as f32,
+                eps: c.eps as f32,
+                step_size: (lr / (1.0 - c.beta1.powi(self.step))) as f32,
+                bias_correction2_sqrt: (1.0 - c.beta2.powi(self.step)).sqrt() as f32,
+                decay: if param.decay { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 },
             };
-            let (m, v) = (m?, v?);
-            let mut p = param.var.as_tensor().detach();
-            if param.decay && c.weight_decay > 0.0 {
-                p = (p * (1.0 - lr * c.weight_decay))?;
-            }
-            let denom = ((v.sqrt()? / bias_correction2_sqrt)? + c.eps)?;
-            p = (p - ((&m / denom)? * step_size)?)?;
+            let [p, m, v] = adamw_update(param.var.as_tensor(), g, moments.as_ref(), &constants)?;
             param.var.set(&p)?;
             *moments = Some((m, v));
         }

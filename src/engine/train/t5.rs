@@ -3,7 +3,8 @@
 //! position buckets shared with inference, and the loss on the decoder side only.
 
 use super::batch::Batch;
-use super::nn::{causal_mask, dropout, linear, rms_norm, softmax, Activation, Dropout};
+use super::nn::{attention_probs, causal_mask, dropout, linear, rms_norm, Activation, Dropout};
+use super::ops::add_bias;
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
@@ -209,16 +210,18 @@ impl TrainableT5 {
             .collect();
         let buckets = Tensor::from_vec(buckets, queries * keys, &Device::Cpu)?;
         let heads = table.dim(1)?;
-        Ok(table.index_select(&buckets, 0)?.reshape((queries, keys, heads))?.permute((2, 0, 1))?.unsqueeze(0)?)
+        Ok(table.index_select(&buckets, 0)?.reshape((queries, keys, heads))?.permute((2, 0, 1))?)
     }
 
-    /// T5 attention: no 1/sqrt(d) scaling (folded into the initialisation); `bias` holds positions and masks.
+    /// T5 attention: no 1/sqrt(d) scaling (folded into the initialisation). `position` is the learnt relative
+    /// position bias (heads, queries, keys), self-attention only; `mask` the constant padding or causal mask.
     fn attend(
         &self,
         a: &Attention,
         x: &Tensor,
         memory: &Tensor,
-        bias: &Tensor,
+        position: Option<&Tensor>,
+        mask: &Tensor,
         d: &mut Option<&mut Dropout>,
     ) -> Result<Tensor> {
         let heads = self.parsed.num_heads;
@@ -227,8 +230,11 @@ impl TrainableT5 {
             split_heads(&linear(memory, &a.k, None)?, heads)?,
             split_heads(&linear(memory, &a.v, None)?, heads)?,
         );
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let probs = dropout(d, &softmax(&scores)?, self.dropout_rate)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(position) = position {
+            scores = add_bias(&scores, position)?;
+        }
+        let probs = dropout(d, &attention_probs(&scores, 1.0, Some(mask))?, self.dropout_rate)?;
         let (b, _, len, _) = probs.dims4()?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, len, heads * self.parsed.d_kv))?;
         linear(&context, &a.o, None)
@@ -256,11 +262,11 @@ impl TrainableT5 {
         };
         let padding = batch.padding_bias()?;
 
-        let bias = self.position_bias(&self.encoder_bias, len, len, true)?.broadcast_add(&padding)?;
+        let position = self.position_bias(&self.encoder_bias, len, len, true)?;
         let mut x = dropout(d, &embed(&batch.ids, len)?, p)?;
         for b in &self.encoder {
             let h = rms_norm(&x, &b.self_norm, eps)?;
-            let a = self.attend(&b.self_attention, &h, &h, &bias, d)?;
+            let a = self.attend(&b.self_attention, &h, &h, Some(&position), &padding, d)?;
             x = (&x + dropout(d, &a, p)?)?;
             let f = self.feed_forward(&b.ff, &rms_norm(&x, &b.ff_norm, eps)?, d)?;
             x = (&x + dropout(d, &f, p)?)?;
@@ -268,15 +274,15 @@ impl TrainableT5 {
         let memory = dropout(d, &rms_norm(&x, &self.encoder_norm, eps)?, p)?;
 
         let causal = causal_mask(out_len)?;
-        let self_bias = self.position_bias(&self.decoder_bias, out_len, out_len, false)?.broadcast_add(&causal)?;
+        let self_position = self.position_bias(&self.decoder_bias, out_len, out_len, false)?;
         let mut y = dropout(d, &embed(&decoder.ids, out_len)?, p)?;
         for b in &self.decoder {
             let h = rms_norm(&y, &b.self_norm, eps)?;
-            let a = self.attend(&b.self_attention, &h, &h, &self_bias, d)?;
+            let a = self.attend(&b.self_attention, &h, &h, Some(&self_position), &causal, d)?;
             y = (&y + dropout(d, &a, p)?)?;
             if let Some((norm, cross)) = &b.cross {
                 // Cross-attention has no position bias, only the sources' padding.
-                let a = self.attend(cross, &rms_norm(&y, norm, eps)?, &memory, &padding, d)?;
+                let a = self.attend(cross, &rms_norm(&y, norm, eps)?, &memory, None, &padding, d)?;
                 y = (&y + dropout(d, &a, p)?)?;
             }
             let f = self.feed_forward(&b.ff, &rms_norm(&y, &b.ff_norm, eps)?, d)?;
@@ -297,7 +303,7 @@ impl Trainable for TrainableT5 {
         match &self.lm_head {
             Some(head) => linear(&x, head, None),
             // A tied head sees the states scaled by d_model^-0.5, as transformers does.
-            None => Ok((x * (dim as f64).powf(-0.5))?.matmul(&self.shared.t()?)?),
+            None => linear(&(x * (dim as f64).powf(-0.5))?, &self.shared, None),
         }
     }
 
