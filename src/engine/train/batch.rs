@@ -1,5 +1,6 @@
 //! A training batch: padded token ids and what the model must predict.
 
+use super::ops::Span;
 use crate::engine::error::{AiError, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -20,6 +21,19 @@ pub struct DecoderInput {
     /// (rows, len) row-major.
     pub ids: Vec<u32>,
     pub len: usize,
+}
+
+/// A batch's real tokens packed row after row, without padding, for the models that skip it (BERT, GPT-2):
+/// padded to its longest row, a batch of Debian's fortunes was more than half padding.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub ids: Vec<u32>,
+    /// Each token's position in its row.
+    pub positions: Vec<u32>,
+    /// Each row's tokens.
+    pub spans: Vec<Span>,
+    /// Where the token targets lie among the packed tokens (Targets::Tokens' positions, renumbered).
+    pub targets: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +133,32 @@ impl Batch {
         batch
     }
 
+    /// The real tokens packed; each row's must come first (padding on the right).
+    pub fn packed(&self) -> Result<Packed> {
+        let mut packed = Packed { ids: Vec::new(), positions: Vec::new(), spans: Vec::new(), targets: Vec::new() };
+        for r in 0..self.rows {
+            let row = r * self.len..(r + 1) * self.len;
+            let attention = &self.attention[row.clone()];
+            let len = attention.iter().take_while(|a| **a != 0).count();
+            if attention[len..].iter().any(|a| *a != 0) {
+                return Err(AiError::internal("a training batch must have its padding on the right"));
+            }
+            packed.spans.push(Span { start: packed.ids.len(), len });
+            packed.ids.extend_from_slice(&self.ids[row.start..row.start + len]);
+            packed.positions.extend(0..len as u32);
+        }
+        if let Targets::Tokens { positions, .. } = &self.targets {
+            for &p in positions {
+                let (r, t) = (p as usize / self.len.max(1), p as usize % self.len.max(1));
+                match packed.spans.get(r) {
+                    Some(span) if t < span.len => packed.targets.push((span.start + t) as u32),
+                    _ => return Err(AiError::internal("a token target lies on padding")),
+                }
+            }
+        }
+        Ok(packed)
+    }
+
     pub fn ids_tensor(&self) -> Result<Tensor> {
         Ok(Tensor::from_vec(self.ids.clone(), (self.rows, self.len), &Device::Cpu)?)
     }
@@ -160,5 +200,29 @@ impl Batch {
             Targets::Tokens { ids, .. } => ids.len(),
             Targets::Labels(labels) => labels.len(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_drops_the_padding_and_renumbers_the_targets() {
+        let (a, b): (&[u32], &[u32]) = (&[5, 6, 7], &[8]);
+        // Row 0 predicts at its columns 0 and 1, row 1 at its column 0: padded positions 0, 1 and 3.
+        let targets = Batch::next_token_targets(&[a, &[8, 9]], 3);
+        let mut batch = Batch::padded(&[a, b], 0, targets);
+        let Targets::Tokens { positions, .. } = &batch.targets else { unreachable!() };
+        assert_eq!(positions, &[0, 1, 3]);
+        let packed = batch.packed().unwrap();
+        assert_eq!((packed.ids, packed.positions), (vec![5, 6, 7, 8], vec![0, 1, 2, 0]));
+        assert_eq!(packed.spans, [Span { start: 0, len: 3 }, Span { start: 3, len: 1 }]);
+        assert_eq!(packed.targets, [0, 1, 3]);
+        // A target on padding, and padding before a token, are refused.
+        batch.targets = Targets::Tokens { positions: vec![4], ids: vec![1] };
+        assert!(batch.packed().is_err());
+        batch.attention = vec![1, 0, 1, 1, 0, 0];
+        assert!(batch.packed().is_err());
     }
 }

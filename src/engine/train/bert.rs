@@ -3,10 +3,10 @@
 //! BertForTokenClassification, and the same three of DistilBERT and RoBERTa, which differ only in what
 //! family::Layout describes.
 
-use super::batch::{Batch, Targets};
+use super::batch::{Batch, Packed, Targets};
 use super::family::Layout;
 use super::nn::{attention, dropout, layer_norm, linear, Activation, Dropout};
-use super::ops::{add_bias, Heads};
+use super::ops::{add_bias, Heads, Span};
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
@@ -289,37 +289,35 @@ impl TrainableBert {
         })
     }
 
-    /// Last hidden states, (rows, len, hidden).
-    pub fn hidden(&self, batch: &Batch, mut d: Option<&mut Dropout>) -> Result<Tensor> {
-        let (rows, len) = (batch.rows, batch.len);
-        let h = self.word.dim(1)?;
-        let ids = Tensor::from_vec(batch.ids.clone(), rows * len, &Device::Cpu)?;
-        if self.position_offset + len > self.position.dim(0)? {
+    /// Last hidden states of the batch's real tokens, packed: (tokens, hidden).
+    pub fn hidden(&self, batch: &Batch, packed: &Packed, mut d: Option<&mut Dropout>) -> Result<Tensor> {
+        if self.position_offset + batch.len > self.position.dim(0)? {
+            let len = batch.len;
             return Err(AiError::internal(format!("a batch of {len} tokens exceeds the position embeddings")));
         }
-        // Padding is on the right, so a plain range gives every real token transformers' position.
-        let start = self.position_offset as u32;
-        let positions = Tensor::arange(start, start + len as u32, &Device::Cpu)?;
-        let x = self.word.index_select(&ids, 0)?.reshape((rows, len, h))?;
-        let mut x = add_bias(&x, &self.position.index_select(&positions, 0)?)?;
+        let n = packed.ids.len();
+        let ids = Tensor::from_vec(packed.ids.clone(), n, &Device::Cpu)?;
+        let positions: Vec<u32> = packed.positions.iter().map(|p| p + self.position_offset as u32).collect();
+        let positions = Tensor::from_vec(positions, n, &Device::Cpu)?;
+        let mut x = (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?;
         if let Some(token_type) = &self.token_type {
             // Single-sentence inputs: every token is of type 0.
             x = add_bias(&x, &token_type.get(0)?)?;
         }
         let mut x = dropout(&mut d, &layer_norm(&x, &self.embeddings_norm, self.eps)?, self.hidden_dropout)?;
-        let bias = batch.padding_bias()?;
         for l in &self.layers {
-            x = self.layer(l, &x, &bias, &mut d)?;
+            x = self.layer(l, &x, &packed.spans, &mut d)?;
         }
         Ok(x)
     }
 
-    fn layer(&self, l: &Layer, x: &Tensor, bias: &Tensor, d: &mut Option<&mut Dropout>) -> Result<Tensor> {
-        let h = x.dim(2)?;
-        let heads = Heads { heads: self.heads, kv_heads: self.heads, scale: 1.0 / ((h / self.heads) as f64).sqrt() };
+    fn layer(&self, l: &Layer, x: &Tensor, spans: &[Span], d: &mut Option<&mut Dropout>) -> Result<Tensor> {
+        let h = x.dim(1)?;
+        let scale = 1.0 / ((h / self.heads) as f64).sqrt();
+        let heads = Heads { heads: self.heads, kv_heads: self.heads, scale, causal: false };
         let project = |p: &Pair| linear(x, &p.0, Some(&p.1));
         let qkv = (&project(&l.query)?, &project(&l.key)?, &project(&l.value)?);
-        let context = attention(qkv, &heads, Some(bias), d, self.attention_dropout)?;
+        let context = attention(qkv, &heads, spans, d, self.attention_dropout)?;
         let a = linear(&context, &l.attention_out.0, Some(&l.attention_out.1))?;
         let a = if self.attention_out_dropout { dropout(d, &a, self.hidden_dropout)? } else { a };
         let x = layer_norm(&(a + x)?, &l.attention_norm, self.eps)?;
@@ -335,22 +333,25 @@ impl Trainable for TrainableBert {
     }
 
     fn logits(&self, batch: &Batch, mut d: Option<&mut Dropout>) -> Result<Tensor> {
-        let hidden = self.hidden(batch, d.as_deref_mut())?;
-        let h = hidden.dim(2)?;
-        // The hidden states at the batch's target positions, (targets, hidden).
-        let at_targets = |positions: &[u32]| -> Result<Tensor> {
-            let at = Tensor::from_vec(positions.to_vec(), positions.len(), &Device::Cpu)?;
-            Ok(hidden.reshape((batch.rows * batch.len, h))?.index_select(&at, 0)?)
+        let packed = batch.packed()?;
+        let hidden = self.hidden(batch, &packed, d.as_deref_mut())?;
+        // The hidden states of the given packed tokens, (tokens, hidden).
+        let at = |tokens: Vec<u32>| -> Result<Tensor> {
+            let n = tokens.len();
+            Ok(hidden.index_select(&Tensor::from_vec(tokens, n, &Device::Cpu)?, 0)?)
         };
         match (&self.head, &batch.targets) {
-            (Head::MaskedLm { dense, act, norm, bias }, Targets::Tokens { positions, .. }) => {
+            (Head::MaskedLm { dense, act, norm, bias }, Targets::Tokens { .. }) => {
                 // Only the masked positions go through the vocabulary projection.
-                let x = at_targets(positions)?;
+                let x = at(packed.targets)?;
                 let x = layer_norm(&act.apply(&linear(&x, &dense.0, Some(&dense.1))?)?, norm, self.eps)?;
                 linear(&x, &self.word, Some(bias))
             }
             (Head::Classifier { pre, act, dropout_first, out, dropout: p }, Targets::Labels(_)) => {
-                let mut first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+                if packed.spans.iter().any(|s| s.len == 0) {
+                    return Err(AiError::internal("a row to classify has no tokens"));
+                }
+                let mut first = at(packed.spans.iter().map(|s| s.start as u32).collect())?;
                 if *dropout_first {
                     first = dropout(&mut d, &first, *p)?;
                 }
@@ -358,8 +359,8 @@ impl Trainable for TrainableBert {
                 linear(&dropout(&mut d, &pooled, *p)?, &out.0, Some(&out.1))
             }
             // Tokens without a target (transformers' -100) are left out rather than ignored by the loss.
-            (Head::TokenClassifier { out, dropout: p }, Targets::Tokens { positions, .. }) => {
-                linear(&dropout(&mut d, &at_targets(positions)?, *p)?, &out.0, Some(&out.1))
+            (Head::TokenClassifier { out, dropout: p }, Targets::Tokens { .. }) => {
+                linear(&dropout(&mut d, &at(packed.targets)?, *p)?, &out.0, Some(&out.1))
             }
             _ => Err(AiError::internal("the batch's targets do not fit the model's head")),
         }

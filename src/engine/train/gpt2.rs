@@ -1,9 +1,9 @@
 //! A differentiable GPT-2 (GPT2LMHeadModel) with transformers' tensor names and Conv1D layout
 //! (weights stored (in, out)), so that engine::gpt2 loads what it saves. The LM head is tied to wte.
 
-use super::batch::Batch;
-use super::nn::{attention, causal_mask, conv1d, dropout, layer_norm, linear, Activation, Dropout};
-use super::ops::{add_bias, Heads};
+use super::batch::{Batch, Packed};
+use super::nn::{attention, conv1d, dropout, layer_norm, linear, Activation, Dropout};
+use super::ops::{Heads, Span};
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
@@ -146,37 +146,36 @@ impl TrainableGpt2 {
         })
     }
 
-    /// Hidden states after ln_f, (rows, len, hidden).
-    pub fn hidden(&self, batch: &Batch, mut d: Option<&mut Dropout>) -> Result<Tensor> {
-        let (rows, len) = (batch.rows, batch.len);
-        let h = self.wte.dim(1)?;
+    /// Hidden states after ln_f of the batch's real tokens, packed: (tokens, hidden).
+    pub fn hidden(&self, batch: &Batch, packed: &Packed, mut d: Option<&mut Dropout>) -> Result<Tensor> {
+        let len = batch.len;
         if len > self.wpe.dim(0)? {
             return Err(AiError::invalid(format!(
                 "a sequence of {len} tokens is longer than the model's {} positions",
                 self.wpe.dim(0)?
             )));
         }
-        let ids = Tensor::from_vec(batch.ids.clone(), rows * len, &Device::Cpu)?;
-        let x = self.wte.index_select(&ids, 0)?.reshape((rows, len, h))?;
-        let positions = Tensor::arange(0u32, len as u32, &Device::Cpu)?;
-        let mut x = dropout(&mut d, &add_bias(&x, &self.wpe.index_select(&positions, 0)?)?, self.embd_pdrop)?;
-        // Causal mask only: padding is on the right, so no real token ever attends to it.
-        let mask = causal_mask(len)?;
+        let n = packed.ids.len();
+        let ids = Tensor::from_vec(packed.ids.clone(), n, &Device::Cpu)?;
+        let positions = Tensor::from_vec(packed.positions.clone(), n, &Device::Cpu)?;
+        let x = (self.wte.index_select(&ids, 0)? + self.wpe.index_select(&positions, 0)?)?;
+        let mut x = dropout(&mut d, &x, self.embd_pdrop)?;
         for block in &self.blocks {
-            x = self.block(block, &x, &mask, &mut d)?;
+            x = self.block(block, &x, &packed.spans, &mut d)?;
         }
         layer_norm(&x, &self.ln_f, self.eps)
     }
 
-    fn block(&self, b: &Block, x: &Tensor, mask: &Tensor, d: &mut Option<&mut Dropout>) -> Result<Tensor> {
-        let h = x.dim(2)?;
-        let heads = Heads { heads: self.heads, kv_heads: self.heads, scale: 1.0 / ((h / self.heads) as f64).sqrt() };
+    fn block(&self, b: &Block, x: &Tensor, spans: &[Span], d: &mut Option<&mut Dropout>) -> Result<Tensor> {
+        let h = x.dim(1)?;
+        let scale = 1.0 / ((h / self.heads) as f64).sqrt();
+        let heads = Heads { heads: self.heads, kv_heads: self.heads, scale, causal: true };
         let normed = layer_norm(x, &b.ln_1, self.eps)?;
         // c_attn's columns are the query, key and value projections side by side: narrowing the weight (h x 3h)
         // costs less than narrowing its output (a value per token), and the attention reads each in place.
         let project =
             |i: usize| conv1d(&normed, &b.c_attn.0.narrow(1, i * h, h)?, Some(&b.c_attn.1.narrow(0, i * h, h)?));
-        let context = attention((&project(0)?, &project(1)?, &project(2)?), &heads, Some(mask), d, self.attn_pdrop)?;
+        let context = attention((&project(0)?, &project(1)?, &project(2)?), &heads, spans, d, self.attn_pdrop)?;
         let a = dropout(d, &conv1d(&context, &b.attn_proj.0, Some(&b.attn_proj.1))?, self.resid_pdrop)?;
         let x = (x + a)?;
         let m = self.act.apply(&conv1d(&layer_norm(&x, &b.ln_2, self.eps)?, &b.c_fc.0, Some(&b.c_fc.1))?)?;
@@ -191,7 +190,11 @@ impl Trainable for TrainableGpt2 {
     }
 
     fn logits(&self, batch: &Batch, d: Option<&mut Dropout>) -> Result<Tensor> {
-        linear(&batch.at_targets(&self.hidden(batch, d)?)?, &self.wte, None)
+        let packed = batch.packed()?;
+        let hidden = self.hidden(batch, &packed, d)?;
+        let n = packed.targets.len();
+        let at_targets = hidden.index_select(&Tensor::from_vec(packed.targets, n, &Device::Cpu)?, 0)?;
+        linear(&at_targets, &self.wte, None)
     }
 
     fn config(&self) -> &Value {

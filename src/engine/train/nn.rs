@@ -36,22 +36,19 @@ pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
     ops::rms_norm(x, scale, eps)
 }
 
-/// Multi-head attention of q (rows, queries, heads * dim) over k and v (rows, keys, kv_heads * dim), with
-/// dropout `p` on the probabilities when training; the mask is additive and constant.
+/// Self-attention of packed sequences (see ops::attention), with dropout `p` on the probabilities when training.
 pub fn attention(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     heads: &ops::Heads,
-    mask: Option<&Tensor>,
+    spans: &[ops::Span],
     d: &mut Option<&mut Dropout>,
     p: f64,
 ) -> Result<Tensor> {
-    let (rows, queries, _) = q.dims3()?;
-    let probabilities = rows * heads.heads * queries * k.dim(1)?;
     let factors = match d {
-        Some(d) if p > 0.0 => Some(d.factors(probabilities, p)),
+        Some(d) if p > 0.0 => Some(d.factors(ops::probabilities(spans, heads.heads), p)),
         _ => None,
     };
-    ops::attention(q, k, v, heads, mask, factors)
+    ops::attention(q, k, v, heads, spans, factors)
 }
 
 /// Attention probabilities: softmax over the keys of `scores * scale + mask`, the mask additive and constant.
