@@ -10,6 +10,7 @@ use super::config::{Family, ModelConfig};
 use super::error::{AiError, Result};
 use super::int8::{bytes, Projection};
 use super::timing::{time, Phase};
+use super::train::ops::{attention, Gelu, Heads, Span};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
 
@@ -35,7 +36,11 @@ impl Activation {
     }
 
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // On the CPU, pg_ai's GELU: its erf, exp and tanh vectorise, candle's call the C library per element.
+        let fast = x.device().is_cpu() && x.dtype() == DType::F32;
         match self {
+            Activation::Gelu if fast => x.contiguous()?.apply_op1(Gelu { tanh: false }),
+            Activation::GeluTanh if fast => x.contiguous()?.apply_op1(Gelu { tanh: true }),
             Activation::Gelu => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
@@ -134,6 +139,13 @@ pub struct Batch {
     pub ids: Tensor,
     pub type_ids: Tensor,
     pub mask: Tensor,
+}
+
+/// How a layer's attention leaves out padding: by the rows' lengths (pg_ai's attention, CPU) or an additive mask
+/// (candle's ops, any device). The padding tokens' own states differ between the two, and nothing reads them.
+enum Attend {
+    Spans(Vec<Span>),
+    Bias(Tensor),
 }
 
 pub struct Encoder {
@@ -254,27 +266,46 @@ impl Encoder {
             x = (x + types.forward(&batch.type_ids)?)?;
         }
         x = self.embeddings_norm.forward(&x)?;
-        // Additive mask: 0 where attended, a large negative number over padding. (batch, 1, 1, seq)
-        let bias = ((batch.mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.unsqueeze(1)?.unsqueeze(1)?;
+        let attend = if device.is_cpu() {
+            // Each row's real tokens (padding is on the right) as a sequence of the (batch * seq) rows.
+            let lengths = batch.mask.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?;
+            let spans = lengths.iter().enumerate().map(|(r, &len)| Span { start: r * seq, len: len as usize });
+            Attend::Spans(spans.collect())
+        } else {
+            // Additive mask: 0 where attended, a large negative number over padding. (batch, 1, 1, seq)
+            Attend::Bias(((batch.mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.unsqueeze(1)?.unsqueeze(1)?)
+        };
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &bias)?;
+            x = self.layer_forward(layer, &x, &attend)?;
         }
         Ok(x)
     }
 
-    fn layer_forward(&self, l: &Layer, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    fn layer_forward(&self, l: &Layer, x: &Tensor, attend: &Attend) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let d = h / self.heads;
-        let split = |t: Tensor| t.reshape((b, s, self.heads, d))?.transpose(1, 2)?.contiguous();
         let qkv = l.qkv.forward(x)?;
-        let q = split(qkv.narrow(2, 0, h)?)?;
-        let k = split(qkv.narrow(2, h, h)?)?;
-        let v = split(qkv.narrow(2, 2 * h, h)?)?;
-        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
-        let context = softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let context = match attend {
+            // pg_ai's attention: the (row, head) pairs in parallel, each over the row's real tokens only.
+            Attend::Spans(spans) => {
+                let part =
+                    |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i * h, h)?.contiguous()?.reshape((b * s, h))?) };
+                let heads =
+                    Heads { heads: self.heads, kv_heads: self.heads, scale: 1.0 / (d as f64).sqrt(), causal: false };
+                attention(&part(0)?, &part(1)?, &part(2)?, &heads, spans, None)?.reshape((b, s, h))?
+            }
+            Attend::Bias(bias) => {
+                let split = |t: Tensor| t.reshape((b, s, self.heads, d))?.transpose(1, 2)?.contiguous();
+                let q = split(qkv.narrow(2, 0, h)?)?;
+                let k = split(qkv.narrow(2, h, h)?)?;
+                let v = split(qkv.narrow(2, 2 * h, h)?)?;
+                let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
+                softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?
+            }
+        };
         let x = l.attention_norm.forward(&(l.attention_out.forward(&context)? + x)?)?;
         let ffn = l.ffn_out.forward(&self.activation.apply(&l.ffn_in.forward(&x)?)?)?;
-        l.output_norm.forward(&(ffn + x)?)
+        Ok(l.output_norm.forward(&(ffn + x)?)?)
     }
 
     pub fn family(&self) -> Family {

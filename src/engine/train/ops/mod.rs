@@ -283,8 +283,10 @@ pub fn gelu(x: &Tensor, tanh: bool) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(Gelu { tanh })?)
 }
 
-struct Gelu {
-    tanh: bool,
+/// The GELU op itself, for inference code written in candle's results (engine::encoder's activations); takes a
+/// contiguous f32 tensor on the CPU.
+pub struct Gelu {
+    pub tanh: bool,
 }
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
