@@ -5,7 +5,7 @@ use super::codec::DecoderTokenizer;
 use super::error::{AiError, Result};
 use super::generate::{CausalLm, Decoder, TextCodec};
 use super::kv_cache;
-use super::llama_int8::Int8Llama;
+use super::llama_projected::ProjectedLlama;
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -24,7 +24,7 @@ pub struct GgufModel {
     /// The file's scalar metadata (general.*, llama.*), for ai.models.config.
     pub metadata: Value,
     /// Bytes of the weights in memory: on candle's quantized Llama the file's (or f32), plus the token embeddings in
-    /// f32; on the 8-bit Llama its own (see `Int8Llama::weight_bytes`).
+    /// f32; on the 8-bit Llama its own (see `ProjectedLlama::weight_bytes`).
     pub weight_bytes: usize,
     pub parameters: usize,
     weights: Held,
@@ -35,7 +35,7 @@ pub struct GgufModel {
 /// The weights: on candle's quantized Llama as the file stores them (or Q8_0, or f32), or on pg_ai's 8-bit Llama.
 enum Held {
     Quantized { weights: ModelWeights, context: usize },
-    Int8(Int8Llama),
+    Int8(ProjectedLlama),
 }
 
 fn scalar(v: &gguf_file::Value) -> Option<Value> {
@@ -76,7 +76,7 @@ pub enum Weights {
     /// As the file stores them.
     AsStored,
     /// The default: a file with Q4_1, Q5_1 or Q8_1 weights, which candle multiplies with a scalar loop, on pg_ai's
-    /// 8-bit Llama (engine::llama_int8: Q8_0, rows padded for candle's tiled kernels); other files as stored.
+    /// 8-bit Llama (engine::llama_projected: Q8_0, rows padded for candle's tiled kernels); other files as stored.
     Fast,
     /// Every weight de-quantised to f32: the reference that measures what quantisation changes.
     F32,
@@ -164,8 +164,9 @@ impl GgufModel {
         let slow = content.tensor_infos.values().any(|info| scalar_only(info.ggml_dtype));
         let (weights, weight_bytes) = if weights == Weights::Fast && slow {
             let (tensors, config) = as_transformers_llama(&content, &mut file).map_err(corrupt)?;
-            let model = Int8Llama::load(&VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config)
-                .map_err(corrupt)?;
+            let model =
+                ProjectedLlama::load(&VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config, true)
+                    .map_err(corrupt)?;
             let bytes = model.weight_bytes();
             (Held::Int8(model), bytes)
         } else {

@@ -9,6 +9,7 @@
 //! once faster in 8 bits than gemm does in f32. The answers move slightly (tests/golden.rs measures by how much),
 //! so the int8 settings are off by default (GGUF weights are quantized already: there it is on).
 
+use super::matvec::one_row_times;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor, D};
 use candle_nn::Linear;
@@ -141,7 +142,14 @@ impl Projection {
 impl Module for Projection {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Projection::F32(l) => l.forward(x),
+            Projection::F32(l) => match one_row_times(x, l.weight())? {
+                // A generated token's single row.
+                Some(y) => match l.bias() {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                },
+                None => l.forward(x),
+            },
             Projection::Int8 { weight, bias, padding, extra_rows } => {
                 let mut y = match padding {
                     0 => weight.forward(x)?,

@@ -1,5 +1,6 @@
-//! Llama-family decoders from safetensors (Llama, SmolLM and the like), on candle-transformers' Llama with its KV
-//! cache, or with pg_ai.int8_decoders on pg_ai's own 8-bit Llama (engine::llama_int8).
+//! Llama-family decoders from safetensors (Llama, SmolLM and the like), on pg_ai's own Llama (engine::llama_projected:
+//! f32, or 8 bits with pg_ai.int8_decoders), or for llama3-scaled rotary embeddings, which that one lacks, on
+//! candle-transformers' Llama in f32.
 
 use super::codec::DecoderTokenizer;
 use super::encoder::var_builder;
@@ -7,7 +8,7 @@ use super::error::{AiError, Result};
 use super::files::ModelFiles;
 use super::generate::{CausalLm, Decoder, TextCodec};
 use super::kv_cache;
-use super::llama_int8::Int8Llama;
+use super::llama_projected::ProjectedLlama;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig, LlamaEosToks};
 use serde_json::Value;
@@ -24,10 +25,10 @@ pub struct LlamaModel {
     pub weight_bytes: usize,
 }
 
-/// The weights, in f32 on candle-transformers' Llama or in 8 bits on pg_ai's own (see engine::int8).
+/// The weights: on pg_ai's own Llama (f32 or 8 bits), or in f32 on candle-transformers' for llama3 rotary scaling.
 enum Weights {
-    F32 { model: Llama, config: Config },
-    Int8(Int8Llama),
+    Candle { model: Llama, config: Config },
+    Projected(ProjectedLlama),
 }
 
 impl LlamaModel {
@@ -60,14 +61,14 @@ impl LlamaModel {
         let parameters = c.vocab_size * c.hidden_size + c.num_hidden_layers * per_layer + c.hidden_size + head;
         let vb = var_builder(&files.weights)?;
         let mismatch = |e: candle_core::Error| AiError::corrupt(format!("the weights do not match config.json: {e}"));
-        // The 8-bit Llama has transformers' default rotary embeddings only: llama3-scaled models stay in f32.
-        let (weights, weight_bytes) = if int8 && c.rope_scaling.is_none() {
-            let model = Int8Llama::load(&vb, c).map_err(mismatch)?;
+        // pg_ai's Llama has transformers' default rotary embeddings only: llama3-scaled models stay on candle's, in f32.
+        let (weights, weight_bytes) = if c.rope_scaling.is_none() {
+            let model = ProjectedLlama::load(&vb, c, int8).map_err(mismatch)?;
             let bytes = model.weight_bytes();
-            (Weights::Int8(model), bytes)
+            (Weights::Projected(model), bytes)
         } else {
             let model = Llama::load(vb, &llama_config).map_err(mismatch)?;
-            (Weights::F32 { model, config: llama_config }, parameters * 4)
+            (Weights::Candle { model, config: llama_config }, parameters * 4)
         };
         let architecture =
             config.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("LlamaForCausalLM");
@@ -139,10 +140,10 @@ impl Decoder for Session<'_> {
 impl CausalLm for LlamaModel {
     fn session(&self) -> Result<Box<dyn Decoder + '_>> {
         match &self.weights {
-            Weights::F32 { model, config } => {
+            Weights::Candle { model, config } => {
                 Ok(Box::new(Session { model, config, cache: Session::fresh_cache(config)?, position: 0 }))
             }
-            Weights::Int8(model) => Ok(Box::new(kv_cache::Session::new(model))),
+            Weights::Projected(model) => Ok(Box::new(kv_cache::Session::new(model))),
         }
     }
 

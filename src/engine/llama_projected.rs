@@ -1,8 +1,10 @@
-//! A Llama on pg_ai's own 8-bit projections, for pg_ai.int8_decoders. candle's quantized Llama holds each row of
-//! weights as it comes, and rows that are not whole blocks of 256 (SmolLM2's 576) miss candle's tiled VNNI kernels;
-//! a `Projection` pads them (see engine::int8): on SmolLM2's shapes 2.5x faster per generated token and 6x on
-//! prompts, for the products alone. Query, key and value, and gate and up, are each one product, so every input
-//! is quantised once per layer.
+//! A Llama on pg_ai's own projections (engine::int8's `Projection`), in f32 or, for pg_ai.int8_decoders, in 8
+//! bits. candle's quantized Llama holds each row of weights as it comes, and rows that are not whole blocks of 256
+//! (SmolLM2's 576) miss candle's tiled VNNI kernels; a `Projection` pads them: on SmolLM2's shapes 2.5x faster per
+//! generated token and 6x on prompts, for the products alone. In f32 a `Projection` multiplies a generated token's
+//! single row with engine::matvec, which candle-transformers' Llama does not (SmolLM2 size: 16 -> 20 tokens/s,
+//! benches/generate.rs). Query, key and value, and gate and up, are each one product, so every input is read (and
+//! in 8 bits quantised) once per layer.
 
 use super::error::Result;
 use super::int8::{bytes, Projection};
@@ -23,9 +25,11 @@ struct Layer {
     down: Projection,
 }
 
-pub struct Int8Llama {
-    /// The lookup table in f16: half the bytes, and rounding far below the 8-bit weights'.
+pub struct ProjectedLlama {
+    /// The lookup table; in f16 with 8-bit weights: half the bytes, and rounding far below the 8-bit weights'.
     embeddings: Embedding,
+    /// Whether the head is the lookup table itself (tied, in f32), whose bytes count once.
+    head_is_embeddings: bool,
     layers: Vec<Layer>,
     norm: RmsNorm,
     head: Projection,
@@ -38,15 +42,10 @@ pub struct Int8Llama {
     context: usize,
 }
 
-impl Int8Llama {
-    /// Loads a transformers Llama (without llama3 rope scaling, which the caller keeps in f32).
-    pub fn load(vb: &VarBuilder, c: &Config) -> candle_core::Result<Self> {
-        Self::build(vb, c, true)
-    }
-
-    /// The same model with its weights in 8 bits or not: in f32 it answers as candle-transformers' Llama does,
-    /// which the tests use to check the model apart from the rounding.
-    fn build(vb: &VarBuilder, c: &Config, int8: bool) -> candle_core::Result<Self> {
+impl ProjectedLlama {
+    /// Loads a transformers Llama (without llama3 rope scaling, which the caller leaves to candle-transformers),
+    /// its weights in 8 bits or not: in f32 it answers as candle-transformers' Llama does (the tests check).
+    pub fn load(vb: &VarBuilder, c: &Config, int8: bool) -> candle_core::Result<Self> {
         let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
         if heads == 0 || kv_heads == 0 || !c.hidden_size.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
             candle_core::bail!(
@@ -80,7 +79,8 @@ impl Int8Llama {
             if c.tie_word_embeddings { embeddings.clone() } else { vb.get((c.vocab_size, h), "lm_head.weight")? };
         let inverse_frequencies =
             (0..head_dim / 2).map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f32 / head_dim as f32)).collect();
-        Ok(Int8Llama {
+        Ok(ProjectedLlama {
+            head_is_embeddings: c.tie_word_embeddings && !int8,
             embeddings: Embedding::new(embeddings.to_dtype(if int8 { DType::F16 } else { DType::F32 })?, h),
             layers,
             norm: norm(vb.pp("model.norm"))?,
@@ -105,7 +105,8 @@ impl Int8Llama {
                     + [&l.qkv, &l.attention_out, &l.gate_up, &l.down].map(Projection::bytes).iter().sum::<usize>()
             })
             .sum();
-        bytes(self.embeddings.embeddings()) + layers + bytes(self.norm.weight()) + self.head.bytes()
+        let head = if self.head_is_embeddings { 0 } else { self.head.bytes() };
+        bytes(self.embeddings.embeddings()) + layers + bytes(self.norm.weight()) + head
     }
 
     /// Cosines and sines of the rotary angles for positions past..past + seq, each (seq, head_dim / 2).
@@ -155,7 +156,7 @@ impl Int8Llama {
     }
 }
 
-impl CachedDecoder for Int8Llama {
+impl CachedDecoder for ProjectedLlama {
     fn context(&self) -> usize {
         self.context
     }
@@ -209,8 +210,8 @@ mod tests {
             let exact = Llama::load(vb.clone(), &config).unwrap();
             let mut cache = Cache::new(true, DType::F32, &config, &Device::Cpu).unwrap();
             let models = [
-                (Int8Llama::build(&vb, &config, false).unwrap(), 1e-5),
-                (Int8Llama::load(&vb, &config).unwrap(), 0.05),
+                (ProjectedLlama::load(&vb, &config, false).unwrap(), 1e-5),
+                (ProjectedLlama::load(&vb, &config, true).unwrap(), 0.05),
             ];
             let mut caches = [KvCache::default(), KvCache::default()];
             let prompt = [3u32, 17, 42, 5, 9, 30];
