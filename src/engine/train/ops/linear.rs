@@ -20,7 +20,7 @@ pub enum Stored {
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stored: Stored) -> Result<Tensor> {
     let (d0, d1) = w.dims2()?;
     let (inputs, outputs) = if stored == Stored::OutIn { (d1, d0) } else { (d0, d1) };
-    if x.dims().last() != Some(&inputs) || b.is_some_and(|b| b.dims() != [outputs]) {
+    if inputs == 0 || outputs == 0 || x.dims().last() != Some(&inputs) || b.is_some_and(|b| b.dims() != [outputs]) {
         return Err(AiError::internal(format!(
             "linear: inputs of shape {:?} and a bias of shape {:?} do not fit a weight of shape {:?}",
             x.dims(),
@@ -185,5 +185,8 @@ mod tests {
             );
             check(&[x.clone(), w], |t| linear(&t[0], &t[1], None, stored).unwrap(), |t| plain(&t[0], &t[1]));
         }
+        // Shapes that do not fit, and empty rows, are errors rather than panics.
+        assert!(linear(&x, &random(&[5, 7], 24), None, Stored::OutIn).is_err());
+        assert!(linear(&random(&[2, 0], 25), &random(&[3, 0], 26), None, Stored::OutIn).is_err());
     }
 }

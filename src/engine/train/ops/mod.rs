@@ -82,7 +82,7 @@ fn row_sum(g: &[f32], width: usize) -> Vec<f32> {
 /// `x + b`, with `b` repeated over x's leading dimensions (x's trailing dimensions are b's).
 pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (xd, bd) = (x.dims(), b.dims());
-    if bd.len() > xd.len() || xd[xd.len() - bd.len()..] != *bd {
+    if b.elem_count() == 0 || bd.len() > xd.len() || xd[xd.len() - bd.len()..] != *bd {
         return Err(AiError::internal(format!("a bias of shape {bd:?} does not end a tensor of shape {xd:?}")));
     }
     Ok(x.contiguous()?.apply_op2(&b.contiguous()?, AddBias)?)
