@@ -36,9 +36,10 @@ pub struct Heads {
     pub causal: bool,
 }
 
-/// Self-attention of the packed sequences `spans`: q (tokens, heads * dim), k and v (tokens, kv_heads * dim);
-/// the result is (tokens, heads * dim), each head's output in its columns. `dropout` holds a factor per
-/// attention probability: sequence by sequence, head by head, query by query, key by key.
+/// Self-attention of the packed sequences `spans` (which do not overlap): q (tokens, heads * dim), k and v
+/// (tokens, kv_heads * dim); the result is (tokens, heads * dim), each head's output in its columns, 0 for tokens
+/// in no span. `dropout` holds a factor per attention probability: sequence by sequence, head by head, query by
+/// query, key by key.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
