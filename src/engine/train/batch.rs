@@ -36,6 +36,22 @@ pub struct Packed {
     pub targets: Vec<u32>,
 }
 
+impl Packed {
+    /// Each packed token's word embedding plus its position's (positions counted from `offset`): (tokens, dim).
+    pub fn embeddings(&self, words: &Tensor, positions: &Tensor, offset: u32) -> Result<Tensor> {
+        let n = self.ids.len();
+        let ids = Tensor::from_vec(self.ids.clone(), n, &Device::Cpu)?;
+        let at: Vec<u32> = self.positions.iter().map(|p| p + offset).collect();
+        let at = Tensor::from_vec(at, n, &Device::Cpu)?;
+        Ok((words.index_select(&ids, 0)? + positions.index_select(&at, 0)?)?)
+    }
+}
+
+/// The given rows of `states` (rows, dim): (rows.len(), dim).
+pub fn rows_of(states: &Tensor, rows: &[u32]) -> Result<Tensor> {
+    Ok(states.index_select(&Tensor::from_vec(rows.to_vec(), rows.len(), &Device::Cpu)?, 0)?)
+}
+
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// (rows, len) row-major, padded on the right.
@@ -191,8 +207,7 @@ impl Batch {
             return Err(AiError::internal("a language model predicts tokens, not labels"));
         };
         let (rows, len, dim) = hidden.dims3()?;
-        let at = Tensor::from_vec(positions.clone(), positions.len(), &Device::Cpu)?;
-        Ok(hidden.reshape((rows * len, dim))?.index_select(&at, 0)?)
+        rows_of(&hidden.reshape((rows * len, dim))?, positions)
     }
 
     pub fn target_count(&self) -> usize {

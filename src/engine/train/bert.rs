@@ -3,7 +3,7 @@
 //! BertForTokenClassification, and the same three of DistilBERT and RoBERTa, which differ only in what
 //! family::Layout describes.
 
-use super::batch::{Batch, Packed, Targets};
+use super::batch::{rows_of, Batch, Packed, Targets};
 use super::family::Layout;
 use super::nn::{attention, dropout, layer_norm, linear, Activation, Dropout};
 use super::ops::{add_bias, Heads, Span};
@@ -12,7 +12,7 @@ use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::engine::config::{Family, ModelConfig};
 use crate::engine::error::{AiError, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -295,11 +295,7 @@ impl TrainableBert {
             let len = batch.len;
             return Err(AiError::internal(format!("a batch of {len} tokens exceeds the position embeddings")));
         }
-        let n = packed.ids.len();
-        let ids = Tensor::from_vec(packed.ids.clone(), n, &Device::Cpu)?;
-        let positions: Vec<u32> = packed.positions.iter().map(|p| p + self.position_offset as u32).collect();
-        let positions = Tensor::from_vec(positions, n, &Device::Cpu)?;
-        let mut x = (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?;
+        let mut x = packed.embeddings(&self.word, &self.position, self.position_offset as u32)?;
         if let Some(token_type) = &self.token_type {
             // Single-sentence inputs: every token is of type 0.
             x = add_bias(&x, &token_type.get(0)?)?;
@@ -335,15 +331,10 @@ impl Trainable for TrainableBert {
     fn logits(&self, batch: &Batch, mut d: Option<&mut Dropout>) -> Result<Tensor> {
         let packed = batch.packed()?;
         let hidden = self.hidden(batch, &packed, d.as_deref_mut())?;
-        // The hidden states of the given packed tokens, (tokens, hidden).
-        let at = |tokens: Vec<u32>| -> Result<Tensor> {
-            let n = tokens.len();
-            Ok(hidden.index_select(&Tensor::from_vec(tokens, n, &Device::Cpu)?, 0)?)
-        };
         match (&self.head, &batch.targets) {
             (Head::MaskedLm { dense, act, norm, bias }, Targets::Tokens { .. }) => {
                 // Only the masked positions go through the vocabulary projection.
-                let x = at(packed.targets)?;
+                let x = rows_of(&hidden, &packed.targets)?;
                 let x = layer_norm(&act.apply(&linear(&x, &dense.0, Some(&dense.1))?)?, norm, self.eps)?;
                 linear(&x, &self.word, Some(bias))
             }
@@ -351,7 +342,8 @@ impl Trainable for TrainableBert {
                 if packed.spans.iter().any(|s| s.len == 0) {
                     return Err(AiError::internal("a row to classify has no tokens"));
                 }
-                let mut first = at(packed.spans.iter().map(|s| s.start as u32).collect())?;
+                let starts: Vec<u32> = packed.spans.iter().map(|s| s.start as u32).collect();
+                let mut first = rows_of(&hidden, &starts)?;
                 if *dropout_first {
                     first = dropout(&mut d, &first, *p)?;
                 }
@@ -360,7 +352,7 @@ impl Trainable for TrainableBert {
             }
             // Tokens without a target (transformers' -100) are left out rather than ignored by the loss.
             (Head::TokenClassifier { out, dropout: p }, Targets::Tokens { .. }) => {
-                linear(&dropout(&mut d, &at(packed.targets)?, *p)?, &out.0, Some(&out.1))
+                linear(&dropout(&mut d, &rows_of(&hidden, &packed.targets)?, *p)?, &out.0, Some(&out.1))
             }
             _ => Err(AiError::internal("the batch's targets do not fit the model's head")),
         }

@@ -1,7 +1,7 @@
 //! A differentiable GPT-2 (GPT2LMHeadModel) with transformers' tensor names and Conv1D layout
 //! (weights stored (in, out)), so that engine::gpt2 loads what it saves. The LM head is tied to wte.
 
-use super::batch::{Batch, Packed};
+use super::batch::{rows_of, Batch, Packed};
 use super::nn::{attention, conv1d, dropout, layer_norm, linear, Activation, Dropout};
 use super::ops::{Heads, Span};
 use super::options::ModelSize;
@@ -9,7 +9,7 @@ use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::engine::error::{AiError, Result};
 use crate::engine::gpt2::Gpt2Config;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -155,11 +155,7 @@ impl TrainableGpt2 {
                 self.wpe.dim(0)?
             )));
         }
-        let n = packed.ids.len();
-        let ids = Tensor::from_vec(packed.ids.clone(), n, &Device::Cpu)?;
-        let positions = Tensor::from_vec(packed.positions.clone(), n, &Device::Cpu)?;
-        let x = (self.wte.index_select(&ids, 0)? + self.wpe.index_select(&positions, 0)?)?;
-        let mut x = dropout(&mut d, &x, self.embd_pdrop)?;
+        let mut x = dropout(&mut d, &packed.embeddings(&self.wte, &self.wpe, 0)?, self.embd_pdrop)?;
         for block in &self.blocks {
             x = self.block(block, &x, &packed.spans, &mut d)?;
         }
@@ -192,9 +188,7 @@ impl Trainable for TrainableGpt2 {
     fn logits(&self, batch: &Batch, d: Option<&mut Dropout>) -> Result<Tensor> {
         let packed = batch.packed()?;
         let hidden = self.hidden(batch, &packed, d)?;
-        let n = packed.targets.len();
-        let at_targets = hidden.index_select(&Tensor::from_vec(packed.targets, n, &Device::Cpu)?, 0)?;
-        linear(&at_targets, &self.wte, None)
+        linear(&rows_of(&hidden, &packed.targets)?, &self.wte, None)
     }
 
     fn config(&self) -> &Value {
