@@ -4,7 +4,8 @@
 //! (torch's matrix-vector product). Here each weight row is read once, straight through, rows split over the
 //! threads.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use super::train::ops::values;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Weight rows a parallel task takes.
@@ -63,11 +64,7 @@ impl CustomOp2 for OneRow {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (xs, ws) else { bail!("one_row_times: f32 only") };
-        let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
-            bail!("one_row_times: contiguous tensors only")
-        };
-        let (x, w) = (&x[x0..x1], &w[w0..w1]);
+        let (x, w) = (values(xs, xl)?, values(ws, wl)?);
         let inputs = x.len();
         let mut y = vec![0f32; w.len() / inputs.max(1)];
         y.par_chunks_mut(ROWS_PER_TASK).zip(w.par_chunks(ROWS_PER_TASK * inputs)).for_each(|(y, rows)| {

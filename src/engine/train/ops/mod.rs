@@ -26,10 +26,10 @@ type CandleResult<T> = candle_core::Result<T>;
 const ROWS_PER_TASK: usize = 16;
 
 /// The f32 values of a contiguous CPU storage.
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> CandleResult<&'a [f32]> {
+pub(crate) fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> CandleResult<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => bail!("pg_ai's training ops take contiguous f32 tensors"),
+        _ => bail!("pg_ai's fused ops take contiguous f32 tensors"),
     }
 }
 
@@ -313,6 +313,15 @@ impl Gelu {
 /// Elements a parallel task of an element-wise op takes.
 const ELEMENTS_PER_TASK: usize = 16 * 1024;
 
+/// f(a[i], b[i]) for every i, in parallel; a and b are equally long.
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(a.par_chunks(ELEMENTS_PER_TASK).zip(b.par_chunks(ELEMENTS_PER_TASK)))
+        .for_each(|(out, (a, b))| out.iter_mut().zip(a).zip(b).for_each(|((o, &a), &b)| *o = f(a, b)));
+    out
+}
+
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
         "pg_ai-gelu"
@@ -320,27 +329,12 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> CandleResult<(CpuStorage, Shape)> {
         let x = values(xs, xl)?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(ELEMENTS_PER_TASK).zip(x.par_chunks(ELEMENTS_PER_TASK)).for_each(|(y, x)| {
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = self.at(x).0);
-        });
-        Ok((CpuStorage::F32(y), xl.shape().clone()))
+        // One input: x is passed as both.
+        Ok((CpuStorage::F32(zip_map(x, x, |x, _| self.at(x).0)), xl.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _: &Tensor, g: &Tensor) -> CandleResult<Option<Tensor>> {
-        let dx = with_values(x, |x| {
-            with_values(g, |g| {
-                let mut dx = vec![0f32; x.len()];
-                dx.par_chunks_mut(ELEMENTS_PER_TASK)
-                    .zip(x.par_chunks(ELEMENTS_PER_TASK).zip(g.par_chunks(ELEMENTS_PER_TASK)))
-                    .for_each(|(dx, (x, g))| {
-                        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                            *dx = g * self.at(x).1;
-                        }
-                    });
-                Ok(dx)
-            })
-        })?;
+        let dx = with_values(x, |x| with_values(g, |g| Ok(zip_map(x, g, |x, g| g * self.at(x).1))))?;
         Ok(Some(new_tensor(dx, x.shape())?))
     }
 }
@@ -363,11 +357,7 @@ impl CustomOp1 for ScaleBy {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> CandleResult<(CpuStorage, Shape)> {
         let x = values(xs, xl)?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(ELEMENTS_PER_TASK)
-            .zip(x.par_chunks(ELEMENTS_PER_TASK).zip(self.0.par_chunks(ELEMENTS_PER_TASK)))
-            .for_each(|(y, (x, f))| y.iter_mut().zip(x).zip(f).for_each(|((y, x), f)| *y = x * f));
-        Ok((CpuStorage::F32(y), xl.shape().clone()))
+        Ok((CpuStorage::F32(zip_map(x, &self.0, |x, f| x * f)), xl.shape().clone()))
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> CandleResult<Option<Tensor>> {
