@@ -17,7 +17,8 @@ pub fn exp(x: f32) -> f32 {
     // call into the C library, which would stop the loop vectorising).
     const ROUND: f32 = 12_582_912.0;
     let clamped = x.clamp(-87.3, 88.7);
-    let n = (clamped * LOG2_E + ROUND) - ROUND;
+    let rounded = clamped * LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     // e^r on [-ln2/2, ln2/2] (Cephes' expf polynomial).
     let p = 1.987_569_1e-4;
@@ -27,7 +28,9 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let e_r = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n: n sits in the low bits of `rounded` (ROUND's bits plus n), and shifting it into the exponent field
+    // pushes ROUND's bits out. `n as i32` would saturate and test for NaN, one element at a time.
+    let scale = f32::from_bits(rounded.to_bits().wrapping_add(127) << 23);
     let y = e_r * scale;
     if x.is_nan() {
         x

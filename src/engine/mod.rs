@@ -23,6 +23,7 @@ pub mod matvec;
 pub mod model;
 pub mod pooling;
 pub mod seq2seq;
+pub mod simd;
 pub mod t5;
 pub mod tasks;
 pub mod text;

@@ -9,6 +9,7 @@
 
 use crate::engine::error::{AiError, Result};
 use crate::engine::fast_math::{erf, exp, tanh};
+use crate::engine::simd::widest;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -294,20 +295,20 @@ const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1 / sqrt(2 pi), the standard normal density at 0.
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
-impl Gelu {
-    /// The value and the derivative at x.
-    #[inline(always)]
-    fn at(&self, x: f32) -> (f32, f32) {
-        if self.tanh {
-            let inner = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-            let t = tanh(inner);
-            let d_inner = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-            (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * d_inner)
-        } else {
-            let cdf = 0.5 * (1.0 + erf(x * INV_SQRT_2));
-            (x * cdf, cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x))
-        }
-    }
+/// GELU by the tanh approximation: the value and the derivative at x.
+#[inline(always)]
+fn gelu_tanh(x: f32) -> (f32, f32) {
+    let inner = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+    let t = tanh(inner);
+    let d_inner = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+    (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * d_inner)
+}
+
+/// GELU by erf: the value and the derivative at x.
+#[inline(always)]
+fn gelu_erf(x: f32) -> (f32, f32) {
+    let cdf = 0.5 * (1.0 + erf(x * INV_SQRT_2));
+    (x * cdf, cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x))
 }
 
 /// Elements a parallel task of an element-wise op takes.
@@ -318,7 +319,18 @@ fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32>
     let mut out = vec![0f32; a.len()];
     out.par_chunks_mut(ELEMENTS_PER_TASK)
         .zip(a.par_chunks(ELEMENTS_PER_TASK).zip(b.par_chunks(ELEMENTS_PER_TASK)))
-        .for_each(|(out, (a, b))| out.iter_mut().zip(a).zip(b).for_each(|((o, &a), &b)| *o = f(a, b)));
+        .for_each(|(out, (a, b))| {
+            widest(
+                #[inline(always)]
+                || {
+                    // Indexed, not zipped iterators: those LLVM would call out of line, compiled for SSE2.
+                    let (a, b) = (&a[..out.len()], &b[..out.len()]);
+                    for i in 0..out.len() {
+                        out[i] = f(a[i], b[i]);
+                    }
+                },
+            )
+        });
     out
 }
 
@@ -329,12 +341,23 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> CandleResult<(CpuStorage, Shape)> {
         let x = values(xs, xl)?;
-        // One input: x is passed as both.
-        Ok((CpuStorage::F32(zip_map(x, x, |x, _| self.at(x).0)), xl.shape().clone()))
+        // One input: x is passed as both. The choice is made outside the loop, which then vectorises.
+        let y = match self.tanh {
+            true => zip_map(x, x, #[inline(always)] |x, _| gelu_tanh(x).0),
+            false => zip_map(x, x, #[inline(always)] |x, _| gelu_erf(x).0),
+        };
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _: &Tensor, g: &Tensor) -> CandleResult<Option<Tensor>> {
-        let dx = with_values(x, |x| with_values(g, |g| Ok(zip_map(x, g, |x, g| g * self.at(x).1))))?;
+        let dx = with_values(x, |x| {
+            with_values(g, |g| {
+                Ok(match self.tanh {
+                    true => zip_map(x, g, #[inline(always)] |x, g| g * gelu_tanh(x).1),
+                    false => zip_map(x, g, #[inline(always)] |x, g| g * gelu_erf(x).1),
+                })
+            })
+        })?;
         Ok(Some(new_tensor(dx, x.shape())?))
     }
 }
@@ -357,7 +380,7 @@ impl CustomOp1 for ScaleBy {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> CandleResult<(CpuStorage, Shape)> {
         let x = values(xs, xl)?;
-        Ok((CpuStorage::F32(zip_map(x, &self.0, |x, f| x * f)), xl.shape().clone()))
+        Ok((CpuStorage::F32(zip_map(x, &self.0, #[inline(always)] |x, f| x * f)), xl.shape().clone()))
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, g: &Tensor) -> CandleResult<Option<Tensor>> {
