@@ -109,14 +109,14 @@ fn linear(vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize) -> candle_
 
 /// A linear layer's weights, held in 8 bits where `int8`.
 fn project(linear: Linear, int8: bool) -> candle_core::Result<Projection> {
-    Projection::new(linear.weight().clone(), linear.bias().cloned(), int8)
+    Projection::batched(linear.weight().clone(), linear.bias().cloned(), int8)
 }
 
 /// Stacks linear layers that read the same input into one.
 fn fused(parts: &[Linear], int8: bool) -> candle_core::Result<Projection> {
     let weights: Vec<&Tensor> = parts.iter().map(Linear::weight).collect();
     let biases = parts.iter().map(|p| p.bias().cloned()).collect::<Option<Vec<Tensor>>>();
-    Projection::new(Tensor::cat(&weights, 0)?, biases.map(|b| Tensor::cat(&b, 0)).transpose()?, int8)
+    Projection::batched(Tensor::cat(&weights, 0)?, biases.map(|b| Tensor::cat(&b, 0)).transpose()?, int8)
 }
 
 fn layer_norm(vb: &VarBuilder, name: &str, dim: usize, eps: f64) -> candle_core::Result<LayerNorm> {
@@ -355,7 +355,7 @@ impl Head {
     pub fn weight_bytes(&self) -> usize {
         self.count(Projection::bytes, bytes, |decoder| match decoder {
             Projection::F32(l) => l.bias().map_or(0, bytes),
-            Projection::Int8 { .. } => decoder.bytes(),
+            Projection::Int8 { .. } | Projection::Vnni { .. } => decoder.bytes(),
         })
     }
 

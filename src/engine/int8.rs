@@ -1,7 +1,9 @@
 //! 8-bit weights: each run of 32 weights in a row is held as one f16 scale and 32 signed bytes (GGML's Q8_0),
 //! which candle multiplies with SIMD dot products. Settings ask for it: pg_ai.int8_decoders (GPT-2 and Llama
 //! read from safetensors), pg_ai.int8_encoders (BERT, DistilBERT, RoBERTa), and pg_ai.gguf_requantize for GGUF
-//! files whose weights candle can only multiply with a scalar loop (engine::gguf).
+//! files whose weights candle can only multiply with a scalar loop (engine::gguf). An encoder's layers, which
+//! multiply a whole batch of rows at once, take engine::vnni's 8-bit format instead where the CPU has AVX-512
+//! VNNI (`Projection::batched`).
 //!
 //! Why: a call on one row, and generating a token, reads every weight once, so on a CPU the bytes of the
 //! weights set the pace. Q8_0 holds a weight to within max|w|/254 of its block in 34 bytes where f32 takes 128:
@@ -10,10 +12,13 @@
 //! so the int8 settings are off by default (GGUF weights are quantized already: there it is on).
 
 use super::matvec::one_row_times;
+use super::train::ops::values;
+use super::vnni::VnniMatrix;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Module, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor, D};
 use candle_nn::Linear;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 static INT8_DECODERS: AtomicBool = AtomicBool::new(false);
 static INT8_ENCODERS: AtomicBool = AtomicBool::new(false);
@@ -86,6 +91,11 @@ pub enum Projection {
         padding: usize,
         extra_rows: usize,
     },
+    /// Asked for in 8 bits for many rows at once (an encoder's), on a CPU with AVX-512 VNNI: engine::vnni.
+    Vnni {
+        weight: Arc<VnniMatrix>,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Projection {
@@ -102,6 +112,17 @@ impl Projection {
         Ok(Projection::Int8 { weight: QMatMul::from_qtensor(quantize(&weight)?)?, bias, padding, extra_rows })
     }
 
+    /// For layers that multiply many rows at once (an encoder's over a batch of texts): in 8 bits as
+    /// engine::vnni holds them where the CPU has AVX-512 VNNI, else as `new` does with `int8`.
+    pub fn batched(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
+        if !int8 || !super::vnni::available() || !weight.device().is_cpu() {
+            return Self::new(weight, bias, int8);
+        }
+        let (n, k) = weight.dims2()?;
+        let values = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Projection::Vnni { weight: Arc::new(VnniMatrix::new(&values, n, k)), bias })
+    }
+
     /// Bytes of the weight and bias in memory.
     pub fn bytes(&self) -> usize {
         match self {
@@ -113,13 +134,14 @@ impl Projection {
                 };
                 w + bias.as_ref().map_or(0, bytes)
             }
+            Projection::Vnni { weight, bias } => weight.bytes() + bias.as_ref().map_or(0, bytes),
         }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
         match self {
             Projection::F32(l) => l.bias(),
-            Projection::Int8 { bias, .. } => bias.as_ref(),
+            Projection::Int8 { bias, .. } | Projection::Vnni { bias, .. } => bias.as_ref(),
         }
     }
 
@@ -134,6 +156,9 @@ impl Projection {
                 }
                 .expect("a projection's weight is a matrix");
                 (n - extra_rows) * (k - padding) + bias.as_ref().map_or(0, Tensor::elem_count)
+            }
+            Projection::Vnni { weight, bias } => {
+                weight.rows() * weight.columns() + bias.as_ref().map_or(0, Tensor::elem_count)
             }
         }
     }
@@ -164,7 +189,34 @@ impl Module for Projection {
                     None => Ok(y),
                 }
             }
+            Projection::Vnni { weight, bias } => {
+                let y = x.contiguous()?.apply_op1_no_bwd(&Times(weight.clone()))?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
         }
+    }
+}
+
+/// x (any leading dimensions, then k) times a VnniMatrix's transpose, as a candle op on the CPU.
+struct Times(Arc<VnniMatrix>);
+
+impl CustomOp1 for Times {
+    fn name(&self) -> &'static str {
+        "pg_ai-vnni-times"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = values(xs, xl)?;
+        let (leading, k) = xl.shape().dims().split_at(xl.shape().rank() - 1);
+        if k != [self.0.columns()] {
+            candle_core::bail!("pg_ai-vnni-times: rows of {k:?} for a weight of {} columns", self.0.columns());
+        }
+        let m = leading.iter().product();
+        let shape: Vec<usize> = leading.iter().copied().chain([self.0.rows()]).collect();
+        Ok((CpuStorage::F32(self.0.times(x, m)), Shape::from(shape)))
     }
 }
 

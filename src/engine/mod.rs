@@ -31,3 +31,4 @@ pub mod threads;
 pub mod timing;
 pub mod train;
 pub mod translator;
+pub mod vnni;
