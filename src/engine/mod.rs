@@ -2,6 +2,8 @@
 //! so all of it is tested with plain `cargo test`.
 
 pub mod allocator;
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod beam;
 pub mod chat;
 pub mod codec;
