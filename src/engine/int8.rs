@@ -113,14 +113,17 @@ impl Projection {
     }
 
     /// For layers that multiply many rows at once (an encoder's over a batch of texts): in 8 bits as
-    /// engine::vnni holds them where the CPU has AVX-512 VNNI, else as `new` does with `int8`.
+    /// engine::vnni holds them where the CPU has AVX-512 VNNI, else as `new` does with `int8`. Rows that
+    /// blocks of 128 would pad by more than half (k of 85 or less, or 129 to 170) also go to `new`.
     pub fn batched(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
-        if !int8 || !super::vnni::available() || !weight.device().is_cpu() {
+        let (n, k) = weight.dims2()?;
+        let padding = k.next_multiple_of(super::vnni::BLOCK) - k;
+        if !int8 || !super::vnni::available() || !weight.device().is_cpu() || padding > k / 2 {
             return Self::new(weight, bias, int8);
         }
-        let (n, k) = weight.dims2()?;
         let values = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Projection::Vnni { weight: Arc::new(VnniMatrix::new(&values, n, k)), bias })
+        let bias_values = bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
+        Ok(Projection::Vnni { weight: Arc::new(VnniMatrix::new(&values, n, k, bias_values.as_deref())), bias })
     }
 
     /// Bytes of the weight and bias in memory.
@@ -134,7 +137,8 @@ impl Projection {
                 };
                 w + bias.as_ref().map_or(0, bytes)
             }
-            Projection::Vnni { weight, bias } => weight.bytes() + bias.as_ref().map_or(0, bytes),
+            // The matrix holds its own copy of the bias, which it adds.
+            Projection::Vnni { weight, .. } => weight.bytes(),
         }
     }
 
@@ -189,18 +193,12 @@ impl Module for Projection {
                     None => Ok(y),
                 }
             }
-            Projection::Vnni { weight, bias } => {
-                let y = x.contiguous()?.apply_op1_no_bwd(&Times(weight.clone()))?;
-                match bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                }
-            }
+            Projection::Vnni { weight, .. } => x.contiguous()?.apply_op1_no_bwd(&Times(weight.clone())),
         }
     }
 }
 
-/// x (any leading dimensions, then k) times a VnniMatrix's transpose, as a candle op on the CPU.
+/// x (any leading dimensions, then k) times a VnniMatrix's transpose plus its bias, as a candle op on the CPU.
 struct Times(Arc<VnniMatrix>);
 
 impl CustomOp1 for Times {
