@@ -317,46 +317,27 @@ trait Elementwise {
     fn at(a: f32, b: f32) -> f32;
 }
 
-/// GELU by erf at a (b unused), its gradient times b, the same by the tanh approximation, and a times b.
-struct ErfValue;
-struct ErfGradient;
-struct TanhValue;
-struct TanhGradient;
-struct Product;
+/// Declares unit types that implement Elementwise with the given body of `at(a, b)`.
+macro_rules! elementwise {
+    ($($name:ident($a:ident, $b:ident) => $body:expr;)*) => {$(
+        struct $name;
 
-impl Elementwise for ErfValue {
-    #[inline(always)]
-    fn at(x: f32, _: f32) -> f32 {
-        gelu_erf(x).0
-    }
+        impl Elementwise for $name {
+            #[inline(always)]
+            fn at($a: f32, $b: f32) -> f32 {
+                $body
+            }
+        }
+    )*};
 }
 
-impl Elementwise for ErfGradient {
-    #[inline(always)]
-    fn at(x: f32, g: f32) -> f32 {
-        g * gelu_erf(x).1
-    }
-}
-
-impl Elementwise for TanhValue {
-    #[inline(always)]
-    fn at(x: f32, _: f32) -> f32 {
-        gelu_tanh(x).0
-    }
-}
-
-impl Elementwise for TanhGradient {
-    #[inline(always)]
-    fn at(x: f32, g: f32) -> f32 {
-        g * gelu_tanh(x).1
-    }
-}
-
-impl Elementwise for Product {
-    #[inline(always)]
-    fn at(a: f32, b: f32) -> f32 {
-        a * b
-    }
+// GELU by erf at x (the second value unused), its gradient times g, the same by the tanh approximation, a times b.
+elementwise! {
+    ErfValue(x, _unused) => gelu_erf(x).0;
+    ErfGradient(x, g) => g * gelu_erf(x).1;
+    TanhValue(x, _unused) => gelu_tanh(x).0;
+    TanhGradient(x, g) => g * gelu_tanh(x).1;
+    Product(a, b) => a * b;
 }
 
 /// Elements a parallel task of an element-wise op takes.
