@@ -3,11 +3,12 @@
 //! Why: the extension is built for any x86-64, where LLVM may only use SSE2 (4 floats a vector), and a build for
 //! one CPU (target-cpu=native) would crash on another. A loop passed to `widest` is compiled once more inside a
 //! function allowed AVX-512 (16 floats) and once inside one allowed AVX2 and FMA (8 floats); the CPU's features
-//! pick one. Element-wise loops (GELU, softmax, norms) ran 4 floats at a time before: GELU alone took 15% of an
-//! array embed in 8 bits (perf, examples of benches/encoder.rs).
+//! pick one. Used by the fused ops' element-wise loops (GELU, dropout) and engine::vnni's rounding of inputs; in
+//! SSE2, GELU alone took 15% of an 8-bit array embed of MiniLM (perf). Softmax and the norms do not use it yet.
 
-/// Runs `f`, compiled for the widest vector instructions this CPU has. `f` must be a loop LLVM can vectorise
-/// (plain arithmetic, no calls into the C library) to gain anything.
+/// Runs `f`, compiled for the widest vector instructions this CPU has. `f` must be a closure marked
+/// `#[inline(always)]` (else LLVM may leave it a call, compiled for SSE2) around a loop LLVM can vectorise (plain
+/// arithmetic, no calls into the C library, and no closures or function values called inside: see ops' zip_map).
 #[inline(always)]
 pub fn widest<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
