@@ -7,7 +7,7 @@
 //! AMX. A thread's tile configuration is saved before and restored after each block, so other code in the
 //! process using the tiles with its own (candle's GGUF kernels) is left as it was.
 
-use super::vnni::{VnniMatrix, BLOCK, TILE};
+use super::vnni::{add_block, VnniMatrix, BLOCK, TILE};
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -124,12 +124,8 @@ unsafe fn pair(
     let b0 = matrix.packed.as_ptr().add(tile0 * tile_bytes);
     // A single tile multiplies its weights twice; the second half is not stored.
     let b1 = if tiles == 2 { b0.add(tile_bytes) } else { b0 };
-    let mut totals = [[_mm512_setzero_ps(); 2]; ROWS];
-    for totals in totals.iter_mut() {
-        for (t, total) in totals.iter_mut().enumerate().take(tiles) {
-            *total = _mm512_loadu_ps(matrix.bias.as_ptr().add((tile0 + t) * TILE));
-        }
-    }
+    // A single tile's second column of totals is never stored; it starts from the first's bias.
+    let mut totals = [[matrix.tile_bias(tile0), matrix.tile_bias(tile0 + tiles - 1)]; ROWS];
     for b in 0..blocks {
         // Two steps of 64 values make one block of 128; weights advance 64 bytes per group of 4 values.
         let (k0, g0) = (b * BLOCK, b * BLOCK / 4 * 64);
@@ -169,15 +165,11 @@ unsafe fn pair(
             options(nostack)
         );
         for t in 0..tiles {
-            let at = ((tile0 + t) * blocks + b) * TILE;
-            let scale = _mm512_loadu_ps(matrix.scales.as_ptr().add(at));
-            let offset = _mm512_loadu_si512(matrix.offsets.as_ptr().add(at) as *const _);
+            let (scale, offset) = matrix.block_weights(tile0 + t, b);
             for (r, totals) in totals.iter_mut().enumerate().take(rows) {
                 // sums: tile (r / 16) * 2 + t, its row r % 16.
                 let sum = _mm512_loadu_si512(sums.0.as_ptr().add(((r / 16) * 2 + t) * 256 + (r % 16) * 16) as *const _);
-                let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, offset));
-                let x_scale = _mm512_set1_ps(input_scales[(row0 + r) * blocks + b]);
-                totals[t] = _mm512_fmadd_ps(exact, _mm512_mul_ps(scale, x_scale), totals[t]);
+                totals[t] = add_block(totals[t], sum, scale, offset, input_scales[(row0 + r) * blocks + b]);
             }
         }
     }

@@ -1,4 +1,4 @@
-//! exp, tanh and erf for f32 in plain arithmetic, so that loops over them vectorise. The C library's expf,
+//! exp, tanh, erf and rounding for f32 in plain arithmetic, so that loops over them vectorise. The C library's expf,
 //! tanhf and erff are calls LLVM cannot vectorise; in training they took a tenth of all CPU time (perf,
 //! benches/train.rs: expm1f, tanhf, expf and erff, for softmax, the cross-entropy and GELU).
 //!
@@ -13,9 +13,6 @@ pub fn exp(x: f32) -> f32 {
     // ln 2 split in two so that n * LN2_HI is exact for the n that occur.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 * 2^23: adding and taking it away rounds to the nearest integer in two additions (f32::round is a
-    // call into the C library, which would stop the loop vectorising).
-    const ROUND: f32 = 12_582_912.0;
     let clamped = x.clamp(-87.3, 88.7);
     let rounded = clamped * LOG2_E + ROUND;
     let n = rounded - ROUND;
@@ -41,6 +38,17 @@ pub fn exp(x: f32) -> f32 {
     } else {
         y
     }
+}
+
+/// 1.5 * 2^23: adding and taking it away rounds an f32 under 2^22 to the nearest integer, ties to even, in two
+/// additions (f32::round is a call into the C library, which would stop the loop vectorising); the integer then
+/// sits in the low bits of the sum.
+const ROUND: f32 = 12_582_912.0;
+
+/// x rounded to the nearest integer, ties to even, for |x| < 2^22 (see ROUND), in plain arithmetic.
+#[inline(always)]
+pub fn round_to_i32(x: f32) -> i32 {
+    ((x + ROUND).to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32)
 }
 
 /// tanh(x) = 1 - 2 / (e^2x + 1): exact at the extremes, 2e-7 absolute near 0 (not relative, which GELU, its
@@ -75,6 +83,15 @@ mod tests {
         assert!(worst < 2e-7, "{worst}");
         assert_eq!([exp(0.0), exp(f32::NEG_INFINITY), exp(-100.0), exp(100.0)], [1.0, 0.0, 0.0, f32::INFINITY]);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn round_to_i32_rounds_ties_to_even() {
+        let cases = [(0.0, 0), (0.49, 0), (0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (-126.6, -127)];
+        for (x, want) in cases {
+            assert_eq!(round_to_i32(x), want, "{x}");
+        }
+        assert_eq!(round_to_i32(4_194_303.0), 4_194_303);
     }
 
     #[test]

@@ -56,14 +56,19 @@ impl Int8 {
 fn tiled_shape(n: usize, k: usize) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     if k.is_multiple_of(GgmlDType::Q8_0.block_size()) {
-        let vnni = (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
-            || is_x86_feature_detected!("avxvnni");
-        let padded = k.div_ceil(256) * 256;
-        if vnni && padded - k <= k / 2 {
+        let vnni = super::vnni::available() || is_x86_feature_detected!("avxvnni");
+        if let Some(padded) = padded_by_at_most_half(k, 256).filter(|_| vnni) {
             return (n.next_multiple_of(16), padded);
         }
     }
     (n, k)
+}
+
+/// Rows of `k` padded to whole blocks of `block`, unless that would add more than half of `k`: short rows lose
+/// more to the padding than the blocked kernels win.
+fn padded_by_at_most_half(k: usize, block: usize) -> Option<usize> {
+    let padded = k.next_multiple_of(block);
+    (padded - k <= k / 2).then_some(padded)
 }
 
 /// Bytes a tensor holds in memory.
@@ -117,8 +122,8 @@ impl Projection {
     /// blocks of 128 would pad by more than half (k of 85 or less, or 129 to 170) also go to `new`.
     pub fn batched(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         let (n, k) = weight.dims2()?;
-        let padding = k.next_multiple_of(super::vnni::BLOCK) - k;
-        if !int8 || !super::vnni::available() || !weight.device().is_cpu() || padding > k / 2 {
+        let blocks_fit = padded_by_at_most_half(k, super::vnni::BLOCK).is_some();
+        if !int8 || !super::vnni::available() || !weight.device().is_cpu() || !blocks_fit {
             return Self::new(weight, bias, int8);
         }
         let values = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;

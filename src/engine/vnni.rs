@@ -12,6 +12,7 @@
 //! The instruction, vpdpbusd, multiplies unsigned bytes by signed ones: inputs are held offset by +128, and 128
 //! times each block's sum of weights, kept per row, is taken away again.
 
+use crate::engine::fast_math::round_to_i32;
 use rayon::prelude::*;
 
 /// Values along k that share one scale, for weights and inputs alike.
@@ -43,19 +44,10 @@ pub struct VnniMatrix {
     pub(super) k_padded: usize,
     pub(super) packed: Vec<i8>,
     /// Per tile, per block, per row of the tile: the scale, and 128 times the sum of the block's bytes.
-    pub(super) scales: Vec<f32>,
-    pub(super) offsets: Vec<i32>,
+    scales: Vec<f32>,
+    offsets: Vec<i32>,
     /// Added to each output row: n values, then zeros to a whole tile.
-    pub(super) bias: Vec<f32>,
-}
-
-/// Rounds to the nearest integer, ties to even, in plain arithmetic: adding and taking away 1.5 * 2^23 leaves
-/// the integer, whose bits then sit in the low bits of the sum (f32::round is a C library call, which stops
-/// the loop vectorising). For |v| < 2^22.
-#[inline(always)]
-fn round_to_i32(v: f32) -> i32 {
-    const ROUND: f32 = 12_582_912.0;
-    ((v + ROUND).to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32)
+    bias: Vec<f32>,
 }
 
 /// One block's scale (its largest magnitude over 127) and 1 / scale, 0 for a block of zeros.
@@ -246,12 +238,7 @@ impl VnniMatrix {
         let tile_bytes = TILE * k_padded;
         let weights = self.packed.as_ptr().add(block.tile0 * tile_bytes);
         let input = inputs.as_ptr().add(block.row0 * k_padded);
-        let mut totals = [[_mm512_setzero_ps(); T]; R];
-        for totals in totals.iter_mut() {
-            for (t, total) in totals.iter_mut().enumerate() {
-                *total = _mm512_loadu_ps(self.bias.as_ptr().add((block.tile0 + t) * TILE));
-            }
-        }
+        let mut totals = [std::array::from_fn::<_, T, _>(|t| self.tile_bias(block.tile0 + t)); R];
         for b in 0..blocks {
             let mut sums = [[_mm512_setzero_si512(); T]; R];
             for g in b * BLOCK / 4..(b + 1) * BLOCK / 4 {
@@ -267,13 +254,10 @@ impl VnniMatrix {
                 }
             }
             for t in 0..T {
-                let at = ((block.tile0 + t) * blocks + b) * TILE;
-                let scale = _mm512_loadu_ps(self.scales.as_ptr().add(at));
-                let offset = _mm512_loadu_si512(self.offsets.as_ptr().add(at) as *const _);
+                let (scale, offset) = self.block_weights(block.tile0 + t, b);
                 for r in 0..R {
-                    let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[r][t], offset));
-                    let x_scale = _mm512_set1_ps(input_scales[(block.row0 + r) * blocks + b]);
-                    totals[r][t] = _mm512_fmadd_ps(exact, _mm512_mul_ps(scale, x_scale), totals[r][t]);
+                    let x_scale = input_scales[(block.row0 + r) * blocks + b];
+                    totals[r][t] = add_block(totals[r][t], sums[r][t], scale, offset, x_scale);
                 }
             }
         }
@@ -283,6 +267,48 @@ impl VnniMatrix {
             }
         }
     }
+}
+
+// What the AVX-512 kernel and AMX's (engine::amx) do alike with their integer sums, so that both give the same
+// answers to the bit.
+#[cfg(target_arch = "x86_64")]
+impl VnniMatrix {
+    /// The 16 bias values of a tile: where its outputs' totals start.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn tile_bias(&self, tile: usize) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(self.bias.as_ptr().add(tile * TILE))
+    }
+
+    /// The 16 rows' scales and offsets (128 times their bytes' sum) of a tile in block b.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn block_weights(
+        &self,
+        tile: usize,
+        b: usize,
+    ) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512i) {
+        use std::arch::x86_64::*;
+        let at = (tile * (self.k_padded / BLOCK) + b) * TILE;
+        (_mm512_loadu_ps(self.scales.as_ptr().add(at)), _mm512_loadu_si512(self.offsets.as_ptr().add(at) as *const _))
+    }
+}
+
+/// `total` plus one block's share of 16 outputs: the integer sums less the offsets, times the weights' scales and
+/// the input row's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn add_block(
+    total: std::arch::x86_64::__m512,
+    sums: std::arch::x86_64::__m512i,
+    scale: std::arch::x86_64::__m512,
+    offset: std::arch::x86_64::__m512i,
+    input_scale: f32,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, offset));
+    _mm512_fmadd_ps(exact, _mm512_mul_ps(scale, _mm512_set1_ps(input_scale)), total)
 }
 
 /// Input rows row0.. and weight tiles tile0.. that one task multiplies.
