@@ -3,14 +3,18 @@
 //!     scripts/fetch-smollm2.sh && cargo bench --bench generate
 //!
 //! SmolLM2-135M-Instruct (GGUF Q4_1), GPT-2 and SmolLM2 sizes in f32 and int8, the tiny fixture GPT-2, and the
-//! fixture T5 translating (greedy and 3 beams). PG_AI_THREADS sets the threads. benches/generate_transformers.py measures transformers on the
-//! same fixtures and inputs; benches/generate.sh runs both and prints the ratios.
+//! fixture T5 translating (greedy and 3 beams). PG_AI_THREADS sets the threads. benches/generate_transformers.py
+//! measures transformers on the same fixtures and inputs; benches/generate.sh runs both and prints the ratios.
+//!
+//! A generated token reads every weight once, so generation is bounded by how fast the machine reads memory: the
+//! bench measures that first and prints, for each model, the rate at which its generation read its weights.
 
 use pg_ai::engine::files::ModelFiles;
 use pg_ai::engine::generate::Decoder;
 use pg_ai::engine::int8::Int8;
 use pg_ai::engine::model::AnyModel;
 use pg_ai::engine::translator::TranslateOptions;
+use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -39,7 +43,8 @@ fn bench(name: &str, source: &str, prompt: &str, new_tokens: usize, int8: bool) 
         logits = session.next_logits(&[next]).unwrap();
     }
     let generation_time = started.elapsed();
-    println!("{name}");
+    let weights = loaded.memory_bytes() as f64;
+    println!("{name}, {:.0} MB of weights", weights / 1e6);
     println!(
         "  prompt: {} tokens in {:.1} ms, {:.0} tokens/s",
         prompt.len(),
@@ -47,9 +52,10 @@ fn bench(name: &str, source: &str, prompt: &str, new_tokens: usize, int8: bool) 
         prompt.len() as f64 / prompt_time.as_secs_f64()
     );
     println!(
-        "  generation: {n} tokens in {:.1} ms, {:.1} tokens/s",
+        "  generation: {n} tokens in {:.1} ms, {:.1} tokens/s, weights read at {:.1} GB/s",
         generation_time.as_secs_f64() * 1e3,
-        n as f64 / generation_time.as_secs_f64()
+        n as f64 / generation_time.as_secs_f64(),
+        weights * n as f64 / generation_time.as_secs_f64() / 1e9
     );
 }
 
@@ -78,11 +84,42 @@ fn bench_translate(name: &str, dir: &str, num_beams: usize) {
     println!("  translation: {tokens} tokens in {:.1} ms, {:.0} tokens/s", time * 1e3, tokens as f64 / time);
 }
 
+/// GB/s at which the threads read memory: the best of 5 sums of 1 GiB of f32, far beyond the caches.
+fn memory_read_bandwidth() -> f64 {
+    let values = vec![1f32; 1 << 28];
+    let best = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            let sum: f32 = values
+                .par_chunks(1 << 16)
+                .map(|chunk| {
+                    pg_ai::engine::simd::widest(
+                        #[inline(always)]
+                        || {
+                            let mut sums = [0f32; 16];
+                            for block in chunk.chunks_exact(16) {
+                                for i in 0..16 {
+                                    sums[i] += block[i];
+                                }
+                            }
+                            sums.iter().sum::<f32>()
+                        },
+                    )
+                })
+                .sum();
+            assert_eq!(sum, values.len() as f32);
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min);
+    (values.len() * 4) as f64 / best / 1e9
+}
+
 fn main() {
     let threads = std::env::var("PG_AI_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
     // As a backend does with the default pg_ai.keep_freed_memory.
     pg_ai::engine::allocator::keep_freed_memory(pg_ai::engine::allocator::DEFAULT_KEEP_FREED);
     pg_ai::engine::threads::configure(threads);
+    println!("memory read: {:.1} GB/s ({} threads)", memory_read_bandwidth(), rayon::current_num_threads());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let smollm2 = root.join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if smollm2.is_file() {
