@@ -9,7 +9,7 @@
 use super::config::{Family, ModelConfig};
 use super::error::{AiError, Result};
 use super::int8::{bytes, Projection};
-use super::timing::{time, Phase};
+use super::timing::forward;
 use super::train::ops::{attention, Gelu, Heads, Span};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
@@ -252,7 +252,7 @@ impl Encoder {
 
     /// Last hidden states, (batch, seq, hidden).
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
-        time(Phase::Forward, || self.hidden_states(batch))
+        forward(|| self.hidden_states(batch))
     }
 
     fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
@@ -464,7 +464,7 @@ impl Head {
         let Head::MaskedLm { transform, act, norm, decoder, .. } = self else {
             return Err(AiError::internal("not a masked-LM head"));
         };
-        time(Phase::Forward, || Ok(decoder.forward(&norm.forward(&act.apply(&transform.forward(hidden)?)?)?)?))
+        forward(|| Ok(decoder.forward(&norm.forward(&act.apply(&transform.forward(hidden)?)?)?)?))
     }
 
     /// Sequence logits from the first token's hidden state, (batch, seq, hidden) -> (batch, labels).
@@ -472,7 +472,7 @@ impl Head {
         let Head::SequenceClassifier { pre, out } = self else {
             return Err(AiError::internal("not a sequence-classification head"));
         };
-        time(Phase::Forward, || {
+        forward(|| {
             let mut x = hidden.narrow(1, 0, 1)?.squeeze(1)?;
             if let Some((dense, act)) = pre {
                 x = act.apply(&dense.forward(&x)?)?;
@@ -486,7 +486,7 @@ impl Head {
         let Head::TokenClassifier { out } = self else {
             return Err(AiError::internal("not a token-classification head"));
         };
-        time(Phase::Forward, || Ok(out.forward(hidden)?))
+        forward(|| Ok(out.forward(hidden)?))
     }
 }
 

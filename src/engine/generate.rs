@@ -2,7 +2,7 @@
 //! max_tokens, or where a stop string appears; pieces come out as valid UTF-8 as they are made.
 
 use super::error::{AiError, Result};
-use super::timing::{time, Phase};
+use super::timing::forward;
 use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use std::collections::VecDeque;
@@ -83,7 +83,7 @@ fn rand_seed() -> u64 {
 }
 
 /// A decoder that returns the next-token logits after feeding more tokens.
-pub trait Decoder {
+pub trait Decoder: Send {
     /// Forgets earlier calls' tokens.
     fn reset(&mut self) -> Result<()>;
     /// The most tokens, prompt and generated together, the model can attend to.
@@ -208,7 +208,8 @@ impl<'m> Generation<'m> {
             return self.finish();
         }
         self.tokens_left -= 1;
-        let mut logits = time(Phase::Forward, || self.decoder.next_logits(&self.input))?;
+        let (decoder, input) = (&mut self.decoder, &self.input);
+        let mut logits = forward(|| decoder.next_logits(input))?;
         if self.repetition_penalty != 1.0 {
             let seen: Vec<u32> = self.prompt_ids.iter().chain(&self.generated).copied().collect();
             logits = candle_transformers::utils::apply_repeat_penalty(&logits, self.repetition_penalty, &seen)?;

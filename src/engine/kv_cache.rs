@@ -39,7 +39,7 @@ impl KvCache {
 }
 
 /// A decoder that keeps its keys and values in a KvCache (GPT-2, the 8-bit Llama).
-pub trait CachedDecoder {
+pub trait CachedDecoder: Sync {
     /// The most tokens, prompt and generated together, it attends to.
     fn context(&self) -> usize;
     /// Feeds `ids` after the tokens in `cache` and returns the logits of the last one, (vocab).

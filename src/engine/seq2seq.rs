@@ -8,7 +8,7 @@ use candle_nn::ops::softmax_last_dim;
 use serde_json::Value;
 
 /// An encoder-decoder model, fed one decoder token per row and step.
-pub trait Seq2Seq {
+pub trait Seq2Seq: Sync {
     /// Encoder states (rows, source, hidden) of padded `ids` (rows, source); `mask` is 1 for real tokens.
     fn encode(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor>;
     /// Next-token logits (rows, vocab) after feeding `tokens` (rows, 1) behind the tokens in `cache`.

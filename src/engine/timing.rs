@@ -32,3 +32,8 @@ pub fn time<T>(phase: Phase, f: impl FnOnce() -> T) -> T {
 pub fn take() -> [Duration; 3] {
     SPENT.with(|s| s.replace([Duration::ZERO; 3]))
 }
+
+/// A model's forward pass: timed under Forward, and run on the compute threads (threads::in_pool says why).
+pub fn forward<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    time(Phase::Forward, || super::threads::in_pool(f))
+}

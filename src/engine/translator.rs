@@ -10,7 +10,7 @@ use super::seq2seq::{token_column, DecoderCache, GenerationSettings, Memory, Seq
 use super::t5::T5;
 use super::tasks::in_batches;
 use super::text::TextTokenizer;
-use super::timing::{time, Phase};
+use super::timing::forward;
 use candle_core::{Device, Tensor, D};
 use serde_json::Value;
 
@@ -177,8 +177,7 @@ impl Translator {
         };
         let encodings = inputs.iter().map(|t| self.tokenizer.encode_whole(t)).collect::<Result<Vec<_>>>()?;
         in_batches(&self.tokenizer, &encodings, &mut || {}, |_, batch| {
-            let memory =
-                Memory::new(time(Phase::Forward, || self.model.encode(&batch.ids, &batch.mask))?, &batch.mask)?;
+            let memory = Memory::new(forward(|| self.model.encode(&batch.ids, &batch.mask))?, &batch.mask)?;
             if options.num_beams == 1 {
                 self.greedy(memory, options.max_tokens, between)
             } else {
@@ -191,7 +190,7 @@ impl Translator {
     pub fn step_logits(&self, input: &str, prefix: &[u32]) -> Result<Vec<Vec<f32>>> {
         let encoding = self.tokenizer.encode_whole(input)?;
         let batch = self.tokenizer.batch(&[&encoding])?;
-        let memory = Memory::new(time(Phase::Forward, || self.model.encode(&batch.ids, &batch.mask))?, &batch.mask)?;
+        let memory = Memory::new(forward(|| self.model.encode(&batch.ids, &batch.mask))?, &batch.mask)?;
         let mut cache = DecoderCache::new(self.model.layers());
         let mut out = Vec::new();
         for &token in prefix {
@@ -208,7 +207,7 @@ impl Translator {
         let mut cache = DecoderCache::new(self.model.layers());
         for step in 0..max_tokens {
             between();
-            let logits = time(Phase::Forward, || self.model.decode_step(&token_column(&tokens)?, &memory, &mut cache))?;
+            let logits = forward(|| self.model.decode_step(&token_column(&tokens)?, &memory, &mut cache))?;
             let next: Vec<u32> =
                 self.settings.process(&logits, step + 1 == max_tokens)?.argmax(D::Minus1)?.to_vec1()?;
             let mut keep = Vec::with_capacity(active.len());
@@ -250,7 +249,7 @@ impl Translator {
         let mut cache = DecoderCache::new(self.model.layers());
         for step in 0..options.max_tokens {
             between();
-            let logits = time(Phase::Forward, || self.model.decode_step(&token_column(&tokens)?, &memory, &mut cache))?;
+            let logits = forward(|| self.model.decode_step(&token_column(&tokens)?, &memory, &mut cache))?;
             let vocab = logits.dim(1)?;
             let scores =
                 s.process(&candle_nn::ops::log_softmax(&logits, D::Minus1)?, step + 1 == options.max_tokens)?;

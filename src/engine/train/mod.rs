@@ -148,7 +148,7 @@ pub struct TrainOutcome {
 }
 
 /// A model being trained: its parameters and the logits its loss compares with the batch's targets.
-pub trait Trainable {
+pub trait Trainable: Sync {
     fn params(&self) -> &Params;
     /// Logits for the batch's targets: (targets, vocab) for token targets, (rows, labels) for labels.
     /// Dropout applies when `dropout` is given.

@@ -13,6 +13,7 @@ use super::row_file::Rows;
 use super::tokenizer::TrainTokenizer;
 use super::{Objective, Progress, StepReport, Trainable};
 use crate::engine::error::{AiError, Result};
+use crate::engine::threads;
 use candle_core::D;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -187,18 +188,22 @@ impl Job<'_> {
                 progress.check()?;
                 let rows: Vec<Row> = chunk.iter().map(|&i| train.get(i)).collect::<Result<_>>()?;
                 let batch = self.batch(&rows.iter().collect::<Vec<_>>(), &mut mask_rng)?;
-                let loss = self.model.loss(&batch, Some(&mut dropout))?;
-                let loss_value = loss.to_scalar::<f32>()? as f64;
-                if !loss_value.is_finite() {
-                    return Err(AiError::invalid(format!("the loss became {loss_value} at step {}", step + 1))
-                        .with_hint("Lower learning_rate."));
-                }
-                let mut grads = Gradients::of(params, &loss)?;
-                if o.max_grad_norm > 0.0 {
-                    grads.clip(o.max_grad_norm)?;
-                }
                 let lr = linear_schedule(self.learning_rate, step, warmup, total);
-                optimizer.step(params, &grads, lr)?;
+                // On the compute threads, as inference is (threads::in_pool).
+                let loss_value = threads::in_pool(|| -> Result<f64> {
+                    let loss = self.model.loss(&batch, Some(&mut dropout))?;
+                    let loss_value = loss.to_scalar::<f32>()? as f64;
+                    if !loss_value.is_finite() {
+                        return Err(AiError::invalid(format!("the loss became {loss_value} at step {}", step + 1))
+                            .with_hint("Lower learning_rate."));
+                    }
+                    let mut grads = Gradients::of(params, &loss)?;
+                    if o.max_grad_norm > 0.0 {
+                        grads.clip(o.max_grad_norm)?;
+                    }
+                    optimizer.step(params, &grads, lr)?;
+                    Ok(loss_value)
+                })?;
                 step += 1;
                 tokens += batch.tokens();
                 window_loss += loss_value;
