@@ -3,7 +3,7 @@
 //! read from safetensors), pg_ai.int8_encoders (BERT, DistilBERT, RoBERTa), and pg_ai.gguf_requantize for GGUF
 //! files whose weights candle can only multiply with a scalar loop (engine::gguf). An encoder's layers, which
 //! multiply a whole batch of rows at once, take engine::vnni's 8-bit format instead where the CPU has AVX-512
-//! VNNI (`Projection::batched`).
+//! VNNI (`Projection::batched`); in f32 they take engine::packed's packed weights where the CPU has AVX-512.
 //!
 //! Why: a call on one row, and generating a token, reads every weight once, so on a CPU the bytes of the
 //! weights set the pace. Q8_0 holds a weight to within max|w|/254 of its block in 34 bytes where f32 takes 128:
@@ -12,6 +12,7 @@
 //! so the int8 settings are off by default (GGUF weights are quantized already: there it is on).
 
 use super::matvec::one_row_times;
+use super::packed::PackedMatrix;
 use super::train::ops::values;
 use super::vnni::VnniMatrix;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -101,6 +102,11 @@ pub enum Projection {
         weight: Arc<VnniMatrix>,
         bias: Option<Tensor>,
     },
+    /// In f32 for many rows at once (an encoder's), on a CPU with AVX-512: engine::packed.
+    Packed {
+        weight: Arc<PackedMatrix>,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Projection {
@@ -118,17 +124,24 @@ impl Projection {
     }
 
     /// For layers that multiply many rows at once (an encoder's over a batch of texts): in 8 bits as
-    /// engine::vnni holds them where the CPU has AVX-512 VNNI, else as `new` does with `int8`. Rows that
-    /// blocks of 128 would pad by more than half (k of 85 or less, or 129 to 170) also go to `new`.
+    /// engine::vnni holds them where the CPU has AVX-512 VNNI, in f32 as engine::packed holds them where it has
+    /// AVX-512, else as `new` does. Rows that blocks of 128 would pad by more than half (k of 85 or less, or 129
+    /// to 170) also go to `new` in 8 bits.
     pub fn batched(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         let (n, k) = weight.dims2()?;
         let blocks_fit = padded_by_at_most_half(k, super::vnni::BLOCK).is_some();
-        if !int8 || !super::vnni::available() || !weight.device().is_cpu() || !blocks_fit {
+        let vnni = int8 && super::vnni::available() && blocks_fit;
+        let packed = !int8 && super::packed::available();
+        if !(vnni || packed) || !weight.device().is_cpu() {
             return Self::new(weight, bias, int8);
         }
         let values = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let bias_values = bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
-        Ok(Projection::Vnni { weight: Arc::new(VnniMatrix::new(&values, n, k, bias_values.as_deref())), bias })
+        let bias_values = bias_values.as_deref();
+        Ok(match vnni {
+            true => Projection::Vnni { weight: Arc::new(VnniMatrix::new(&values, n, k, bias_values)), bias },
+            false => Projection::Packed { weight: Arc::new(PackedMatrix::new(&values, n, k, bias_values)), bias },
+        })
     }
 
     /// Bytes of the weight and bias in memory.
@@ -144,13 +157,16 @@ impl Projection {
             }
             // The matrix holds its own copy of the bias, which it adds.
             Projection::Vnni { weight, .. } => weight.bytes(),
+            Projection::Packed { weight, .. } => weight.bytes(),
         }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
         match self {
             Projection::F32(l) => l.bias(),
-            Projection::Int8 { bias, .. } | Projection::Vnni { bias, .. } => bias.as_ref(),
+            Projection::Int8 { bias, .. } | Projection::Vnni { bias, .. } | Projection::Packed { bias, .. } => {
+                bias.as_ref()
+            }
         }
     }
 
@@ -167,6 +183,9 @@ impl Projection {
                 (n - extra_rows) * (k - padding) + bias.as_ref().map_or(0, Tensor::elem_count)
             }
             Projection::Vnni { weight, bias } => {
+                weight.rows() * weight.columns() + bias.as_ref().map_or(0, Tensor::elem_count)
+            }
+            Projection::Packed { weight, bias } => {
                 weight.rows() * weight.columns() + bias.as_ref().map_or(0, Tensor::elem_count)
             }
         }
@@ -199,23 +218,53 @@ impl Module for Projection {
                 }
             }
             Projection::Vnni { weight, .. } => x.contiguous()?.apply_op1_no_bwd(&Times(weight.clone())),
+            Projection::Packed { weight, .. } => x.contiguous()?.apply_op1_no_bwd(&Times(weight.clone())),
         }
     }
 }
 
-/// x (any leading dimensions, then k) times a VnniMatrix's transpose plus its bias, as a candle op on the CPU.
-struct Times(Arc<VnniMatrix>);
+/// A weight held for many rows at once: engine::vnni's and engine::packed's.
+trait Batched: Send + Sync {
+    const NAME: &'static str;
+    fn rows(&self) -> usize;
+    fn columns(&self) -> usize;
+    /// x (m rows of `columns`) times the weight's transpose plus its bias: m rows of `rows`.
+    fn times(&self, x: &[f32], m: usize) -> Vec<f32>;
+}
 
-impl CustomOp1 for Times {
+/// Hands the trait's methods to the matrix's own.
+macro_rules! batched {
+    ($matrix:ty, $name:literal) => {
+        impl Batched for $matrix {
+            const NAME: &'static str = $name;
+            fn rows(&self) -> usize {
+                <$matrix>::rows(self)
+            }
+            fn columns(&self) -> usize {
+                <$matrix>::columns(self)
+            }
+            fn times(&self, x: &[f32], m: usize) -> Vec<f32> {
+                <$matrix>::times(self, x, m)
+            }
+        }
+    };
+}
+batched!(VnniMatrix, "pg_ai-vnni-times");
+batched!(PackedMatrix, "pg_ai-packed-times");
+
+/// x (any leading dimensions, then k) times a batched weight's transpose plus its bias, as a candle op on the CPU.
+struct Times<M>(Arc<M>);
+
+impl<M: Batched> CustomOp1 for Times<M> {
     fn name(&self) -> &'static str {
-        "pg_ai-vnni-times"
+        M::NAME
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = values(xs, xl)?;
         let (leading, k) = xl.shape().dims().split_at(xl.shape().rank() - 1);
         if k != [self.0.columns()] {
-            candle_core::bail!("pg_ai-vnni-times: rows of {k:?} for a weight of {} columns", self.0.columns());
+            candle_core::bail!("{}: rows of {k:?} for a weight of {} columns", M::NAME, self.0.columns());
         }
         let m = leading.iter().product();
         let shape: Vec<usize> = leading.iter().copied().chain([self.0.rows()]).collect();

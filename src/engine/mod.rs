@@ -23,6 +23,7 @@ pub mod llama_projected;
 pub mod marian;
 pub mod matvec;
 pub mod model;
+pub mod packed;
 pub mod pooling;
 pub mod seq2seq;
 pub mod simd;

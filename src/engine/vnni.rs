@@ -62,11 +62,7 @@ impl VnniMatrix {
     /// `weight` holds n rows of k values, row after row; `bias`, if any, n values.
     pub fn new(weight: &[f32], n: usize, k: usize, bias: Option<&[f32]>) -> VnniMatrix {
         assert_eq!(weight.len(), n * k, "a weight of n rows of k");
-        let mut padded_bias = vec![0f32; n.next_multiple_of(TILE)];
-        if let Some(bias) = bias {
-            assert_eq!(bias.len(), n, "a bias of n values");
-            padded_bias[..n].copy_from_slice(bias);
-        }
+        let padded_bias = tile_bias_values(bias, n);
         let k_padded = k.div_ceil(BLOCK) * BLOCK;
         let (tiles, blocks) = (n.div_ceil(TILE), k_padded / BLOCK);
         let mut packed = vec![0i8; tiles * TILE * k_padded];
@@ -145,7 +141,7 @@ impl VnniMatrix {
             });
             // SAFETY: the tasks wrote all m rows of `width`.
             unsafe { out.set_len(m * width) };
-            return self.without_padding(out, m);
+            return without_padding(out, m, self.n);
         }
         let (inputs, input_scales) = self.quantize_inputs(x, m, m);
         let row_groups = m.div_ceil(ROWS);
@@ -160,16 +156,7 @@ impl VnniMatrix {
         });
         // SAFETY: the tasks wrote all m rows of `width`.
         unsafe { out.set_len(m * width) };
-        self.without_padding(out, m)
-    }
-
-    /// The output's rows without the columns of the last tile's padding rows.
-    fn without_padding(&self, out: Vec<f32>, m: usize) -> Vec<f32> {
-        let width = out.len() / m.max(1);
-        if width == self.n {
-            return out;
-        }
-        out.chunks_exact(width).flat_map(|row| &row[..self.n]).copied().collect()
+        without_padding(out, m, self.n)
     }
 
     /// Each input row in 8 bits per block of 128, offset by +128, and each block's scale; `rows` rows, those
@@ -311,24 +298,43 @@ pub(super) unsafe fn add_block(
     _mm512_fmadd_ps(exact, _mm512_mul_ps(scale, _mm512_set1_ps(input_scale)), total)
 }
 
+/// A bias of n values (zeros without one) followed by zeros to a whole tile, as the kernels add it.
+pub(super) fn tile_bias_values(bias: Option<&[f32]>, n: usize) -> Vec<f32> {
+    let mut padded = vec![0f32; n.next_multiple_of(TILE)];
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n, "a bias of n values");
+        padded[..n].copy_from_slice(bias);
+    }
+    padded
+}
+
+/// The m output rows without the columns of the last tile's padding rows: n of each.
+pub(super) fn without_padding(out: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
+    let width = out.len() / m.max(1);
+    if width == n {
+        return out;
+    }
+    out.chunks_exact(width).flat_map(|row| &row[..n]).copied().collect()
+}
+
 /// Input rows row0.. and weight tiles tile0.. that one task multiplies.
 #[derive(Clone, Copy)]
-struct Block {
-    row0: usize,
-    rows: usize,
-    tile0: usize,
-    tiles: usize,
+pub(super) struct Block {
+    pub(super) row0: usize,
+    pub(super) rows: usize,
+    pub(super) tile0: usize,
+    pub(super) tiles: usize,
 }
 
 /// The output, written by many tasks at disjoint places.
 #[derive(Clone, Copy)]
-struct Destination(*mut f32);
+pub(super) struct Destination(pub(super) *mut f32);
 // SAFETY: tasks write disjoint elements (see `times`).
 unsafe impl Send for Destination {}
 
 impl Destination {
     /// The pointer (a method, so closures capture the Sync wrapper rather than its field).
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
