@@ -102,7 +102,7 @@ pub enum Projection {
         weight: Arc<VnniMatrix>,
         bias: Option<Tensor>,
     },
-    /// In f32 for many rows at once (an encoder's), on a CPU with AVX-512: engine::packed.
+    /// In f32, on a CPU with AVX-512: engine::packed.
     Packed {
         weight: Arc<PackedMatrix>,
         bias: Option<Tensor>,
@@ -110,9 +110,16 @@ pub enum Projection {
 }
 
 impl Projection {
-    /// `weight` is (out, in), as candle's Linear takes it.
+    /// `weight` is (out, in), as candle's Linear takes it. In f32, packed for engine::packed where the CPU has
+    /// AVX-512 (its own copy: see `shared`).
     pub fn new(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         if !int8 {
+            if super::packed::available() && weight.device().is_cpu() {
+                let (n, k) = weight.dims2()?;
+                let (values, bias_values) = f32_values(&weight, bias.as_ref())?;
+                let packed = PackedMatrix::new(&values, n, k, bias_values.as_deref());
+                return Ok(Projection::Packed { weight: Arc::new(packed), bias });
+            }
             return Ok(Projection::F32(Linear::new(weight, bias)));
         }
         let (n, k) = weight.dims2()?;
@@ -123,25 +130,26 @@ impl Projection {
         Ok(Projection::Int8 { weight: QMatMul::from_qtensor(quantize(&weight)?)?, bias, padding, extra_rows })
     }
 
+    /// A weight that is also used elsewhere (a head tied to the token embeddings): in f32 held as it is, shared,
+    /// and multiplied by candle (one row at a time by engine::matvec); in 8 bits as `new` does.
+    pub fn shared(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
+        match int8 {
+            false => Ok(Projection::F32(Linear::new(weight, bias))),
+            true => Self::new(weight, bias, true),
+        }
+    }
+
     /// For layers that multiply many rows at once (an encoder's over a batch of texts): in 8 bits as
-    /// engine::vnni holds them where the CPU has AVX-512 VNNI, in f32 as engine::packed holds them where it has
-    /// AVX-512, else as `new` does. Rows that blocks of 128 would pad by more than half (k of 85 or less, or 129
-    /// to 170) also go to `new` in 8 bits.
+    /// engine::vnni holds them where the CPU has AVX-512 VNNI, else as `new` does. Rows that blocks of 128 would
+    /// pad by more than half (k of 85 or less, or 129 to 170) also go to `new`.
     pub fn batched(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         let (n, k) = weight.dims2()?;
         let blocks_fit = padded_by_at_most_half(k, super::vnni::BLOCK).is_some();
-        let vnni = int8 && super::vnni::available() && blocks_fit;
-        let packed = !int8 && super::packed::available();
-        if !(vnni || packed) || !weight.device().is_cpu() {
+        if !int8 || !super::vnni::available() || !weight.device().is_cpu() || !blocks_fit {
             return Self::new(weight, bias, int8);
         }
-        let values = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let bias_values = bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
-        let bias_values = bias_values.as_deref();
-        Ok(match vnni {
-            true => Projection::Vnni { weight: Arc::new(VnniMatrix::new(&values, n, k, bias_values)), bias },
-            false => Projection::Packed { weight: Arc::new(PackedMatrix::new(&values, n, k, bias_values)), bias },
-        })
+        let (values, bias_values) = f32_values(&weight, bias.as_ref())?;
+        Ok(Projection::Vnni { weight: Arc::new(VnniMatrix::new(&values, n, k, bias_values.as_deref())), bias })
     }
 
     /// Bytes of the weight and bias in memory.
@@ -223,6 +231,12 @@ impl Module for Projection {
     }
 }
 
+/// A weight's and a bias's values in f32, row after row.
+fn f32_values(weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let values = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok((values, bias.map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?))
+}
+
 /// A weight held for many rows at once: engine::vnni's and engine::packed's.
 trait Batched: Send + Sync {
     const NAME: &'static str;
@@ -282,7 +296,8 @@ mod tests {
         let weight = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         let bias = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (1, 3, k), &Device::Cpu).unwrap();
-        let f32 = Projection::new(weight.clone(), Some(bias.clone()), false).unwrap();
+        // candle's f32 Linear (engine::packed's own tests check its products).
+        let f32 = Projection::shared(weight.clone(), Some(bias.clone()), false).unwrap();
         (f32, Projection::new(weight, Some(bias), true).unwrap(), x)
     }
 
@@ -301,6 +316,25 @@ mod tests {
         // Each output sums 64 products of N(0, 1) values, each off by about 1% (both sides rounded to 8 bits).
         let change = largest_change(&exact, &int8, &x);
         assert!(change > 0.0 && change < 0.5, "{change}");
+    }
+
+    /// In f32, `new` (packed where the CPU has AVX-512) answers as candle's Linear does, for batches and a single
+    /// row, with and without a bias.
+    #[test]
+    fn f32_projections_answer_as_candles_linear() {
+        for (n, k) in [(15, 64), (50, 37)] {
+            let weight = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
+            for bias in [Some(bias), None] {
+                let new = Projection::new(weight.clone(), bias.clone(), false).unwrap();
+                let linear = Projection::shared(weight.clone(), bias, false).unwrap();
+                for shape in [(2, 3, k), (1, 1, k)] {
+                    let x = Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
+                    assert_eq!(new.forward(&x).unwrap().dims(), [shape.0, shape.1, n]);
+                    assert!(largest_change(&new, &linear, &x) < 1e-4);
+                }
+            }
+        }
     }
 
     /// Rows of 48 are not whole blocks: they stay in f32 and answer exactly.

@@ -84,7 +84,10 @@ impl ProjectedLlama {
             embeddings: Embedding::new(embeddings.to_dtype(if int8 { DType::F16 } else { DType::F32 })?, h),
             layers,
             norm: norm(vb.pp("model.norm"))?,
-            head: Projection::new(head, None, int8)?,
+            head: match c.tie_word_embeddings {
+                true => Projection::shared(head, None, int8)?,
+                false => Projection::new(head, None, int8)?,
+            },
             heads,
             kv_heads,
             head_dim,
