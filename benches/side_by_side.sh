@@ -47,15 +47,7 @@ log() { echo "== $*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "run as root (it installs packages and runs the cluster as postgres)" >&2; exit 1; }
 
 # ---------------------------------------------------------------- setup
-missing=()
-for p in postgresql-15 postgresql-plpython3-15 python3-pip; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+scripts/apt-install.sh postgresql-15 postgresql-plpython3-15 python3-pip
 
 site=${PYBENCH_SITE_PACKAGES:-$repo/.pybench/site-packages}
 # gguf: transformers reads SmolLM2's tokenizer from its GGUF file with it (benches/make_bench_models.py).

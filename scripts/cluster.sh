@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A private PostgreSQL 15 cluster on loopback for the demo and the SQL tests, run as `postgres`.
-#   scripts/cluster.sh start | stop | psql [args]
+#   scripts/cluster.sh start | stop | psql [args] | sql [args]
+# sql is psql for scripts: quiet, bare values, stopping at the first error.
 set -euo pipefail
 root=${PG_AI_CLUSTER:-/tmp/pg_ai-cluster}
 port=${PG_AI_PORT:-28815}
@@ -27,8 +28,12 @@ psql)
     shift
     as_postgres psql -X -h "$root" -p "$port" -U postgres "$@"
     ;;
+sql)
+    shift
+    as_postgres psql -X -h "$root" -p "$port" -U postgres -q -At -v ON_ERROR_STOP=1 "$@"
+    ;;
 *)
-    echo "usage: $0 start | stop | psql [args]" >&2
+    echo "usage: $0 start | stop | psql [args] | sql [args]" >&2
     exit 2
     ;;
 esac

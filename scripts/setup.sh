@@ -4,16 +4,8 @@
 set -euo pipefail
 
 PGRX_VERSION=0.18.1
-packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip fortunes)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "== installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+"$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" \
+    postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip fortunes
 
 if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION"; then
     echo "== installing cargo-pgrx $PGRX_VERSION (about 5 minutes)"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${PG_AI_CLUSTER:-/tmp/pg_ai-cluster}
 export PGOPTIONS="-c client_min_messages=warning"
-sql() { scripts/cluster.sh psql -q -At -v ON_ERROR_STOP=1 "$@"; }
+sql() { scripts/cluster.sh sql "$@"; }
 ask='SELECT token FROM ai_fill_mask($$The farmer [MASK] a book every morning.$$, $$trained$$, 1)'
 
 sql -c "DROP DATABASE IF EXISTS pg_ai_dump" -c "DROP DATABASE IF EXISTS pg_ai_restored" -c "CREATE DATABASE pg_ai_dump"

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${PG_AI_CLUSTER:-/tmp/pg_ai-cluster}
 export PGOPTIONS="-c client_min_messages=warning"
-sql() { scripts/cluster.sh psql -q -At -v ON_ERROR_STOP=1 "$@"; }
+sql() { scripts/cluster.sh sql "$@"; }
 db() { sql -d pg_ai_resume -c "$1"; }
 fail() { echo "FAIL job resume: $*"; tail -n 30 "$root/server.log"; exit 1; }
 options='{"max_steps": 1500, "checkpoint_every": 25, "dropout": 0.1, "log_every": 100000}'

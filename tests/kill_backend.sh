@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${PG_AI_CLUSTER:-/tmp/pg_ai-cluster}
 export PGOPTIONS="-c client_min_messages=warning"
-sql() { scripts/cluster.sh psql -q -At -v ON_ERROR_STOP=1 "$@"; }
+sql() { scripts/cluster.sh sql "$@"; }
 db() { sql -d pg_ai_kill -c "$1"; }
 fail() { echo "FAIL kill mid-generation: $*"; tail -n 30 "$root/server.log"; exit 1; }
 postmaster() { head -n 1 "$root/data/postmaster.pid"; }
