@@ -10,7 +10,7 @@ echo "== pg_ai"; echo "$ours"
 echo "== transformers"; echo "$theirs"
 echo "== pg_ai / transformers (tokens per second)"
 # Pair the figures by model heading and measure name (models only one side runs are left out), and divide.
-figures() { awk '/^[^ ]/{m=$0} /tokens\/s/{for (i = 2; i <= NF; i++) if ($i ~ /^tokens\/s,?$/) v = $(i-1); print m " " $1 "\t" v}' | sort; }
+figures() { awk '/^[^ ]/{m=$0} /tokens\/s/{for (i = 2; i <= NF; i++) if ($i ~ /^tokens\/s[,;]?$/) v = $(i-1); print m " " $1 "\t" v}' | sort; }
 join -t $'\t' <(echo "$ours" | figures) <(echo "$theirs" | figures) |
     awk -F'\t' '$3 > 0 {printf "%s %.2fx\n", $1, $2 / $3}'
 # pg_ai's int8 figures against transformers' f32 ones (transformers runs the f32 weights as stored).
