@@ -15,8 +15,27 @@ pub fn configure(threads: usize) {
         // An error means the pool already exists (another caller won); the env var still applies.
         // Stacks as large as a backend's own (Linux's default 8 MiB): whole forward passes and candle's recursive
         // backward pass run on these threads (in_pool), not only the kernels. Untouched stack costs no memory.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).stack_size(8 << 20).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .stack_size(8 << 20)
+            .start_handler(|_| leave_signals_to_the_backend())
+            .build_global();
     });
+}
+
+/// Blocks, in a compute thread, the signals sent to the process (Postgres's cancel, terminate, timeouts), so that
+/// the kernel delivers them to the backend's own thread, where Postgres's handlers expect to run. Faults a thread
+/// causes itself stay unblocked: blocked, they would kill the process without a handler.
+fn leave_signals_to_the_backend() {
+    // SAFETY: plain libc calls on a local signal set; pthread_sigmask changes only this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for fault in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL] {
+            libc::sigdelset(&mut set, fault);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 /// Runs `f` on one of the compute threads and waits for it. A forward pass hands the pool many small parallel
