@@ -394,11 +394,7 @@ impl Head {
             let tied = !vb.contains_tensor("weight");
             // In f32 the embeddings themselves; to_dtype copies the f16 ones of an 8-bit encoder (then quantized).
             let weight = if tied { word_embeddings.to_dtype(DType::F32)? } else { vb.get((v, h), "weight")? };
-            let projection = match tied {
-                true => Projection::shared(weight, Some(bias), int8)?,
-                false => Projection::new(weight, Some(bias), int8)?,
-            };
-            Ok((projection, tied))
+            Ok((Projection::head(weight, Some(bias), int8, tied)?, tied))
         };
         let head = || -> candle_core::Result<Option<Head>> {
             let has = |name: &str| vb.contains_tensor(name);

@@ -105,10 +105,7 @@ impl Gpt2 {
             };
             Ok(Gpt2 {
                 ln_f: layer_norm(t.pp("ln_f"), c.n_embd, c.layer_norm_epsilon)?,
-                lm_head: match tied_head {
-                    true => Projection::shared(head, None, int8)?,
-                    false => Projection::new(head, None, int8)?,
-                },
+                lm_head: Projection::head(head, None, int8, tied_head)?,
                 tied_head,
                 // In 8 bits the head is a copy, and the lookup table can be f16: half the bytes, and rounding far
                 // below the 8-bit weights'.

@@ -111,7 +111,7 @@ pub enum Projection {
 
 impl Projection {
     /// `weight` is (out, in), as candle's Linear takes it. In f32, packed for engine::packed where the CPU has
-    /// AVX-512 (its own copy: see `shared`).
+    /// AVX-512 (its own copy: see `head`).
     pub fn new(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         if !int8 {
             if super::packed::available() && weight.device().is_cpu() {
@@ -130,12 +130,13 @@ impl Projection {
         Ok(Projection::Int8 { weight: QMatMul::from_qtensor(quantize(&weight)?)?, bias, padding, extra_rows })
     }
 
-    /// A weight that is also used elsewhere (a head tied to the token embeddings): in f32 held as it is, shared,
-    /// and multiplied by candle (one row at a time by engine::matvec); in 8 bits as `new` does.
-    pub fn shared(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
-        match int8 {
-            false => Ok(Projection::F32(Linear::new(weight, bias))),
-            true => Self::new(weight, bias, true),
+    /// A model's output head. One `tied` to the token embeddings is, in f32, held as it is (the same tensor as
+    /// the embeddings, not a copy) and multiplied by candle (one row at a time by engine::matvec); otherwise, and
+    /// in 8 bits, as `new` does.
+    pub fn head(weight: Tensor, bias: Option<Tensor>, int8: bool, tied: bool) -> candle_core::Result<Self> {
+        match tied && !int8 {
+            true => Ok(Projection::F32(Linear::new(weight, bias))),
+            false => Self::new(weight, bias, int8),
         }
     }
 
@@ -297,7 +298,7 @@ mod tests {
         let bias = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (1, 3, k), &Device::Cpu).unwrap();
         // candle's f32 Linear (engine::packed's own tests check its products).
-        let f32 = Projection::shared(weight.clone(), Some(bias.clone()), false).unwrap();
+        let f32 = Projection::F32(Linear::new(weight.clone(), Some(bias.clone())));
         (f32, Projection::new(weight, Some(bias), true).unwrap(), x)
     }
 
@@ -327,7 +328,7 @@ mod tests {
             let bias = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
             for bias in [Some(bias), None] {
                 let new = Projection::new(weight.clone(), bias.clone(), false).unwrap();
-                let linear = Projection::shared(weight.clone(), bias, false).unwrap();
+                let linear = Projection::F32(Linear::new(weight.clone(), bias));
                 for shape in [(2, 3, k), (1, 1, k)] {
                     let x = Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
                     assert_eq!(new.forward(&x).unwrap().dims(), [shape.0, shape.1, n]);

@@ -84,10 +84,7 @@ impl ProjectedLlama {
             embeddings: Embedding::new(embeddings.to_dtype(if int8 { DType::F16 } else { DType::F32 })?, h),
             layers,
             norm: norm(vb.pp("model.norm"))?,
-            head: match c.tie_word_embeddings {
-                true => Projection::shared(head, None, int8)?,
-                false => Projection::new(head, None, int8)?,
-            },
+            head: Projection::head(head, None, int8, c.tie_word_embeddings)?,
             heads,
             kv_heads,
             head_dim,
