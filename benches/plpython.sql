@@ -38,6 +38,8 @@ transformers.utils.logging.set_verbosity_error()
 threads = plpy.execute("SELECT current_setting('pybench.threads', true) AS t")[0]['t']
 if threads and int(threads) > 0:
     torch.set_num_threads(int(threads))
+# The encoders (embed, fill-mask) on the device pybench.device names, as pg_ai.device puts pg_ai's.
+device = plpy.execute("SELECT coalesce(current_setting('pybench.device', true), 'cpu') AS d")[0]['d'] or 'cpu'
 lookup = plpy.prepare("SELECT source FROM ai.models WHERE name = $1", ["text"])
 models = {}
 
@@ -50,10 +52,10 @@ def load(name, task):
         path = rows[0]['source']
         if task == 'embed':
             from sentence_transformers import SentenceTransformer
-            models[key] = SentenceTransformer(path, device='cpu')
+            models[key] = SentenceTransformer(path, device=device)
         elif task == 'fill-mask':
             from transformers import pipeline
-            models[key] = pipeline('fill-mask', model=path, device='cpu')
+            models[key] = pipeline('fill-mask', model=path, device=device)
         elif task == 'generate':
             from transformers import AutoModelForCausalLM, AutoTokenizer
             models[key] = (AutoTokenizer.from_pretrained(path),

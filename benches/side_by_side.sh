@@ -16,6 +16,9 @@
 #   PG_AI_CLUSTER, PG_AI_PORT   the private cluster (default /tmp/pg_ai-pybench, 28830)
 #   PYBENCH_THREADS        compute threads per backend, both sides (default: nproc)
 #   PYBENCH_SKIP_INSTALL=1 do not build and install pg_ai (use what is installed)
+#   PYBENCH_DEVICE         cuda: the embed and fill-mask figures on the first GPU, on both sides (pg_ai built by
+#                          scripts/build-cuda.sh with pg_ai.device = cuda; PyTorch on cuda). Generation and
+#                          training stay on the CPU, where pg_ai runs them. Default cpu
 #   PYBENCH_ROWS           row counts for throughput (default "1000 10000")
 #   PYBENCH_WARM, PYBENCH_WARM_BASE, PYBENCH_GEN_CALLS, PYBENCH_FIRST_TRIES   iteration counts (100, 20, 3, 3)
 #
@@ -33,6 +36,8 @@ export PG_AI_CLUSTER=${PG_AI_CLUSTER:-/tmp/pg_ai-pybench}
 export PG_AI_PORT=${PG_AI_PORT:-28830}
 export RUST_BACKTRACE=0
 threads=${PYBENCH_THREADS:-$(nproc)}
+device=${PYBENCH_DEVICE:-cpu}
+case "$device" in cpu | cuda) ;; *) echo "PYBENCH_DEVICE is cpu or cuda, not $device" >&2; exit 1 ;; esac
 rows_list=${PYBENCH_ROWS:-1000 10000}
 warm_n=${PYBENCH_WARM:-100}
 warm_base_n=${PYBENCH_WARM_BASE:-20}
@@ -70,9 +75,15 @@ chmod -R a+rX "$repo/.models"
 
 if [ "${PYBENCH_SKIP_INSTALL:-}" != 1 ]; then
     cargo pgrx --version >/dev/null 2>&1 || source scripts/setup.sh
-    log "building and installing pg_ai (release)"
-    cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+    log "building and installing pg_ai (release, $device)"
+    if [ "$device" = cuda ]; then
+        scripts/build-cuda.sh pgrx install --release --features cuda --pg-config /usr/bin/pg_config >/dev/null
+    else
+        cargo pgrx install --release --pg-config /usr/bin/pg_config >/dev/null
+    fi
 fi
+# The server started below inherits the loader path: a CUDA build needs the CUDA libraries build-cuda.sh gathered.
+[ "$device" = cuda ] && export LD_LIBRARY_PATH=${CUDA_PREFIX:-$HOME/.cache/pg_ai-cuda13}/root/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 log "starting the cluster $PG_AI_CLUSTER on port $PG_AI_PORT"
 scripts/cluster.sh stop   # a running server would keep a previous library loaded
@@ -85,6 +96,8 @@ SET client_min_messages = warning;
 ALTER DATABASE $db SET pybench.site_packages = '$site';
 ALTER DATABASE $db SET pybench.threads = $threads;
 ALTER DATABASE $db SET pg_ai.threads = $threads;
+ALTER DATABASE $db SET pg_ai.device = $device;
+ALTER DATABASE $db SET pybench.device = $device;
 ALTER DATABASE $db SET max_parallel_workers_per_gather = 0;  -- one backend computes, on both sides
 CREATE EXTENSION pg_ai;
 SELECT ai_load_model('minilm', '$minilm') \g /dev/null
@@ -273,6 +286,7 @@ echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "PostgreSQL $(sql -c 'SHOW server_version'), pg_ai $(git rev-parse --short HEAD) release build," \
      "PL/Python: CPython $(PYTHONPATH=$site /usr/bin/python3 -c 'import platform; print(platform.python_version())') (server: Debian's plpython3u), $pyver"
 echo "threads per backend: pg_ai.threads = $threads, torch.set_num_threads($threads); max_parallel_workers_per_gather = 0"
+[ "$device" = cuda ] && echo "device: embed and fill-mask on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1) (pg_ai.device = cuda, PyTorch on cuda); generation and training on the CPU"
 echo "ratio = pg_ai's advantage: PL/Python time / pg_ai time, pg_ai rate / PL/Python rate; > 1 means pg_ai is better"
 echo
 printf "| %-58s | %12s | %12s | %7s |\n" figure pg_ai PL/Python ratio

@@ -1,5 +1,6 @@
 //! pg_ai's settings, all under the `pg_ai.` prefix.
 
+use crate::engine::device::Placement;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -30,6 +31,17 @@ static KEEP_FREED_MEMORY: GucSetting<i32> =
 /// GPT-2 and Llama-family weights read from safetensors are held as 8-bit blocks (Q8_0).
 static INT8_DECODERS: GucSetting<bool> = GucSetting::<bool>::new(false);
 static INT8_ENCODERS: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// Where encoder models loaded from now on run (see engine::device).
+static DEVICE: GucSetting<DeviceSetting> = GucSetting::<DeviceSetting>::new(DeviceSetting::Cpu);
+
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceSetting {
+    #[name = c"cpu"]
+    Cpu,
+    #[name = c"cuda"]
+    Cuda,
+}
 
 /// Reports each call's time by phase as a NOTICE.
 static TIMING: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -106,6 +118,14 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_enum_guc(
+        c"pg_ai.device",
+        c"Where encoder models (BERT, DistilBERT, RoBERTa) loaded from now on run: cpu, or cuda (the first GPU).",
+        c"cuda needs a build with the cuda feature (scripts/build-cuda.sh). Other models run on the CPU.",
+        &DEVICE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"pg_ai.timing",
         c"Reports where each model call's time goes (lookup and load, tokenize, forward, decode) as a NOTICE.",
@@ -149,6 +169,11 @@ pub fn apply_compute_settings() {
     crate::engine::threads::configure(threads());
     crate::engine::gguf::requantize_slow_weights(GGUF_REQUANTIZE.get());
     crate::engine::int8::Int8 { encoders: INT8_ENCODERS.get(), decoders: INT8_DECODERS.get() }.set();
+    match DEVICE.get() {
+        DeviceSetting::Cpu => Placement::Cpu,
+        DeviceSetting::Cuda => Placement::Cuda,
+    }
+    .set();
 }
 
 pub fn threads() -> usize {

@@ -586,3 +586,22 @@ mod translation {
         assert!(bad.unwrap_err().message.contains("num_beams"));
     }
 }
+
+/// Every other test here again, in a child process with PG_AI_PORTABLE=1 (engine::device): models on candle's own
+/// operations, without pg_ai's CPU kernels, which is how an encoder runs on a GPU (pg_ai.device = cuda) and how CPUs
+/// without AVX-512 multiply.
+#[test]
+fn the_same_answers_on_candles_own_operations() {
+    const NAME: &str = "the_same_answers_on_candles_own_operations";
+    if std::env::var_os("PG_AI_PORTABLE").is_some() {
+        return; // in the child
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("PG_AI_PORTABLE", "1")
+        .args(["--skip", NAME])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(child.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&child.stderr));
+    assert!(!stdout.contains("running 0 tests"), "{stdout}");
+}

@@ -7,6 +7,7 @@
 //! names, RoBERTa's position offset and the classification head, so one implementation serves all.
 
 use super::config::{Family, ModelConfig};
+use super::device::cpu_kernels;
 use super::error::{AiError, Result};
 use super::int8::{bytes, Projection};
 use super::timing::forward;
@@ -37,7 +38,7 @@ impl Activation {
 
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         // On the CPU, pg_ai's GELU: its erf, exp and tanh vectorise, candle's call the C library per element.
-        let fast = x.device().is_cpu() && x.dtype() == DType::F32;
+        let fast = cpu_kernels(x.device()) && x.dtype() == DType::F32;
         match self {
             Activation::Gelu if fast => x.contiguous()?.apply_op1(Gelu { tanh: false }),
             Activation::GeluTanh if fast => x.contiguous()?.apply_op1(Gelu { tanh: true }),
@@ -142,7 +143,8 @@ pub struct Batch {
 }
 
 /// How a layer's attention leaves out padding: by the rows' lengths (pg_ai's attention, CPU) or an additive mask
-/// (candle's ops, any device). The padding tokens' own states differ between the two, and nothing reads them.
+/// (candle's ops, any device: see engine::device). The padding tokens' own states differ between the two, and
+/// nothing reads them.
 enum Attend {
     Spans(Vec<Span>),
     Bias(Tensor),
@@ -257,23 +259,25 @@ impl Encoder {
 
     fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
         let (_, seq) = batch.ids.dims2()?;
-        let device = batch.ids.device();
+        // Batches are made on the CPU; the weights may be on a GPU.
+        let device = self.word_embeddings.embeddings().device();
         // Padding is always on the right, so a plain range gives every real token its position.
         let positions = Tensor::arange(self.position_offset, self.position_offset + seq as u32, device)?;
-        let mut x = self.word_embeddings.forward(&batch.ids)?.to_dtype(DType::F32)?;
+        let mut x = self.word_embeddings.forward(&batch.ids.to_device(device)?)?.to_dtype(DType::F32)?;
         x = x.broadcast_add(&self.position_embeddings.forward(&positions)?)?;
         if let Some(types) = &self.type_embeddings {
-            x = (x + types.forward(&batch.type_ids)?)?;
+            x = (x + types.forward(&batch.type_ids.to_device(device)?)?)?;
         }
         x = self.embeddings_norm.forward(&x)?;
-        let attend = if device.is_cpu() {
+        let attend = if cpu_kernels(device) {
             // Each row's real tokens (padding is on the right) as a sequence of the (batch * seq) rows.
             let lengths = batch.mask.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?;
             let spans = lengths.iter().enumerate().map(|(r, &len)| Span { start: r * seq, len: len as usize });
             Attend::Spans(spans.collect())
         } else {
             // Additive mask: 0 where attended, a large negative number over padding. (batch, 1, 1, seq)
-            Attend::Bias(((batch.mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.unsqueeze(1)?.unsqueeze(1)?)
+            let mask = batch.mask.to_device(device)?.to_dtype(DType::F32)?;
+            Attend::Bias(((mask - 1.0)? * 1e30)?.unsqueeze(1)?.unsqueeze(1)?)
         };
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, &attend)?;
@@ -490,8 +494,8 @@ impl Head {
     }
 }
 
-/// Loads weights from safetensors files, memory-mapped, converting to f32.
-pub fn var_builder(weights: &[std::path::PathBuf]) -> Result<VarBuilder<'static>> {
+/// Loads weights from safetensors files, memory-mapped, converting to f32 (onto a GPU, copied there).
+pub fn var_builder(weights: &[std::path::PathBuf], device: &Device) -> Result<VarBuilder<'static>> {
     for path in weights {
         std::fs::File::open(path).map_err(|e| {
             AiError::missing_file(format!("cannot open {}: {e}", path.display()))
@@ -499,7 +503,7 @@ pub fn var_builder(weights: &[std::path::PathBuf]) -> Result<VarBuilder<'static>
         })?;
     }
     // SAFETY: the files are mapped read-only; pg_ai never writes to a model file while it is loaded.
-    unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, &Device::Cpu) }.map_err(|e| {
+    unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, device) }.map_err(|e| {
         AiError::corrupt(format!("cannot read the weights: {e}"))
             .with_hint("The file is not valid safetensors; write it again with save_pretrained.")
     })

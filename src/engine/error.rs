@@ -23,6 +23,10 @@ pub enum ErrorKind {
     Internal,
     /// Stopped on request: a cancelled training job (57014 query_canceled).
     Cancelled,
+    /// Not in this build or on this machine: a GPU without the cuda feature (0A000 feature_not_supported).
+    Unsupported,
+    /// The operating system or a device failed: a GPU that cannot be opened (58000 system_error).
+    System,
 }
 
 #[derive(Debug, Clone)]

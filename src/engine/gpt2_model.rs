@@ -7,6 +7,7 @@ use super::files::ModelFiles;
 use super::generate::{CausalLm, Decoder, TextCodec};
 use super::gpt2::{Gpt2, Gpt2Config};
 use super::kv_cache::Session;
+use candle_core::Device;
 use serde_json::Value;
 
 pub struct Gpt2Model {
@@ -29,7 +30,7 @@ impl Gpt2Model {
         let chat_template = files
             .read_json("tokenizer_config.json")?
             .and_then(|c| c.get("chat_template")?.as_str().map(str::to_string));
-        let model = Gpt2::load(&var_builder(&files.weights)?, gpt2_config, int8)?;
+        let model = Gpt2::load(&var_builder(&files.weights, &Device::Cpu)?, gpt2_config, int8)?;
         let (parameters, weight_bytes) = (model.parameter_count(), model.weight_bytes());
         let architecture =
             config.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("GPT2LMHeadModel");

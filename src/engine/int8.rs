@@ -11,6 +11,7 @@
 //! once faster in 8 bits than gemm does in f32. The answers move slightly (tests/golden.rs measures by how much),
 //! so the int8 settings are off by default (GGUF weights are quantized already: there it is on).
 
+use super::device::cpu_kernels;
 use super::matvec::one_row_times;
 use super::packed::PackedMatrix;
 use super::train::ops::values;
@@ -114,7 +115,7 @@ impl Projection {
     /// AVX-512 (its own copy: see `head`).
     pub fn new(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         if !int8 {
-            if super::packed::available() && weight.device().is_cpu() {
+            if super::packed::available() && cpu_kernels(weight.device()) {
                 let (n, k) = weight.dims2()?;
                 let (values, bias_values) = f32_values(&weight, bias.as_ref())?;
                 let packed = PackedMatrix::new(&values, n, k, bias_values.as_deref());
@@ -146,7 +147,7 @@ impl Projection {
     pub fn batched(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         let (n, k) = weight.dims2()?;
         let blocks_fit = padded_by_at_most_half(k, super::vnni::BLOCK).is_some();
-        if !int8 || !super::vnni::available() || !weight.device().is_cpu() || !blocks_fit {
+        if !int8 || !super::vnni::available() || !cpu_kernels(weight.device()) || !blocks_fit {
             return Self::new(weight, bias, int8);
         }
         let (values, bias_values) = f32_values(&weight, bias.as_ref())?;

@@ -59,7 +59,7 @@ impl LlamaModel {
             c.hidden_size * (2 * c.hidden_size + 2 * kv) + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size;
         let head = if c.tie_word_embeddings { 0 } else { c.vocab_size * c.hidden_size };
         let parameters = c.vocab_size * c.hidden_size + c.num_hidden_layers * per_layer + c.hidden_size + head;
-        let vb = var_builder(&files.weights)?;
+        let vb = var_builder(&files.weights, &Device::Cpu)?;
         let mismatch = |e: candle_core::Error| AiError::corrupt(format!("the weights do not match config.json: {e}"));
         // pg_ai's Llama has transformers' default rotary embeddings only: llama3-scaled models stay on candle's, in f32.
         let (weights, weight_bytes) = if c.rope_scaling.is_none() {

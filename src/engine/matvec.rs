@@ -3,6 +3,7 @@
 //! each weight row is read once, straight through, rows split over the threads: generating a token reads every
 //! weight once, so its speed is how fast the machine reads memory (`cargo bench --bench generate` prints both).
 
+use super::device::cpu_kernels;
 use super::simd;
 use super::train::ops::values;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -23,8 +24,8 @@ pub fn one_row_times(x: &Tensor, weight: &Tensor) -> candle_core::Result<Option<
     let applies = out * inputs >= MIN_WEIGHTS
         && x.elem_count() == inputs
         && x.dims().last() == Some(&inputs)
-        && x.device().is_cpu()
-        && weight.device().is_cpu()
+        && cpu_kernels(x.device())
+        && cpu_kernels(weight.device())
         && (x.dtype(), weight.dtype()) == (candle_core::DType::F32, candle_core::DType::F32)
         && weight.is_contiguous();
     if !applies {

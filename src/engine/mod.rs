@@ -8,6 +8,7 @@ pub mod beam;
 pub mod chat;
 pub mod codec;
 pub mod config;
+pub mod device;
 pub mod encoder;
 pub mod error;
 pub mod fast_math;

@@ -1,6 +1,7 @@
 //! A model ready to answer: its config, tokenizer, encoder, task head and sentence pooling.
 
 use super::config::ModelConfig;
+use super::device::Placement;
 use super::encoder::{var_builder, Encoder, Head};
 use super::error::{AiError, Result};
 use super::files::ModelFiles;
@@ -12,6 +13,7 @@ use super::llama::LlamaModel;
 use super::pooling::Pooling;
 use super::text::TextTokenizer;
 use super::translator::{Family, Translator};
+use candle_core::Device;
 
 /// What a model can be asked to do, in the names transformers' pipelines use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,15 +98,22 @@ pub enum AnyModel {
 }
 
 impl AnyModel {
-    /// Loads the model, in 8 bits where the pg_ai.int8_* settings say (see engine::int8).
+    /// Loads the model, in 8 bits where the pg_ai.int8_* settings say (see engine::int8), an encoder onto the
+    /// device pg_ai.device says (see engine::device).
     pub fn load(files: &ModelFiles) -> Result<AnyModel> {
-        let model = Self::load_with(files, Int8::current());
+        let model = Self::load_on(files, Int8::current(), Placement::current());
         super::allocator::give_back_freed_memory();
         model
     }
 
-    /// Loads the model, in 8 bits where `int8` says.
+    /// Loads the model onto the CPU, in 8 bits where `int8` says.
     pub fn load_with(files: &ModelFiles, int8: Int8) -> Result<AnyModel> {
+        Self::load_on(files, int8, Placement::Cpu)
+    }
+
+    /// Loads the model, in 8 bits where `int8` says; an encoder onto `placement`'s device (on a GPU in f32), other
+    /// models onto the CPU.
+    pub fn load_on(files: &ModelFiles, int8: Int8, placement: Placement) -> Result<AnyModel> {
         if let Some(path) = files.gguf() {
             return Ok(AnyModel::Gguf(GgufModel::load(path)?));
         }
@@ -117,7 +126,11 @@ impl AnyModel {
             Some("llama") => Ok(AnyModel::Llama(LlamaModel::load(files, config, int8.decoders)?)),
             Some("t5") => Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::T5)?)),
             Some("marian") => Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::Marian)?)),
-            _ => Ok(AnyModel::Encoder(Model::load(files, ModelConfig::from_value(config)?, int8.encoders)?)),
+            _ => {
+                let device = placement.device()?;
+                let int8 = int8.encoders && device.is_cpu();
+                Ok(AnyModel::Encoder(Model::load(files, ModelConfig::from_value(config)?, int8, &device)?))
+            }
         }
     }
 
@@ -221,10 +234,10 @@ impl AnyModel {
 }
 
 impl Model {
-    /// Loads the encoder and its head, their linear layers in 8 bits where `int8`.
-    pub fn load(files: &ModelFiles, config: ModelConfig, int8: bool) -> Result<Model> {
+    /// Loads the encoder and its head onto `device`, their linear layers in 8 bits where `int8`.
+    pub fn load(files: &ModelFiles, config: ModelConfig, int8: bool, device: &Device) -> Result<Model> {
         let tokenizer = TextTokenizer::load(&files.dir, config.max_tokens())?;
-        let vb = var_builder(&files.weights)?;
+        let vb = var_builder(&files.weights, device)?;
         let encoder = Encoder::load(&vb, &config, int8)?;
         let head = Head::load(&vb, &config, encoder.word_embeddings(), int8)?;
         let pooling = Pooling::from_files(files)?;

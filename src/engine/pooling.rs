@@ -57,7 +57,7 @@ impl Pooling {
 
     /// (batch, seq, hidden) hidden states and (batch, seq) mask -> (batch, dim) embeddings.
     pub fn apply(&self, hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let mask = mask.to_device(hidden.device())?.to_dtype(DType::F32)?.unsqueeze(2)?;
         let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
         let mut parts = Vec::with_capacity(self.modes.len());
         for mode in &self.modes {

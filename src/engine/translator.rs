@@ -59,7 +59,7 @@ impl Translator {
     pub fn load(files: &ModelFiles, config: Value, family: Family) -> Result<Self> {
         let parse =
             |what: &str, e: serde_json::Error| AiError::corrupt(format!("config.json is not a {what} config: {e}"));
-        let vb = var_builder(&files.weights)?;
+        let vb = var_builder(&files.weights, &Device::Cpu)?;
         // The longest input; Marian's decoder has learned positions for as many tokens, so its output stops there.
         let (model, parameters, max_tokens, decoder_limit): (Box<dyn Seq2Seq>, usize, usize, Option<usize>) =
             match family {

@@ -40,3 +40,13 @@ SET pg_ai.timing = on;
 SELECT array_length(ai_embed('alice is eating bread .', 'timed'), 1) AS dimensions;
 SELECT token FROM ai_fill_mask('alice is eating [MASK] .', 'timed', 1);
 RESET pg_ai.timing;
+
+-- pg_ai.device: encoders loaded while it says cuda run on the first GPU, in a build with the cuda feature
+-- (scripts/build-cuda.sh). This build has none, so loading an encoder says so. Other models load onto the CPU
+-- whatever it says, and models loaded before stay where they are.
+SET pg_ai.device = cuda;
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'on-gpu', :'fixtures' || '/models/bert-mlm')) AS without_cuda;
+SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'gpt2-on-cpu', :'fixtures' || '/models/gpt2')) AS gpt2_loads;
+SELECT array_length(ai_embed('A man is eating food.', 'minilm'), 1) AS loaded_before_still_answers;
+SELECT pg_temp.try($$SET pg_ai.device = 'tpu'$$) AS unknown_device;
+RESET pg_ai.device;
