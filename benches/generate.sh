@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # pg_ai's engine and transformers generating on the same fixtures, in one run, with the ratios:
-#   benches/generate.sh [python]     (default /work/pyenv/bin/python; needs torch, transformers, gguf, accelerate)
+#   benches/generate.sh [python]     (needs torch, transformers, gguf, accelerate)
+# Default python: Debian's python3 with the packages benches/side_by_side.sh installs into .pybench/site-packages
+# (plus accelerate and psutil: pip install --target .pybench/site-packages --no-deps accelerate psutil)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python=${1:-/work/pyenv/bin/python}
+python=${1:-/usr/bin/python3}
+[ -n "${1:-}" ] || export PYTHONPATH=$PWD/.pybench/site-packages${PYTHONPATH:+:$PYTHONPATH}
 ours=$(cargo bench --bench generate 2>/dev/null)
 theirs=$("$python" benches/generate_transformers.py 2>/dev/null)
 echo "== pg_ai"; echo "$ours"

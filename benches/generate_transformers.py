@@ -1,7 +1,7 @@
 """transformers' generate() on the fixtures that `cargo bench --bench generate` measures, with the same prompt
 and inputs, printed in the same form, so that benches/generate.sh can put the two side by side.
 
-    /work/pyenv/bin/python benches/generate_transformers.py   # any Python with torch and transformers
+    python3 benches/generate_transformers.py   # any Python with torch and transformers (benches/generate.sh)
 """
 
 import os

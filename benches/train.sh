@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # pg_ai's trainer and PyTorch eager training the same configuration on the same rows, in one run, with ratios:
-#   benches/train.sh [python]     (default /work/pyenv/bin/python; needs torch and transformers)
+#   benches/train.sh [python]     (needs torch and transformers)
+# Default python: Debian's python3 with the packages benches/side_by_side.sh installs into .pybench/site-packages
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python=${1:-/work/pyenv/bin/python}
+python=${1:-/usr/bin/python3}
+[ -n "${1:-}" ] || export PYTHONPATH=$PWD/.pybench/site-packages${PYTHONPATH:+:$PYTHONPATH}
 ours=$(cargo bench --bench train 2>/dev/null)
 theirs=$("$python" benches/train_torch.py 2>/dev/null)
 echo "== pg_ai"; echo "$ours"

@@ -4,7 +4,7 @@ reads the config.json and tokenizer.json it wrote to target/bench-train/{mlm,clm
 same architecture on the same tokens, 100 AdamW steps with gradient clipping, batch 16, rows up to 128 tokens.
 Seq2seq maps each row to its words in reverse order and counts source and target tokens, as pg_ai does.
 
-    /work/pyenv/bin/python benches/train_torch.py
+    python3 benches/train_torch.py   # any Python with torch and transformers (benches/train.sh)
 """
 
 import os
