@@ -2,6 +2,7 @@
 //! the database (ai.model_files) and registered in ai.models in the caller's transaction, so a cancelled or
 //! failed run leaves nothing behind.
 
+use crate::engine::device::Placement;
 use crate::engine::error::{AiError, ErrorKind, Result};
 use crate::engine::files::ModelFiles;
 use crate::engine::model::AnyModel;
@@ -273,6 +274,8 @@ fn train_now(request: &Request, start: Start) -> String {
     super::require_new_name(request.name);
     let options = request.trainer_options();
     crate::guc::apply_compute_settings();
+    // The trained model is loaded where pg_ai.device says: an unusable setting fails now, not after training.
+    Placement::current().device().or_raise();
     let started = Instant::now();
     let scratch = Scratch::new();
     let outcome = Spi::connect(|client| {

@@ -131,6 +131,9 @@ SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'mlm', '{"epochz": 3}'
 SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'speech')$$) AS unknown_objective;
 SELECT pg_temp.try($$SELECT ai_finetune('x', 'base', 'sentences', 'clm')$$) AS base_cannot;
 SELECT pg_temp.try($$SELECT ai_finetune('x', 'nope', 'sentences', 'mlm')$$) AS unknown_base;
+SET pg_ai.device = cuda;  -- the trained model could not be loaded: refused before training, not after
+SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'mlm')$$) AS device_without_cuda;
+RESET pg_ai.device;
 SELECT pg_temp.try($$SELECT ai_pretrain('tiny-mlm', 'sentences', 'mlm')$$) AS duplicate_name;
 BEGIN READ ONLY;
 SELECT pg_temp.try($$SELECT ai_pretrain('x', 'sentences', 'mlm')$$) AS read_only;
