@@ -3,7 +3,7 @@
 //!
 //! On a GPU an encoder runs on candle's own operations, which have CUDA kernels. pg_ai's CPU kernels that
 //! `cpu_kernels` gates (engine::packed, engine::vnni, engine::matvec, an encoder's attention and GELU) serve
-//! tensors on the CPU only; `PG_AI_PORTABLE=1` in the environment turns them off there too, so that scripts/test.sh
+//! tensors on the CPU only; `PG_AI_PORTABLE=1` in the environment turns them off there too, so that tests/golden.rs
 //! runs an encoder's GPU code path, and the products CPUs without AVX-512 take, on any machine.
 
 use super::error::{AiError, ErrorKind, Result};
