@@ -593,7 +593,7 @@ mod translation {
 #[test]
 fn the_same_answers_on_candles_own_operations() {
     const NAME: &str = "the_same_answers_on_candles_own_operations";
-    if std::env::var_os("PG_AI_PORTABLE").is_some() {
+    if pg_ai::engine::device::portable() {
         return; // in the child
     }
     let child = std::process::Command::new(std::env::current_exe().unwrap())

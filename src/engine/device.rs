@@ -57,10 +57,15 @@ impl Placement {
     }
 }
 
-/// Whether pg_ai's own CPU kernels serve tensors on `device`: on the CPU, unless PG_AI_PORTABLE is set.
+/// Whether pg_ai's own CPU kernels serve tensors on `device`: on the CPU, unless `portable()`.
 pub fn cpu_kernels(device: &Device) -> bool {
+    device.is_cpu() && !portable()
+}
+
+/// Whether PG_AI_PORTABLE is set (to anything but 0): pg_ai's CPU kernels off everywhere.
+pub fn portable() -> bool {
     static PORTABLE: OnceLock<bool> = OnceLock::new();
-    device.is_cpu() && !*PORTABLE.get_or_init(|| std::env::var_os("PG_AI_PORTABLE").is_some_and(|v| v != "0"))
+    *PORTABLE.get_or_init(|| std::env::var_os("PG_AI_PORTABLE").is_some_and(|v| v != "0"))
 }
 
 #[cfg(test)]
