@@ -43,6 +43,10 @@ enum DeviceSetting {
     Cuda,
 }
 
+/// The most memory one call may take for what its inputs, the model's config or training options size, in MB;
+/// 0 = a quarter of the server's memory (engine::budget).
+static MAX_MEMORY_PER_CALL: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// Reports each call's time by phase as a NOTICE.
 static TIMING: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -144,6 +148,16 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::UNIT_KB,
     );
+    GucRegistry::define_int_guc(
+        c"pg_ai.max_memory_per_call",
+        c"Most memory one pg_ai call may take for what its input, the model's config or training options size.",
+        c"Checked before allocating: beyond it a call fails with 53200 instead of failing an allocation, which would end the backend. 0 = a quarter of the server's memory.",
+        &MAX_MEMORY_PER_CALL,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MB,
+    );
     GucRegistry::define_string_guc(
         c"pg_ai.launcher_database",
         c"Database the pg_ai launcher connects to when pg_ai is in shared_preload_libraries.",
@@ -167,6 +181,7 @@ pub fn apply_compute_settings() {
     // 2650 tokens/s).
     crate::engine::allocator::keep_freed_memory(KEEP_FREED_MEMORY.get().max(0) as usize * 1024);
     crate::engine::threads::configure(threads());
+    apply_memory_budget();
     crate::engine::gguf::requantize_slow_weights(GGUF_REQUANTIZE.get());
     crate::engine::int8::Int8 { encoders: INT8_ENCODERS.get(), decoders: INT8_DECODERS.get() }.set();
     match DEVICE.get() {
@@ -174,6 +189,11 @@ pub fn apply_compute_settings() {
         DeviceSetting::Cuda => Placement::Cuda,
     }
     .set();
+}
+
+/// Hands pg_ai.max_memory_per_call to the engine; each call does, as the setting may change between calls.
+pub fn apply_memory_budget() {
+    crate::engine::budget::set_limit(MAX_MEMORY_PER_CALL.get().max(0) as usize * (1 << 20));
 }
 
 pub fn threads() -> usize {

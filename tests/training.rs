@@ -639,7 +639,7 @@ fn unigram_vocabulary_is_the_same_every_time() {
     use pg_ai::engine::train::tokenizer::TrainTokenizer;
     let texts: Vec<String> = english_german().into_iter().flat_map(|(s, t)| [s, t]).collect();
     let vocab = |size: usize| {
-        let t = TrainTokenizer::train_unigram(&texts, size).unwrap();
+        let t = TrainTokenizer::train_unigram(&texts, size, &Default::default()).unwrap();
         let dir = scratch("unigram");
         std::fs::create_dir_all(&dir).unwrap();
         t.write(&dir, 32).unwrap();

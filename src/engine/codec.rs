@@ -8,6 +8,8 @@ use tokenizers::Tokenizer;
 
 pub struct DecoderTokenizer {
     tokenizer: Tokenizer,
+    /// Characters in the vocabulary's longest token (text::worth_reading).
+    longest_token: usize,
     /// Every token that ends generation (Llama 3 has several); the first is the chat templates' eos_token.
     end_ids: Vec<u32>,
 }
@@ -17,7 +19,8 @@ impl DecoderTokenizer {
         // Prompts are checked against the context size, never silently cut.
         tokenizer.with_truncation(None).map_err(|e| AiError::corrupt(format!("tokenizer.json: {e}")))?;
         tokenizer.with_padding(None);
-        Ok(DecoderTokenizer { tokenizer, end_ids })
+        let longest_token = super::text::longest_token(&tokenizer);
+        Ok(DecoderTokenizer { tokenizer, longest_token, end_ids })
     }
 
     /// Reads `tokenizer.json` of a save_pretrained directory.
@@ -51,5 +54,9 @@ impl TextCodec for DecoderTokenizer {
 
     fn id_to_token(&self, id: u32) -> Option<String> {
         self.tokenizer.id_to_token(id)
+    }
+
+    fn longest_token(&self) -> usize {
+        self.longest_token
     }
 }

@@ -27,6 +27,8 @@ pub enum ErrorKind {
     Unsupported,
     /// The operating system or a device failed: a GPU that cannot be opened (58000 system_error).
     System,
+    /// More memory than one call may take (53200 out_of_memory): see engine::budget.
+    OutOfMemory,
 }
 
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! Finding a model's files: a `save_pretrained` directory, or `hf:ORG/NAME` in the local
 //! Hugging Face cache. pg_ai never downloads; it reads what is on the server's disk.
 
-use super::error::{AiError, Result};
+use super::error::{AiError, ErrorKind, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -34,10 +34,11 @@ impl ModelFiles {
             None => {
                 let path = PathBuf::from(source);
                 if path.is_absolute() && path.extension().is_some_and(|e| e == "gguf") {
-                    if !path.is_file() {
+                    if !path.exists() {
                         return Err(AiError::missing_file(format!("model file \"{source}\" does not exist"))
                             .with_hint("The path is read by the database server, not by the client."));
                     }
+                    require_regular(&path)?;
                     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
                     return Ok(ModelFiles { dir, weights: vec![path] });
                 }
@@ -66,6 +67,14 @@ impl ModelFiles {
     }
 
     pub fn in_dir(dir: PathBuf) -> Result<Self> {
+        // Tell an unreadable directory from one that lacks files.
+        std::fs::read_dir(&dir).map_err(|e| {
+            AiError::new(ErrorKind::System, format!("cannot read model directory {}: {e}", dir.display()))
+                .with_hint("The directory is read by the database server's operating-system user.")
+        })?;
+        for name in SIDE_FILES.iter().chain(&["generation_config.json"]) {
+            require_regular(&dir.join(name))?;
+        }
         // A stored GGUF model comes back as a directory holding just its file.
         if !dir.join("config.json").is_file() {
             let ggufs: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -77,6 +86,7 @@ impl ModelFiles {
                 })
                 .unwrap_or_default();
             if let [only] = ggufs.as_slice() {
+                require_regular(only)?;
                 return Ok(ModelFiles { dir, weights: vec![only.clone()] });
             }
         }
@@ -88,7 +98,25 @@ impl ModelFiles {
             }
         }
         let weights = weight_files(&dir)?;
+        for path in &weights {
+            require_regular(path)?;
+        }
         Ok(ModelFiles { dir, weights })
+    }
+
+    /// Every file of the model that exists, as the operating system resolves it (links followed), for checking
+    /// where a model's files really are.
+    pub fn resolved_files(&self) -> Result<Vec<PathBuf>> {
+        self.all_files()
+            .iter()
+            .chain(["generation_config.json".to_string()].iter())
+            .map(|relative| self.dir.join(relative))
+            .filter(|path| path.exists())
+            .map(|path| {
+                std::fs::canonicalize(&path)
+                    .map_err(|e| AiError::missing_file(format!("cannot resolve {}: {e}", path.display())))
+            })
+            .collect()
     }
 
     /// The relative paths of every file of the model that exists, weights included.
@@ -105,19 +133,8 @@ impl ModelFiles {
     /// sha256 over the weight files in order, so a model can be recognised whatever its name.
     pub fn weights_sha256(&self) -> Result<String> {
         let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 1 << 20];
         for path in &self.weights {
-            let mut file = std::fs::File::open(path)
-                .map_err(|e| AiError::missing_file(format!("cannot open {}: {e}", path.display())))?;
-            loop {
-                let n = file
-                    .read(&mut buffer)
-                    .map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", path.display())))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buffer[..n]);
-            }
+            read_chunks(path, |bytes| hasher.update(bytes))?;
         }
         Ok(format!("{:x}", hasher.finalize()))
     }
@@ -131,6 +148,59 @@ impl ModelFiles {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(AiError::missing_file(format!("cannot read {}: {e}", path.display()))),
         }
+    }
+}
+
+/// A file the model reads, when present, must be a regular file (links are followed): opening a FIFO or a
+/// device would block the backend or read without end.
+fn require_regular(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(AiError::corrupt(format!("{} is not a regular file", path.display()))
+            .with_hint("Model files must be plain files (a link to one is fine), not FIFOs, devices or directories.")),
+        // Absent, or a link that leads nowhere: the loaders say which files they miss.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(AiError::new(ErrorKind::System, format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// Calls `f` with the file's bytes, a megabyte at a time.
+pub fn read_chunks(path: &Path, mut f: impl FnMut(&[u8])) -> Result<()> {
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut file =
+        std::fs::File::open(path).map_err(|e| AiError::missing_file(format!("cannot open {}: {e}", path.display())))?;
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", path.display())))?;
+        if n == 0 {
+            return Ok(());
+        }
+        f(&buffer[..n]);
+    }
+}
+
+/// sha256 over a set of files, from each file's relative path and the sha256 of its bytes, in the byte order of
+/// the paths: it names a stored model's files whatever order they are written in.
+#[derive(Default)]
+pub struct FilesDigest {
+    files: Vec<(String, [u8; 32])>,
+}
+
+impl FilesDigest {
+    pub fn add(&mut self, path: &str, content_sha256: [u8; 32]) {
+        self.files.push((path.to_string(), content_sha256));
+    }
+
+    pub fn hex(mut self) -> String {
+        self.files.sort();
+        let mut hasher = Sha256::new();
+        for (path, content) in &self.files {
+            hasher.update(path.as_bytes());
+            hasher.update([0]);
+            hasher.update(content);
+        }
+        format!("{:x}", hasher.finalize())
     }
 }
 
@@ -208,6 +278,26 @@ mod tests {
         let missing = hf_snapshot("org/absent", Some(&root)).unwrap_err();
         assert_eq!(missing.kind, super::super::error::ErrorKind::MissingFile);
         std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn model_files_must_be_regular_files() {
+        let dir = std::env::temp_dir().join(format!("pg_ai_fifo_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+        let fifo = std::ffi::CString::new(dir.join("modules.json").to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        // Refused from its metadata: nothing opens the FIFO, so nothing blocks.
+        let e = ModelFiles::in_dir(dir.clone()).unwrap_err();
+        assert_eq!(e.kind, super::super::error::ErrorKind::CorruptFile);
+        assert!(e.message.ends_with("modules.json is not a regular file"), "{}", e.message);
+        std::fs::remove_file(dir.join("modules.json")).unwrap();
+        std::os::unix::fs::symlink(dir.join("config.json"), dir.join("modules.json")).unwrap();
+        // A link to a regular file is fine; the directory has no weights.
+        assert!(ModelFiles::in_dir(dir.clone()).unwrap_err().message.contains("has no model.safetensors"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

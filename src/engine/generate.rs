@@ -7,6 +7,11 @@ use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use std::collections::VecDeque;
 
+/// Prompt tokens fed at once: long enough for the matrix products to run at full speed, short enough that a part
+/// of a small model's prompt takes well under a second. Every decoder pg_ai runs (its own and candle's, which
+/// masks a part against the keys cached before it) takes a prompt in parts.
+pub const PROMPT_PART: usize = 128;
+
 /// Upper bound on max_tokens: one call should not hold a backend for hours.
 pub const MAX_TOKENS_LIMIT: usize = 4096;
 
@@ -127,6 +132,10 @@ pub trait TextCodec {
         Some(id) == self.eos_id()
     }
     fn id_to_token(&self, id: u32) -> Option<String>;
+    /// Characters in the vocabulary's longest token, which bounds how much prompt is worth tokenising.
+    fn longest_token(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// A generation in progress, made one piece at a time as the caller asks for them (ai_generate_stream
@@ -153,18 +162,24 @@ impl<'m> Generation<'m> {
     pub fn start(model: &'m dyn CausalLm, prompt: &str, options: &GenerateOptions) -> Result<Self> {
         options.check()?;
         let codec = model.codec();
+        let mut decoder = model.session()?;
+        let context = decoder.context_size();
+        let too_long = |tokens: String| {
+            AiError::invalid(format!(
+                "the prompt is {tokens} tokens; this model reads at most {context}, generated tokens included"
+            ))
+            .with_hint("Shorten the prompt.")
+        };
+        // A prompt that surely holds more tokens than the context is refused before it is tokenised.
+        if super::text::worth_reading(prompt, context, codec.longest_token()).len() < prompt.len() {
+            return Err(too_long(format!("more than {context}")));
+        }
         let prompt_ids = codec.encode_prompt(prompt)?;
         if prompt_ids.is_empty() {
             return Err(AiError::invalid("the prompt is empty").with_hint("Give at least one word to continue."));
         }
-        let mut decoder = model.session()?;
-        let context = decoder.context_size();
         if prompt_ids.len() >= context {
-            return Err(AiError::invalid(format!(
-                "the prompt is {} tokens; this model reads at most {context}, generated tokens included",
-                prompt_ids.len()
-            ))
-            .with_hint("Shorten the prompt."));
+            return Err(too_long(prompt_ids.len().to_string()));
         }
         decoder.reset()?;
         Ok(Generation {
@@ -204,6 +219,14 @@ impl<'m> Generation<'m> {
     }
 
     fn step(&mut self) -> Result<()> {
+        if self.input.len() > PROMPT_PART {
+            // A long prompt is read a part at a time; `next_piece` runs `between` before each, and attention
+            // never holds more than a part's rows of scores.
+            let head: Vec<u32> = self.input.drain(..PROMPT_PART).collect();
+            let decoder = &mut self.decoder;
+            forward(|| decoder.next_logits(&head))?;
+            return Ok(());
+        }
         if self.tokens_left == 0 {
             return self.finish();
         }

@@ -133,9 +133,17 @@ impl GgufModel {
         Self::load_as(path, if fast { Weights::Fast } else { Weights::AsStored })
     }
 
+    /// Whether the weights were re-quantised to Q8_0 and run on pg_ai's 8-bit Llama (see `Weights::Fast`).
+    pub fn requantised(&self) -> bool {
+        matches!(self.weights, Held::Int8(_))
+    }
+
     pub fn load_as(path: &Path, weights: Weights) -> Result<Self> {
         let corrupt = |e: candle_core::Error| {
-            AiError::corrupt(format!("cannot read {}: {e}", path.display()))
+            // candle words a missing metadata key as the key's context over a bare "unwrap none" line.
+            let message: Vec<String> =
+                e.to_string().lines().map(str::trim).filter(|l| *l != "unwrap none").map(str::to_string).collect();
+            AiError::corrupt(format!("cannot read {}: {}", path.display(), message.join(": ")))
                 .with_hint("pg_ai reads GGUF files of llama-architecture models.")
         };
         let mut file = std::fs::File::open(path)

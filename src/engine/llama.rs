@@ -55,10 +55,16 @@ impl LlamaModel {
             )));
         }
         let kv = c.hidden_size / heads * kv_heads;
-        let per_layer =
-            c.hidden_size * (2 * c.hidden_size + 2 * kv) + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size;
-        let head = if c.tie_word_embeddings { 0 } else { c.vocab_size * c.hidden_size };
-        let parameters = c.vocab_size * c.hidden_size + c.num_hidden_layers * per_layer + c.hidden_size + head;
+        // Saturating: config.json's sizes are not yet checked against the weights.
+        let p = super::budget::product;
+        let per_layer = p(&[c.hidden_size, p(&[2, c.hidden_size]).saturating_add(p(&[2, kv]))])
+            .saturating_add(p(&[3, c.hidden_size, c.intermediate_size]))
+            .saturating_add(p(&[2, c.hidden_size]));
+        let head = if c.tie_word_embeddings { 0 } else { p(&[c.vocab_size, c.hidden_size]) };
+        let parameters = p(&[c.vocab_size, c.hidden_size])
+            .saturating_add(p(&[c.num_hidden_layers, per_layer]))
+            .saturating_add(c.hidden_size)
+            .saturating_add(head);
         let vb = var_builder(&files.weights, &Device::Cpu)?;
         let mismatch = |e: candle_core::Error| AiError::corrupt(format!("the weights do not match config.json: {e}"));
         // pg_ai's Llama has transformers' default rotary embeddings only: llama3-scaled models stay on candle's, in f32.
@@ -68,7 +74,7 @@ impl LlamaModel {
             (Weights::Projected(model), bytes)
         } else {
             let model = Llama::load(vb, &llama_config).map_err(mismatch)?;
-            (Weights::Candle { model, config: llama_config }, parameters * 4)
+            (Weights::Candle { model, config: llama_config }, parameters.saturating_mul(4))
         };
         let architecture =
             config.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("LlamaForCausalLM");
@@ -114,6 +120,11 @@ struct Session<'a> {
 
 impl Session<'_> {
     fn fresh_cache(config: &Config) -> Result<Cache> {
+        // candle computes cosine and sine tables for every position config.json allows.
+        let head_dim = config.hidden_size / config.num_attention_heads.max(1);
+        super::budget::check(super::budget::product(&[config.max_position_embeddings, head_dim, 4]), || {
+            format!("the rotary tables of max_position_embeddings {}", config.max_position_embeddings)
+        })?;
         Ok(Cache::new(true, DType::F32, config, &Device::Cpu)?)
     }
 }

@@ -142,6 +142,10 @@ impl Marian {
             }
         }
         let target_vocab = c.decoder_vocab_size.unwrap_or(c.vocab_size);
+        // The position table is computed, not read: its size comes from config.json alone.
+        super::budget::check(super::budget::product(&[c.max_position_embeddings, c.d_model, 4]), || {
+            format!("the position table of max_position_embeddings {}", c.max_position_embeddings)
+        })?;
         let load = || -> candle_core::Result<Marian> {
             let m = vb.pp("model");
             let embedding = |name: &str, vocab: usize| -> candle_core::Result<Embedding> {

@@ -5,6 +5,7 @@ pub mod allocator;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 pub mod beam;
+pub mod budget;
 pub mod chat;
 pub mod codec;
 pub mod config;

@@ -20,6 +20,8 @@ pub struct TextTokenizer {
     cleanup: bool,
     /// Longest encoding the model accepts.
     pub max_tokens: usize,
+    /// Characters in the vocabulary's longest token: how much text one token can cover (see `worth_reading`).
+    longest_token: usize,
 }
 
 /// A special token in tokenizer_config.json is either a string or {"content": "..."}.
@@ -60,24 +62,35 @@ impl TextTokenizer {
             .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| AiError::corrupt(format!("tokenizer.json: {e}")))?;
         inner.with_padding(None);
-        Ok(TextTokenizer { inner, mask, pad_id, unk_id, cleanup, max_tokens })
+        let longest_token = longest_token(&inner);
+        Ok(TextTokenizer { inner, mask, pad_id, unk_id, cleanup, max_tokens, longest_token })
     }
 
-    /// Encodes one text with special tokens; offsets are in characters, as Python counts them.
+    /// Encodes one text with special tokens, truncated to `max_tokens`; offsets are in characters, as Python
+    /// counts them. Only the part of the text that can reach the kept tokens is tokenised (`worth_reading`).
     pub fn encode(&self, text: &str) -> Result<Encoding> {
+        let text = worth_reading(text, self.max_tokens, self.longest_token);
         time(Phase::Tokenize, || self.inner.encode_char_offsets(text, true))
             .map_err(|e| AiError::invalid(format!("cannot tokenize the input: {e}")))
     }
 
+    /// Bytes of `text` that `encode` reads.
+    pub fn read_length(&self, text: &str) -> usize {
+        worth_reading(text, self.max_tokens, self.longest_token).len()
+    }
+
     /// Like `encode`, but an input longer than the model accepts is an error rather than truncated.
     pub fn encode_whole(&self, text: &str) -> Result<Encoding> {
+        let too_long = || {
+            AiError::invalid(format!("the input is longer than the {} tokens this model accepts", self.max_tokens))
+                .with_hint("Split the text into shorter pieces.")
+        };
+        if worth_reading(text, self.max_tokens, self.longest_token).len() < text.len() {
+            return Err(too_long());
+        }
         let encoding = self.encode(text)?;
         if !encoding.get_overflowing().is_empty() {
-            return Err(AiError::invalid(format!(
-                "the input is longer than the {} tokens this model accepts",
-                self.max_tokens
-            ))
-            .with_hint("Split the text into shorter pieces."));
+            return Err(too_long());
         }
         Ok(encoding)
     }
@@ -122,6 +135,38 @@ impl TextTokenizer {
     }
 }
 
+/// Characters in the longest token of the vocabulary (at least 1).
+pub fn longest_token(tokenizer: &Tokenizer) -> usize {
+    tokenizer.get_vocab(true).keys().map(|t| t.chars().count()).max().unwrap_or(1).max(1)
+}
+
+/// The start of `text` that can reach a model's first `max_tokens` tokens: every whitespace-separated word gives
+/// at least one token and a token covers at most `longest_token` characters, so nothing past the first
+/// `max_tokens` + 16 words, or past twice as many characters as that many tokens can cover, is needed. Reading
+/// no further keeps a huge text from holding the backend (and its memory) in the tokenizer. Only words the
+/// tokenizer drops whole (control characters; accents a normaliser strips) or unknown words longer than the
+/// longest token can make this cut differ from reading everything.
+pub fn worth_reading(text: &str, max_tokens: usize, longest_token: usize) -> &str {
+    let words = max_tokens.saturating_add(16);
+    let chars = words.saturating_mul(longest_token).saturating_mul(2);
+    let (mut seen, mut in_word) = (0usize, false);
+    for (n, (at, c)) in text.char_indices().enumerate() {
+        if n >= chars {
+            return &text[..at];
+        }
+        if c.is_whitespace() {
+            in_word = false;
+        } else if !in_word {
+            in_word = true;
+            seen += 1;
+            if seen > words {
+                return &text[..at];
+            }
+        }
+    }
+    text
+}
+
 /// transformers' `clean_up_tokenization`: removes the spaces a word-piece decoder leaves before
 /// punctuation and English contractions.
 fn clean_up_spaces(text: &str) -> String {
@@ -142,6 +187,22 @@ fn clean_up_spaces(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::worth_reading;
+
+    #[test]
+    fn reads_the_words_and_characters_that_can_reach_the_kept_tokens() {
+        // 3 tokens: 19 words kept, the 20th cut with the space before it.
+        let text = (0..40).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+        assert_eq!(worth_reading(&text, 3, 100), (0..19).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ") + " ");
+        // One long word: cut at (3 + 16) * 2 * 2 = 76 characters, on a character boundary.
+        let word = "é".repeat(1000);
+        assert_eq!(worth_reading(&word, 3, 2).chars().count(), 76);
+        // Short texts and unbounded tokens come back whole.
+        assert_eq!(worth_reading("a b c", 3, 2), "a b c");
+        assert_eq!(worth_reading(&text, usize::MAX, usize::MAX), text);
+        assert_eq!(worth_reading("", 0, 1), "");
+    }
+
     #[test]
     fn cleanup_matches_transformers() {
         assert_eq!(super::clean_up_spaces("hello , world ! it 's done ."), "hello, world! it's done.");

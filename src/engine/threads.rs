@@ -26,7 +26,7 @@ pub fn configure(threads: usize) {
 /// Blocks, in a compute thread, the signals sent to the process (Postgres's cancel, terminate, timeouts), so that
 /// the kernel delivers them to the backend's own thread, where Postgres's handlers expect to run. Faults a thread
 /// causes itself stay unblocked: blocked, they would kill the process without a handler.
-fn leave_signals_to_the_backend() {
+pub fn leave_signals_to_the_backend() {
     // SAFETY: plain libc calls on a local signal set; pthread_sigmask changes only this thread's mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

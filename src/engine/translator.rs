@@ -8,7 +8,7 @@ use super::files::ModelFiles;
 use super::marian::Marian;
 use super::seq2seq::{token_column, DecoderCache, GenerationSettings, Memory, Seq2Seq};
 use super::t5::T5;
-use super::tasks::in_batches;
+use super::tasks::{encode_all, in_batches};
 use super::text::TextTokenizer;
 use super::timing::forward;
 use candle_core::{Device, Tensor, D};
@@ -175,7 +175,8 @@ impl Translator {
             max_tokens: self.decoder_limit.map_or(options.max_tokens, |limit| options.max_tokens.min(limit)),
             ..options
         };
-        let encodings = inputs.iter().map(|t| self.tokenizer.encode_whole(t)).collect::<Result<Vec<_>>>()?;
+        let texts: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let encodings = encode_all(&self.tokenizer, &texts, true, between)?;
         in_batches(&self.tokenizer, &encodings, &mut || {}, |_, batch| {
             let memory = Memory::new(forward(|| self.model.encode(&batch.ids, &batch.mask))?, &batch.mask)?;
             if options.num_beams == 1 {

@@ -1,6 +1,6 @@
 //! Text classification: every label with its score, best first.
 
-use super::{in_batches, ranked};
+use super::{encode_all, in_batches, ranked};
 use crate::engine::error::{AiError, Result};
 use crate::engine::model::Model;
 
@@ -13,7 +13,7 @@ pub struct Scored {
 pub fn classify(model: &Model, texts: &[&str], between: &mut dyn FnMut()) -> Result<Vec<Vec<Scored>>> {
     let head = model.head.as_ref().ok_or_else(|| AiError::wrong_task("the model has no classification head"))?;
     // Long texts are truncated, as classifying the start of a long row beats failing an INSERT.
-    let encodings = texts.iter().map(|t| model.tokenizer.encode(t)).collect::<Result<Vec<_>>>()?;
+    let encodings = encode_all(&model.tokenizer, texts, false, between)?;
     // transformers: sigmoid for multi-label problems or a single output, softmax otherwise.
     let n_labels = model.config.labels.len().max(1);
     let sigmoid = model.config.multi_label || n_labels == 1;

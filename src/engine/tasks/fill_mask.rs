@@ -1,6 +1,6 @@
 //! Fill-mask: the most likely tokens for the one mask token in the input.
 
-use super::{in_batches, ranked};
+use super::{encode_all, in_batches, ranked};
 use crate::engine::error::{AiError, Result};
 use crate::engine::model::Model;
 use candle_core::Tensor;
@@ -21,10 +21,9 @@ pub fn fill_mask(model: &Model, texts: &[&str], top_k: usize, between: &mut dyn 
     if top_k == 0 || top_k > vocab {
         return Err(AiError::invalid(format!("top_k must be between 1 and {vocab}, the vocabulary size")));
     }
-    let mut encodings = Vec::with_capacity(texts.len());
+    let encodings = encode_all(&model.tokenizer, texts, true, between)?;
     let mut mask_positions = Vec::with_capacity(texts.len());
-    for text in texts {
-        let encoding = model.tokenizer.encode_whole(text)?;
+    for encoding in &encodings {
         let positions: Vec<usize> =
             encoding.get_ids().iter().enumerate().filter(|(_, &id)| id == mask_id).map(|(i, _)| i).collect();
         match positions.len() {
@@ -39,7 +38,6 @@ pub fn fill_mask(model: &Model, texts: &[&str], top_k: usize, between: &mut dyn 
                     .with_hint(format!("Keep one {mask_token} per input.")))
             }
         }
-        encodings.push(encoding);
     }
     let head = model.head.as_ref().ok_or_else(|| AiError::wrong_task("the model has no masked-LM head"))?;
     in_batches(&model.tokenizer, &encodings, between, |rows, batch| {

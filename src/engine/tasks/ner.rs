@@ -3,7 +3,7 @@
 //! entity type merge unless a "B-" starts a new one; "O" is dropped.
 
 use super::classify::label_name;
-use super::in_batches;
+use super::{encode_all, in_batches};
 use crate::engine::error::{AiError, Result};
 use crate::engine::model::Model;
 
@@ -30,7 +30,7 @@ struct Token {
 
 pub fn ner(model: &Model, texts: &[&str], between: &mut dyn FnMut()) -> Result<Vec<Vec<Entity>>> {
     let head = model.head.as_ref().ok_or_else(|| AiError::wrong_task("the model has no token-classification head"))?;
-    let encodings = texts.iter().map(|t| model.tokenizer.encode_whole(t)).collect::<Result<Vec<_>>>()?;
+    let encodings = encode_all(&model.tokenizer, texts, true, between)?;
     in_batches(&model.tokenizer, &encodings, between, |rows, batch| {
         let logits = head.token_logits(&model.encoder.forward(batch)?)?;
         let probabilities = candle_nn::ops::softmax_last_dim(&logits)?.to_vec3::<f32>()?;

@@ -63,9 +63,17 @@ pub fn collect_texts(data: &mut dyn DataSource, with_targets: bool) -> Result<Ve
             let target = e.target.filter(|_| with_targets);
             for text in [Some(e.text), target].into_iter().flatten().filter(|t| !t.trim().is_empty()) {
                 usable = true;
-                if bytes + text.len() <= TOKENIZER_SAMPLE_BYTES || texts.is_empty() {
+                if bytes + text.len() <= TOKENIZER_SAMPLE_BYTES {
                     bytes += text.len();
                     texts.push(text);
+                } else if texts.is_empty() {
+                    // A first row longer than the sample gives its start alone.
+                    let mut end = TOKENIZER_SAMPLE_BYTES;
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    bytes = end;
+                    texts.push(text[..end].to_string());
                 }
             }
         }
@@ -307,7 +315,7 @@ mod tests {
     fn only_the_first_piece_of_a_word_is_tagged() {
         let texts = vec!["anna went to oslo".to_string()];
         // The smallest vocabulary: single characters, so every word is split into one piece per letter.
-        let mut tokenizer = TrainTokenizer::train_wordpiece(&texts, 0).unwrap();
+        let mut tokenizer = TrainTokenizer::train_wordpiece(&texts, 0, &Default::default()).unwrap();
         let options = TrainOptions { test_size: 0.0, ..Default::default() };
         let dir = std::env::temp_dir();
         let mut rows = Rows(vec![

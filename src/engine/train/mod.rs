@@ -37,6 +37,7 @@ use candle_core::Tensor;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokenizer::{Style, TrainTokenizer};
 
 /// One training row. `text` is "" where the SQL value is NULL.
@@ -60,6 +61,11 @@ pub trait DataSource {
 pub trait Progress {
     /// Called often (every batch at least); returns Err to stop (the SQL side checks interrupts here).
     fn check(&mut self) -> Result<()>;
+    /// Whether a cancel or stop is pending, without acting on it: polled while work that cannot check for
+    /// interrupts runs on another thread (see `watched`); `check` then reports it.
+    fn interrupted(&mut self) -> bool {
+        false
+    }
     /// Called every log_every steps and at the end.
     fn report(&mut self, step: &StepReport);
     /// Called after every step but the last. Where a checkpoint is due (a background job that can resume),
@@ -192,6 +198,31 @@ fn source_prefix(objective: Objective, options: &TrainOptions) -> Result<&str> {
     }
 }
 
+/// Runs `work` (one long call that cannot check for interrupts itself, such as training a tokenizer on 64 MB of
+/// text) on a thread of its own, while this thread watches `progress.interrupted()` and sets the flag `work`
+/// stops at; then `progress.check()` reports the interrupt here, where the SQL side may raise it.
+fn watched<T: Send>(progress: &mut dyn Progress, work: impl FnOnce(&AtomicBool) -> Result<T> + Send) -> Result<T> {
+    let stop = AtomicBool::new(false);
+    let out = std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .stack_size(8 << 20)
+            .spawn_scoped(scope, || {
+                crate::engine::threads::leave_signals_to_the_backend();
+                work(&stop)
+            })
+            .map_err(|e| AiError::internal(format!("cannot start a thread: {e}")))?;
+        while !handle.is_finished() {
+            if progress.interrupted() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        handle.join().map_err(|_| AiError::internal("training the tokenizer failed"))?
+    });
+    progress.check()?;
+    out
+}
+
 /// Train a new model from scratch (tokenizer trained on the same rows first): a BERT for mlm,
 /// text-classification and token-classification, a GPT-2 for clm, a T5 for seq2seq.
 pub fn pretrain(
@@ -207,15 +238,15 @@ pub fn pretrain(
         texts.push(prefix.to_string());
     }
     let vocab = options.vocab_size();
-    let mut tokenizer = match objective {
-        Objective::Clm if vocab < 300 => {
-            return Err(AiError::invalid(format!("vocab_size {vocab} is too small for a byte-level BPE"))
-                .with_hint("It holds the 256 bytes and <|endoftext|> before any merge; use 300 or more."))
-        }
-        Objective::Clm => TrainTokenizer::train_byte_bpe(&texts, vocab)?,
-        Objective::Seq2Seq => TrainTokenizer::train_unigram(&texts, vocab)?,
-        _ => TrainTokenizer::train_wordpiece(&texts, vocab)?,
-    };
+    if objective == Objective::Clm && vocab < 300 {
+        return Err(AiError::invalid(format!("vocab_size {vocab} is too small for a byte-level BPE"))
+            .with_hint("It holds the 256 bytes and <|endoftext|> before any merge; use 300 or more."));
+    }
+    let mut tokenizer = watched(progress, |stop| match objective {
+        Objective::Clm => TrainTokenizer::train_byte_bpe(&texts, vocab, stop),
+        Objective::Seq2Seq => TrainTokenizer::train_unigram(&texts, vocab, stop),
+        _ => TrainTokenizer::train_wordpiece(&texts, vocab, stop),
+    })?;
     drop(texts);
     let max_length = options.max_length;
     let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir)?)?;
@@ -277,6 +308,22 @@ pub fn resume(
 ) -> Result<TrainOutcome> {
     let state = TrainerState::read(checkpoint_dir)?;
     continue_from(checkpoint_dir, Some(&state), objective, data, options, progress, out_dir)
+}
+
+/// A base model's shape for the memory check: sizes from config.json (each family names them its own way) and
+/// the parameters counted in the safetensors header, without reading the weights.
+fn base_shape(config: &Value, weights: &Path) -> Result<options::Shape> {
+    let field = |names: &[&str]| names.iter().find_map(|n| config.get(*n).and_then(Value::as_u64)).map(|n| n as usize);
+    let hidden_size = field(&["hidden_size", "n_embd", "d_model", "dim"]).unwrap_or(0);
+    Ok(options::Shape {
+        parameters: Some(params::safetensors_parameters(weights)?),
+        vocab_size: field(&["vocab_size"]).unwrap_or(0),
+        hidden_size,
+        layers: field(&["num_hidden_layers", "n_layer", "num_layers", "n_layers"]).unwrap_or(0),
+        heads: field(&["num_attention_heads", "n_head", "num_heads", "n_heads"]).unwrap_or(0),
+        intermediate_size: field(&["intermediate_size", "n_inner", "d_ff", "hidden_dim"])
+            .unwrap_or(hidden_size.saturating_mul(4)),
+    })
 }
 
 fn continue_from(
@@ -341,6 +388,7 @@ fn continue_from(
             .unwrap_or(512) as usize,
     };
     let max_length = options.max_length.min(positions);
+    base_shape(&config, &files.weights[0])?.check_memory(options)?;
     let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir)?)?;
     if let (Some(p), Some(obj)) = (options.dropout, config.as_object_mut()) {
         let keys: &[&str] = match (&encoder_config, style) {

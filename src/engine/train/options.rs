@@ -179,6 +179,16 @@ impl TrainOptions {
                     "Each attention head gets hidden_size / heads dimensions, e.g. hidden_size 64 with 2 heads.",
                 ));
         }
+        // Each bound alone allows a model no machine holds: check what they make together, before any row is read.
+        let shape = Shape {
+            parameters: None,
+            vocab_size: o.vocab_size(),
+            hidden_size: hidden,
+            layers: o.layers(),
+            heads,
+            intermediate_size: o.intermediate_size(),
+        };
+        shape.check_memory(&o)?;
         Ok(o)
     }
 
@@ -211,6 +221,55 @@ impl TrainOptions {
     /// Warmup steps out of `total`.
     pub fn warmup(&self, total: usize) -> usize {
         self.warmup_steps.unwrap_or_else(|| (self.warmup_ratio * total as f64).ceil() as usize)
+    }
+}
+
+/// What the memory of a training run depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// The parameters of a base model's file, when there is one; the sizes below give an estimate too.
+    pub parameters: Option<usize>,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate_size: usize,
+}
+
+impl Shape {
+    /// Bytes a run holds at its peak, roughly: f32 weights, their gradients and AdamW's two moments (16 bytes a
+    /// parameter), and what a step keeps for its backward pass at the batch size and max_length: each layer's
+    /// hidden states, feed-forward activations and attention probabilities, and the output logits.
+    pub fn training_bytes(&self, options: &TrainOptions) -> usize {
+        use crate::engine::budget::product as p;
+        let (h, i, layers) = (self.hidden_size, self.intermediate_size, self.layers);
+        // What the sizes make, or what the file holds if that is more (a config can understate a model, and a
+        // header can understate what a config will build).
+        let per_layer = p(&[4, h, h]).saturating_add(p(&[2, h, i]));
+        let sized = p(&[self.vocab_size, h])
+            .saturating_add(p(&[options.max_length, h]))
+            .saturating_add(p(&[layers, per_layer]));
+        let parameters = self.parameters.unwrap_or(0).max(sized);
+        let tokens = p(&[options.batch_size, options.max_length]);
+        let per_layer = p(&[tokens, h.saturating_mul(12).saturating_add(i.saturating_mul(3))]).saturating_add(p(&[
+            options.batch_size,
+            self.heads,
+            options.max_length,
+            options.max_length,
+            3,
+        ]));
+        let logits = p(&[tokens, self.vocab_size, 3]);
+        p(&[parameters, 16]).saturating_add(p(&[layers, per_layer, 4])).saturating_add(p(&[logits, 4]))
+    }
+
+    /// 53200 before anything is built when the run would not fit the budget of one call.
+    pub fn check_memory(&self, options: &TrainOptions) -> Result<()> {
+        crate::engine::budget::check(self.training_bytes(options), || {
+            format!(
+                "training a model of hidden_size {}, {} layers and a vocabulary of {} with batch_size {} and max_length {}",
+                self.hidden_size, self.layers, self.vocab_size, options.batch_size, options.max_length
+            )
+        })
     }
 }
 

@@ -58,6 +58,30 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     tensors.into_iter().map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?))).collect()
 }
 
+/// The number of parameters in a safetensors file, from its header alone (the weights are not read).
+pub fn safetensors_parameters(path: &Path) -> Result<usize> {
+    use std::io::Read;
+    let corrupt = |why: String| AiError::corrupt(format!("cannot read {}: {why}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(|e| corrupt(e.to_string()))?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).map_err(|e| corrupt(e.to_string()))?;
+    let length = u64::from_le_bytes(length);
+    // safetensors itself refuses headers above 100 MB.
+    if length > 100_000_000 {
+        return Err(corrupt(format!("a header of {length} bytes")));
+    }
+    let mut header = vec![0u8; length as usize];
+    file.read_exact(&mut header).map_err(|e| corrupt(e.to_string()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| corrupt(e.to_string()))?;
+    let tensors = header.as_object().ok_or_else(|| corrupt("a header that is not an object".into()))?;
+    Ok(tensors
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .filter_map(|(_, t)| t.get("shape")?.as_array().cloned())
+        .map(|shape| shape.iter().map(|d| d.as_u64().unwrap_or(0) as usize).fold(1usize, usize::saturating_mul))
+        .fold(0, usize::saturating_add))
+}
+
 /// Builds a parameter list in a fixed order, so the same seed draws the same values.
 pub struct ParamBuilder {
     source: HashMap<String, Tensor>,

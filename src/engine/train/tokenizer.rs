@@ -6,6 +6,7 @@ use crate::engine::error::{AiError, Result};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::bpe::{BpeTrainer, BPE};
@@ -51,6 +52,13 @@ pub struct TrainTokenizer {
     pub eos_id: Option<u32>,
     /// Special tokens: never masked, never drawn as a random replacement.
     pub special_ids: Vec<u32>,
+    /// Characters in the vocabulary's longest token (text::worth_reading).
+    longest_token: usize,
+}
+
+/// The texts, ending early once `stop` is set: a cancelled run need not wait for the rest of the sample.
+fn until<'a>(texts: &'a [String], stop: &'a AtomicBool) -> impl Iterator<Item = &'a String> + Send + 'a {
+    texts.iter().take_while(move |_| !stop.load(Ordering::Relaxed))
 }
 
 fn tok_err(e: impl std::fmt::Display) -> AiError {
@@ -64,13 +72,13 @@ fn special(t: &str) -> AddedToken {
 impl TrainTokenizer {
     /// A WordPiece vocabulary learnt from `texts`, with BERT's normaliser, pre-tokenizer and
     /// [CLS]/[SEP] template; the special tokens come first, so [PAD] is 0.
-    pub fn train_wordpiece(texts: &[String], vocab_size: usize) -> Result<Self> {
+    pub fn train_wordpiece(texts: &[String], vocab_size: usize, stop: &AtomicBool) -> Result<Self> {
         let normalizer = BertNormalizer::new(true, true, None, true);
         // The trainer numbers "##c" pieces in hash-map order, and ties between merges go by those
         // numbers, so the same rows would give different vocabularies run to run. Reserving every
         // "##c" up front, in character order, makes training deterministic.
         let mut alphabet = BTreeSet::new();
-        for text in texts {
+        for text in until(texts, stop) {
             let mut n = NormalizedString::from(text.as_str());
             normalizer.normalize(&mut n).map_err(tok_err)?;
             alphabet.extend(n.get().chars().filter(|c| !c.is_whitespace()));
@@ -91,7 +99,7 @@ impl TrainTokenizer {
         let mut scratch = Tokenizer::new(WordPiece::default());
         scratch.with_normalizer(Some(normalizer)).map_err(tok_err)?;
         scratch.with_pre_tokenizer(Some(BertPreTokenizer));
-        scratch.train(&mut trainer, texts.iter()).map_err(tok_err)?;
+        scratch.train(&mut trainer, until(texts, stop)).map_err(tok_err)?;
         // A fresh tokenizer over the learnt vocabulary, where only the five BERT tokens are special.
         let ModelWrapper::WordPiece(model) = scratch.get_model() else {
             return Err(AiError::internal("the WordPiece trainer returned another model"));
@@ -109,7 +117,7 @@ impl TrainTokenizer {
 
     /// A byte-level BPE learnt from `texts` (every byte is in the alphabet, so nothing is unknown),
     /// with <|endoftext|> as token 0.
-    pub fn train_byte_bpe(texts: &[String], vocab_size: usize) -> Result<Self> {
+    pub fn train_byte_bpe(texts: &[String], vocab_size: usize, stop: &AtomicBool) -> Result<Self> {
         let mut tokenizer = Tokenizer::new(BPE::default());
         tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
@@ -121,18 +129,18 @@ impl TrainTokenizer {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build()
             .into();
-        tokenizer.train(&mut trainer, texts.iter()).map_err(tok_err)?;
+        tokenizer.train(&mut trainer, until(texts, stop)).map_err(tok_err)?;
         Self::wrap(tokenizer, Style::Decoder)
     }
 
     /// A sentencepiece-style Unigram vocabulary learnt from `texts`, as T5's: Metaspace pre-tokenizer ("▁"
     /// for spaces), no normaliser (case is kept), "</s>" after every text, T5's special tokens first.
-    pub fn train_unigram(texts: &[String], vocab_size: usize) -> Result<Self> {
+    pub fn train_unigram(texts: &[String], vocab_size: usize, stop: &AtomicBool) -> Result<Self> {
         let metaspace = Metaspace::default();
         // The trainer counts words in a randomly seeded hash map and sums in parallel, so the same rows could
         // give different vocabularies; it is fed here with counts in word order, one thread.
         let mut counts: BTreeMap<String, u32> = BTreeMap::new();
-        for text in texts {
+        for text in until(texts, stop) {
             let mut words = PreTokenizedString::from(text.as_str());
             metaspace.pre_tokenize(&mut words).map_err(tok_err)?;
             for (word, _, _) in words.get_splits(OffsetReferential::Original, OffsetType::None) {
@@ -212,6 +220,7 @@ impl TrainTokenizer {
             eos_id: id(END_OF_TEXT).or(id("</s>")),
             special_ids,
             style,
+            longest_token: crate::engine::text::longest_token(&inner),
             inner,
         })
     }
@@ -223,6 +232,8 @@ impl TrainTokenizer {
     /// Token ids of one text, at most `max_length` of them: [CLS] .. [SEP] for an encoder, text then </s> for a
     /// sequence-to-sequence model (the text is cut, not the special tokens), text then <|endoftext|> for a decoder.
     pub fn encode(&mut self, text: &str, max_length: usize) -> Result<Vec<u32>> {
+        // A huge row costs what its first max_length tokens cost.
+        let text = crate::engine::text::worth_reading(text, max_length, self.longest_token);
         match self.style {
             Style::Encoder | Style::Seq2Seq => {
                 self.inner
