@@ -35,6 +35,11 @@ rm -rf "$PG_AI_CLUSTER"
 scripts/cluster.sh start
 trap 'scripts/cluster.sh stop' EXIT
 scripts/sql-tests.sh
+# Hostile inputs included, no backend may have died (the tests below kill one on purpose).
+if grep -E "terminated by signal|PANIC" "$PG_AI_CLUSTER/server.log"; then
+    echo "FAIL: a backend died during the SQL tests"
+    exit 1
+fi
 
 echo "== many connections (benches/concurrency.sh)"
 benches/concurrency.sh

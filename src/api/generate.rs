@@ -124,7 +124,7 @@ impl Iterator for Pieces {
 #[pg_extern(volatile, parallel_safe)]
 #[allow(clippy::too_many_arguments)]
 fn ai_chat(
-    messages: Option<pgrx::JsonB>,
+    messages: Option<super::json_arg::JsonArg>,
     model: Option<&str>,
     max_tokens: default!(Option<i32>, 256),
     temperature: default!(Option<f32>, 0),
@@ -136,7 +136,7 @@ fn ai_chat(
 ) -> Option<String> {
     let (messages, model) = (messages?, model?);
     let options = options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty);
-    let messages = chat::parse_messages(&messages.0).or_raise();
+    let messages = chat::parse_messages(&messages.value("messages")).or_raise();
     let loaded = crate::store::model_for(model, Task::TextGeneration);
     let m = loaded.causal().or_raise();
     let template = m.chat_template().ok_or_else(|| {

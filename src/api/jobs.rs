@@ -1,13 +1,15 @@
 //! Training as background jobs. ai_pretrain_async and ai_finetune_async check the request, record it in
 //! ai.jobs and start a dynamic background worker (no shared_preload_libraries needed), then return the job's id
-//! at once. The worker trains with the caller's role, so it reads only what the caller may read, and commits
-//! the job's status as it goes; it goes on when the client disconnects. ai_cancel_job asks it to stop.
+//! at once. The worker connects as the job's owner, so its session has exactly the owner's rights (no SET ROLE
+//! in a source can gain more), and commits the job's status as it goes; it goes on when the client
+//! disconnects. ai_cancel_job asks it to stop.
 //!
 //! Training runs outside any transaction: each pass over the rows reads them in one of its own, and every few
 //! minutes (or `checkpoint_every` steps) a checkpoint commits into ai.job_checkpoints. A job that a server stop
 //! interrupts resumes from it, bit for bit as if it had not stopped: by itself after the restart when pg_ai is
 //! in shared_preload_libraries (launcher.rs), else with ai_resume_job.
 
+use super::json_arg::JsonArg;
 use super::train::{self, Request, Rows, RowsQuery, Scratch, SqlProgress, Start};
 use crate::engine::error::{AiError, ErrorKind, Result as EngineResult};
 use crate::engine::train::{DataSource, Example, Objective, Progress, StepReport, TrainerState};
@@ -28,28 +30,41 @@ const CANCEL_POLL: Duration = Duration::from_secs(1);
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Starts training a new model in the background; returns the job id. See ai_pretrain for the arguments.
+/// NULL name, source or objective gives NULL.
 #[pg_extern(volatile, parallel_unsafe)]
-fn ai_pretrain_async(name: &str, source: &str, objective: &str, options: default!(Option<JsonB>, "'{}'")) -> i64 {
+fn ai_pretrain_async(
+    name: Option<&str>,
+    source: Option<&str>,
+    objective: Option<&str>,
+    options: default!(Option<JsonArg>, "'{}'"),
+) -> Option<i64> {
+    let (name, source, objective) = (name?, source?, objective?);
     super::require_writable(c"ai_pretrain_async()");
     let options = train::options_value(options);
     train::check_request(name, objective, &options);
-    submit("pretrain", name, json!({"source": source, "objective": objective, "options": options}))
+    Some(submit("pretrain", name, json!({"source": source, "objective": objective, "options": options})))
 }
 
 /// Starts fine-tuning in the background; returns the job id. See ai_finetune for the arguments.
+/// NULL name, base model, source or task gives NULL.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_finetune_async(
-    name: &str,
-    base_model: &str,
-    source: &str,
-    task: &str,
-    options: default!(Option<JsonB>, "'{}'"),
-) -> i64 {
+    name: Option<&str>,
+    base_model: Option<&str>,
+    source: Option<&str>,
+    task: Option<&str>,
+    options: default!(Option<JsonArg>, "'{}'"),
+) -> Option<i64> {
+    let (name, base_model, source, task) = (name?, base_model?, source?, task?);
     super::require_writable(c"ai_finetune_async()");
     let options = train::options_value(options);
     train::check_request(name, task, &options);
     train::find_base(base_model);
-    submit("finetune", name, json!({"base_model": base_model, "source": source, "task": task, "options": options}))
+    Some(submit(
+        "finetune",
+        name,
+        json!({"base_model": base_model, "source": source, "task": task, "options": options}),
+    ))
 }
 
 /// Asks a queued or running job to stop; true if it was still going. It stops between two batches.
@@ -68,14 +83,36 @@ fn ai_cancel_job(id: i64) -> bool {
 }
 
 fn submit(kind: &str, model: &str, args: serde_json::Value) -> i64 {
+    let owner = Spi::get_one::<i64>("SELECT current_user::regrole::oid::bigint")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| error!("cannot read the current role"));
+    if let Some(reason) = cannot_run_jobs(owner) {
+        raise(
+            AiError::new(ErrorKind::Privilege, format!("{reason}, and a background job runs as its owner"))
+                .with_hint("Give the role LOGIN and CONNECT on the database, or train in this session with ai_pretrain or ai_finetune."),
+        );
+    }
     let id = Spi::get_one_with_args::<i64>(
         "INSERT INTO ai.jobs (kind, model, args) VALUES ($1, $2, $3) RETURNING id",
         &[kind.into(), model.into(), JsonB(args).into()],
     )
     .unwrap_or_else(|e| error!("cannot record the job in ai.jobs: {e}"))
     .expect("INSERT ... RETURNING gives a row");
-    start_worker(id, &current_database());
+    start_worker(Worker { job: id, database: current_database(), owner });
     id
+}
+
+/// Why role `owner` cannot have a job worker connect as it, if it cannot: a worker logs in as the job's owner.
+pub(super) fn cannot_run_jobs(owner: i64) -> Option<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT CASE WHEN NOT r.rolcanlogin THEN format('role %s cannot log in', r.oid::regrole)
+                     WHEN NOT pg_catalog.has_database_privilege(r.oid, pg_catalog.current_database(), 'CONNECT')
+                     THEN format('role %s may not connect to this database', r.oid::regrole) END
+         FROM pg_catalog.pg_roles AS r WHERE r.oid = $1::bigint::oid",
+        &[owner.into()],
+    )
+    .unwrap_or_else(|e| error!("cannot read pg_roles: {e}"))
 }
 
 /// Starts a job that stopped with the server (see ai.job_status's 'interrupted'): from its last checkpoint
@@ -85,33 +122,45 @@ fn submit(kind: &str, model: &str, args: serde_json::Value) -> i64 {
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_resume_job(id: i64) -> bool {
     super::require_writable(c"ai_resume_job()");
-    let resumable = Spi::get_one_with_args::<bool>(
-        "SELECT (SELECT status IN ('queued', 'running') AND NOT ai.job_worker_alive(pid) FROM ai.jobs
-                 WHERE id = $1 AND pg_catalog.pg_has_role(owner, 'MEMBER'))",
+    // One row whatever the id: NULLs when there is no such job of the caller's.
+    let (resumable, owner) = Spi::get_two_with_args::<bool, i64>(
+        "SELECT j.status IN ('queued', 'running') AND NOT ai.job_worker_alive(j.pid), j.owner::oid::bigint
+         FROM (SELECT) AS one LEFT JOIN ai.jobs AS j ON j.id = $1 AND pg_catalog.pg_has_role(j.owner, 'MEMBER')",
         &[id.into()],
     )
     .unwrap_or_else(|e| error!("cannot read ai.jobs: {e}"));
-    match resumable {
+    match resumable.zip(owner) {
         None => train::sql_error(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("there is no job {id} of yours"),
             "SELECT id, status FROM ai.job_status lists the jobs.",
         ),
-        Some(true) => {
-            start_worker(id, &current_database());
+        Some((true, owner)) => {
+            if let Some(reason) = cannot_run_jobs(owner) {
+                raise(AiError::new(ErrorKind::Privilege, format!("{reason}, and a background job runs as its owner")));
+            }
+            start_worker(Worker { job: id, database: current_database(), owner });
             true
         }
-        Some(false) => false,
+        Some((false, _)) => false,
     }
 }
 
-fn current_database() -> String {
-    Spi::get_one::<String>("SELECT current_database()::text").ok().flatten().unwrap_or_default()
+fn current_database() -> i64 {
+    // SAFETY: MyDatabaseId is set once the backend has connected, before any SQL function runs.
+    unsafe { pg_sys::MyDatabaseId }.to_u32().into()
 }
 
-/// Starts the background worker of job `id` in `database`; an ERROR when no worker slot is free.
-fn start_worker(id: i64, database: &str) {
-    if !try_start_worker(id, database) {
+/// A job's background worker: which job, in which database (oid), connected as which role (oid).
+pub(super) struct Worker {
+    pub job: i64,
+    pub database: i64,
+    pub owner: i64,
+}
+
+/// Starts the background worker of a job; an ERROR when no worker slot is free.
+fn start_worker(worker: Worker) {
+    if !try_start_worker(worker) {
         raise(
             AiError::internal("cannot start a background worker for the job")
                 .with_hint("All background worker slots are taken; raise max_worker_processes."),
@@ -119,17 +168,23 @@ fn start_worker(id: i64, database: &str) {
     }
 }
 
-pub(super) fn try_start_worker(id: i64, database: &str) -> bool {
-    BackgroundWorkerBuilder::new(&format!("pg_ai job {id}"))
+pub(super) fn try_start_worker(worker: Worker) -> bool {
+    BackgroundWorkerBuilder::new(&format!("pg_ai job {}", worker.job))
         .set_type("pg_ai job")
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_library("pg_ai")
         .set_function("ai_job_main")
-        .set_argument(id.into_datum())
-        .set_extra(database)
+        .set_argument(worker.job.into_datum())
+        .set_extra(&format!("{} {}", worker.database, worker.owner))
         .enable_spi_access()
         .load_dynamic()
         .is_ok()
+}
+
+/// The database and role oids that `try_start_worker` wrote into the worker's extra data.
+fn worker_target() -> Option<(pg_sys::Oid, pg_sys::Oid)> {
+    let mut oids = BackgroundWorker::get_extra().split(' ').map(|n| n.parse::<u32>().ok().map(pg_sys::Oid::from));
+    Some((oids.next()??, oids.next()??))
 }
 
 /// Whether the server asked this worker to stop (a shutdown). Read, unlike sigterm_received, without
@@ -153,16 +208,10 @@ fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-fn set_role(owner: &str) {
-    // regrole's text form is already a quoted identifier where one is needed.
-    Spi::run(&format!("SET LOCAL ROLE {owner}")).unwrap_or_else(|e| error!("{e}"));
-}
-
 struct Job {
     kind: String,
     model: String,
     args: serde_json::Value,
-    owner: String,
 }
 
 impl Job {
@@ -179,7 +228,9 @@ pub extern "C-unwind" fn ai_job_main(argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     // SAFETY: the argument is the int8 job id that `start_worker` passed.
     let Some(id) = (unsafe { i64::from_datum(argument, false) }) else { return };
-    BackgroundWorker::connect_worker_to_spi(Some(BackgroundWorker::get_extra()), None);
+    let Some((database, owner)) = worker_target() else { return };
+    // The session user is the owner: nothing the job runs can take more rights than the owner has.
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), Some(owner));
     let Some(job) = claim(id) else { return };
     let failure = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
         run(id, &job);
@@ -211,10 +262,8 @@ fn run(id: i64, job: &Job) {
     crate::guc::apply_compute_settings();
     let started = Instant::now();
     let checkpoint = Scratch::new();
-    // The checkpoint is read as the worker's own (superuser) role; all else runs with the owner's rights.
     let (start, query) = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
         let resuming = checkpoints::load(id, &checkpoint.0).or_raise();
-        set_role(&job.owner);
         super::require_new_name(request.name);
         if resuming {
             let step = TrainerState::read(&checkpoint.0).or_raise().step;
@@ -229,36 +278,31 @@ fn run(id: i64, job: &Job) {
     }));
     // Training runs outside any transaction: each pass over the rows and each checkpoint commits on its own.
     let out = Scratch::new();
-    let mut rows = JobRows { owner: &job.owner, query };
+    let mut rows = JobRows { query };
     let mut progress = JobProgress {
         sql: SqlProgress { model: request.name },
         id,
         every: trainer_options.checkpoint_every,
         last_checkpoint: Instant::now(),
         last_poll: Instant::now(),
+        cancelled: false,
     };
     let outcome = start.train(objective, &mut rows, &trainer_options, &mut progress, &out.0).or_raise();
     BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
-        set_role(&job.owner);
         train::register(&request, &out.0, outcome, started);
-        Spi::run("RESET ROLE").unwrap_or_else(|e| error!("{e}"));
         checkpoints::delete(id).or_raise();
         set_status(id, "done", None);
     }));
 }
 
-/// The source's rows for a job: each pass reads them in a transaction of its own, with the owner's rights.
-struct JobRows<'a> {
-    owner: &'a str,
+/// The source's rows for a job: each pass reads them in a transaction of its own.
+struct JobRows {
     query: RowsQuery,
 }
 
-impl DataSource for JobRows<'_> {
+impl DataSource for JobRows {
     fn pass(&mut self, each: &mut dyn FnMut(Vec<Example>) -> EngineResult<()>) -> EngineResult<()> {
-        in_transaction(|| {
-            set_role(self.owner);
-            Spi::connect(|client| Rows { client, query: &self.query }.pass(each))
-        })
+        in_transaction(|| Spi::connect(|client| Rows { client, query: &self.query }.pass(each)))
     }
 }
 
@@ -270,6 +314,23 @@ struct JobProgress<'a> {
     every: Option<usize>,
     last_checkpoint: Instant,
     last_poll: Instant,
+    /// The owner's cancel request, once seen.
+    cancelled: bool,
+}
+
+impl JobProgress<'_> {
+    /// Whether the owner asked the job to stop; asks ai.jobs at most every CANCEL_POLL.
+    fn cancel_requested(&mut self) -> bool {
+        if self.cancelled || self.last_poll.elapsed() < CANCEL_POLL {
+            return self.cancelled;
+        }
+        self.last_poll = Instant::now();
+        let status = in_transaction(|| {
+            Spi::get_one_with_args::<String>("SELECT status FROM ai.jobs WHERE id = $1", &[self.id.into()])
+        });
+        self.cancelled = status.ok().flatten().as_deref() == Some("cancelling");
+        self.cancelled
+    }
 }
 
 impl Progress for JobProgress<'_> {
@@ -278,16 +339,14 @@ impl Progress for JobProgress<'_> {
         if shutting_down() {
             return Err(AiError::new(ErrorKind::Cancelled, "the server is shutting down"));
         }
-        if self.last_poll.elapsed() >= CANCEL_POLL {
-            self.last_poll = Instant::now();
-            let status = in_transaction(|| {
-                Spi::get_one_with_args::<String>("SELECT status FROM ai.jobs WHERE id = $1", &[self.id.into()])
-            });
-            if status.ok().flatten().as_deref() == Some("cancelling") {
-                return Err(AiError::new(ErrorKind::Cancelled, "the job was cancelled"));
-            }
+        if self.cancel_requested() {
+            return Err(AiError::new(ErrorKind::Cancelled, "the job was cancelled"));
         }
         Ok(())
+    }
+
+    fn interrupted(&mut self) -> bool {
+        self.sql.interrupted() || shutting_down() || self.cancel_requested()
     }
 
     fn report(&mut self, step: &StepReport) {
@@ -311,7 +370,8 @@ impl Progress for JobProgress<'_> {
 }
 
 /// The job once it can be claimed: its submitting transaction has committed and no live worker has it.
-/// Claiming sets status and pid in one UPDATE, so two workers never run the same job.
+/// Claiming sets status and pid in one UPDATE, so two workers never run the same job. Only a job of the role
+/// the worker connected as is claimed.
 fn claim(id: i64) -> Option<Job> {
     let started = Instant::now();
     while started.elapsed() < COMMIT_WAIT && !shutting_down() {
@@ -324,8 +384,9 @@ fn claim(id: i64) -> Option<Job> {
                 let rows = client.update(
                     "UPDATE ai.jobs SET status = 'running', pid = pg_backend_pid(), error = NULL,
                             started_at = coalesce(started_at, clock_timestamp())
-                     WHERE id = $1 AND (status = 'queued' OR status = 'running' AND NOT ai.job_worker_alive(pid))
-                     RETURNING kind, model, args, owner::text",
+                     WHERE id = $1 AND pg_catalog.pg_get_userbyid(owner) = session_user
+                       AND (status = 'queued' OR status = 'running' AND NOT ai.job_worker_alive(pid))
+                     RETURNING kind, model, args",
                     None,
                     &[id.into()],
                 )?;
@@ -334,7 +395,6 @@ fn claim(id: i64) -> Option<Job> {
                         kind: row.get::<String>(1)?.unwrap_or_default(),
                         model: row.get::<String>(2)?.unwrap_or_default(),
                         args: row.get::<JsonB>(3)?.map_or(json!({}), |j| j.0),
-                        owner: row.get::<String>(4)?.unwrap_or_default(),
                     })
                 });
                 Ok(Some(job.transpose()?))

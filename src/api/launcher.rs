@@ -2,7 +2,7 @@
 //! with the server (and again after a crash restart), removes what killed processes left in the data
 //! directory, and has each database's interrupted jobs started again (see jobs.rs for the jobs themselves).
 
-use super::jobs::try_start_worker;
+use super::jobs::{cannot_run_jobs, try_start_worker, Worker};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -70,8 +70,10 @@ pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    let jobs: Vec<i64> = BackgroundWorker::transaction(|| {
+    let jobs: Vec<Worker> = BackgroundWorker::transaction(|| {
         Spi::connect_mut(|client| {
+            // This worker is a superuser: nothing a database's users created may stand in for a built-in.
+            client.update("SET search_path = pg_catalog, pg_temp", None, &[])?;
             let installed = client
                 .select("SELECT to_regproc('ai.job_worker_alive') IS NOT NULL", None, &[])?
                 .first()
@@ -87,17 +89,42 @@ pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
                 &[],
             )?;
             let rows = client.select(
-                "SELECT id FROM ai.jobs WHERE status = 'queued' OR status = 'running' AND NOT ai.job_worker_alive(pid)
+                "SELECT id, owner::oid::bigint,
+                        (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())::bigint
+                 FROM ai.jobs
+                 WHERE status = 'queued' OR status = 'running' AND NOT ai.job_worker_alive(pid)
                  ORDER BY id",
                 None,
                 &[],
             )?;
-            rows.map(|row| row.get::<i64>(1).map(Option::unwrap_or_default)).collect::<Result<Vec<_>, _>>()
+            rows.map(|row| {
+                Ok(Worker {
+                    job: row.get::<i64>(1)?.unwrap_or_default(),
+                    owner: row.get::<i64>(2)?.unwrap_or_default(),
+                    database: row.get::<i64>(3)?.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
         })
         .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot read ai.jobs: {e}"))
     });
-    for id in jobs {
-        if try_start_worker(id, &database) {
+    for worker in jobs {
+        let id = worker.job;
+        // A worker logs in as the job's owner; a role that no longer can would make it fail before it could
+        // record why.
+        let refused = BackgroundWorker::transaction(|| {
+            let reason = cannot_run_jobs(worker.owner)?;
+            let error = format!("{reason}, and a background job runs as its owner");
+            Spi::run_with_args(
+                "UPDATE ai.jobs SET status = 'failed', error = $2, finished_at = clock_timestamp() WHERE id = $1",
+                &[id.into(), error.as_str().into()],
+            )
+            .unwrap_or_else(|e| error!("cannot update ai.jobs: {e}"));
+            Some(())
+        });
+        if refused.is_some() {
+            warning!("pg_ai: job {id} in database \"{database}\" cannot resume: its owner cannot log in here");
+        } else if try_start_worker(worker) {
             log!("pg_ai: resuming job {id} in database \"{database}\"");
         } else {
             warning!("pg_ai: no background worker slot to resume job {id} in database \"{database}\"");

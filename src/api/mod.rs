@@ -5,6 +5,7 @@ mod embed;
 mod fill_mask;
 mod generate;
 mod jobs;
+mod json_arg;
 pub(crate) mod launcher;
 mod models;
 mod ner;

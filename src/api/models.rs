@@ -23,7 +23,7 @@ fn ai_load_model(
     super::require_writable(c"ai_load_model()");
     let store = store.unwrap_or(false);
     super::require_new_name(name);
-    if !catalog::may_read_server_files() {
+    if !catalog::may_read_server_files(&catalog::current_role()) {
         raise(
             AiError::new(ErrorKind::Privilege, "permission denied to load a model from the server's files")
                 .with_hint("Only superusers and members of pg_read_server_files may load models from a path."),
@@ -32,7 +32,7 @@ fn ai_load_model(
     crate::guc::apply_compute_settings();
     let started = Instant::now();
     let files = ModelFiles::locate(source, crate::guc::hf_cache_dir().as_deref()).or_raise();
-    check_allowed_path(&files);
+    crate::store::require_allowed_path(&files).or_raise();
     let model = AnyModel::load(&files).or_raise();
     let load_time = started.elapsed();
     let task = match task {
@@ -44,6 +44,7 @@ fn ai_load_model(
         None => model.default_task(),
     };
     let sha256 = files.weights_sha256().or_raise();
+    let files_sha256 = store.then(|| stored_files::digest(&files).or_raise());
     let architecture = model.architecture();
     let entry = catalog::insert(catalog::NewModel {
         name,
@@ -53,36 +54,17 @@ fn ai_load_model(
         stored: store,
         config: model.config_json().clone(),
         sha256: &sha256,
+        files_sha256: files_sha256.as_deref(),
         parent: None,
         training: None,
     });
+    // Models loaded from files are for everyone to use, as before model grants; ai_revoke_model takes it back.
+    catalog::grant_to_public(name);
     if store {
         stored_files::store(name, &files).or_raise();
     }
     cache::insert(&entry, model, load_time, 0);
     Some(name.to_string())
-}
-
-/// With pg_ai.model_paths set, models load only from below one of its directories (links resolved).
-fn check_allowed_path(files: &ModelFiles) {
-    let allowed = crate::guc::model_paths();
-    if allowed.is_empty() {
-        return;
-    }
-    let real = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let dir = real(&files.dir);
-    if !allowed.iter().any(|a| dir.starts_with(real(a))) {
-        raise(
-            AiError::new(
-                ErrorKind::Privilege,
-                format!("{} is outside the directories models may be loaded from", dir.display()),
-            )
-            .with_hint(format!(
-                "pg_ai.model_paths allows: {}.",
-                allowed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            )),
-        );
-    }
 }
 
 /// Forgets the model in this backend (the next call loads it again); true if it was loaded.
@@ -95,6 +77,7 @@ fn ai_unload_model(name: &str) -> bool {
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_drop_model(name: &str) -> bool {
     super::require_writable(c"ai_drop_model()");
+    let entry = catalog::find(name);
     if !catalog::delete(name) {
         if catalog::exists(name) {
             // Row-level security on ai.models hid the row from DELETE.
@@ -104,6 +87,9 @@ fn ai_drop_model(name: &str) -> bool {
             );
         }
         raise(AiError::new(ErrorKind::UndefinedModel, format!("model \"{name}\" does not exist")));
+    }
+    if let Some(entry) = entry {
+        stored_files::remove_when_dropped(&entry);
     }
     cache::unload(name);
     true

@@ -2,6 +2,7 @@
 //! the database (ai.model_files) and registered in ai.models in the caller's transaction, so a cancelled or
 //! failed run leaves nothing behind.
 
+use super::json_arg::JsonArg;
 use crate::engine::device::Placement;
 use crate::engine::error::{AiError, ErrorKind, Result};
 use crate::engine::files::ModelFiles;
@@ -12,7 +13,7 @@ use crate::store::{cache, catalog, stored_files};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, PgLogLevel, PgSqlErrorCode};
+use pgrx::{PgLogLevel, PgSqlErrorCode};
 use std::time::Instant;
 
 /// Rows fetched from the cursor at a time: training never holds the whole source in memory.
@@ -148,6 +149,14 @@ impl Progress for SqlProgress<'_> {
         Ok(())
     }
 
+    fn interrupted(&mut self) -> bool {
+        // SAFETY: flags the signal handlers set (sig_atomic_t), read on the backend's thread.
+        unsafe {
+            (&raw const pg_sys::QueryCancelPending).read_volatile() != 0
+                || (&raw const pg_sys::ProcDiePending).read_volatile() != 0
+        }
+    }
+
     fn report(&mut self, s: &StepReport) {
         notice!(
             "step {}/{}: loss {:.4}, {:.0} tokens/s, about {:.0} s left",
@@ -245,12 +254,7 @@ impl Start {
     /// The base model's directory, written out first if it is stored in the database.
     pub fn finetune(base_model: &str) -> Start {
         let base = find_base(base_model);
-        let files = if base.stored {
-            stored_files::materialise(&base.name, &base.sha256)
-        } else {
-            ModelFiles::locate(&base.source, crate::guc::hf_cache_dir().as_deref())
-        };
-        Start::Finetune(files.or_raise().dir)
+        Start::Finetune(crate::store::files_of(&base).or_raise().dir)
     }
 
     pub fn train(
@@ -297,6 +301,7 @@ pub(super) fn register(
     // Loading it back checks that the inference code reads what training wrote.
     let files = ModelFiles::in_dir(out_dir.to_path_buf()).or_raise();
     let sha256 = files.weights_sha256().or_raise();
+    let files_sha256 = stored_files::digest(&files).or_raise();
     let model = AnyModel::load(&files).or_raise();
     let training = serde_json::json!({
         "objective": request.objective.name(),
@@ -312,12 +317,13 @@ pub(super) fn register(
         stored: true,
         config: model.config_json().clone(),
         sha256: &sha256,
+        files_sha256: Some(&files_sha256),
         parent: request.parent,
         training: Some(training),
     });
     stored_files::store(name, &files).or_raise();
     // The loaded model holds its weights in memory, so its files may move into the server's copy.
-    stored_files::adopt(out_dir, &sha256).or_raise();
+    stored_files::adopt(out_dir, &files_sha256).or_raise();
     cache::insert(&entry, model, started.elapsed(), 0);
     name.to_string()
 }
@@ -338,8 +344,10 @@ impl Drop for Scratch {
     }
 }
 
-pub(super) fn options_value(options: Option<JsonB>) -> serde_json::Value {
-    options.map_or(serde_json::json!({}), |j| j.0)
+pub(super) fn options_value(options: Option<JsonArg>) -> serde_json::Value {
+    // The options are checked against the memory budget as they are read.
+    crate::guc::apply_memory_budget();
+    options.map_or(serde_json::json!({}), |j| j.value("options"))
 }
 
 /// Checks what can be checked before any row is read, so that a background job fails at once, not later.
@@ -365,28 +373,37 @@ pub(super) fn find_base(base_model: &str) -> catalog::CatalogEntry {
 /// objective 'mlm' (BERT-style masked LM), 'clm' (GPT-2-style causal LM), 'seq2seq' (T5-style, from a source to a
 /// target column), 'text-classification' or 'token-classification'. The tokenizer is trained on the same rows
 /// first. Returns the new model's name.
+/// NULL name, source or objective gives NULL; NULL options are the defaults.
 #[pg_extern(volatile, parallel_unsafe)]
-fn ai_pretrain(name: &str, source: &str, objective: &str, options: default!(Option<JsonB>, "'{}'")) -> String {
+fn ai_pretrain(
+    name: Option<&str>,
+    source: Option<&str>,
+    objective: Option<&str>,
+    options: default!(Option<JsonArg>, "'{}'"),
+) -> Option<String> {
+    let (name, source, objective) = (name?, source?, objective?);
     super::require_writable(c"ai_pretrain()");
     let options = options_value(options);
     let objective = Objective::parse(objective).or_raise();
-    train_now(&Request { name, source, objective, options: &options, parent: None }, Start::Pretrain)
+    Some(train_now(&Request { name, source, objective, options: &options, parent: None }, Start::Pretrain))
 }
 
 /// Continues training the registered model `base_model` on the rows of `source`: task 'mlm', 'clm', 'seq2seq'
 /// (or 'translation'), 'text-classification' (a new head over the distinct values of the label column) or
 /// 'token-classification'. Returns the new name.
+/// NULL name, base model, source or task gives NULL; NULL options are the defaults.
 #[pg_extern(volatile, parallel_unsafe)]
 fn ai_finetune(
-    name: &str,
-    base_model: &str,
-    source: &str,
-    task: &str,
-    options: default!(Option<JsonB>, "'{}'"),
-) -> String {
+    name: Option<&str>,
+    base_model: Option<&str>,
+    source: Option<&str>,
+    task: Option<&str>,
+    options: default!(Option<JsonArg>, "'{}'"),
+) -> Option<String> {
+    let (name, base_model, source, task) = (name?, base_model?, source?, task?);
     super::require_writable(c"ai_finetune()");
     let options = options_value(options);
     let objective = Objective::parse(task).or_raise();
     let request = Request { name, source, objective, options: &options, parent: Some(base_model) };
-    train_now(&request, Start::finetune(base_model))
+    Some(train_now(&request, Start::finetune(base_model)))
 }

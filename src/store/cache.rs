@@ -76,6 +76,13 @@ pub fn insert(entry: &CatalogEntry, model: AnyModel, load_time: Duration, calls:
     if crate::guc::merge_memory() {
         crate::memory::mark_mergeable();
     }
+    if entry.registered_here {
+        // ai_loaded_models() lists only models whose registration committed.
+        let name = entry.name.clone();
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
+            unload(&name);
+        });
+    }
     LOADED.with_borrow_mut(|l| {
         l.insert(entry.name.clone(), loaded);
         if let Some(cap) = crate::guc::max_cache_bytes() {
@@ -102,9 +109,16 @@ fn evict_beyond(loaded: &mut HashMap<String, Loaded>, cap: usize, keep: &str) {
     }
 }
 
-/// Forgets a model in this backend; true if it was loaded.
+/// Forgets a model in this backend; true if it was loaded. The freed memory goes back to the kernel (unless a
+/// statement still holds the model).
 pub fn unload(name: &str) -> bool {
-    LOADED.with_borrow_mut(|l| l.remove(name).is_some())
+    let removed = LOADED.with_borrow_mut(|l| l.remove(name));
+    let unloaded = removed.is_some();
+    drop(removed);
+    if unloaded {
+        crate::engine::allocator::give_back_freed_memory();
+    }
+    unloaded
 }
 
 /// Calls `f` for each loaded model, by name.

@@ -24,6 +24,7 @@ fn statement() -> cache::Statement {
 /// The model registered as `name`, loaded once per backend, checked able to do `task`, for one SQL call.
 pub fn model_for(name: &str, task: Task) -> ModelCall {
     crate::engine::timing::take();
+    crate::guc::apply_memory_budget();
     let started = Instant::now();
     let statement = statement();
     let model = match cache::checked(name, statement) {
@@ -101,12 +102,53 @@ fn load_registered(name: &str) -> Rc<AnyModel> {
     });
     cache::get_or_load(&entry, || {
         crate::guc::apply_compute_settings();
-        let files = if entry.stored {
-            stored_files::materialise(&entry.name, &entry.sha256)
-        } else {
-            ModelFiles::locate(&entry.source, crate::guc::hf_cache_dir().as_deref())
-        }?;
-        AnyModel::load(&files)
+        AnyModel::load(&files_of(&entry)?)
     })
     .or_raise()
+}
+
+/// The files of a registered model: its stored files written out, or its source path, read only while the
+/// role that registered it may still read the server's files there (a row written by hand gains nothing).
+pub fn files_of(entry: &catalog::CatalogEntry) -> crate::engine::error::Result<ModelFiles> {
+    if entry.stored {
+        return stored_files::materialise(entry);
+    }
+    if !catalog::may_read_server_files(&entry.owner) {
+        return Err(AiError::new(
+            ErrorKind::Privilege,
+            format!(
+                "model \"{}\" is registered from a path by role {}, which may not read the server's files",
+                entry.name, entry.owner
+            ),
+        )
+        .with_hint("Only superusers and members of pg_read_server_files may register models from a path."));
+    }
+    let files = ModelFiles::locate(&entry.source, crate::guc::hf_cache_dir().as_deref())?;
+    require_allowed_path(&files)?;
+    Ok(files)
+}
+
+/// With pg_ai.model_paths set, models load only from below one of its directories: the directory and every
+/// file of the model, links resolved.
+pub fn require_allowed_path(files: &ModelFiles) -> crate::engine::error::Result<()> {
+    let allowed = crate::guc::model_paths();
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let roots: Vec<std::path::PathBuf> =
+        allowed.iter().map(|a| std::fs::canonicalize(a).unwrap_or_else(|_| a.clone())).collect();
+    let dir = std::fs::canonicalize(&files.dir).unwrap_or_else(|_| files.dir.clone());
+    for path in std::iter::once(dir).chain(files.resolved_files()?) {
+        if !roots.iter().any(|root| path.starts_with(root)) {
+            return Err(AiError::new(
+                ErrorKind::Privilege,
+                format!("{} is outside the directories models may be loaded from", path.display()),
+            )
+            .with_hint(format!(
+                "pg_ai.model_paths allows: {}.",
+                allowed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    Ok(())
 }

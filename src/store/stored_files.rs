@@ -1,9 +1,14 @@
 //! Models stored in the database are written once per server into the data directory
-//! (`pg_ai/models/<sha256>/`), then memory-mapped from there like any other model directory.
+//! (`pg_ai/models/<files_sha256>/`), then memory-mapped from there like any other model directory.
+//!
+//! The directory is named by the sha256 of all the model's files (`FilesDigest`) and a copy is checked against
+//! that name as it is written, so a catalog row can neither steer where files go nor make another model's
+//! copy hold its files.
 
-use super::catalog;
+use super::catalog::{self, CatalogEntry};
 use crate::engine::error::{AiError, Result};
-use crate::engine::files::ModelFiles;
+use crate::engine::files::{read_chunks, FilesDigest, ModelFiles};
+use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +19,28 @@ fn models_dir() -> PathBuf {
     // SAFETY: DataDir is set by the postmaster before any backend runs extension code.
     let data_dir = unsafe { std::ffi::CStr::from_ptr(pgrx::pg_sys::DataDir) };
     PathBuf::from(data_dir.to_string_lossy().into_owned()).join("pg_ai").join("models")
+}
+
+/// The server's copy of the files named `files_sha256`; only 64 lower-case hex digits name one.
+fn copy_dir(files_sha256: &str) -> Result<PathBuf> {
+    let hex =
+        files_sha256.len() == 64 && files_sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex {
+        return Err(AiError::corrupt(format!("\"{files_sha256}\" is not the sha256 of a stored model's files")));
+    }
+    Ok(models_dir().join(files_sha256))
+}
+
+/// The sha256 that names the files `store` would copy (see `FilesDigest`).
+pub fn digest(files: &ModelFiles) -> Result<String> {
+    let mut digest = FilesDigest::default();
+    for relative in files.all_files() {
+        pgrx::check_for_interrupts!();
+        let mut hasher = Sha256::new();
+        read_chunks(&files.dir.join(&relative), |bytes| hasher.update(bytes))?;
+        digest.add(&relative, hasher.finalize().into());
+    }
+    Ok(digest.hex())
 }
 
 /// Copies a model's files into `ai.model_files`.
@@ -30,16 +57,36 @@ pub fn store(name: &str, files: &ModelFiles) -> Result<()> {
     Ok(())
 }
 
-/// The directory holding the stored files of `name`, written out if this server has not yet.
-pub fn materialise(name: &str, sha256: &str) -> Result<ModelFiles> {
-    let dir = models_dir().join(sha256);
-    if !dir.join("config.json").is_file() {
+/// The directory holding the stored files of the model, written out if this server has not yet.
+pub fn materialise(entry: &CatalogEntry) -> Result<ModelFiles> {
+    let files_sha256 = entry.files_sha256.as_deref().ok_or_else(|| {
+        AiError::corrupt(format!("stored model \"{}\" has no files_sha256", entry.name))
+            .with_hint("Register stored models with ai_load_model(..., store => true) or by training them.")
+    })?;
+    let dir = copy_dir(files_sha256)?;
+    if !dir.is_dir() {
         // Write into a private directory, then rename: concurrent backends never see half a model.
-        let tmp = models_dir().join(format!(".{sha256}.{}", std::process::id()));
-        write_files(name, &tmp).inspect_err(|_| {
+        let tmp = models_dir().join(format!(".{files_sha256}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let written = write_files(&entry.name, &tmp).and_then(|digest| {
+            if digest == files_sha256 {
+                Ok(())
+            } else {
+                Err(AiError::corrupt(format!(
+                    "the stored files of model \"{}\" do not match its files_sha256",
+                    entry.name
+                )))
+            }
+        });
+        if let Err(e) = written {
             let _ = std::fs::remove_dir_all(&tmp);
-        })?;
-        if std::fs::rename(&tmp, &dir).is_err() {
+            return Err(e);
+        }
+        if std::fs::rename(&tmp, &dir).is_ok() {
+            if entry.registered_here {
+                remove_on_abort(dir.clone());
+            }
+        } else {
             // Another backend finished first; its copy is identical.
             let _ = std::fs::remove_dir_all(&tmp);
         }
@@ -55,15 +102,35 @@ pub fn scratch_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Makes a freshly written model directory the server's copy of the stored model `sha256`, so that the first
-/// use does not write it out again.
-pub fn adopt(dir: &Path, sha256: &str) -> Result<ModelFiles> {
-    let target = models_dir().join(sha256);
-    if target.join("config.json").is_file() || std::fs::rename(dir, &target).is_err() {
-        // The same weights are there already (or another backend won the race): keep those.
+/// Makes a freshly written model directory the server's copy of the stored files `files_sha256`, so that the
+/// first use does not write it out again; removed again if the registering transaction does not commit.
+pub fn adopt(dir: &Path, files_sha256: &str) -> Result<ModelFiles> {
+    let target = copy_dir(files_sha256)?;
+    if target.is_dir() || std::fs::rename(dir, &target).is_err() {
+        // The same files are there already (or another backend won the race): keep those.
         let _ = std::fs::remove_dir_all(dir);
+    } else {
+        remove_on_abort(target.clone());
     }
     ModelFiles::in_dir(target)
+}
+
+/// Removes the server's copy of a dropped model's files once the drop commits, unless another model uses them.
+/// Backends that have the files mapped keep their mapping.
+pub fn remove_when_dropped(entry: &CatalogEntry) {
+    let Some(files_sha256) = entry.files_sha256.as_deref() else { return };
+    let Ok(dir) = copy_dir(files_sha256) else { return };
+    if !catalog::files_shared(&entry.name, files_sha256) {
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+            let _ = std::fs::remove_dir_all(dir);
+        });
+    }
+}
+
+fn remove_on_abort(dir: PathBuf) {
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
+        let _ = std::fs::remove_dir_all(dir);
+    });
 }
 
 /// Removes the scratch and half-written directories that processes which no longer exist left behind (a
@@ -88,32 +155,51 @@ pub fn remove_orphans() {
     }
 }
 
-fn write_files(name: &str, dir: &Path) -> Result<()> {
+/// Whether a stored path stays inside the model's directory: relative, no empty, `.` or `..` parts (the
+/// catalog's CHECK says the same; rows from before it are checked here).
+fn inside(path: &str) -> bool {
+    !path.starts_with('/') && path.split('/').all(|part| !part.is_empty() && !part.starts_with('.'))
+}
+
+/// Writes the model's stored files into the new directory `dir`; returns their `FilesDigest`.
+fn write_files(name: &str, dir: &Path) -> Result<String> {
     let io = |e: std::io::Error| AiError::internal(format!("cannot write stored model files: {e}"));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let mut current: Option<(String, std::fs::File)> = None;
-    let mut failure = None;
+    let mut digest = FilesDigest::default();
+    let mut current: Option<(String, std::fs::File, Sha256)> = None;
+    let mut failure: Option<AiError> = None;
+    fn finish(current: &mut Option<(String, std::fs::File, Sha256)>, digest: &mut FilesDigest) {
+        if let Some((path, _, hasher)) = current.take() {
+            digest.add(&path, hasher.finalize().into());
+        }
+    }
     catalog::for_each_file_chunk(name, |path, data| {
         if failure.is_some() {
             return;
         }
-        let result = (|| -> std::io::Result<()> {
-            if path.starts_with('/') || path.split('/').any(|part| part == ".." || part.is_empty()) {
-                return Err(std::io::Error::other(format!("stored file path \"{path}\" leaves the model directory")));
+        let result = (|| -> Result<()> {
+            if !inside(path) {
+                return Err(AiError::corrupt(format!("stored file path \"{path}\" leaves the model directory")));
             }
-            if current.as_ref().map(|(p, _)| p.as_str()) != Some(path) {
+            if current.as_ref().map(|(p, _, _)| p.as_str()) != Some(path) {
+                finish(&mut current, &mut digest);
                 let target = dir.join(path);
                 if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
+                    std::fs::create_dir_all(parent).map_err(io)?;
                 }
-                current = Some((path.to_string(), std::fs::File::create(target)?));
+                // create_new: never through a link, never over a file written before.
+                let file = std::fs::OpenOptions::new().write(true).create_new(true).open(target).map_err(io)?;
+                current = Some((path.to_string(), file, Sha256::new()));
             }
-            current.as_mut().expect("file opened above").1.write_all(data)
+            let (_, file, hasher) = current.as_mut().expect("file opened above");
+            hasher.update(data);
+            file.write_all(data).map_err(io)
         })();
         failure = result.err();
     });
-    match failure {
-        Some(e) => Err(io(e)),
-        None => Ok(()),
+    if let Some(e) = failure {
+        return Err(e);
     }
+    finish(&mut current, &mut digest);
+    Ok(digest.hex())
 }
