@@ -114,9 +114,10 @@ FROM ai.jobs AS j LEFT JOIN ai.training AS t ON t.pid = j.pid AND j.status IN ('
 CREATE TABLE ai.model_users (
     model   text NOT NULL REFERENCES ai.models (name) ON DELETE CASCADE,
     grantee regrole NOT NULL,
+    grantor regrole NOT NULL DEFAULT current_user::regrole,
     PRIMARY KEY (model, grantee)
 );
-COMMENT ON TABLE ai.model_users IS 'Roles that may use a model besides its owner (grantee ''-'': everyone)';
+COMMENT ON TABLE ai.model_users IS 'Roles that may use a model besides its owner (grantee ''-'': everyone), and who granted it';
 
 -- Whether a model name is taken, by a model the caller may see or not: names are unique on the server.
 CREATE FUNCTION ai.model_name_taken(name text) RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER
@@ -152,10 +153,13 @@ CREATE POLICY users_read ON ai.model_files FOR SELECT USING (EXISTS (SELECT FROM
 CREATE POLICY owner_writes ON ai.model_files FOR ALL USING (
     EXISTS (SELECT FROM ai.models AS m WHERE m.name = model AND pg_catalog.pg_has_role(m.owner, 'MEMBER')));
 ALTER TABLE ai.model_users ENABLE ROW LEVEL SECURITY;
--- Not FOR ALL: a SELECT policy that reads ai.models would recurse through ai.models' own.
-CREATE POLICY everyone_reads ON ai.model_users FOR SELECT USING (true);
+-- A role sees the grants to it (or to everyone) and those it made; not a private model's other users. (This
+-- policy must not read ai.models, whose own policy reads this table.)
+CREATE POLICY grantees_and_grantors_read ON ai.model_users FOR SELECT USING (
+    grantee::oid = 0 OR pg_catalog.pg_has_role(grantee, 'USAGE') OR pg_catalog.pg_has_role(grantor, 'MEMBER'));
 CREATE POLICY owner_grants ON ai.model_users FOR INSERT WITH CHECK (
-    EXISTS (SELECT FROM ai.models AS m WHERE m.name = model AND pg_catalog.pg_has_role(m.owner, 'MEMBER')));
+    pg_catalog.pg_has_role(grantor, 'MEMBER')
+    AND EXISTS (SELECT FROM ai.models AS m WHERE m.name = model AND pg_catalog.pg_has_role(m.owner, 'MEMBER')));
 CREATE POLICY owner_revokes ON ai.model_users FOR DELETE USING (
     EXISTS (SELECT FROM ai.models AS m WHERE m.name = model AND pg_catalog.pg_has_role(m.owner, 'MEMBER')));
 

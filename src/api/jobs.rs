@@ -87,12 +87,7 @@ fn submit(kind: &str, model: &str, args: serde_json::Value) -> i64 {
         .ok()
         .flatten()
         .unwrap_or_else(|| error!("cannot read the current role"));
-    if let Some(reason) = cannot_run_jobs(owner) {
-        raise(
-            AiError::new(ErrorKind::Privilege, format!("{reason}, and a background job runs as its owner"))
-                .with_hint("Give the role LOGIN and CONNECT on the database, or train in this session with ai_pretrain or ai_finetune."),
-        );
-    }
+    require_can_run_jobs(owner);
     let id = Spi::get_one_with_args::<i64>(
         "INSERT INTO ai.jobs (kind, model, args) VALUES ($1, $2, $3) RETURNING id",
         &[kind.into(), model.into(), JsonB(args).into()],
@@ -103,12 +98,25 @@ fn submit(kind: &str, model: &str, args: serde_json::Value) -> i64 {
     id
 }
 
+fn require_can_run_jobs(owner: i64) {
+    if let Some(reason) = cannot_run_jobs(owner) {
+        raise(
+            AiError::new(ErrorKind::Privilege, format!("{reason}, and a background job runs as its owner")).with_hint(
+                "Give the role LOGIN and CONNECT on the database, or train in this session with ai_pretrain or ai_finetune.",
+            ),
+        );
+    }
+}
+
 /// Why role `owner` cannot have a job worker connect as it, if it cannot: a worker logs in as the job's owner.
 pub(super) fn cannot_run_jobs(owner: i64) -> Option<String> {
     Spi::get_one_with_args::<String>(
         "SELECT CASE WHEN NOT r.rolcanlogin THEN format('role %s cannot log in', r.oid::regrole)
                      WHEN NOT pg_catalog.has_database_privilege(r.oid, pg_catalog.current_database(), 'CONNECT')
-                     THEN format('role %s may not connect to this database', r.oid::regrole) END
+                     THEN format('role %s may not connect to this database', r.oid::regrole)
+                     WHEN r.rolconnlimit >= 0 AND r.rolconnlimit <= (SELECT count(*) FROM pg_catalog.pg_stat_activity
+                                                                    WHERE usesysid = r.oid)
+                     THEN format('role %s has used its connection limit', r.oid::regrole) END
          FROM pg_catalog.pg_roles AS r WHERE r.oid = $1::bigint::oid",
         &[owner.into()],
     )
@@ -136,9 +144,7 @@ fn ai_resume_job(id: i64) -> bool {
             "SELECT id, status FROM ai.job_status lists the jobs.",
         ),
         Some((true, owner)) => {
-            if let Some(reason) = cannot_run_jobs(owner) {
-                raise(AiError::new(ErrorKind::Privilege, format!("{reason}, and a background job runs as its owner")));
-            }
+            require_can_run_jobs(owner);
             start_worker(Worker { job: id, database: current_database(), owner });
             true
         }

@@ -1,23 +1,8 @@
--- Training as background jobs: a dynamic background worker per job (no shared_preload_libraries), with the
--- caller's role, its status committed in ai.jobs as it goes.
+-- Training as background jobs: a dynamic background worker per job (no shared_preload_libraries), connected as
+-- the calling role, its status committed in ai.jobs as it goes.
 CREATE EXTENSION pg_ai;
 \i tests/sql/_helpers.psql
-\set sentences :fixtures/train/sentences.txt
-CREATE TABLE sentences (text text);
-COPY sentences FROM :'sentences';
--- Waits for a job to end (at most two minutes) and returns its status.
-CREATE FUNCTION wait_for_job(job bigint) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    s text;
-BEGIN
-    FOR i IN 1..1200 LOOP
-        PERFORM pg_stat_clear_snapshot();  -- activity statistics are read once per transaction otherwise
-        SELECT status INTO s FROM ai.job_status WHERE id = job;
-        EXIT WHEN s NOT IN ('queued', 'running', 'cancelling');
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-    RETURN s;
-END $$;
+\i tests/sql/_jobs.psql
 
 -- The call returns at once with the job's id; the model appears when the job is done, even though the client
 -- that started it has gone.
@@ -37,13 +22,7 @@ SELECT error FROM ai.jobs WHERE id = :job;
 
 -- A job can be cancelled while it runs; it stops between two batches and registers nothing.
 SELECT ai_pretrain_async('bg-long', 'sentences', 'clm', '{"max_steps": 100000}') AS job \gset
-DO $$ BEGIN
-    FOR i IN 1..600 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXIT WHEN (SELECT step FROM ai.job_status WHERE model = 'bg-long') > 0;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END $$;
+SELECT wait_for_a_step('bg-long') AS stepping;
 SELECT ai_cancel_job(:job) AS cancel_requested;
 SELECT wait_for_job(:job) AS status;
 SELECT error FROM ai.jobs WHERE id = :job;

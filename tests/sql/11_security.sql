@@ -2,21 +2,7 @@
 -- steer the server's files, each role sees only the models, files and jobs it owns or is granted.
 CREATE EXTENSION pg_ai;
 \i tests/sql/_helpers.psql
-\set sentences :fixtures/train/sentences.txt
-CREATE TABLE sentences (text text);
-COPY sentences FROM :'sentences';
-CREATE FUNCTION wait_for_job(job bigint) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    s text;
-BEGIN
-    FOR i IN 1..1200 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        SELECT status INTO s FROM ai.job_status WHERE id = job;
-        EXIT WHEN s NOT IN ('queued', 'running', 'cancelling');
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-    RETURN s;
-END $$;
+\i tests/sql/_jobs.psql
 -- Whether the server holds a written-out copy of the stored files named `sha` (superuser only).
 CREATE FUNCTION copy_exists(sha text) RETURNS boolean LANGUAGE sql AS $$
     SELECT EXISTS (SELECT FROM pg_ls_dir('pg_ai/models') AS d WHERE d = sha)
@@ -62,13 +48,7 @@ SELECT name, owner, stored FROM ai.models;
 SELECT count(*) > 0 AS owner_reads_the_files FROM ai.model_files WHERE model = 'trainee-mlm';
 -- A running job of a role that is not a superuser shows as running, and ai_resume_job leaves it alone.
 SELECT ai_pretrain_async('trainee-long', 'sentences', 'clm', '{"max_steps": 100000}') AS long_job \gset
-DO $$ BEGIN
-    FOR i IN 1..600 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXIT WHEN (SELECT step FROM ai.job_status WHERE model = 'trainee-long') > 0;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END $$;
+SELECT wait_for_a_step('trainee-long') AS stepping;
 SELECT status, step > 0 AS stepping FROM ai.job_status WHERE id = :long_job;
 SELECT ai_resume_job(:long_job) AS resumed_a_running_job;
 RESET ROLE;
@@ -90,6 +70,10 @@ SELECT ai_cancel_job(:long_job) AS cancelled_by_owner;
 SELECT wait_for_job(:long_job) AS status;
 SELECT ai_grant_model('trainee-mlm', 'ai_other') AS granted;
 SELECT ai_grant_model('trainee-mlm', 'ai_other') AS granted_again;
+SELECT model, grantee, grantor FROM ai.model_users;
+RESET ROLE;
+SET ROLE ai_nologin;
+SELECT count(*) AS grants_seen_by_others FROM ai.model_users;
 RESET ROLE;
 SET ROLE ai_other;
 SELECT name, owner FROM ai.models;
