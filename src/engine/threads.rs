@@ -6,12 +6,25 @@ use std::sync::Once;
 
 static CONFIGURE: Once = Once::new();
 
+/// The environment variable candle reads, when its barrier pool starts, for how often an idle worker spins.
+const BARRIER_SPIN_LIMIT: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+/// Spins before a barrier worker sleeps: fewer cost nothing measurable on a quiet machine (benches/fairness.sh).
+const BARRIER_SPINS: u32 = 10_000;
+
 /// Sets the thread count once per process; 0 means one per core. Later calls change nothing.
 pub fn configure(threads: usize) {
     CONFIGURE.call_once(|| {
         let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         // SAFETY: called before any compute thread exists, from the single-threaded backend.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+        // candle's barrier pool (its element-wise ops and quantized products) has idle workers spin 25,000 times
+        // before they sleep, and callers spin until the workers are done: beside any other busy process the two
+        // fight for the cores, and generation slowed twentyfold. Spinning less keeps the workers out of the way
+        // (benches/fairness.sh). An administrator's own value, set for the server, stays.
+        if std::env::var_os(BARRIER_SPIN_LIMIT).is_none() {
+            // SAFETY: as above, before any thread that reads the environment exists.
+            unsafe { std::env::set_var(BARRIER_SPIN_LIMIT, BARRIER_SPINS.to_string()) };
+        }
         // An error means the pool already exists (another caller won); the env var still applies.
         // Stacks as large as a backend's own (Linux's default 8 MiB): whole forward passes and candle's recursive
         // backward pass run on these threads (in_pool), not only the kernels. Untouched stack costs no memory.
