@@ -102,7 +102,9 @@ fn timestamp(t: std::time::SystemTime) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(micros).unwrap_or_else(|_| TimestampWithTimeZone::negative_infinity())
 }
 
-/// The models loaded in this backend, with their size in memory.
+/// The models loaded in this backend, with their size in memory: those whose catalog row the caller sees and
+/// that were loaded for that row (not a registration rolled back since, in a subtransaction too, nor a model
+/// dropped or registered again elsewhere).
 #[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::type_complexity)] // pgrx needs the column names inline
 fn ai_loaded_models() -> TableIterator<
@@ -131,5 +133,6 @@ fn ai_loaded_models() -> TableIterator<
             l.calls as i64,
         ));
     });
+    rows.retain(|row| catalog::find(&row.0).is_some_and(|entry| cache::is_loaded_for(&row.0, &entry)));
     TableIterator::new(rows)
 }

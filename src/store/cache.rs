@@ -21,6 +21,13 @@ pub struct Loaded {
     checked_in: Option<Statement>,
 }
 
+impl Loaded {
+    /// Whether it was loaded for this catalog row, and not for one dropped, rolled back or replaced since.
+    pub fn is_for(&self, entry: &CatalogEntry) -> bool {
+        self.identity.0 == entry.sha256 && self.identity.1 == entry.created_at
+    }
+}
+
 /// A statement of this backend: its start time and local transaction id.
 pub type Statement = (i64, u32);
 
@@ -119,6 +126,11 @@ pub fn unload(name: &str) -> bool {
         crate::engine::allocator::give_back_freed_memory();
     }
     unloaded
+}
+
+/// Whether `name` is loaded for the catalog row `entry`.
+pub fn is_loaded_for(name: &str, entry: &CatalogEntry) -> bool {
+    LOADED.with_borrow(|l| l.get(name).is_some_and(|l| l.is_for(entry)))
 }
 
 /// Calls `f` for each loaded model, by name.

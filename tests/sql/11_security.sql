@@ -159,6 +159,12 @@ SELECT copy_exists(:'rolled_sha') AS copy_in_transaction;
 ROLLBACK;
 SELECT copy_exists(:'rolled_sha') AS copy_after_rollback;
 SELECT count(*) AS listed_after_rollback FROM ai_loaded_models() WHERE name = 'rolled-back';
+BEGIN;
+SAVEPOINT registering;
+SELECT ai_load_model('in-a-savepoint', :'fixtures' || '/models/bert-mlm');
+ROLLBACK TO registering;
+SELECT count(*) AS listed_after_rollback_to_savepoint FROM ai_loaded_models() WHERE name = 'in-a-savepoint';
+COMMIT;
 
 -- 3. Sizes that inputs and options choose are checked against the call's memory budget before anything is
 -- allocated: 53200, and the backend goes on. Under an address-space cap (prlimit, ulimit -v) the budget is at
