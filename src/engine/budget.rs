@@ -20,7 +20,38 @@ pub fn limit() -> usize {
         0 => physical_memory() / 4,
         bytes => bytes,
     };
-    configured.min(address_space_left()).min(commit_left())
+    configured.min(address_space_left()).min(commit_left()).min(cgroup_left(&|path| std::fs::read_to_string(path).ok()))
+}
+
+/// Bytes the process's memory cgroup still allows (v2: memory.max less memory.current; v1: memory.limit_in_bytes
+/// less memory.usage_in_bytes): beyond it the kernel's OOM killer ends a backend, which resets every session
+/// too. `read` reads a file (a parameter, for the tests).
+fn cgroup_left(read: &dyn Fn(&str) -> Option<String>) -> usize {
+    let number = |path: String| read(&path)?.trim().parse::<usize>().ok();
+    let left = |limit: Option<usize>, used: Option<usize>| match (limit, used) {
+        (Some(limit), Some(used)) => limit.saturating_sub(used),
+        _ => usize::MAX,
+    };
+    for line in read("/proc/self/cgroup").unwrap_or_default().lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else { continue };
+        let path = path.trim_end_matches('/');
+        if controllers.is_empty() {
+            // v2: "max" for no limit does not parse, which leaves the budget alone.
+            let dir = format!("/sys/fs/cgroup{path}");
+            return left(number(format!("{dir}/memory.max")), number(format!("{dir}/memory.current")));
+        }
+        if controllers.split(',').any(|c| c == "memory") {
+            // v1, where a container may see its own cgroup as the root of the hierarchy.
+            for dir in [format!("/sys/fs/cgroup/memory{path}"), "/sys/fs/cgroup/memory".to_string()] {
+                let limit = number(format!("{dir}/memory.limit_in_bytes"));
+                if limit.is_some() {
+                    return left(limit, number(format!("{dir}/memory.usage_in_bytes")));
+                }
+            }
+        }
+    }
+    usize::MAX
 }
 
 /// Bytes of address space left under RLIMIT_AS.
@@ -119,5 +150,32 @@ mod tests {
         assert_eq!(size(5 << 29), "2.5 GB");
         assert_eq!(size(512), "512 bytes");
         assert!(limit() > 0);
+    }
+
+    #[test]
+    fn reads_what_the_memory_cgroup_leaves() {
+        let files = |entries: &'static [(&'static str, &'static str)]| {
+            move |path: &str| entries.iter().find(|(p, _)| *p == path).map(|(_, text)| text.to_string())
+        };
+        let v2 = files(&[
+            ("/proc/self/cgroup", "0::/system.slice/postgresql.service\n"),
+            ("/sys/fs/cgroup/system.slice/postgresql.service/memory.max", "4294967296\n"),
+            ("/sys/fs/cgroup/system.slice/postgresql.service/memory.current", "1073741824\n"),
+        ]);
+        assert_eq!(cgroup_left(&v2), 3 << 30);
+        let v2_unlimited = files(&[
+            ("/proc/self/cgroup", "0::/\n"),
+            ("/sys/fs/cgroup/memory.max", "max\n"),
+            ("/sys/fs/cgroup/memory.current", "1073741824\n"),
+        ]);
+        assert_eq!(cgroup_left(&v2_unlimited), usize::MAX);
+        // v1 inside a container: the path named in /proc/self/cgroup is not there, the root is.
+        let v1 = files(&[
+            ("/proc/self/cgroup", "5:devices:/\n4:memory:/docker/abc\n0::/\n"),
+            ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "2147483648\n"),
+            ("/sys/fs/cgroup/memory/memory.usage_in_bytes", "536870912\n"),
+        ]);
+        assert_eq!(cgroup_left(&v1), 3 << 29);
+        assert_eq!(cgroup_left(&files(&[])), usize::MAX);
     }
 }
