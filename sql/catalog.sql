@@ -165,7 +165,7 @@ CREATE POLICY owner_revokes ON ai.model_users FOR DELETE USING (
 
 -- Lets `grantee` ('public': everyone) use the model `model`; only its owner's roles may. True if it was not yet.
 CREATE FUNCTION ai_grant_model(model text, grantee text DEFAULT 'public') RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM ai.require_model_owner($1);
     INSERT INTO ai.model_users (model, grantee)
@@ -177,7 +177,7 @@ COMMENT ON FUNCTION ai_grant_model IS 'Lets a role (or public) use a model; for 
 
 -- Takes back what ai_grant_model gave; true if there was such a grant.
 CREATE FUNCTION ai_revoke_model(model text, grantee text DEFAULT 'public') RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM ai.require_model_owner($1);
     DELETE FROM ai.model_users AS u

@@ -113,17 +113,16 @@ pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
         // A worker logs in as the job's owner; a role that no longer can would make it fail before it could
         // record why.
         let refused = BackgroundWorker::transaction(|| {
-            let reason = cannot_run_jobs(worker.owner)?;
-            let error = format!("{reason}, and a background job runs as its owner");
+            let error = format!("{}, and a background job runs as its owner", cannot_run_jobs(worker.owner)?);
             Spi::run_with_args(
                 "UPDATE ai.jobs SET status = 'failed', error = $2, finished_at = clock_timestamp() WHERE id = $1",
                 &[id.into(), error.as_str().into()],
             )
             .unwrap_or_else(|e| error!("cannot update ai.jobs: {e}"));
-            Some(())
+            Some(error)
         });
-        if refused.is_some() {
-            warning!("pg_ai: job {id} in database \"{database}\" cannot resume: its owner cannot log in here");
+        if let Some(error) = refused {
+            warning!("pg_ai: job {id} in database \"{database}\" cannot resume: {error}");
         } else if try_start_worker(worker) {
             log!("pg_ai: resuming job {id} in database \"{database}\"");
         } else {

@@ -43,8 +43,12 @@ fn ai_load_model(
         }
         None => model.default_task(),
     };
-    let sha256 = files.weights_sha256().or_raise();
-    let files_sha256 = store.then(|| stored_files::digest(&files).or_raise());
+    let (sha256, files_sha256) = if store {
+        let (sha256, files_sha256) = files.sha256_with_digest(&mut super::interrupts).or_raise();
+        (sha256, Some(files_sha256))
+    } else {
+        (files.weights_sha256().or_raise(), None)
+    };
     let architecture = model.architecture();
     let entry = catalog::insert(catalog::NewModel {
         name,

@@ -300,8 +300,7 @@ pub(super) fn register(
     let name = request.name;
     // Loading it back checks that the inference code reads what training wrote.
     let files = ModelFiles::in_dir(out_dir.to_path_buf()).or_raise();
-    let sha256 = files.weights_sha256().or_raise();
-    let files_sha256 = stored_files::digest(&files).or_raise();
+    let (sha256, files_sha256) = files.sha256_with_digest(&mut super::interrupts).or_raise();
     let model = AnyModel::load(&files).or_raise();
     let training = serde_json::json!({
         "objective": request.objective.name(),

@@ -14,6 +14,9 @@ pub struct ModelFiles {
     pub weights: Vec<PathBuf>,
 }
 
+/// Files that the loaders read when present but `store => true` does not copy.
+const UNSTORED_FILES: &[&str] = &["generation_config.json"];
+
 /// Files that make up a model besides its weights; `store => true` copies the ones present.
 pub const SIDE_FILES: &[&str] = &[
     "config.json",
@@ -72,7 +75,7 @@ impl ModelFiles {
             AiError::new(ErrorKind::System, format!("cannot read model directory {}: {e}", dir.display()))
                 .with_hint("The directory is read by the database server's operating-system user.")
         })?;
-        for name in SIDE_FILES.iter().chain(&["generation_config.json"]) {
+        for name in SIDE_FILES.iter().chain(UNSTORED_FILES) {
             require_regular(&dir.join(name))?;
         }
         // A stored GGUF model comes back as a directory holding just its file.
@@ -109,7 +112,8 @@ impl ModelFiles {
     pub fn resolved_files(&self) -> Result<Vec<PathBuf>> {
         self.all_files()
             .iter()
-            .chain(["generation_config.json".to_string()].iter())
+            .map(String::as_str)
+            .chain(UNSTORED_FILES.iter().copied())
             .map(|relative| self.dir.join(relative))
             .filter(|path| path.exists())
             .map(|path| {
@@ -128,6 +132,27 @@ impl ModelFiles {
             SIDE_FILES.iter().filter(|f| self.dir.join(f).is_file()).map(|f| f.to_string()).collect();
         files.extend(self.weights.iter().filter_map(|w| w.file_name()?.to_str().map(str::to_string)));
         files
+    }
+
+    /// `weights_sha256` and the `FilesDigest` of every file `all_files` lists, reading each file once (a stored
+    /// model needs both, and its weights can be gigabytes); `between` runs before each file.
+    pub fn sha256_with_digest(&self, between: &mut dyn FnMut()) -> Result<(String, String)> {
+        let (mut weights, mut digest) = (Sha256::new(), FilesDigest::default());
+        // all_files lists the weights last, in the order weights_sha256 reads them.
+        for relative in self.all_files() {
+            between();
+            let path = self.dir.join(&relative);
+            let is_weight = self.weights.contains(&path);
+            let mut file = Sha256::new();
+            read_chunks(&path, |bytes| {
+                file.update(bytes);
+                if is_weight {
+                    weights.update(bytes);
+                }
+            })?;
+            digest.add(&relative, file.finalize().into());
+        }
+        Ok((format!("{:x}", weights.finalize()), digest.hex()))
     }
 
     /// sha256 over the weight files in order, so a model can be recognised whatever its name.
@@ -165,7 +190,7 @@ fn require_regular(path: &Path) -> Result<()> {
 }
 
 /// Calls `f` with the file's bytes, a megabyte at a time.
-pub fn read_chunks(path: &Path, mut f: impl FnMut(&[u8])) -> Result<()> {
+fn read_chunks(path: &Path, mut f: impl FnMut(&[u8])) -> Result<()> {
     let mut buffer = vec![0u8; 1 << 20];
     let mut file =
         std::fs::File::open(path).map_err(|e| AiError::missing_file(format!("cannot open {}: {e}", path.display())))?;
@@ -298,6 +323,22 @@ mod tests {
         // A link to a regular file is fine; the directory has no weights.
         assert!(ModelFiles::in_dir(dir.clone()).unwrap_err().message.contains("has no model.safetensors"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn one_read_gives_the_weights_sha256_and_the_files_digest() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/bert-classifier");
+        let files = ModelFiles::in_dir(dir).unwrap();
+        let mut calls = 0;
+        let (weights, digest) = files.sha256_with_digest(&mut || calls += 1).unwrap();
+        assert_eq!(weights, files.weights_sha256().unwrap());
+        assert_eq!(calls, files.all_files().len());
+        let mut expected = FilesDigest::default();
+        for relative in files.all_files() {
+            let bytes = std::fs::read(files.dir.join(&relative)).unwrap();
+            expected.add(&relative, Sha256::digest(&bytes).into());
+        }
+        assert_eq!(digest, expected.hex());
     }
 
     #[test]

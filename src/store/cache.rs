@@ -23,7 +23,7 @@ pub struct Loaded {
 
 impl Loaded {
     /// Whether it was loaded for this catalog row, and not for one dropped, rolled back or replaced since.
-    pub fn is_for(&self, entry: &CatalogEntry) -> bool {
+    fn is_for(&self, entry: &CatalogEntry) -> bool {
         self.identity.0 == entry.sha256 && self.identity.1 == entry.created_at
     }
 }
@@ -58,9 +58,8 @@ pub fn mark_checked(name: &str, statement: Statement) {
 }
 
 pub fn get_or_load(entry: &CatalogEntry, load: impl FnOnce() -> Result<AnyModel>) -> Result<Rc<AnyModel>> {
-    let identity = (entry.sha256.clone(), entry.created_at.clone());
     let hit = LOADED.with_borrow_mut(|loaded| {
-        let l = loaded.get_mut(&entry.name).filter(|l| l.identity == identity)?;
+        let l = loaded.get_mut(&entry.name).filter(|l| l.is_for(entry))?;
         l.last_used = SystemTime::now();
         l.calls += 1;
         Some(l.model.clone())
@@ -84,7 +83,7 @@ pub fn insert(entry: &CatalogEntry, model: AnyModel, load_time: Duration, calls:
         crate::memory::mark_mergeable();
     }
     if entry.registered_here {
-        // ai_loaded_models() lists only models whose registration committed.
+        // A registration that rolls back takes its loaded model, and the model's memory, with it.
         let name = entry.name.clone();
         pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
             unload(&name);

@@ -7,7 +7,7 @@
 
 use super::catalog::{self, CatalogEntry};
 use crate::engine::error::{AiError, Result};
-use crate::engine::files::{read_chunks, FilesDigest, ModelFiles};
+use crate::engine::files::{FilesDigest, ModelFiles};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,18 +29,6 @@ fn copy_dir(files_sha256: &str) -> Result<PathBuf> {
         return Err(AiError::corrupt(format!("\"{files_sha256}\" is not the sha256 of a stored model's files")));
     }
     Ok(models_dir().join(files_sha256))
-}
-
-/// The sha256 that names the files `store` would copy (see `FilesDigest`).
-pub fn digest(files: &ModelFiles) -> Result<String> {
-    let mut digest = FilesDigest::default();
-    for relative in files.all_files() {
-        pgrx::check_for_interrupts!();
-        let mut hasher = Sha256::new();
-        read_chunks(&files.dir.join(&relative), |bytes| hasher.update(bytes))?;
-        digest.add(&relative, hasher.finalize().into());
-    }
-    Ok(digest.hex())
 }
 
 /// Copies a model's files into `ai.model_files`.

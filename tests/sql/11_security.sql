@@ -70,6 +70,8 @@ SELECT ai_cancel_job(:long_job) AS cancelled_by_owner;
 SELECT wait_for_job(:long_job) AS status;
 SELECT ai_grant_model('trainee-mlm', 'ai_other') AS granted;
 SELECT ai_grant_model('trainee-mlm', 'ai_other') AS granted_again;
+SELECT ai_grant_model(NULL, 'ai_other') IS NULL AS null_model, ai_revoke_model('trainee-mlm', NULL) IS NULL AS null_role;
+SELECT pg_temp.try($$SELECT ai_grant_model('trainee-mlm', 'no_such_role')$$) AS unknown_role;
 SELECT model, grantee, grantor FROM ai.model_users;
 RESET ROLE;
 SET ROLE ai_nologin;
