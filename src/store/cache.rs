@@ -85,7 +85,7 @@ pub fn insert(entry: &CatalogEntry, model: AnyModel, load_time: Duration, calls:
     if entry.registered_here {
         // A registration that rolls back takes its loaded model, and the model's memory, with it.
         let name = entry.name.clone();
-        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
+        super::rollback::on_rollback(move || {
             unload(&name);
         });
     }

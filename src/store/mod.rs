@@ -5,6 +5,7 @@ pub mod cache;
 pub mod catalog;
 pub mod checkpoints;
 mod read_only;
+pub mod rollback;
 pub mod stored_files;
 
 use crate::engine::error::{AiError, ErrorKind};

@@ -116,7 +116,7 @@ pub fn remove_when_dropped(entry: &CatalogEntry) {
 }
 
 fn remove_on_abort(dir: PathBuf) {
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
+    super::rollback::on_rollback(move || {
         let _ = std::fs::remove_dir_all(dir);
     });
 }

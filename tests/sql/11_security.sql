@@ -167,6 +167,23 @@ SELECT ai_load_model('in-a-savepoint', :'fixtures' || '/models/bert-mlm');
 ROLLBACK TO registering;
 SELECT count(*) AS listed_after_rollback_to_savepoint FROM ai_loaded_models() WHERE name = 'in-a-savepoint';
 COMMIT;
+-- A training rolled back to a savepoint leaves no files either; one in a savepoint released keeps them.
+BEGIN;
+SET LOCAL client_min_messages = warning;
+SAVEPOINT training;
+SELECT ai_pretrain('trained-in-a-savepoint', 'sentences', 'mlm', '{"max_steps": 2, "log_every": 100}') IS NOT NULL
+    AS trained;
+SELECT files_sha256 AS savepoint_sha FROM ai.models WHERE name = 'trained-in-a-savepoint' \gset
+ROLLBACK TO training;
+SELECT copy_exists(:'savepoint_sha') AS copy_after_rollback_to_savepoint;
+SAVEPOINT kept;
+SELECT ai_pretrain('kept-from-a-savepoint', 'sentences', 'mlm', '{"max_steps": 3, "log_every": 100}') IS NOT NULL
+    AS trained;
+SELECT files_sha256 AS kept_sha FROM ai.models WHERE name = 'kept-from-a-savepoint' \gset
+RELEASE kept;
+COMMIT;
+SELECT copy_exists(:'kept_sha') AS copy_after_released_savepoint_commits;
+SELECT ai_drop_model('kept-from-a-savepoint');
 
 -- 3. Sizes that inputs and options choose are checked against the call's memory budget before anything is
 -- allocated: 53200, and the backend goes on. Under an address-space cap (prlimit, ulimit -v) the budget is at
