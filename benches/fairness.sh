@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# How pg_ai shares a busy machine: throughput of per-row MiniLM embeds, MiniLM array embeds and SmolLM2
-# generation, quiet and beside N busy loops (N = 1, 2, 4) or another pg_ai session doing the same work; and N
-# concurrent sessions of per-row embeds (N = 1, 2, 4, 8, 16) together. As root, on the release build that
+# How pg_ai shares a busy machine: throughput of per-row MiniLM embeds, MiniLM array embeds, SmolLM2
+# generation and MLM training steps, quiet and beside N busy loops (N = 1, 2, 4) or another pg_ai session doing
+# the same work; and N concurrent sessions of per-row embeds (N = 1, 2, 4, 8, 16) together. As root, on the release build that
 # scripts/demo.sh installs (or `cargo pgrx install --release`):
 #
-#   benches/fairness.sh                      (about 6 minutes on 2 cores)
+#   benches/fairness.sh                      (about 8 minutes on 2 cores)
 #
 # Environment: PG_AI_CLUSTER, PG_AI_PORT (default /tmp/pg_ai-fairness, 28841); FAIRNESS_ROWS (default 200);
-# any server setting to compare, e.g. CANDLE_BARRIER_POOL_SPIN_LIMIT=25000 (candle's own default) or
-# FAIRNESS_OPTIONS="-c pg_ai.threads=1" (for every session).
+# any server setting to compare, e.g. CANDLE_NUM_THREADS=2 (candle's barrier pool with a worker, as before) or
+# FAIRNESS_OPTIONS="-c pg_ai.threads=1" (for every session); FAIRNESS_ONLY, a pattern of workload names to
+# run (e.g. "generation", "embeds|sessions").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PG_AI_CLUSTER=${PG_AI_CLUSTER:-/tmp/pg_ai-fairness} PG_AI_PORT=${PG_AI_PORT:-28841} RUST_BACKTRACE=0
@@ -19,7 +20,7 @@ sql() { scripts/cluster.sh sql -d $db "$@"; }
 
 [ -f .models/all-MiniLM-L6-v2/model.safetensors ] || scripts/fetch-minilm.sh
 [ -f .models/SmolLM2-135M-Instruct.Q4_1.gguf ] || scripts/fetch-smollm2.sh
-# Restarted, so that the server has this environment (CANDLE_BARRIER_POOL_SPIN_LIMIT, say).
+# Restarted, so that the server has this environment (CANDLE_NUM_THREADS, say).
 scripts/cluster.sh stop
 scripts/cluster.sh start
 scripts/cluster.sh sql -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
@@ -43,6 +44,10 @@ SQL
 per_row="SELECT count(ai_embed(body, 'minilm')) FROM (SELECT body FROM fortunes ORDER BY id LIMIT $rows) AS t"
 array="SELECT count(*) FROM ai_embed((SELECT array_agg(body ORDER BY id) FROM (SELECT * FROM fortunes ORDER BY id LIMIT $rows) AS t), 'minilm')"
 generate="SELECT ai_generate('Once upon a time there was a', 'smollm2', max_tokens => 64)"
+# 20 MLM steps of a small BERT (as benches/train.rs trains), its tokenizer trained first on the same rows.
+options='{"max_steps": 20, "batch_size": 16, "max_length": 128, "hidden_size": 128, "layers": 2, "heads": 4,
+          "intermediate_size": 512, "vocab_size": 2000}'
+train="SELECT ai_pretrain(concat('fairness-', md5(random()::text)), 'SELECT body AS text FROM fortunes LIMIT 2000', 'mlm', '$(echo $options)') IS NOT NULL"
 timed() { # workload statement, units in it -> units per second
     local ms
     ms=$(sql -c "SELECT ai_embed('warm up', 'minilm') IS NOT NULL, ai_generate('warm', 'smollm2', max_tokens => 2) IS NOT NULL" \
@@ -50,7 +55,8 @@ timed() { # workload statement, units in it -> units per second
         -c "SELECT round(extract(epoch FROM clock_timestamp() - t) * 1000) FROM t0" | tail -n 1)
     python3 -c "print(f'{$2 / ($ms / 1000):.1f}')"
 }
-workloads=("per-row embeds|$per_row|$rows|rows/s" "array embeds|$array|$rows|rows/s" "generation|$generate|64|tokens/s")
+workloads=("per-row embeds|$per_row|$rows|rows/s" "array embeds|$array|$rows|rows/s" "generation|$generate|64|tokens/s"
+           "training|$train|20|steps/s")
 
 others=()
 start_busy() { for _ in $(seq "$1"); do (exec sh -c 'while :; do :; done') & others+=($!); done; }
@@ -65,10 +71,11 @@ stop_others() {
 trap stop_others EXIT
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); pg_ai $(git rev-parse --short HEAD)"
-echo "settings: CANDLE_BARRIER_POOL_SPIN_LIMIT=${CANDLE_BARRIER_POOL_SPIN_LIMIT:-pg_ai default}; options: ${FAIRNESS_OPTIONS:-none}"
+echo "settings: CANDLE_NUM_THREADS=${CANDLE_NUM_THREADS:-pg_ai default}; options: ${FAIRNESS_OPTIONS:-none}"
 printf '%-16s %10s %10s %10s %10s %14s\n' workload quiet "busy 1" "busy 2" "busy 4" "pg_ai beside"
 for w in "${workloads[@]}"; do
     IFS='|' read -r name statement units unit <<< "$w"
+    [[ $name =~ ${FAIRNESS_ONLY:-.} ]] || continue
     line=$(printf '%-16s' "$name")
     quiet=$(timed "$statement" "$units"); line+=$(printf ' %10s' "$quiet")
     for n in 1 2 4; do
@@ -84,6 +91,7 @@ done
 
 # Concurrent sessions: each warms up, waits for a common start, embeds its share row by row; the rate is all rows
 # over the time from the common start to the last session's end.
+[[ sessions =~ ${FAIRNESS_ONLY:-.} ]] || exit 0
 echo "concurrent sessions of per-row embeds ($rows rows in all), together:"
 for n in 1 2 4 8 16; do
     share=$(( rows / n ))

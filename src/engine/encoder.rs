@@ -359,7 +359,7 @@ impl Head {
     pub fn weight_bytes(&self) -> usize {
         self.count(Projection::bytes, bytes, |decoder| match decoder {
             Projection::F32(l) => l.bias().map_or(0, bytes),
-            Projection::Int8 { .. } | Projection::Vnni { .. } | Projection::Packed { .. } => decoder.bytes(),
+            Projection::Quantized { .. } | Projection::Vnni { .. } | Projection::Packed { .. } => decoder.bytes(),
         })
     }
 

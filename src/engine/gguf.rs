@@ -4,18 +4,20 @@
 use super::codec::DecoderTokenizer;
 use super::error::{AiError, Result};
 use super::generate::{CausalLm, Decoder, TextCodec};
+use super::int8::Projection;
 use super::kv_cache;
-use super::llama_projected::ProjectedLlama;
+use super::llama_projected::{Layer, ProjectedLlama};
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{RmsNorm, VarBuilder};
 use candle_transformers::models::llama::Config;
 use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::{Cursor, Read, Seek};
+use std::io::{Read, Seek};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
@@ -23,8 +25,8 @@ pub struct GgufModel {
     pub architecture: String,
     /// The file's scalar metadata (general.*, llama.*), for ai.models.config.
     pub metadata: Value,
-    /// Bytes of the weights in memory: on candle's quantized Llama the file's (or f32), plus the token embeddings in
-    /// f32; on the 8-bit Llama its own (see `ProjectedLlama::weight_bytes`).
+    /// Bytes of the weights in memory: on pg_ai's Llama its own (see `ProjectedLlama::weight_bytes`); on candle's
+    /// quantized Llama the file's, plus the token embeddings in f32.
     pub weight_bytes: usize,
     pub parameters: usize,
     weights: Held,
@@ -32,10 +34,11 @@ pub struct GgufModel {
     chat_template: Option<String>,
 }
 
-/// The weights: on candle's quantized Llama as the file stores them (or Q8_0, or f32), or on pg_ai's 8-bit Llama.
+/// The weights: on pg_ai's Llama (engine::llama_projected) as the file stores them, re-quantised to Q8_0, or in
+/// f32; a mixture of experts (Mixtral-style files) as stored on candle's quantized Llama, which has them.
 enum Held {
-    Quantized { weights: ModelWeights, context: usize },
-    Int8(ProjectedLlama),
+    Projected { model: ProjectedLlama, requantised: bool },
+    Experts { weights: ModelWeights, context: usize },
 }
 
 fn scalar(v: &gguf_file::Value) -> Option<Value> {
@@ -75,8 +78,8 @@ pub fn requantize_slow_weights(on: bool) {
 pub enum Weights {
     /// As the file stores them.
     AsStored,
-    /// The default: a file with Q4_1, Q5_1 or Q8_1 weights, which candle multiplies with a scalar loop, on pg_ai's
-    /// 8-bit Llama (engine::llama_projected: Q8_0, rows padded for candle's tiled kernels); other files as stored.
+    /// The default: a file with Q4_1, Q5_1 or Q8_1 weights, which candle multiplies with a scalar loop,
+    /// re-quantised to Q8_0 (rows padded for candle's tiled kernels, see engine::int8); other files as stored.
     Fast,
     /// Every weight de-quantised to f32: the reference that measures what quantisation changes.
     F32,
@@ -98,44 +101,17 @@ fn bytes_in_memory(content: &gguf_file::Content) -> usize {
     }
 }
 
-/// Rewrites every quantized weight as f32, in memory, as a GGUF data section that `content` then describes; None
-/// when all are f32 already.
-fn dequantize_all<R: Read + Seek>(
-    content: &mut gguf_file::Content,
-    file: &mut R,
-) -> candle_core::Result<Option<Cursor<Vec<u8>>>> {
-    if content.tensor_infos.values().all(|info| info.ggml_dtype == GgmlDType::F32) {
-        return Ok(None);
-    }
-    let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
-    names.sort();
-    let mut data = Vec::new();
-    for name in names {
-        let mut tensor = content.tensor(file, &name, &Device::Cpu)?;
-        if tensor.dtype() != GgmlDType::F32 {
-            tensor = QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::F32)?;
-        }
-        data.resize(data.len().next_multiple_of(gguf_file::DEFAULT_ALIGNMENT as usize), 0);
-        if let Some(info) = content.tensor_infos.get_mut(&name) {
-            (info.offset, info.ggml_dtype) = (data.len() as u64, tensor.dtype());
-        }
-        data.extend_from_slice(&tensor.data()?);
-    }
-    content.tensor_data_offset = 0;
-    Ok(Some(Cursor::new(data)))
-}
-
 impl GgufModel {
-    /// Loads the file; one with Q4_1, Q5_1 or Q8_1 weights onto the 8-bit Llama (`Weights::Fast`) unless
+    /// Loads the file; one with Q4_1, Q5_1 or Q8_1 weights re-quantised to Q8_0 (`Weights::Fast`) unless
     /// `requantize_slow_weights(false)` was called.
     pub fn load(path: &Path) -> Result<Self> {
         let fast = REQUANTIZE.load(std::sync::atomic::Ordering::Relaxed);
         Self::load_as(path, if fast { Weights::Fast } else { Weights::AsStored })
     }
 
-    /// Whether the weights were re-quantised to Q8_0 and run on pg_ai's 8-bit Llama (see `Weights::Fast`).
+    /// Whether the weights were re-quantised to Q8_0 (see `Weights::Fast`).
     pub fn requantised(&self) -> bool {
-        matches!(self.weights, Held::Int8(_))
+        matches!(self.weights, Held::Projected { requantised: true, .. })
     }
 
     pub fn load_as(path: &Path, weights: Weights) -> Result<Self> {
@@ -148,7 +124,7 @@ impl GgufModel {
         };
         let mut file = std::fs::File::open(path)
             .map_err(|e| AiError::missing_file(format!("cannot open {}: {e}", path.display())))?;
-        let mut content = gguf_file::Content::read(&mut file).map_err(corrupt)?;
+        let content = gguf_file::Content::read(&mut file).map_err(corrupt)?;
         let parameters = content.tensor_infos.values().map(|t| t.shape.elem_count()).sum();
         let architecture =
             content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
@@ -170,28 +146,28 @@ impl GgufModel {
         // about ten times slower than PyTorch). Q8_0 has SIMD kernels, and holds each block of 32 weights to within
         // max|w|/254, finer than the 4- and 5-bit steps it starts from, in 34 bytes a block where Q4_1 takes 20.
         let slow = content.tensor_infos.values().any(|info| scalar_only(info.ggml_dtype));
-        let (weights, weight_bytes) = if weights == Weights::Fast && slow {
-            let (tensors, config) = as_transformers_llama(&content, &mut file).map_err(corrupt)?;
-            let model =
-                ProjectedLlama::load(&VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config, true)
-                    .map_err(corrupt)?;
-            let bytes = model.weight_bytes();
-            (Held::Int8(model), bytes)
-        } else {
+        let experts = content.metadata.get("llama.expert_count").and_then(|v| v.to_u32().ok()).unwrap_or(0) > 0;
+        let (weights, weight_bytes) = if experts && weights != Weights::F32 {
             let context = content
                 .metadata
                 .get("llama.context_length")
                 .and_then(|v| v.to_u32().ok())
                 .map_or(MAX_SEQ_LEN, |n| (n as usize).min(MAX_SEQ_LEN));
-            let rewritten =
-                if weights == Weights::F32 { dequantize_all(&mut content, &mut file).map_err(corrupt)? } else { None };
             let weight_bytes = bytes_in_memory(&content);
-            let weights = match rewritten {
-                Some(mut data) => ModelWeights::from_gguf(content, &mut data, &Device::Cpu),
-                None => ModelWeights::from_gguf(content, &mut file, &Device::Cpu),
+            let weights = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).map_err(corrupt)?;
+            (Held::Experts { weights, context }, weight_bytes)
+        } else {
+            let requantised = weights == Weights::Fast && slow;
+            let model = if requantised || weights == Weights::F32 {
+                let (tensors, config) = as_transformers_llama(&content, &mut file).map_err(corrupt)?;
+                let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+                ProjectedLlama::load(&vb, &config, requantised)
+            } else {
+                as_stored(&content, &mut file)
             }
             .map_err(corrupt)?;
-            (Held::Quantized { weights, context }, weight_bytes)
+            let bytes = model.weight_bytes();
+            (Held::Projected { model, requantised }, bytes)
         };
         Ok(GgufModel {
             architecture: "llama (gguf)".to_string(),
@@ -207,35 +183,27 @@ impl GgufModel {
 
 /// A llama GGUF's weights de-quantised to f32 under transformers' names, the query and key rows back in
 /// transformers' rotate-half order (llama.cpp's converter interleaves them), and the configuration its metadata
-/// gives. Rope scaling is not read, as candle's quantized Llama does not read it either.
+/// gives.
 pub fn as_transformers_llama<R: Read + Seek>(
     content: &gguf_file::Content,
     file: &mut R,
 ) -> candle_core::Result<(HashMap<String, Tensor>, Config)> {
-    let meta = |key: &str| {
-        content.metadata.get(key).ok_or_else(|| candle_core::Error::Msg(format!("the GGUF metadata lacks {key}")))
-    };
-    let size = |key: &str| Ok::<_, candle_core::Error>(meta(key)?.to_u32()? as usize);
-    let (heads, kv_heads, layers) =
-        (size("llama.attention.head_count")?, size("llama.attention.head_count_kv")?, size("llama.block_count")?);
+    let config = llama_config(content)?;
     let mut f32 = |name: &str| content.tensor(file, name, &Device::Cpu)?.dequantize(&Device::Cpu);
     let rotate_half_order = |t: Tensor, heads: usize| {
         let (rows, cols) = t.dims2()?;
         t.reshape((heads, rows / heads / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))
     };
-    let embeddings = f32("token_embd.weight")?;
-    let (vocab_size, hidden_size) = embeddings.dims2()?;
     let mut tensors = HashMap::new();
-    tensors.insert("model.embed_tokens.weight".to_string(), embeddings);
+    tensors.insert("model.embed_tokens.weight".to_string(), f32("token_embd.weight")?);
     tensors.insert("model.norm.weight".to_string(), f32("output_norm.weight")?);
-    let tie_word_embeddings = !content.tensor_infos.contains_key("output.weight");
-    if !tie_word_embeddings {
+    if !config.tie_word_embeddings {
         tensors.insert("lm_head.weight".to_string(), f32("output.weight")?);
     }
-    for i in 0..layers {
+    for i in 0..config.num_hidden_layers {
         let (hf, blk) = (format!("model.layers.{i}"), format!("blk.{i}"));
-        let q = rotate_half_order(f32(&format!("{blk}.attn_q.weight"))?, heads)?;
-        let k = rotate_half_order(f32(&format!("{blk}.attn_k.weight"))?, kv_heads)?;
+        let q = rotate_half_order(f32(&format!("{blk}.attn_q.weight"))?, config.num_attention_heads)?;
+        let k = rotate_half_order(f32(&format!("{blk}.attn_k.weight"))?, config.num_key_value_heads)?;
         tensors.insert(format!("{hf}.self_attn.q_proj.weight"), q);
         tensors.insert(format!("{hf}.self_attn.k_proj.weight"), k);
         for (to, from) in [
@@ -250,13 +218,79 @@ pub fn as_transformers_llama<R: Read + Seek>(
             tensors.insert(format!("{hf}.{to}.weight"), f32(&format!("{blk}.{from}.weight"))?);
         }
     }
-    let config = Config {
+    Ok((tensors, config))
+}
+
+/// pg_ai's Llama on the file's weights as stored (rows of the query and key weights reordered), the token
+/// embeddings de-quantised to f16 for lookup.
+fn as_stored<R: Read + Seek>(content: &gguf_file::Content, file: &mut R) -> candle_core::Result<ProjectedLlama> {
+    let config = llama_config(content)?;
+    let eps = config.rms_norm_eps;
+    let mut stored = |name: &str| content.tensor(file, name, &Device::Cpu);
+    let norm = |t: QTensor| Ok::<_, candle_core::Error>(RmsNorm::new(t.dequantize(&Device::Cpu)?, eps));
+    let mut layers = Vec::new();
+    for i in 0..config.num_hidden_layers {
+        let mut part = |name: &str| stored(&format!("blk.{i}.{name}.weight"));
+        let q = rotate_half_rows(part("attn_q")?, config.num_attention_heads)?;
+        let k = rotate_half_rows(part("attn_k")?, config.num_key_value_heads)?;
+        layers.push(Layer {
+            attention_norm: norm(part("attn_norm")?)?,
+            qkv: Projection::stored(vec![q, k, part("attn_v")?])?,
+            attention_out: Projection::stored(vec![part("attn_output")?])?,
+            mlp_norm: norm(part("ffn_norm")?)?,
+            gate_up: Projection::stored(vec![part("ffn_gate")?, part("ffn_up")?])?,
+            down: Projection::stored(vec![part("ffn_down")?])?,
+        });
+    }
+    let output_norm = norm(stored("output_norm.weight")?)?;
+    let embeddings = stored("token_embd.weight")?;
+    let lookup = embeddings.dequantize(&Device::Cpu)?.to_dtype(DType::F16)?;
+    let head = match config.tie_word_embeddings {
+        true => embeddings,
+        false => stored("output.weight")?,
+    };
+    ProjectedLlama::new(&config, lookup, layers, output_norm, Projection::stored(vec![head])?, false)
+}
+
+/// The rows of a query or key weight, which llama.cpp's converter interleaves within each head, back in
+/// transformers' rotate-half order: a head's rows 0, 2, 4, ... and then 1, 3, 5, ...
+fn rotate_half_rows(weight: QTensor, heads: usize) -> candle_core::Result<QTensor> {
+    let (rows, columns) = weight.shape().dims2()?;
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
+        candle_core::bail!("{rows} rows do not split into {heads} heads of pairs");
+    }
+    let data = weight.data()?;
+    let (row_bytes, per_head) = (data.len() / rows, rows / heads);
+    let mut reordered = Vec::with_capacity(data.len());
+    for head in 0..heads {
+        for parity in 0..2 {
+            for row in (head * per_head + parity..(head + 1) * per_head).step_by(2) {
+                reordered.extend_from_slice(&data[row * row_bytes..(row + 1) * row_bytes]);
+            }
+        }
+    }
+    QTensor::new(QStorage::from_data(Cow::Owned(reordered), &Device::Cpu, weight.dtype())?, (rows, columns))
+}
+
+/// The transformers configuration a llama GGUF's metadata gives. Rope scaling is not read, as candle's quantized
+/// Llama does not read it either.
+fn llama_config(content: &gguf_file::Content) -> candle_core::Result<Config> {
+    let meta = |key: &str| {
+        content.metadata.get(key).ok_or_else(|| candle_core::Error::Msg(format!("the GGUF metadata lacks {key}")))
+    };
+    let size = |key: &str| Ok::<_, candle_core::Error>(meta(key)?.to_u32()? as usize);
+    let embeddings = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .ok_or_else(|| candle_core::Error::Msg("the GGUF file lacks token_embd.weight".to_string()))?;
+    let (vocab_size, hidden_size) = embeddings.shape.dims2()?;
+    Ok(Config {
         hidden_size,
         intermediate_size: size("llama.feed_forward_length")?,
         vocab_size,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
+        num_hidden_layers: size("llama.block_count")?,
+        num_attention_heads: size("llama.attention.head_count")?,
+        num_key_value_heads: size("llama.attention.head_count_kv")?,
         use_flash_attn: false,
         rms_norm_eps: meta("llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
         rope_theta: content.metadata.get("llama.rope.freq_base").map_or(Ok(10000.0), |v| v.to_f32())?,
@@ -264,9 +298,8 @@ pub fn as_transformers_llama<R: Read + Seek>(
         eos_token_id: None,
         rope_scaling: None,
         max_position_embeddings: size("llama.context_length").unwrap_or(MAX_SEQ_LEN),
-        tie_word_embeddings,
-    };
-    Ok((tensors, config))
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+    })
 }
 
 /// A generation session: a copy of the weights' handles (the tensors are shared) with its own KV cache.
@@ -298,10 +331,10 @@ impl Decoder for Session {
 impl CausalLm for GgufModel {
     fn session(&self) -> Result<Box<dyn Decoder + '_>> {
         Ok(match &self.weights {
-            Held::Quantized { weights, context } => {
+            Held::Projected { model, .. } => Box::new(kv_cache::Session::new(model)),
+            Held::Experts { weights, context } => {
                 Box::new(Session { weights: weights.clone(), position: 0, context: *context })
             }
-            Held::Int8(model) => Box::new(kv_cache::Session::new(model)),
         })
     }
 

@@ -128,7 +128,7 @@ impl Gpt2 {
 
     /// Bytes of the weights in memory. An 8-bit head tied to the embeddings is a copy of them, and counts.
     pub fn weight_bytes(&self) -> usize {
-        let int8_head = matches!(self.lm_head, Projection::Int8 { .. });
+        let int8_head = matches!(self.lm_head, Projection::Quantized { .. });
         self.count(Projection::bytes, bytes) + if self.tied_head && int8_head { self.lm_head.bytes() } else { 0 }
     }
 

@@ -14,9 +14,10 @@
 use super::device::cpu_kernels;
 use super::matvec::one_row_times;
 use super::packed::PackedMatrix;
+use super::row_parts::{parts_for, RowParts};
 use super::train::ops::values;
 use super::vnni::VnniMatrix;
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor, D};
 use candle_nn::Linear;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,11 +90,11 @@ pub fn quantize(weight: &Tensor) -> candle_core::Result<QTensor> {
 #[derive(Clone)]
 pub enum Projection {
     F32(Linear),
-    /// Asked for in 8 bits: Q8_0 where the rows are whole blocks, else an f32 copy (see `quantize`).
-    /// `padding` zeros end each row, and inputs get as many; `extra_rows` zero rows follow the weight's own, and
-    /// their outputs are dropped (see `tiled_shape`).
-    Int8 {
-        weight: QMatMul,
+    /// Asked for in 8 bits: Q8_0 where the rows are whole blocks, else an f32 copy (see `quantize`); or a GGUF
+    /// file's weights as stored (`stored`). `padding` zeros end each row, and inputs get as many; `extra_rows`
+    /// zero rows follow the weight's own, and their outputs are dropped (see `tiled_shape`).
+    Quantized {
+        weight: RowParts,
         bias: Option<Tensor>,
         padding: usize,
         extra_rows: usize,
@@ -128,7 +129,15 @@ impl Projection {
         let (padding, extra_rows) = (row_length - k, rows - n);
         let weight = if padding > 0 { weight.pad_with_zeros(1, 0, padding)? } else { weight };
         let weight = if extra_rows > 0 { weight.pad_with_zeros(0, 0, extra_rows)? } else { weight };
-        Ok(Projection::Int8 { weight: QMatMul::from_qtensor(quantize(&weight)?)?, bias, padding, extra_rows })
+        let weight = RowParts::new(quantize(&weight)?, parts_for(rayon::current_num_threads()))?;
+        Ok(Projection::Quantized { weight, bias, padding, extra_rows })
+    }
+
+    /// Quantized weights as a file stores them, their rows one after the other (a GGUF file's query, key and
+    /// value rows, say), without bias.
+    pub fn stored(weights: Vec<QTensor>) -> candle_core::Result<Self> {
+        let weight = RowParts::stacked(weights, parts_for(rayon::current_num_threads()))?;
+        Ok(Projection::Quantized { weight, bias: None, padding: 0, extra_rows: 0 })
     }
 
     /// A model's output head. One `tied` to the token embeddings is, in f32, held as it is (the same tensor as
@@ -158,13 +167,7 @@ impl Projection {
     pub fn bytes(&self) -> usize {
         match self {
             Projection::F32(l) => bytes(l.weight()) + l.bias().map_or(0, bytes),
-            Projection::Int8 { weight, bias, .. } => {
-                let w = match weight {
-                    QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => bytes(t),
-                };
-                w + bias.as_ref().map_or(0, bytes)
-            }
+            Projection::Quantized { weight, bias, .. } => weight.bytes() + bias.as_ref().map_or(0, bytes),
             // The matrix holds its own copy of the bias, which it adds.
             Projection::Vnni { weight, .. } => weight.bytes(),
             Projection::Packed { weight, .. } => weight.bytes(),
@@ -174,7 +177,7 @@ impl Projection {
     pub fn bias(&self) -> Option<&Tensor> {
         match self {
             Projection::F32(l) => l.bias(),
-            Projection::Int8 { bias, .. } | Projection::Vnni { bias, .. } | Projection::Packed { bias, .. } => {
+            Projection::Quantized { bias, .. } | Projection::Vnni { bias, .. } | Projection::Packed { bias, .. } => {
                 bias.as_ref()
             }
         }
@@ -184,12 +187,8 @@ impl Projection {
     pub fn parameters(&self) -> usize {
         match self {
             Projection::F32(l) => l.weight().elem_count() + l.bias().map_or(0, Tensor::elem_count),
-            Projection::Int8 { weight, bias, padding, extra_rows } => {
-                let (n, k) = match weight {
-                    QMatMul::QTensor(q) => q.shape().dims2(),
-                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims2(),
-                }
-                .expect("a projection's weight is a matrix");
+            Projection::Quantized { weight, bias, padding, extra_rows } => {
+                let (n, k) = weight.dims();
                 (n - extra_rows) * (k - padding) + bias.as_ref().map_or(0, Tensor::elem_count)
             }
             Projection::Vnni { weight, bias } => {
@@ -213,7 +212,7 @@ impl Module for Projection {
                 },
                 None => l.forward(x),
             },
-            Projection::Int8 { weight, bias, padding, extra_rows } => {
+            Projection::Quantized { weight, bias, padding, extra_rows } => {
                 let mut y = match padding {
                     0 => weight.forward(x)?,
                     &p => weight.forward(&x.pad_with_zeros(D::Minus1, 0, p)?)?,
@@ -359,7 +358,7 @@ mod tests {
         // 384 products of N(0, 1) values: about sqrt(6) times the rounding of the 64-long rows above.
         let change = largest_change(&exact, &int8, &x);
         assert!(change > 0.0 && change < 1.25, "{change}");
-        assert!(matches!(int8, Projection::Int8 { padding, .. } if padding == held - 384));
+        assert!(matches!(int8, Projection::Quantized { padding, .. } if padding == held - 384));
     }
 
     /// 30 rows of 256 get 2 zero rows where the tiled kernels run; their outputs are dropped, and the rest answer

@@ -1,5 +1,5 @@
 //! A Llama on pg_ai's own projections (engine::int8's `Projection`), in f32 or, for pg_ai.int8_decoders, in 8
-//! bits. candle's quantized Llama holds each row of weights as it comes, and rows that are not whole blocks of 256
+//! bits, or on a GGUF file's quantized weights as stored (engine::gguf). candle's quantized Llama holds each row of weights as it comes, and rows that are not whole blocks of 256
 //! (SmolLM2's 576) miss candle's tiled VNNI kernels; a `Projection` pads them: on SmolLM2's shapes 2.5x faster per
 //! generated token and 6x on prompts, for the products alone. In f32 a `Projection` multiplies a generated token's
 //! single row with engine::matvec, which candle-transformers' Llama does not (SmolLM2 size: 16 -> 20 tokens/s,
@@ -14,15 +14,17 @@ use candle_nn::{ops::softmax_last_dim, rotary_emb::rope, Embedding, RmsNorm, Var
 use candle_transformers::models::llama::Config;
 use candle_transformers::utils::repeat_kv;
 
-struct Layer {
-    attention_norm: RmsNorm,
-    /// Query, key and value rows stacked: (heads + 2 kv_heads) * head_dim outputs.
-    qkv: Projection,
-    attention_out: Projection,
-    mlp_norm: RmsNorm,
+/// One decoder layer's weights.
+pub struct Layer {
+    pub attention_norm: RmsNorm,
+    /// Query, key and value rows stacked: (heads + 2 kv_heads) * head_dim outputs, query and key rows in
+    /// transformers' rotate-half order.
+    pub qkv: Projection,
+    pub attention_out: Projection,
+    pub mlp_norm: RmsNorm,
     /// Gate and up rows stacked: 2 * intermediate outputs.
-    gate_up: Projection,
-    down: Projection,
+    pub gate_up: Projection,
+    pub down: Projection,
 }
 
 pub struct ProjectedLlama {
@@ -46,14 +48,7 @@ impl ProjectedLlama {
     /// Loads a transformers Llama (without llama3 rope scaling, which the caller leaves to candle-transformers),
     /// its weights in 8 bits or not: in f32 it answers as candle-transformers' Llama does (the tests check).
     pub fn load(vb: &VarBuilder, c: &Config, int8: bool) -> candle_core::Result<Self> {
-        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
-        if heads == 0 || kv_heads == 0 || !c.hidden_size.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
-            candle_core::bail!(
-                "{heads} attention heads and {kv_heads} key/value heads do not fit hidden size {}",
-                c.hidden_size
-            )
-        }
-        let head_dim = c.hidden_size / heads;
+        let head_dim = head_dim(c)?;
         let (h, kv, ff) = (c.hidden_size, head_dim * c.num_key_value_heads, c.intermediate_size);
         let norm = |vb: VarBuilder| Ok::<_, candle_core::Error>(RmsNorm::new(vb.get(h, "weight")?, c.rms_norm_eps));
         let stacked = |vb: &VarBuilder, parts: &[(&str, usize)]| {
@@ -77,18 +72,34 @@ impl ProjectedLlama {
         let embeddings = vb.get((c.vocab_size, h), "model.embed_tokens.weight")?;
         let head =
             if c.tie_word_embeddings { embeddings.clone() } else { vb.get((c.vocab_size, h), "lm_head.weight")? };
+        let head = Projection::head(head, None, int8, c.tie_word_embeddings)?;
+        let embeddings = embeddings.to_dtype(if int8 { DType::F16 } else { DType::F32 })?;
+        Self::new(c, embeddings, layers, norm(vb.pp("model.norm"))?, head, c.tie_word_embeddings && !int8)
+    }
+
+    /// A Llama of these parts. `embeddings` (vocabulary, hidden) is the lookup table, in f32 or f16;
+    /// `head_is_embeddings` says the head holds that same tensor, whose bytes then count once.
+    pub fn new(
+        c: &Config,
+        embeddings: Tensor,
+        layers: Vec<Layer>,
+        norm: RmsNorm,
+        head: Projection,
+        head_is_embeddings: bool,
+    ) -> candle_core::Result<Self> {
+        let head_dim = head_dim(c)?;
         let inverse_frequencies =
             (0..head_dim / 2).map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f32 / head_dim as f32)).collect();
         Ok(ProjectedLlama {
-            head_is_embeddings: c.tie_word_embeddings && !int8,
-            embeddings: Embedding::new(embeddings.to_dtype(if int8 { DType::F16 } else { DType::F32 })?, h),
+            head_is_embeddings,
+            embeddings: Embedding::new(embeddings, c.hidden_size),
             layers,
-            norm: norm(vb.pp("model.norm"))?,
-            head: Projection::head(head, None, int8, c.tie_word_embeddings)?,
-            heads,
-            kv_heads,
+            norm,
+            head,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
             head_dim,
-            intermediate: ff,
+            intermediate: c.intermediate_size,
             inverse_frequencies,
             context: c.max_position_embeddings,
         })
@@ -154,6 +165,18 @@ impl ProjectedLlama {
         let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
         x + l.down.forward(&(gate.silu()? * up)?)?
     }
+}
+
+/// Each attention head's width, once the head counts are known to fit the hidden size.
+fn head_dim(c: &Config) -> candle_core::Result<usize> {
+    let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
+    if heads == 0 || kv_heads == 0 || !c.hidden_size.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
+        candle_core::bail!(
+            "{heads} attention heads and {kv_heads} key/value heads do not fit hidden size {}",
+            c.hidden_size
+        )
+    }
+    Ok(c.hidden_size / heads)
 }
 
 impl CachedDecoder for ProjectedLlama {

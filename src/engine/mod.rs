@@ -27,6 +27,7 @@ pub mod matvec;
 pub mod model;
 pub mod packed;
 pub mod pooling;
+pub mod row_parts;
 pub mod seq2seq;
 pub mod simd;
 pub mod t5;

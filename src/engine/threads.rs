@@ -6,10 +6,9 @@ use std::sync::Once;
 
 static CONFIGURE: Once = Once::new();
 
-/// The environment variable candle reads, when its barrier pool starts, for how often an idle worker spins.
-const BARRIER_SPIN_LIMIT: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
-/// Spins before a barrier worker sleeps: fewer cost nothing measurable on a quiet machine (benches/fairness.sh).
-const BARRIER_SPINS: u32 = 10_000;
+/// The environment variable candle reads, when its barrier pool starts, for the threads it has (the caller's
+/// own among them).
+const BARRIER_THREADS: &str = "CANDLE_NUM_THREADS";
 
 /// Sets the thread count once per process; 0 means one per core. Later calls change nothing.
 pub fn configure(threads: usize) {
@@ -17,13 +16,14 @@ pub fn configure(threads: usize) {
         let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         // SAFETY: called before any compute thread exists, from the single-threaded backend.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-        // candle's barrier pool (its element-wise ops and quantized products) has idle workers spin 25,000 times
-        // before they sleep, and callers spin until the workers are done: beside any other busy process the two
-        // fight for the cores, and generation slowed twentyfold. Spinning less keeps the workers out of the way
-        // (benches/fairness.sh). An administrator's own value, set for the server, stays.
-        if std::env::var_os(BARRIER_SPIN_LIMIT).is_none() {
+        // candle's barrier pool (its quantized products and element-wise ops on large tensors) has its threads
+        // and its caller wait for each other by spinning: beside any other busy process a spinning thread holds
+        // the core its partner needs, and generation slowed tenfold (benches/fairness.sh). Without workers the
+        // pool runs each op on the calling thread; pg_ai splits quantized products over rayon itself
+        // (engine::row_parts). An administrator's own value, set for the server, stays.
+        if std::env::var_os(BARRIER_THREADS).is_none() {
             // SAFETY: as above, before any thread that reads the environment exists.
-            unsafe { std::env::set_var(BARRIER_SPIN_LIMIT, BARRIER_SPINS.to_string()) };
+            unsafe { std::env::set_var(BARRIER_THREADS, "1") };
         }
         // An error means the pool already exists (another caller won); the env var still applies.
         // Stacks as large as a backend's own (Linux's default 8 MiB): whole forward passes and candle's recursive

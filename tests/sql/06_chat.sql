@@ -19,10 +19,9 @@ SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'x', '/nonexistent/mod
 SELECT ai_chat(NULL, 'smollm2') IS NULL AS null_messages;
 
 -- What this backend holds: SmolLM2's 135M parameters, stored as Q4_1 (94 MB), are held as Q8_0, which candle
--- multiplies with SIMD, on pg_ai's 8-bit Llama (with the token embeddings also in f16 for lookup, 57 MB);
--- pg_ai.gguf_requantize = off keeps them as the file stores them (for models loaded after), on candle's quantized
--- Llama, which also holds the token embeddings in f32 (113 MB). On CPUs with VNNI the 8-bit Llama pads its rows
--- for candle's tiled kernels (see README), so its size depends on the CPU: here, within a fifth of the other's.
+-- multiplies with SIMD (with the token embeddings also in f16 for lookup, 57 MB); pg_ai.gguf_requantize = off keeps
+-- them as the file stores them (for models loaded after): 94 + 57 MB less the small norms. On CPUs with VNNI the
+-- Q8_0 rows are padded for candle's tiled kernels (see README), so that size depends on the CPU; it is always more.
 SET pg_ai.gguf_requantize = off;
 SELECT ai_load_model('smollm2-as-stored', :'root' || '/.models/SmolLM2-135M-Instruct.Q4_1.gguf') \g /dev/null
 SELECT ai_chat('[{"role": "user", "content": "What is the capital of France?"}]', 'smollm2-as-stored',
@@ -31,6 +30,5 @@ RESET pg_ai.gguf_requantize;
 SELECT name, architecture, parameters,
        CASE WHEN name <> 'smollm2' THEN pg_size_pretty(memory_bytes::bigint) END AS memory
 FROM ai_loaded_models() ORDER BY name;
-SELECT (SELECT memory_bytes FROM ai_loaded_models() WHERE name = 'smollm2')::numeric
-       / (SELECT memory_bytes FROM ai_loaded_models() WHERE name = 'smollm2-as-stored') BETWEEN 0.8 AND 1.2
-       AS within_a_fifth;
+SELECT (SELECT memory_bytes FROM ai_loaded_models() WHERE name = 'smollm2')
+       > (SELECT memory_bytes FROM ai_loaded_models() WHERE name = 'smollm2-as-stored') AS requantised_holds_more;
