@@ -44,7 +44,7 @@ SQL
 per_row="SELECT count(ai_embed(body, 'minilm')) FROM (SELECT body FROM fortunes ORDER BY id LIMIT $rows) AS t"
 array="SELECT count(*) FROM ai_embed((SELECT array_agg(body ORDER BY id) FROM (SELECT * FROM fortunes ORDER BY id LIMIT $rows) AS t), 'minilm')"
 generate="SELECT ai_generate('Once upon a time there was a', 'smollm2', max_tokens => 64)"
-# 20 MLM steps of a small BERT (as benches/train.rs trains), its tokenizer trained first on the same rows.
+# 20 MLM steps of a small BERT (as engine/benches/train.rs trains), its tokenizer trained first on the same rows.
 options='{"max_steps": 20, "batch_size": 16, "max_length": 128, "hidden_size": 128, "layers": 2, "heads": 4,
           "intermediate_size": 512, "vocab_size": 2000}'
 train="SELECT ai_pretrain(concat('fairness-', md5(random()::text)), 'SELECT body AS text FROM fortunes LIMIT 2000', 'mlm', '$(echo $options)') IS NOT NULL"

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-/usr/bin/python3}
 [ -n "${1:-}" ] || export PYTHONPATH=$PWD/.pybench/site-packages${PYTHONPATH:+:$PYTHONPATH}
-ours=$(cargo bench --bench generate 2>/dev/null)
+ours=$(cargo bench -p pg_ai_engine --bench generate 2>/dev/null)
 theirs=$("$python" benches/generate_transformers.py 2>/dev/null)
 echo "== pg_ai"; echo "$ours"
 echo "== transformers"; echo "$theirs"

@@ -1,4 +1,4 @@
-"""transformers' generate() on the fixtures that `cargo bench --bench generate` measures, with the same prompt
+"""transformers' generate() on the fixtures that `cargo bench -p pg_ai_engine --bench generate` measures, with the same prompt
 and inputs, printed in the same form, so that benches/generate.sh can put the two side by side.
 
     python3 benches/generate_transformers.py   # any Python with torch and transformers (benches/generate.sh)

@@ -243,7 +243,7 @@ log "training from a table: mlm and clm, 100 steps each, on the fortunes"
 fortunes=$(mktemp)
 chmod 644 "$fortunes"
 if [ -d /usr/share/games/fortunes ]; then
-    # Entries end at a line holding "%"; whitespace collapsed, as benches/train.rs reads them.
+    # Entries end at a line holding "%"; whitespace collapsed, as engine/benches/train.rs reads them.
     find /usr/share/games/fortunes -maxdepth 1 -type f ! -name '*.*' -print0 | sort -z |
         xargs -0 awk 'BEGIN { RS = "\n%\n" } { gsub(/[ \t\n\r]+/, " "); sub(/^ /, ""); sub(/ $/, "");
              if ($0 != "") { gsub(/"/, "\"\""); print "\"" $0 "\"" } }' >"$fortunes"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-/usr/bin/python3}
 [ -n "${1:-}" ] || export PYTHONPATH=$PWD/.pybench/site-packages${PYTHONPATH:+:$PYTHONPATH}
-ours=$(cargo bench --bench train 2>/dev/null)
+ours=$(cargo bench -p pg_ai_engine --bench train 2>/dev/null)
 theirs=$("$python" benches/train_torch.py 2>/dev/null)
 echo "== pg_ai"; echo "$ours"
 echo "== PyTorch"; echo "$theirs"

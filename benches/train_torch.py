@@ -1,4 +1,4 @@
-"""PyTorch (eager, through transformers) training on the configuration and rows of `cargo bench --bench train`,
+"""PyTorch (eager, through transformers) training on the configuration and rows of `cargo bench -p pg_ai_engine --bench train`,
 printed in the same form so that benches/train.sh can put the two side by side. Run the Rust bench first: this
 reads the config.json and tokenizer.json it wrote to target/bench-train/{mlm,clm,seq2seq}, so both sides train the
 same architecture on the same tokens, 100 AdamW steps with gradient clipping, batch 16, rows up to 128 tokens.
@@ -20,7 +20,7 @@ STEPS, BATCH, MAX_LENGTH = 100, 16, 128
 
 
 def texts():
-    """The fortunes, parsed as benches/train.rs parses them (or the fixture sentences)."""
+    """The fortunes, parsed as engine/benches/train.rs parses them (or the fixture sentences)."""
     folder = "/usr/share/games/fortunes"
     if os.path.isdir(folder):
         out = []

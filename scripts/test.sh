@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of pg_ai on a fresh or prepared Debian 12 machine, as root:
-#   1. cargo pgrx test: engine tests against transformers' answers, and tests inside PostgreSQL;
-#   2. the SQL tests in tests/sql against a private cluster, compared with tests/expected.
+#   1. cargo test -p pg_ai_engine: the engine's tests, against transformers' answers among them;
+#   2. cargo pgrx test: tests inside PostgreSQL;
+#   3. the SQL tests in tests/sql against a private cluster, compared with tests/expected.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -24,6 +25,8 @@ work=/tmp/pg_ai-test
 mkdir -p "$work"
 chown postgres: "$work"
 rm -rf "$work/pgrx-pgdata"
+echo "== engine tests (cargo test -p pg_ai_engine)"
+cargo test -p pg_ai_engine
 echo "== cargo pgrx test"
 cargo pgrx test pg15 --runas postgres --pgdata "$work/pgrx-pgdata"
 

@@ -177,7 +177,7 @@ pub fn launcher_database() -> String {
 /// Applies the compute settings of this backend before model work: its thread count (fixed at the first call)
 /// and the freed memory it keeps.
 pub fn apply_compute_settings() {
-    // Before the compute threads start: set later, the thresholds help less (benches/train.rs: 2250 against
+    // Before the compute threads start: set later, the thresholds help less (engine/benches/train.rs: 2250 against
     // 2650 tokens/s).
     crate::engine::allocator::keep_freed_memory(KEEP_FREED_MEMORY.get().max(0) as usize * 1024);
     crate::engine::threads::configure(threads());

@@ -1,6 +1,6 @@
 //! pg_ai: transformer models inside PostgreSQL.
 //!
-//! `engine` holds the models and never calls Postgres; `api` holds the SQL functions, short
+//! `engine` is the pg_ai_engine crate: the models, with no Postgres in them; `api` holds the SQL functions, short
 //! adapters over the engine; `store` is the model registry and the per-backend model cache; `memory` lets the
 //! kernel share identical weight pages between backends.
 
@@ -9,7 +9,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod api;
-pub mod engine;
+pub use pg_ai_engine as engine;
 mod error;
 mod guc;
 mod memory;

@@ -17,7 +17,7 @@ SELECT (SELECT array_agg(token ORDER BY ord, score DESC) FROM ai_fill_mask(:'inp
 
 -- pg_ai.int8_encoders holds the weights of BERT, DistilBERT and RoBERTa models and their heads as 8-bit blocks,
 -- for models loaded after the change: faster on real-size models and about a third of the memory; scores move
--- slightly (tests/golden.rs measures how much).
+-- slightly (engine/tests/golden.rs measures how much).
 SET pg_ai.int8_encoders = on;
 SELECT ai_load_model('mlm-int8', :'fixtures' || '/models/bert-mlm') \g /dev/null
 RESET pg_ai.int8_encoders;

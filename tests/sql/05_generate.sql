@@ -1,5 +1,5 @@
 -- ai_generate and ai_generate_stream with the small GPT-2 fixture (greedy ids checked against
--- transformers' generate in tests/golden.rs).
+-- transformers' generate in engine/tests/golden.rs).
 CREATE EXTENSION pg_ai;
 \i tests/sql/_helpers.psql
 SELECT ai_load_model('gpt2', :'fixtures' || '/models/gpt2');
@@ -34,7 +34,7 @@ SELECT ai_generate('the cat', 'llama'), ai_generate('bob lives in', 'llama', max
 
 -- pg_ai.int8_decoders holds GPT-2 and Llama weights as 8-bit blocks, for models loaded after the change: a half
 -- to a third of the memory (token embeddings are also held in f16 or f32 for lookup) and faster generation;
--- answers move slightly (tests/golden.rs measures how much on SmolLM2's real weights); here they continue as in
+-- answers move slightly (engine/tests/golden.rs measures how much on SmolLM2's real weights); here they continue as in
 -- f32 above.
 SET pg_ai.int8_decoders = on;
 SELECT ai_load_model('gpt2-int8', :'fixtures' || '/models/gpt2') \g /dev/null

@@ -1,5 +1,5 @@
 -- ai_translate and ai_summarize with the small T5 and Marian fixtures (greedy and beam ids checked against
--- transformers' generate in tests/golden.rs). Both learned a toy English-to-German word mapping.
+-- transformers' generate in engine/tests/golden.rs). Both learned a toy English-to-German word mapping.
 CREATE EXTENSION pg_ai;
 \i tests/sql/_helpers.psql
 SELECT ai_load_model('t5', :'fixtures' || '/models/t5');

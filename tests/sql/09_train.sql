@@ -1,5 +1,5 @@
 -- ai_pretrain and ai_finetune on table rows (the training itself is checked against PyTorch in
--- tests/training.rs). NOTICEs carry timings, so progress messages are hidden here.
+-- engine/tests/training.rs). NOTICEs carry timings, so progress messages are hidden here.
 CREATE EXTENSION pg_ai;
 \i tests/sql/_helpers.psql
 SET client_min_messages = warning;

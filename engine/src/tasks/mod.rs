@@ -1,0 +1,69 @@
+//! The answers pg_ai gives, each as transformers' pipeline of the same name computes it.
+
+pub mod classify;
+pub mod embed;
+pub mod fill_mask;
+pub mod ner;
+
+use super::encoder::Batch;
+use super::error::Result;
+use super::text::TextTokenizer;
+use tokenizers::Encoding;
+
+/// Rows per forward pass for the array forms.
+pub const BATCH_SIZE: usize = 32;
+
+/// Bytes a text's encoding may hold per character of input read (ids, offsets, masks and the token strings of
+/// every piece, truncated ones included), for the budget of an array's encodings, which are all held at once.
+const ENCODING_BYTES_PER_CHAR: usize = 32;
+
+/// Encodes every text (`whole`: refusing those longer than the model reads, else truncating them), checking the
+/// memory the encodings will hold against the call's budget first and running `between` every few texts.
+pub fn encode_all(
+    tokenizer: &TextTokenizer,
+    texts: &[&str],
+    whole: bool,
+    between: &mut dyn FnMut(),
+) -> Result<Vec<Encoding>> {
+    let read: usize = texts.iter().map(|t| tokenizer.read_length(t)).fold(0, usize::saturating_add);
+    crate::budget::check(read.saturating_mul(ENCODING_BYTES_PER_CHAR), || {
+        format!("tokenising {} texts of {read} bytes", texts.len())
+    })?;
+    let mut encodings = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        if i % 256 == 255 {
+            between();
+        }
+        encodings.push(if whole { tokenizer.encode_whole(text)? } else { tokenizer.encode(text)? });
+    }
+    Ok(encodings)
+}
+
+/// Runs `run` over the inputs in batches of similar length (less padding) and returns the
+/// results in input order. `run` gets the batch's input indices and its padded tensors.
+/// `between` runs before each batch: the SQL layer checks for interrupts there.
+pub fn in_batches<T>(
+    tokenizer: &TextTokenizer,
+    encodings: &[Encoding],
+    between: &mut dyn FnMut(),
+    mut run: impl FnMut(&[usize], &Batch) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let mut order: Vec<usize> = (0..encodings.len()).collect();
+    order.sort_by_key(|&i| encodings[i].len());
+    let mut results: Vec<Option<T>> = (0..encodings.len()).map(|_| None).collect();
+    for rows in order.chunks(BATCH_SIZE) {
+        between();
+        let batch: Vec<&Encoding> = rows.iter().map(|&i| &encodings[i]).collect();
+        for (&i, result) in rows.iter().zip(run(rows, &tokenizer.batch(&batch)?)?) {
+            results[i] = Some(result);
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("every input has a result")).collect())
+}
+
+/// Indices of `scores` from best to worst; ties keep the lower index first, like a stable sort.
+pub fn ranked(scores: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order
+}
