@@ -101,7 +101,7 @@ fn memory_read_bandwidth() -> f64 {
             let sum: f32 = values
                 .par_chunks(1 << 16)
                 .map(|chunk| {
-                    pg_ai_engine::simd::widest(
+                    pg_ai_engine::kernels::simd::widest(
                         #[inline(always)]
                         || {
                             let mut sums = [0f32; 16];

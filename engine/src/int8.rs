@@ -2,8 +2,8 @@
 //! which candle multiplies with SIMD dot products. Settings ask for it: pg_ai.int8_decoders (GPT-2 and Llama
 //! read from safetensors), pg_ai.int8_encoders (BERT, DistilBERT, RoBERTa), and pg_ai.gguf_requantize for GGUF
 //! files whose weights candle can only multiply with a scalar loop (engine::gguf). An encoder's layers, which
-//! multiply a whole batch of rows at once, take engine::vnni's 8-bit format instead where the CPU has AVX-512
-//! VNNI (`Projection::batched`); in f32 they take engine::packed's packed weights where the CPU has AVX-512.
+//! multiply a whole batch of rows at once, take engine::kernels::vnni's 8-bit format instead where the CPU has AVX-512
+//! VNNI (`Projection::batched`); in f32 they take engine::kernels::packed's packed weights where the CPU has AVX-512.
 //!
 //! Why: a call on one row, and generating a token, reads every weight once, so on a CPU the bytes of the
 //! weights set the pace. Q8_0 holds a weight to within max|w|/254 of its block in 34 bytes where f32 takes 128:
@@ -12,11 +12,11 @@
 //! so the int8 settings are off by default (GGUF weights are quantized already: there it is on).
 
 use super::device::cpu_kernels;
-use super::matvec::one_row_times;
-use super::packed::PackedMatrix;
-use super::row_parts::{parts_for, RowParts};
+use super::kernels::matvec::one_row_times;
+use super::kernels::packed::PackedMatrix;
+use super::kernels::row_parts::{parts_for, RowParts};
+use super::kernels::vnni::VnniMatrix;
 use super::train::ops::values;
-use super::vnni::VnniMatrix;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor, D};
 use candle_nn::Linear;
@@ -59,7 +59,7 @@ impl Int8 {
 fn tiled_shape(n: usize, k: usize) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     if k.is_multiple_of(GgmlDType::Q8_0.block_size()) {
-        let vnni = super::vnni::available() || is_x86_feature_detected!("avxvnni");
+        let vnni = super::kernels::vnni::available() || is_x86_feature_detected!("avxvnni");
         if let Some(padded) = padded_by_at_most_half(k, 256).filter(|_| vnni) {
             return (n.next_multiple_of(16), padded);
         }
@@ -99,12 +99,12 @@ pub enum Projection {
         padding: usize,
         extra_rows: usize,
     },
-    /// Asked for in 8 bits for many rows at once (an encoder's), on a CPU with AVX-512 VNNI: engine::vnni.
+    /// Asked for in 8 bits for many rows at once (an encoder's), on a CPU with AVX-512 VNNI: engine::kernels::vnni.
     Vnni {
         weight: Arc<VnniMatrix>,
         bias: Option<Tensor>,
     },
-    /// In f32, on a CPU with AVX-512: engine::packed.
+    /// In f32, on a CPU with AVX-512: engine::kernels::packed.
     Packed {
         weight: Arc<PackedMatrix>,
         bias: Option<Tensor>,
@@ -112,11 +112,11 @@ pub enum Projection {
 }
 
 impl Projection {
-    /// `weight` is (out, in), as candle's Linear takes it. In f32, packed for engine::packed where the CPU has
+    /// `weight` is (out, in), as candle's Linear takes it. In f32, packed for engine::kernels::packed where the CPU has
     /// AVX-512 (its own copy: see `head`).
     pub fn new(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         if !int8 {
-            if super::packed::available() && cpu_kernels(weight.device()) {
+            if super::kernels::packed::available() && cpu_kernels(weight.device()) {
                 let (n, k) = weight.dims2()?;
                 let (values, bias_values) = f32_values(&weight, bias.as_ref())?;
                 let packed = PackedMatrix::new(&values, n, k, bias_values.as_deref());
@@ -141,7 +141,7 @@ impl Projection {
     }
 
     /// A model's output head. One `tied` to the token embeddings is, in f32, held as it is (the same tensor as
-    /// the embeddings, not a copy) and multiplied by candle (one row at a time by engine::matvec); otherwise, and
+    /// the embeddings, not a copy) and multiplied by candle (one row at a time by engine::kernels::matvec); otherwise, and
     /// in 8 bits, as `new` does.
     pub fn head(weight: Tensor, bias: Option<Tensor>, int8: bool, tied: bool) -> candle_core::Result<Self> {
         match tied && !int8 {
@@ -151,12 +151,12 @@ impl Projection {
     }
 
     /// For layers that multiply many rows at once (an encoder's over a batch of texts): in 8 bits as
-    /// engine::vnni holds them where the CPU has AVX-512 VNNI, else as `new` does. Rows that blocks of 128 would
+    /// engine::kernels::vnni holds them where the CPU has AVX-512 VNNI, else as `new` does. Rows that blocks of 128 would
     /// pad by more than half (k of 85 or less, or 129 to 170) also go to `new`.
     pub fn batched(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         let (n, k) = weight.dims2()?;
-        let blocks_fit = padded_by_at_most_half(k, super::vnni::BLOCK).is_some();
-        if !int8 || !super::vnni::available() || !cpu_kernels(weight.device()) || !blocks_fit {
+        let blocks_fit = padded_by_at_most_half(k, super::kernels::vnni::BLOCK).is_some();
+        if !int8 || !super::kernels::vnni::available() || !cpu_kernels(weight.device()) || !blocks_fit {
             return Self::new(weight, bias, int8);
         }
         let (values, bias_values) = f32_values(&weight, bias.as_ref())?;
@@ -238,7 +238,7 @@ fn f32_values(weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<(Ve
     Ok((values, bias.map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?))
 }
 
-/// A weight held for many rows at once: engine::vnni's and engine::packed's.
+/// A weight held for many rows at once: engine::kernels::vnni's and engine::kernels::packed's.
 trait Batched: Send + Sync {
     const NAME: &'static str;
     fn rows(&self) -> usize;
@@ -297,7 +297,7 @@ mod tests {
         let weight = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         let bias = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
         let x = Tensor::randn(0f32, 1.0, (1, 3, k), &Device::Cpu).unwrap();
-        // candle's f32 Linear (engine::packed's own tests check its products).
+        // candle's f32 Linear (engine::kernels::packed's own tests check its products).
         let f32 = Projection::F32(Linear::new(weight.clone(), Some(bias.clone())));
         (f32, Projection::new(weight, Some(bias), true).unwrap(), x)
     }

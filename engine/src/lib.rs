@@ -2,8 +2,6 @@
 //! so all of it is tested with plain `cargo test -p pg_ai_engine`, on machines without PostgreSQL too.
 
 pub mod allocator;
-#[cfg(target_arch = "x86_64")]
-pub mod amx;
 pub mod beam;
 pub mod budget;
 pub mod chat;
@@ -12,24 +10,20 @@ pub mod config;
 pub mod device;
 pub mod encoder;
 pub mod error;
-pub mod fast_math;
 pub mod files;
 pub mod generate;
 pub mod gguf;
 pub mod gpt2;
 pub mod gpt2_model;
 pub mod int8;
+pub mod kernels;
 pub mod kv_cache;
 pub mod llama;
 pub mod llama_projected;
 pub mod marian;
-pub mod matvec;
 pub mod model;
-pub mod packed;
 pub mod pooling;
-pub mod row_parts;
 pub mod seq2seq;
-pub mod simd;
 pub mod t5;
 pub mod tasks;
 pub mod text;
@@ -37,4 +31,3 @@ pub mod threads;
 pub mod timing;
 pub mod train;
 pub mod translator;
-pub mod vnni;

@@ -20,7 +20,7 @@ pub fn configure(threads: usize) {
         // and its caller wait for each other by spinning: beside any other busy process a spinning thread holds
         // the core its partner needs, and generation slowed tenfold (benches/fairness.sh). Without workers the
         // pool runs each op on the calling thread; pg_ai splits quantized products over rayon itself
-        // (engine::row_parts). An administrator's own value, set for the server, stays.
+        // (engine::kernels::row_parts). An administrator's own value, set for the server, stays.
         if std::env::var_os(BARRIER_THREADS).is_none() {
             // SAFETY: as above, before any thread that reads the environment exists.
             unsafe { std::env::set_var(BARRIER_THREADS, "1") };

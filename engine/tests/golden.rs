@@ -189,7 +189,7 @@ fn minilm_embeddings_match_sentence_transformers() {
     check_minilm(&minilm(Int8::NONE), 0.9999);
 }
 
-/// With pg_ai.int8_encoders (measured: cosines of 0.9984 to 0.9992 with AVX-512 VNNI, engine::vnni; 0.9972 to
+/// With pg_ai.int8_encoders (measured: cosines of 0.9984 to 0.9992 with AVX-512 VNNI, engine::kernels::vnni; 0.9972 to
 /// 0.9987 in candle's Q8_0 elsewhere).
 #[test]
 fn minilm_in_int8_stays_close_to_sentence_transformers() {

@@ -8,8 +8,8 @@
 //! candle's ops.
 
 use crate::error::{AiError, Result};
-use crate::fast_math::{erf, exp, tanh};
-use crate::simd::widest;
+use crate::kernels::fast_math::{erf, exp, tanh};
+use crate::kernels::simd::widest;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;

@@ -4,10 +4,10 @@
 //! Why written here: candle's product (the gemm crate, in AVX2 as pg_ai is built for any x86-64) packs the weight
 //! into tiles on every call; for the few rows of a single text that packing was half of the time (perf, a MiniLM
 //! embed of one sentence), and on batches its AVX2 kernels do half the arithmetic per instruction AVX-512 does.
-//! For a generated token's single row the packed weight streams through as fast as engine::matvec reads it.
+//! For a generated token's single row the packed weight streams through as fast as engine::kernels::matvec reads it.
 //! gemm's own AVX-512 kernels (its x86-v4 feature) switch every product in the process and were slower on few rows
 //! (see the README's benchmarks). Here the weight is packed at load, 16 output columns side by side, and each task
-//! multiplies 8 input rows by 48 columns in 24 of the 32 vector registers, as engine::vnni does in 8 bits.
+//! multiplies 8 input rows by 48 columns in 24 of the 32 vector registers, as engine::kernels::vnni does in 8 bits.
 
 use super::vnni::{tile_bias_values, without_padding, Block, Destination, TILE};
 use rayon::prelude::*;

@@ -1,6 +1,6 @@
-//! engine::vnni's 8-bit products on Intel AMX (Sapphire Rapids and later), for 32 rows or more: one tile
+//! engine::kernels::vnni's 8-bit products on Intel AMX (Sapphire Rapids and later), for 32 rows or more: one tile
 //! instruction multiplies 16 rows by 16 columns over 64 values, eight times the work of AVX-512's vpdpbusd.
-//! The weights keep engine::vnni's packing, which is AMX's layout for its second operand, and the inputs their
+//! The weights keep engine::kernels::vnni's packing, which is AMX's layout for its second operand, and the inputs their
 //! +128 offset (tdpbusd multiplies unsigned bytes by signed ones, as vpdpbusd does).
 //!
 //! Written in inline assembly: Rust's AMX intrinsics are not stable, and no crate offers an 8-bit product on

@@ -12,7 +12,7 @@
 //! The instruction, vpdpbusd, multiplies unsigned bytes by signed ones: inputs are held offset by +128, and 128
 //! times each block's sum of weights, kept per row, is taken away again.
 
-use crate::fast_math::round_to_i32;
+use super::fast_math::round_to_i32;
 use rayon::prelude::*;
 
 /// Values along k that share one scale, for weights and inputs alike.
@@ -169,7 +169,7 @@ impl VnniMatrix {
         inputs.par_chunks_mut(k_padded).zip(scales.par_chunks_mut(blocks)).take(m).enumerate().for_each(
             |(row, (bytes, scales))| {
                 let values = &x[row * k..(row + 1) * k];
-                crate::simd::widest(
+                super::simd::widest(
                     #[inline(always)]
                     || {
                         for (block, scale) in scales.iter_mut().enumerate() {
@@ -256,7 +256,7 @@ impl VnniMatrix {
     }
 }
 
-// What the AVX-512 kernel and AMX's (engine::amx) do alike with their integer sums, so that both give the same
+// What the AVX-512 kernel and AMX's (engine::kernels::amx) do alike with their integer sums, so that both give the same
 // answers to the bit.
 #[cfg(target_arch = "x86_64")]
 impl VnniMatrix {
@@ -426,7 +426,7 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn amx_answers_as_avx512_does() {
-        if !crate::amx::available() {
+        if !crate::kernels::amx::available() {
             eprintln!("no AMX here: nothing to compare");
             return;
         }
