@@ -4,7 +4,7 @@
 //! tests/fixtures/train/sentences.txt where the fortunes package is absent). Seq2seq counts source and target
 //! tokens.
 //!
-//!     cargo bench -p pg_ai_engine --bench train        # benches/train.sh runs PyTorch on the same configuration and rows
+//!     cargo bench -p pg_ai_engine --bench train   # benches/train.sh runs PyTorch on the same configuration and rows
 //!
 //! The trained directories go to target/bench-train/{mlm,clm,seq2seq}: benches/train_torch.py reads their config and
 //! tokenizer so that both sides train the same architecture on the same tokens.

@@ -1,10 +1,10 @@
 //! Where encoder models run (the pg_ai.device setting): the CPU, or the first CUDA GPU in a build with the cuda
 //! feature (scripts/build-cuda.sh). Other models run on the CPU whatever it says.
 //!
-//! On a GPU an encoder runs on candle's own operations, which have CUDA kernels. pg_ai's CPU kernels that
-//! `cpu_kernels` gates (engine::kernels::packed, engine::kernels::vnni, engine::kernels::matvec, an encoder's attention and GELU) serve
-//! tensors on the CPU only; `PG_AI_PORTABLE=1` in the environment turns them off there too, so that engine/tests/golden.rs
-//! runs an encoder's GPU code path, and the products CPUs without AVX-512 take, on any machine.
+//! On a GPU an encoder runs on candle's own operations, which have CUDA kernels. pg_ai's CPU kernels that `cpu_kernels`
+//! gates (engine::kernels::packed, engine::kernels::vnni, engine::kernels::matvec, an encoder's attention and GELU)
+//! serve tensors on the CPU only; `PG_AI_PORTABLE=1` in the environment turns them off there too, so that
+//! engine/tests/golden.rs runs an encoder's GPU code path, and the products CPUs without AVX-512 take, on any machine.
 
 use super::error::{AiError, ErrorKind, Result};
 use candle_core::Device;

@@ -5,11 +5,11 @@
 //! multiply a whole batch of rows at once, take engine::kernels::vnni's 8-bit format instead where the CPU has AVX-512
 //! VNNI (`Projection::batched`); in f32 they take engine::kernels::packed's packed weights where the CPU has AVX-512.
 //!
-//! Why: a call on one row, and generating a token, reads every weight once, so on a CPU the bytes of the
-//! weights set the pace. Q8_0 holds a weight to within max|w|/254 of its block in 34 bytes where f32 takes 128:
-//! about a quarter of the memory and of the bytes read. On CPUs with VNNI, candle also multiplies many rows at
-//! once faster in 8 bits than gemm does in f32. The answers move slightly (engine/tests/golden.rs measures by how much),
-//! so the int8 settings are off by default (GGUF weights are quantized already: there it is on).
+//! Why: a call on one row, and generating a token, reads every weight once, so on a CPU the bytes of the weights set
+//! the pace. Q8_0 holds a weight to within max|w|/254 of its block in 34 bytes where f32 takes 128: about a quarter of
+//! the memory and of the bytes read. On CPUs with VNNI, candle also multiplies many rows at once faster in 8 bits than
+//! gemm does in f32. The answers move slightly (engine/tests/golden.rs measures by how much), so the int8 settings are
+//! off by default (GGUF weights are quantized already: there it is on).
 
 use super::device::cpu_kernels;
 use super::kernels::matvec::one_row_times;
@@ -140,8 +140,8 @@ impl Projection {
         Ok(Projection::Quantized { weight, bias: None, padding: 0, extra_rows: 0 })
     }
 
-    /// A model's output head. One `tied` to the token embeddings is, in f32, held as it is (the same tensor as
-    /// the embeddings, not a copy) and multiplied by candle (one row at a time by engine::kernels::matvec); otherwise, and
+    /// A model's output head. One `tied` to the token embeddings is, in f32, held as it is (the same tensor as the
+    /// embeddings, not a copy) and multiplied by candle (one row at a time by engine::kernels::matvec); otherwise, and
     /// in 8 bits, as `new` does.
     pub fn head(weight: Tensor, bias: Option<Tensor>, int8: bool, tied: bool) -> candle_core::Result<Self> {
         match tied && !int8 {
@@ -151,8 +151,8 @@ impl Projection {
     }
 
     /// For layers that multiply many rows at once (an encoder's over a batch of texts): in 8 bits as
-    /// engine::kernels::vnni holds them where the CPU has AVX-512 VNNI, else as `new` does. Rows that blocks of 128 would
-    /// pad by more than half (k of 85 or less, or 129 to 170) also go to `new`.
+    /// engine::kernels::vnni holds them where the CPU has AVX-512 VNNI, else as `new` does. Rows that blocks of 128
+    /// would pad by more than half (k of 85 or less, or 129 to 170) also go to `new`.
     pub fn batched(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         let (n, k) = weight.dims2()?;
         let blocks_fit = padded_by_at_most_half(k, super::kernels::vnni::BLOCK).is_some();

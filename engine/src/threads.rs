@@ -51,14 +51,14 @@ pub fn leave_signals_to_the_backend() {
     }
 }
 
-/// Runs `f` on one of the compute threads and waits for it. A forward pass hands the pool many small parallel
-/// steps (a generated token some 50 matrix-vector products, a short text's embedding some 100 products and
-/// element-wise ops); run from the backend's own thread, every step wakes the pool and puts the backend thread to
-/// sleep until it is done, where from a compute thread the caller works on and wakes one other. Measured on this
-/// 2-core machine: a single MiniLM embed 7.5 -> 5.9 ms in f32 and 2.5 -> 1.1 ms in int8, f32 generation of GPT-2
-/// and SmolLM2 size 7% and 12% more tokens/s (throwaway loops over the benches' models), training steps 6% (MLM),
-/// 9% (CLM) and 19% (seq2seq) more tokens/s (`cargo bench -p pg_ai_engine --bench train`). `f` must not call Postgres (it runs on
-/// another thread): callers wrap the model's arithmetic only, and check for interrupts outside.
+/// Runs `f` on one of the compute threads and waits for it. A forward pass hands the pool many small parallel steps (a
+/// generated token some 50 matrix-vector products, a short text's embedding some 100 products and element-wise ops);
+/// run from the backend's own thread, every step wakes the pool and puts the backend thread to sleep until it is done,
+/// where from a compute thread the caller works on and wakes one other. Measured on this 2-core machine: a single
+/// MiniLM embed 7.5 -> 5.9 ms in f32 and 2.5 -> 1.1 ms in int8, f32 generation of GPT-2 and SmolLM2 size 7% and 12%
+/// more tokens/s (throwaway loops over the benches' models), training steps 6% (MLM), 9% (CLM) and 19% (seq2seq) more
+/// tokens/s (`cargo bench -p pg_ai_engine --bench train`). `f` must not call Postgres (it runs on another thread):
+/// callers wrap the model's arithmetic only, and check for interrupts outside.
 pub fn in_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     rayon::scope(|_| f())
 }

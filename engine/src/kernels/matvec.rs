@@ -1,7 +1,7 @@
-//! One input row times an f32 weight matrix, which a decoder asks for every token it generates. candle's matrix
-//! product packs the weight into tiles on every call, and for a single row that costs more than the product. Here
-//! each weight row is read once, straight through, rows split over the threads: generating a token reads every
-//! weight once, so its speed is how fast the machine reads memory (`cargo bench -p pg_ai_engine --bench generate` prints both).
+//! One input row times an f32 weight matrix, which a decoder asks for every token it generates. candle's matrix product
+//! packs the weight into tiles on every call, and for a single row that costs more than the product. Here each weight
+//! row is read once, straight through, rows split over the threads: generating a token reads every weight once, so its
+//! speed is how fast the machine reads memory (`cargo bench -p pg_ai_engine --bench generate` prints both).
 
 use super::simd;
 use crate::device::cpu_kernels;

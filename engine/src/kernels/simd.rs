@@ -1,11 +1,11 @@
 //! Loops compiled for the widest vectors the CPU has, chosen when they run.
 //!
-//! Why: the extension is built for any x86-64, where LLVM may only use SSE2 (4 floats a vector), and a build for
-//! one CPU (target-cpu=native) would crash on another. A loop passed to `widest` is compiled once more inside a
-//! function allowed AVX-512 (16 floats) and once inside one allowed AVX2 and FMA (8 floats); the CPU's features
-//! pick one. Used by the fused ops' element-wise loops (GELU, dropout), engine::kernels::vnni's rounding of inputs and
-//! engine::kernels::matvec's dot products on CPUs without AVX-512; in SSE2, GELU alone took 15% of an 8-bit array embed of
-//! MiniLM (perf), and f32 generation of GPT-2 size ran 12% slower. Softmax and the norms do not use it yet.
+//! Why: the extension is built for any x86-64, where LLVM may only use SSE2 (4 floats a vector), and a build for one
+//! CPU (target-cpu=native) would crash on another. A loop passed to `widest` is compiled once more inside a function
+//! allowed AVX-512 (16 floats) and once inside one allowed AVX2 and FMA (8 floats); the CPU's features pick one. Used
+//! by the fused ops' element-wise loops (GELU, dropout), engine::kernels::vnni's rounding of inputs and
+//! engine::kernels::matvec's dot products on CPUs without AVX-512; in SSE2, GELU alone took 15% of an 8-bit array embed
+//! of MiniLM (perf), and f32 generation of GPT-2 size ran 12% slower. Softmax and the norms do not use it yet.
 
 /// Runs `f`, compiled for the widest vector instructions this CPU has. `f` must be a closure marked
 /// `#[inline(always)]` (else LLVM may leave it a call, compiled for SSE2) around a loop LLVM can vectorise (plain

@@ -1,11 +1,10 @@
 //! Fused training ops: each is one node of candle's graph with its backward written out here.
 //!
 //! Composed from candle's tensor ops, a layer norm is about ten graph nodes and a bias add two (a broadcast and an
-//! add). candle's backward gives every node a zeroed gradient buffer and an extra add, and sums a broadcast's
-//! gradient one element at a time with divisions per element; on the small BERT of engine/benches/train.rs that was most
-//! of a step (perf: 16% of the main thread in those sums alone). Each op here is one parallel pass over rows, and
-//! its backward one more. The unit tests check values and gradients against the same functions composed from
-//! candle's ops.
+//! add). candle's backward gives every node a zeroed gradient buffer and an extra add, and sums a broadcast's gradient
+//! one element at a time with divisions per element; on the small BERT of engine/benches/train.rs that was most of a
+//! step (perf: 16% of the main thread in those sums alone). Each op here is one parallel pass over rows, and its
+//! backward one more. The unit tests check values and gradients against the same functions composed from candle's ops.
 
 use crate::error::{AiError, Result};
 use crate::kernels::fast_math::{erf, exp, tanh};
