@@ -10,8 +10,8 @@ use super::config::{Family, ModelConfig};
 use super::device::cpu_kernels;
 use super::error::{AiError, Result};
 use super::int8::{bytes, Projection};
+use super::kernels::fused::{attention, Gelu, Heads, Span};
 use super::timing::forward;
-use super::train::ops::{attention, Gelu, Heads, Span};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
 

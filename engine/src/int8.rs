@@ -12,11 +12,11 @@
 //! off by default (GGUF weights are quantized already: there it is on).
 
 use super::device::cpu_kernels;
+use super::kernels::fused::values;
 use super::kernels::matvec::one_row_times;
 use super::kernels::packed::PackedMatrix;
 use super::kernels::row_parts::{parts_for, RowParts};
 use super::kernels::vnni::VnniMatrix;
-use super::train::ops::values;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor, D};
 use candle_nn::Linear;

@@ -3,9 +3,9 @@
 //! row is read once, straight through, rows split over the threads: generating a token reads every weight once, so its
 //! speed is how fast the machine reads memory (`cargo bench -p pg_ai_engine --bench generate` prints both).
 
+use super::fused::values;
 use super::simd;
 use crate::device::cpu_kernels;
-use crate::train::ops::values;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 

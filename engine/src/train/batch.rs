@@ -1,7 +1,7 @@
 //! A training batch: padded token ids and what the model must predict.
 
-use super::ops::Span;
 use crate::error::{AiError, Result};
+use crate::kernels::fused::Span;
 use candle_core::{DType, Device, Tensor};
 
 #[derive(Debug, Clone)]

@@ -6,12 +6,12 @@
 use super::batch::{rows_of, Batch, Packed, Targets};
 use super::family::Layout;
 use super::nn::{attention, dropout, layer_norm, linear, Activation, Dropout};
-use super::ops::{add_bias, Heads, Span};
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::config::{Family, ModelConfig};
 use crate::error::{AiError, Result};
+use crate::kernels::fused::{add_bias, Heads, Span};
 use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -3,12 +3,12 @@
 
 use super::batch::{rows_of, Batch, Packed};
 use super::nn::{attention, conv1d, dropout, layer_norm, linear, Activation, Dropout};
-use super::ops::{Heads, Span};
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::error::{AiError, Result};
 use crate::gpt2::Gpt2Config;
+use crate::kernels::fused::{Heads, Span};
 use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::collections::HashMap;

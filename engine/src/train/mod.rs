@@ -12,7 +12,6 @@ pub mod llama;
 pub mod mask;
 pub mod metrics;
 pub mod nn;
-pub mod ops;
 pub mod optim;
 pub mod options;
 pub mod params;
@@ -169,7 +168,7 @@ pub trait Trainable: Sync {
 
     /// Mean cross-entropy over the batch's targets, as transformers' models compute `loss`.
     fn loss(&self, batch: &Batch, dropout: Option<&mut Dropout>) -> Result<Tensor> {
-        ops::cross_entropy(&self.logits(batch, dropout)?, batch.target_ids())
+        crate::kernels::fused::cross_entropy(&self.logits(batch, dropout)?, batch.target_ids())
     }
 
     /// Writes config.json and model.safetensors into `dir`.

@@ -1,9 +1,9 @@
 //! Differentiable building blocks. candle's fused softmax_last_dim / layer_norm kernels have no
-//! backward pass and would silently cut the graph; these use engine::train::ops (fused, with a
+//! backward pass and would silently cut the graph; these use engine::kernels::fused (fused, with a
 //! backward of their own) and plain tensor ops.
 
-use super::ops;
 use crate::error::{AiError, Result};
+use crate::kernels::fused;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -11,16 +11,16 @@ use rayon::prelude::*;
 
 /// x (.., in) times a weight stored (out, in), as nn.Linear keeps it.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    ops::linear(x, w, b, ops::Stored::OutIn)
+    fused::linear(x, w, b, fused::Stored::OutIn)
 }
 
 /// x (.., in) times a weight stored (in, out), as GPT-2's Conv1D keeps it.
 pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    ops::linear(x, w, b, ops::Stored::InOut)
+    fused::linear(x, w, b, fused::Stored::InOut)
 }
 
 pub fn layer_norm(x: &Tensor, (w, b): &(Tensor, Tensor), eps: f64) -> Result<Tensor> {
-    ops::layer_norm(x, w, b, eps)
+    fused::layer_norm(x, w, b, eps)
 }
 
 /// The additive mask of a decoder's self-attention, (len, len): 0 where a token may look (itself and those
@@ -33,27 +33,27 @@ pub fn causal_mask(len: usize) -> Result<Tensor> {
 
 /// An RMS norm (T5's and Llama's layer norm): x / sqrt(mean(x^2) + eps), scaled; no mean subtraction, no bias.
 pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
-    ops::rms_norm(x, scale, eps)
+    fused::rms_norm(x, scale, eps)
 }
 
-/// Self-attention of packed sequences (see ops::attention), with dropout `p` on the probabilities when training.
+/// Self-attention of packed sequences (see fused::attention), with dropout `p` on the probabilities when training.
 pub fn attention(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
-    heads: &ops::Heads,
-    spans: &[ops::Span],
+    heads: &fused::Heads,
+    spans: &[fused::Span],
     d: &mut Option<&mut Dropout>,
     p: f64,
 ) -> Result<Tensor> {
     let factors = match d {
-        Some(d) if p > 0.0 => Some(d.factors(ops::probabilities(spans, heads.heads), p)),
+        Some(d) if p > 0.0 => Some(d.factors(fused::probabilities(spans, heads.heads), p)),
         _ => None,
     };
-    ops::attention(q, k, v, heads, spans, factors)
+    fused::attention(q, k, v, heads, spans, factors)
 }
 
 /// Attention probabilities: softmax over the keys of `scores * scale + mask`, the mask additive and constant.
 pub fn attention_probs(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    ops::softmax(scores, scale, mask)
+    fused::softmax(scores, scale, mask)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +78,8 @@ impl Activation {
 
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Gelu => ops::gelu(x, false)?,
-            Activation::GeluTanh => ops::gelu(x, true)?,
+            Activation::Gelu => fused::gelu(x, false)?,
+            Activation::GeluTanh => fused::gelu(x, true)?,
             Activation::Relu => x.relu()?,
             Activation::Tanh => x.tanh()?,
         })
@@ -112,7 +112,7 @@ impl Dropout {
         if p <= 0.0 {
             return Ok(x.clone());
         }
-        ops::scale_by(x, self.factors(x.elem_count(), p))
+        fused::scale_by(x, self.factors(x.elem_count(), p))
     }
 
     /// For each of `n` elements, 0 (dropped, with probability p) or 1 / (1 - p). Element i takes one f64 draw,

@@ -2,9 +2,9 @@
 //! parameter alike; HF Trainer decays neither biases nor LayerNorm weights, hence this one.
 
 use super::checkpoint::{self, Moments};
-use super::ops::{adamw_update, AdamWStep};
 use super::params::Params;
 use crate::error::{AiError, Result};
+use crate::kernels::fused::{adamw_update, AdamWStep};
 use candle_core::Tensor;
 use std::path::Path;
 

@@ -114,7 +114,7 @@ impl Job<'_> {
             let chunk = rows.slice(start..(start + self.options.batch_size).min(rows.len()))?;
             let batch = self.batch(&chunk.iter().collect::<Vec<_>>(), &mut rng)?;
             let logits = self.model.logits(&batch, None)?;
-            let loss = super::ops::cross_entropy(&logits, batch.target_ids())?.to_scalar::<f32>()? as f64;
+            let loss = crate::kernels::fused::cross_entropy(&logits, batch.target_ids())?.to_scalar::<f32>()? as f64;
             total += loss * batch.target_count() as f64;
             count += batch.target_count();
             if self.objective.is_classification() {

@@ -4,11 +4,11 @@
 
 use super::batch::Batch;
 use super::nn::{attention_probs, causal_mask, dropout, linear, rms_norm, Activation, Dropout};
-use super::ops::add_bias;
 use super::options::ModelSize;
 use super::params::{read_config, read_safetensors, ParamBuilder, Params};
 use super::Trainable;
 use crate::error::{AiError, Result};
+use crate::kernels::fused::add_bias;
 use crate::t5::{relative_bucket, T5Config};
 use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
