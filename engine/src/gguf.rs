@@ -189,21 +189,24 @@ pub fn as_transformers_llama<R: Read + Seek>(
     file: &mut R,
 ) -> candle_core::Result<(HashMap<String, Tensor>, Config)> {
     let config = llama_config(content)?;
-    let mut f32 = |name: &str| content.tensor(file, name, &Device::Cpu)?.dequantize(&Device::Cpu);
-    let rotate_half_order = |t: Tensor, heads: usize| {
-        let (rows, cols) = t.dims2()?;
-        t.reshape((heads, rows / heads / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))
+    // A tensor in f32; query and key rows (of `heads` heads) reordered first, on the stored bytes.
+    let mut read = |name: &str, heads: Option<usize>| {
+        let stored = content.tensor(file, name, &Device::Cpu)?;
+        match heads {
+            Some(heads) => rotate_half_rows(stored, heads)?.dequantize(&Device::Cpu),
+            None => stored.dequantize(&Device::Cpu),
+        }
     };
     let mut tensors = HashMap::new();
-    tensors.insert("model.embed_tokens.weight".to_string(), f32("token_embd.weight")?);
-    tensors.insert("model.norm.weight".to_string(), f32("output_norm.weight")?);
+    tensors.insert("model.embed_tokens.weight".to_string(), read("token_embd.weight", None)?);
+    tensors.insert("model.norm.weight".to_string(), read("output_norm.weight", None)?);
     if !config.tie_word_embeddings {
-        tensors.insert("lm_head.weight".to_string(), f32("output.weight")?);
+        tensors.insert("lm_head.weight".to_string(), read("output.weight", None)?);
     }
     for i in 0..config.num_hidden_layers {
         let (hf, blk) = (format!("model.layers.{i}"), format!("blk.{i}"));
-        let q = rotate_half_order(f32(&format!("{blk}.attn_q.weight"))?, config.num_attention_heads)?;
-        let k = rotate_half_order(f32(&format!("{blk}.attn_k.weight"))?, config.num_key_value_heads)?;
+        let q = read(&format!("{blk}.attn_q.weight"), Some(config.num_attention_heads))?;
+        let k = read(&format!("{blk}.attn_k.weight"), Some(config.num_key_value_heads))?;
         tensors.insert(format!("{hf}.self_attn.q_proj.weight"), q);
         tensors.insert(format!("{hf}.self_attn.k_proj.weight"), k);
         for (to, from) in [
@@ -215,7 +218,7 @@ pub fn as_transformers_llama<R: Read + Seek>(
             ("input_layernorm", "attn_norm"),
             ("post_attention_layernorm", "ffn_norm"),
         ] {
-            tensors.insert(format!("{hf}.{to}.weight"), f32(&format!("{blk}.{from}.weight"))?);
+            tensors.insert(format!("{hf}.{to}.weight"), read(&format!("{blk}.{from}.weight"), None)?);
         }
     }
     Ok((tensors, config))
