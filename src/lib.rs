@@ -2,7 +2,7 @@
 //!
 //! `engine` is the pg_ai_engine crate: the models, with no Postgres in them; `api` holds the SQL functions, short
 //! adapters over the engine; `store` is the model registry and the per-backend model cache; `memory` lets the
-//! kernel share identical weight pages between backends.
+//! kernel share identical weight pages between backends; `out_of_memory` turns a failed allocation into an ERROR.
 
 use pgrx::prelude::*;
 
@@ -13,6 +13,7 @@ pub use pg_ai_engine as engine;
 mod error;
 mod guc;
 mod memory;
+mod out_of_memory;
 mod store;
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);

@@ -266,6 +266,7 @@ fn run(id: i64, job: &Job) {
     let request = Request { name: &job.model, source: job.text("source"), objective, options: &options, parent };
     let trainer_options = request.trainer_options();
     crate::guc::apply_compute_settings();
+    crate::out_of_memory::prepare();
     let started = Instant::now();
     let checkpoint = Scratch::new();
     let (start, query) = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {

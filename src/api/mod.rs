@@ -12,9 +12,10 @@ mod ner;
 mod train;
 mod translate;
 
-/// Checks for query cancel and statement_timeout between batches of work.
+/// Checks for query cancel, statement_timeout and a failed allocation between batches of work.
 fn interrupts() {
     pgrx::check_for_interrupts!();
+    crate::out_of_memory::check();
 }
 
 /// Functions that write the catalog fail cleanly (25006) in read-only transactions and on standbys, before

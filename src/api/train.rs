@@ -145,7 +145,7 @@ pub(super) struct SqlProgress<'a> {
 
 impl Progress for SqlProgress<'_> {
     fn check(&mut self) -> Result<()> {
-        pgrx::check_for_interrupts!();
+        super::interrupts();
         Ok(())
     }
 
@@ -346,6 +346,7 @@ impl Drop for Scratch {
 pub(super) fn options_value(options: Option<JsonArg>) -> serde_json::Value {
     // The options are checked against the memory budget as they are read.
     crate::guc::apply_memory_budget();
+    crate::out_of_memory::prepare();
     options.map_or(serde_json::json!({}), |j| j.value("options"))
 }
 

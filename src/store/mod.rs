@@ -26,6 +26,7 @@ fn statement() -> cache::Statement {
 pub fn model_for(name: &str, task: Task) -> ModelCall {
     crate::engine::timing::take();
     crate::guc::apply_memory_budget();
+    crate::out_of_memory::prepare();
     let started = Instant::now();
     let statement = statement();
     let model = match cache::checked(name, statement) {

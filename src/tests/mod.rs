@@ -2,6 +2,7 @@
 //! exact SQLSTATEs, by tests/sql run through psql.
 
 mod encoder_tasks;
+mod out_of_memory;
 mod registry;
 
 /// A fixture model directory, as the server sees it.
