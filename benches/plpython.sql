@@ -129,7 +129,8 @@ import os, random, time
 from transformers import (AutoConfig, BertForMaskedLM, DataCollatorForLanguageModeling, GPT2LMHeadModel,
                           PreTrainedTokenizerFast)
 steps, batch_size, max_length = 100, 16, 128
-where = plpy.prepare("SELECT current_setting('data_directory') || '/pg_ai/models/' || sha256 AS dir "
+where = plpy.prepare("SELECT format('%s/pg_ai/models/%s/%s', current_setting('data_directory'), "
+                     "(SELECT oid FROM pg_database WHERE datname = current_database()), files_sha256) AS dir "
                      "FROM ai.models WHERE name = $1", ["text"])
 folder = plpy.execute(where, [model])[0]['dir']
 tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(folder, 'tokenizer.json'))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A model trained from table rows lives in the database: it survives a server restart and comes back whole
-# after pg_dump and restore into a new database, with no file outside the dump. Run as root by
-# scripts/test.sh, with pg_ai installed and the cluster of scripts/cluster.sh running.
+# after pg_dump and restore into a new database, with no file outside the dump; a drop in one database leaves the
+# other's copy of the files. Run as root by scripts/test.sh, with pg_ai installed and the cluster of
+# scripts/cluster.sh running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${PG_AI_CLUSTER:-/tmp/pg_ai-cluster}
@@ -29,6 +30,14 @@ runuser -u postgres -- pg_dump -h "$root" -p "${PG_AI_PORT:-28815}" -U postgres 
 # Only the rows may answer: remove the server's written-out copy of the files first.
 rm -rf "$root/data/pg_ai/models"
 restored=$(sql -d pg_ai_restored -c "$ask")
+
+# Each database has its own written-out copy: dropping the model in one leaves the other's.
+sql -d pg_ai_dump -c "$ask" >/dev/null
+copy() { echo "$root/data/pg_ai/models/$(sql -c "SELECT oid FROM pg_database WHERE datname = '$1'")/$(sql -d "$1" -c "SELECT files_sha256 FROM ai.models WHERE name = 'trained'")"; }
+dump_copy=$(copy pg_ai_dump) restored_copy=$(copy pg_ai_restored)
+[ -d "$dump_copy" ] && [ -d "$restored_copy" ] || { echo "FAIL: no copy per database"; exit 1; }
+sql -d pg_ai_dump -c "SELECT ai_drop_model('trained')" >/dev/null
+[ ! -e "$dump_copy" ] && [ -d "$restored_copy" ] || { echo "FAIL: a drop in one database removed another's copy"; exit 1; }
 sql -c "DROP DATABASE pg_ai_dump" -c "DROP DATABASE pg_ai_restored"
 
 echo "trained model fills the mask with: $before; after a restart: $after_restart; restored from a dump: $restored"

@@ -62,6 +62,7 @@ went_on_from() {
 job=$(db "SELECT ai_pretrain_async('after-crash', 'sentences', 'mlm', '$options')")
 wait_for_checkpoint "$job"
 runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$root/data" -m immediate stop >/dev/null
+runuser -u postgres -- mkdir -p "$root/data/pg_ai/models/4000000000/x" "$root/data/pg_ai/models/$(printf 'a%.0s' {1..64})"
 scripts/cluster.sh start
 [ "$(wait_until_ended "$job")" = done ] || fail "job $job: $(db "SELECT error FROM ai.jobs WHERE id = $job")"
 grep -q "pg_ai: resuming job $job in database \"pg_ai_resume\"" "$root/server.log" || fail "job $job was not resumed"
@@ -69,7 +70,10 @@ went_on_from "$job"
 [ "$(db "SELECT sha256 FROM ai.models WHERE name = 'after-crash'")" = "$straight" ] ||
     fail "the resumed model differs from one trained without a stop"
 # The killed worker's scratch directories were removed by the launcher.
-[ -z "$(find "$root/data/pg_ai/models" -maxdepth 1 -name '.train.*')" ] || fail "scratch directories left behind"
+[ -z "$(find "$root/data/pg_ai/models" -maxdepth 2 -name '.train.*')" ] || fail "scratch directories left behind"
+# And the copies of databases that no longer exist (or of the layout with one copy for all databases).
+[ ! -e "$root/data/pg_ai/models/4000000000" ] && [ ! -e "$root/data/pg_ai/models/$(printf 'a%.0s' {1..64})" ] ||
+    fail "copies of dropped databases left behind"
 
 # 2. The job's worker is terminated; the job shows as interrupted until ai_resume_job starts it again.
 job=$(db "SELECT ai_pretrain_async('after-terminate', 'sentences', 'mlm', '$options')")

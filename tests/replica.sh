@@ -36,7 +36,7 @@ for _ in $(seq 100); do
 done
 label=$(psql_at 28819 -c "SELECT ai_classify_label('grace won the tennis game .', 'topic')")
 refused=$(psql_at 28819 -c "SELECT ai_load_model('x', '$PWD/tests/fixtures/models/bert-mlm')" 2>&1 || true)
-written=$(ls "$root/standby/pg_ai/models" 2>/dev/null | wc -l)
+written=$(find "$root/standby/pg_ai/models" -mindepth 2 -maxdepth 2 -type d -not -name ".*" 2>/dev/null | wc -l)
 echo "standby answers: $label; files written out on the standby: $written model(s)"
 echo "registering on the standby: $refused"
 [ "$label" = sport ] && [ "$written" = 1 ] && [[ "$refused" == *"cannot execute ai_load_model() in a read-only transaction"* ]] || { echo "FAIL replica"; exit 1; }

@@ -26,8 +26,17 @@ pub fn register_launcher() {
 #[no_mangle]
 pub extern "C-unwind" fn ai_launcher_main(_argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    crate::store::stored_files::remove_orphans();
     BackgroundWorker::connect_worker_to_spi(Some(&crate::guc::launcher_database()), None);
+    crate::store::stored_files::remove_orphans(|| {
+        BackgroundWorker::transaction(|| {
+            Spi::connect(|client| {
+                let rows = client.select("SELECT oid::int8 FROM pg_catalog.pg_database", None, &[])?;
+                rows.map(|row| row.get::<i64>(1).map(|oid| oid.unwrap_or_default() as u32))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot list databases: {e}"))
+        })
+    });
     let databases: Vec<String> = BackgroundWorker::transaction(|| {
         Spi::connect(|client| {
             let rows = client.select(

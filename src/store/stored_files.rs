@@ -1,24 +1,32 @@
-//! Models stored in the database are written once per server into the data directory
-//! (`pg_ai/models/<files_sha256>/`), then memory-mapped from there like any other model directory.
+//! Models stored in the database are written once per server and database into the data directory
+//! (`pg_ai/models/<database oid>/<files_sha256>/`), then memory-mapped from there like any other model directory.
 //!
 //! The directory is named by the sha256 of all the model's files (`FilesDigest`) and a copy is checked against
 //! that name as it is written, so a catalog row can neither steer where files go nor make another model's
-//! copy hold its files.
+//! copy hold its files. Each database has copies of its own: a drop in one database can only see that
+//! database's models, and so removes nothing another database uses.
 
 use super::catalog::{self, CatalogEntry};
 use crate::engine::error::{AiError, Result};
 use crate::engine::files::{FilesDigest, ModelFiles};
 use sha2::{Digest, Sha256};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Chunk size of `ai.model_files.data`: bytea values stay far below the 1 GB limit.
 pub const CHUNK_BYTES: usize = 64 << 20;
 
-fn models_dir() -> PathBuf {
+/// The folder of every database's copies.
+fn models_root() -> PathBuf {
     // SAFETY: DataDir is set by the postmaster before any backend runs extension code.
     let data_dir = unsafe { std::ffi::CStr::from_ptr(pgrx::pg_sys::DataDir) };
     PathBuf::from(data_dir.to_string_lossy().into_owned()).join("pg_ai").join("models")
+}
+
+/// The folder of this database's copies.
+fn models_dir() -> PathBuf {
+    // SAFETY: MyDatabaseId is set before any SQL function or worker that uses stored models runs.
+    models_root().join(unsafe { pgrx::pg_sys::MyDatabaseId }.to_u32().to_string())
 }
 
 /// The server's copy of the files named `files_sha256`; only 64 lower-case hex digits name one.
@@ -31,15 +39,25 @@ fn copy_dir(files_sha256: &str) -> Result<PathBuf> {
     Ok(models_dir().join(files_sha256))
 }
 
-/// Copies a model's files into `ai.model_files`.
+/// Copies a model's files into `ai.model_files`, one chunk in memory at a time.
 pub fn store(name: &str, files: &ModelFiles) -> Result<()> {
+    let mut chunk = Vec::new();
     for relative in files.all_files() {
         let path = files.dir.join(&relative);
-        let bytes =
-            std::fs::read(&path).map_err(|e| AiError::missing_file(format!("cannot read {}: {e}", path.display())))?;
-        for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+        let cannot_read = |e: std::io::Error| AiError::missing_file(format!("cannot read {}: {e}", path.display()));
+        let mut file = std::fs::File::open(&path).map_err(cannot_read)?;
+        for i in 0.. {
             pgrx::check_for_interrupts!();
-            catalog::insert_file_chunk(name, &relative, i as i32, chunk);
+            chunk.clear();
+            (&mut file).take(CHUNK_BYTES as u64).read_to_end(&mut chunk).map_err(cannot_read)?;
+            // An empty file is stored as one empty chunk, so that it is written out again.
+            if chunk.is_empty() && i > 0 {
+                break;
+            }
+            catalog::insert_file_chunk(name, &relative, i, &chunk);
+            if chunk.len() < CHUNK_BYTES {
+                break;
+            }
         }
     }
     Ok(())
@@ -121,11 +139,31 @@ fn remove_on_abort(dir: PathBuf) {
     });
 }
 
-/// Removes the scratch and half-written directories that processes which no longer exist left behind (a
-/// backend killed mid-training, a crash). Their names carry the writer's pid: `.train.<pid>.<nanos>` and
+/// Removes what no process will use again: the copies of databases that were dropped (and those of versions
+/// that kept one copy for all databases), and the scratch and half-written directories of processes that no
+/// longer exist. `databases` reads pg_database's OIDs; the folder is read before it, so that a database created
+/// meanwhile keeps its copies.
+pub fn remove_orphans(databases: impl FnOnce() -> Vec<u32>) {
+    let Ok(entries) = std::fs::read_dir(models_root()) else { return };
+    let entries: Vec<_> = entries.flatten().collect();
+    let databases = databases();
+    for entry in entries {
+        let live =
+            entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()).filter(|oid| databases.contains(oid));
+        match live {
+            Some(_) => remove_dead_writers(&entry.path()),
+            None => {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// Removes the scratch and half-written directories in `dir` that processes which no longer exist left behind
+/// (a backend killed mid-training, a crash). Their names carry the writer's pid: `.train.<pid>.<nanos>` and
 /// `.<sha256>.<pid>`.
-pub fn remove_orphans() {
-    let Ok(entries) = std::fs::read_dir(models_dir()) else { return };
+fn remove_dead_writers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let pid = match name.strip_prefix(".train.") {

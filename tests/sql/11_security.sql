@@ -5,7 +5,9 @@ CREATE EXTENSION pg_ai;
 \i tests/sql/_jobs.psql
 -- Whether the server holds a written-out copy of the stored files named `sha` (superuser only).
 CREATE FUNCTION copy_exists(sha text) RETURNS boolean LANGUAGE sql AS $$
-    SELECT EXISTS (SELECT FROM pg_ls_dir('pg_ai/models') AS d WHERE d = sha)
+    SELECT EXISTS (SELECT FROM pg_ls_dir(format('pg_ai/models/%s', (SELECT oid FROM pg_database
+                                                 WHERE datname = current_database())), true, false) AS d
+                   WHERE d = sha)
 $$;
 
 CREATE ROLE ai_trainee LOGIN;
