@@ -182,8 +182,8 @@ pub fn apply_compute_settings() {
     crate::engine::allocator::keep_freed_memory(KEEP_FREED_MEMORY.get().max(0) as usize * 1024);
     crate::engine::threads::configure(threads());
     apply_memory_budget();
-    crate::engine::gguf::requantize_slow_weights(GGUF_REQUANTIZE.get());
-    crate::engine::int8::Int8 { encoders: INT8_ENCODERS.get(), decoders: INT8_DECODERS.get() }.set();
+    crate::engine::models::gguf::requantize_slow_weights(GGUF_REQUANTIZE.get());
+    crate::engine::kernels::int8::Int8 { encoders: INT8_ENCODERS.get(), decoders: INT8_DECODERS.get() }.set();
     match DEVICE.get() {
         DeviceSetting::Cpu => Placement::Cpu,
         DeviceSetting::Cuda => Placement::Cuda,

@@ -7,8 +7,8 @@
 //! (default: one per core). The SQL-level figures come from benches/sql.sh.
 
 use pg_ai_engine::files::ModelFiles;
-use pg_ai_engine::int8::Int8;
-use pg_ai_engine::model::{AnyModel, Model};
+use pg_ai_engine::kernels::int8::Int8;
+use pg_ai_engine::models::{AnyModel, Model};
 use pg_ai_engine::tasks::{embed::embed, fill_mask::fill_mask};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

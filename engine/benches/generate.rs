@@ -11,11 +11,11 @@
 
 use candle_core::Tensor;
 use pg_ai_engine::files::ModelFiles;
+use pg_ai_engine::generate::translator::TranslateOptions;
 use pg_ai_engine::generate::Decoder;
-use pg_ai_engine::int8::Int8;
-use pg_ai_engine::model::AnyModel;
+use pg_ai_engine::kernels::int8::Int8;
+use pg_ai_engine::models::AnyModel;
 use pg_ai_engine::threads::in_pool;
-use pg_ai_engine::translator::TranslateOptions;
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;

@@ -2,7 +2,7 @@
 //! training options choose are checked against it before anything that size is allocated: Rust ends the
 //! process when an allocation fails, and a backend that ends that way makes PostgreSQL reset every session.
 
-use super::error::{AiError, ErrorKind, Result};
+use crate::error::{AiError, ErrorKind, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The budget in bytes; 0: a quarter of the machine's memory.

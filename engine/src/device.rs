@@ -6,7 +6,7 @@
 //! serve tensors on the CPU only; `PG_AI_PORTABLE=1` in the environment turns them off there too, so that
 //! engine/tests/golden.rs runs an encoder's GPU code path, and the products CPUs without AVX-512 take, on any machine.
 
-use super::error::{AiError, ErrorKind, Result};
+use crate::error::{AiError, ErrorKind, Result};
 use candle_core::Device;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};

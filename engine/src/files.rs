@@ -1,7 +1,7 @@
 //! Finding a model's files: a `save_pretrained` directory, or `hf:ORG/NAME` in the local
 //! Hugging Face cache. pg_ai never downloads; it reads what is on the server's disk.
 
-use super::error::{AiError, ErrorKind, Result};
+use crate::error::{AiError, ErrorKind, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -301,7 +301,7 @@ mod tests {
         std::fs::write(snapshot.join("config.json"), "{}").unwrap();
         assert_eq!(hf_snapshot("org/tiny", Some(&root)).unwrap(), snapshot);
         let missing = hf_snapshot("org/absent", Some(&root)).unwrap_err();
-        assert_eq!(missing.kind, super::super::error::ErrorKind::MissingFile);
+        assert_eq!(missing.kind, crate::error::ErrorKind::MissingFile);
         std::fs::remove_dir_all(root).unwrap();
     }
 
@@ -316,7 +316,7 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         // Refused from its metadata: nothing opens the FIFO, so nothing blocks.
         let e = ModelFiles::in_dir(dir.clone()).unwrap_err();
-        assert_eq!(e.kind, super::super::error::ErrorKind::CorruptFile);
+        assert_eq!(e.kind, crate::error::ErrorKind::CorruptFile);
         assert!(e.message.ends_with("modules.json is not a regular file"), "{}", e.message);
         std::fs::remove_file(dir.join("modules.json")).unwrap();
         std::os::unix::fs::symlink(dir.join("config.json"), dir.join("modules.json")).unwrap();
@@ -344,6 +344,6 @@ mod tests {
     #[test]
     fn relative_paths_are_refused() {
         let e = ModelFiles::locate("models/bert", None).unwrap_err();
-        assert_eq!(e.kind, super::super::error::ErrorKind::InvalidParameter);
+        assert_eq!(e.kind, crate::error::ErrorKind::InvalidParameter);
     }
 }

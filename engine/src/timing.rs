@@ -35,5 +35,5 @@ pub fn take() -> [Duration; 3] {
 
 /// A model's forward pass: timed under Forward, and run on the compute threads (threads::in_pool says why).
 pub fn forward<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    time(Phase::Forward, || super::threads::in_pool(f))
+    time(Phase::Forward, || crate::threads::in_pool(f))
 }

@@ -2,8 +2,8 @@
 //! into an ERROR by pgrx, but an abort or a runaway allocation would take the backend down).
 
 use pg_ai_engine::files::ModelFiles;
-use pg_ai_engine::int8::Int8;
-use pg_ai_engine::model::AnyModel;
+use pg_ai_engine::kernels::int8::Int8;
+use pg_ai_engine::models::AnyModel;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 

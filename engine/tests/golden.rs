@@ -2,8 +2,8 @@
 //! same tokens and labels in the same order, scores within 1e-4. Runs without Postgres.
 
 use pg_ai_engine::files::ModelFiles;
-use pg_ai_engine::int8::Int8;
-use pg_ai_engine::model::{AnyModel, Model};
+use pg_ai_engine::kernels::int8::Int8;
+use pg_ai_engine::models::{AnyModel, Model};
 use pg_ai_engine::tasks::{classify::classify, embed::embed, fill_mask::fill_mask, ner::ner};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -420,7 +420,7 @@ fn whole_and_in_parts(m: &dyn pg_ai_engine::generate::CausalLm, ids: &[u32]) -> 
 #[test]
 fn a_prompt_fed_in_parts_gives_the_logits_of_one_call() {
     use pg_ai_engine::generate::CausalLm;
-    use pg_ai_engine::gguf::{GgufModel, Weights};
+    use pg_ai_engine::models::gguf::{GgufModel, Weights};
     let exact = |m: &dyn CausalLm, ids: &[u32], what: &str| {
         for (split, whole, parts) in whole_and_in_parts(m, ids) {
             for (a, b) in whole.iter().zip(&parts) {
@@ -454,7 +454,7 @@ fn a_prompt_fed_in_parts_gives_the_logits_of_one_call() {
 #[test]
 fn a_long_prompt_continues_as_one_read_whole() {
     use pg_ai_engine::generate::{generate_with, CausalLm, GenerateOptions, PROMPT_PART};
-    let m = pg_ai_engine::gguf::GgufModel::load(&smollm2_gguf()).unwrap();
+    let m = pg_ai_engine::models::gguf::GgufModel::load(&smollm2_gguf()).unwrap();
     let mut prompt = String::new();
     while m.codec().encode_prompt(&prompt).unwrap().len() <= 2 * PROMPT_PART + 10 {
         prompt.push_str(SMOLLM2_PROMPT);
@@ -473,8 +473,8 @@ fn a_long_prompt_continues_as_one_read_whole() {
 /// SmolLM2-135M-Instruct answers a simple question through its chat template.
 #[test]
 fn smollm2_gguf_answers_through_its_chat_template() {
-    use pg_ai_engine::chat::{parse_messages, render};
     use pg_ai_engine::generate::{generate_with, CausalLm, GenerateOptions};
+    use pg_ai_engine::text::chat::{parse_messages, render};
     let path = smollm2_gguf();
     let AnyModel::Gguf(m) = AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap()).unwrap() else {
         panic!("a GGUF model")
@@ -503,7 +503,7 @@ fn mean_kl_and_same_top(p: &[Vec<f64>], q: &[Vec<f64>]) -> (f64, usize) {
 /// the most likely token is the same at 21 or 22 of 22 positions.
 #[test]
 fn smollm2_requantised_stays_close_to_its_f32_weights() {
-    use pg_ai_engine::gguf::{GgufModel, Weights};
+    use pg_ai_engine::models::gguf::{GgufModel, Weights};
     let path = smollm2_gguf();
     let load = |w: Weights| GgufModel::load_as(&path, w).unwrap();
     let (stored, fast, exact) = (load(Weights::AsStored), load(Weights::Fast), load(Weights::F32));
@@ -528,7 +528,7 @@ fn smollm2_requantised_stays_close_to_its_f32_weights() {
 fn smollm2_safetensors_in_int8_stays_close_to_f32() {
     use candle_core::quantized::gguf_file;
     use candle_core::quantized::tokenizer::TokenizerFromGguf;
-    use pg_ai_engine::gguf::{GgufModel, Weights};
+    use pg_ai_engine::models::gguf::{GgufModel, Weights};
     let path = smollm2_gguf();
     let gguf = GgufModel::load_as(&path, Weights::F32).unwrap();
     let dir = std::env::temp_dir().join(format!("pg_ai-golden-smollm2-{}", std::process::id()));
@@ -556,11 +556,11 @@ fn smollm2_safetensors_in_int8_stays_close_to_f32() {
     assert!(same_top * 10 >= exact.len() * 9, "the top token changed at {} of {}", exact.len() - same_top, exact.len());
     std::fs::remove_dir_all(&dir).unwrap();
 
-    /// The GGUF's tensors under transformers' names, as pg_ai reads them (engine::gguf), and its configuration.
+    /// The GGUF's tensors under transformers' names, as pg_ai reads them (engine::models::gguf), and its configuration.
     fn write_as_transformers_llama(gguf: &std::path::Path, dir: &std::path::Path) {
         let mut file = std::fs::File::open(gguf).unwrap();
         let content = gguf_file::Content::read(&mut file).unwrap();
-        let (tensors, c) = pg_ai_engine::gguf::as_transformers_llama(&content, &mut file).unwrap();
+        let (tensors, c) = pg_ai_engine::models::gguf::as_transformers_llama(&content, &mut file).unwrap();
         candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
         let config = serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
@@ -585,7 +585,7 @@ fn smollm2_safetensors_in_int8_stays_close_to_f32() {
 
 mod translation {
     use super::*;
-    use pg_ai_engine::translator::{TranslateOptions, Translator};
+    use pg_ai_engine::generate::translator::{TranslateOptions, Translator};
 
     fn ids(v: &Value) -> Vec<u32> {
         v.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()

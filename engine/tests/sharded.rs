@@ -3,7 +3,7 @@
 
 use candle_core::{safetensors, Device, Tensor};
 use pg_ai_engine::files::ModelFiles;
-use pg_ai_engine::model::AnyModel;
+use pg_ai_engine::models::AnyModel;
 use pg_ai_engine::tasks::fill_mask::fill_mask;
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -276,11 +276,11 @@ fn a_sequence_head_is_not_reused_for_tokens() {
 
 use pg_ai_engine::error::ErrorKind;
 use pg_ai_engine::files::ModelFiles;
+use pg_ai_engine::generate::translator::{TranslateOptions, Translator};
 use pg_ai_engine::generate::{generate_with, GenerateOptions};
-use pg_ai_engine::model::{AnyModel, Model, Task};
+use pg_ai_engine::models::{AnyModel, Model, Task};
 use pg_ai_engine::tasks::{classify::classify, fill_mask::fill_mask, ner::ner};
 use pg_ai_engine::train::{finetune, pretrain, Example, Objective, TrainOptions, TrainOutcome};
-use pg_ai_engine::translator::{TranslateOptions, Translator};
 use serde_json::json;
 use std::collections::HashMap;
 use training_support::{scratch, sentences, Recorder, Rows};
@@ -477,7 +477,7 @@ fn finetuned_roberta_mlm_loads_and_fills_a_mask() {
 
 #[test]
 fn roberta_pre_split_words_encode_as_the_running_text() {
-    use pg_ai_engine::train::tokenizer::{Style, TrainTokenizer};
+    use pg_ai_engine::text::training::{Style, TrainTokenizer};
     let mut t = TrainTokenizer::from_dir(&model_dir("roberta-mlm"), Style::Encoder).unwrap();
     assert_eq!((t.pad_id, t.mask_id, t.special_ids.as_slice()), (1, Some(4), &[0, 1, 2, 3, 4][..]));
     let text = "erin visited los angeles yesterday .";
@@ -636,7 +636,7 @@ fn pretrained_seq2seq_learns_to_translate() {
 
 #[test]
 fn unigram_vocabulary_is_the_same_every_time() {
-    use pg_ai_engine::train::tokenizer::TrainTokenizer;
+    use pg_ai_engine::text::training::TrainTokenizer;
     let texts: Vec<String> = english_german().into_iter().flat_map(|(s, t)| [s, t]).collect();
     let vocab = |size: usize| {
         let t = TrainTokenizer::train_unigram(&texts, size, &Default::default()).unwrap();

@@ -1,7 +1,7 @@
 //! ai_classify and ai_classify_label: text classification with the model's labels.
 
 use super::{in_place, interrupts, present};
-use crate::engine::model::Task;
+use crate::engine::models::Task;
 use crate::engine::tasks::classify::classify;
 use crate::error::OrRaise;
 use pgrx::prelude::*;

@@ -1,7 +1,7 @@
 //! ai_embed: sentence embeddings with the model's own pooling and normalisation.
 
 use super::{interrupts, present};
-use crate::engine::model::Task;
+use crate::engine::models::Task;
 use crate::engine::tasks::embed::embed;
 use crate::error::OrRaise;
 use pgrx::prelude::*;

@@ -1,7 +1,7 @@
 //! ai_fill_mask: the most likely tokens for the input's mask token.
 
 use super::{interrupts, present};
-use crate::engine::model::Task;
+use crate::engine::models::Task;
 use crate::engine::tasks::fill_mask::fill_mask;
 use crate::error::OrRaise;
 use pgrx::prelude::*;

@@ -1,11 +1,11 @@
 //! ai_generate, ai_generate_stream and ai_chat: text generation with decoder models.
 
 use super::interrupts;
-use crate::engine::chat;
 use crate::engine::error::AiError;
 use crate::engine::generate::{generate_with, CausalLm, GenerateOptions, Generation};
-use crate::engine::model::AnyModel;
-use crate::engine::model::Task;
+use crate::engine::models::AnyModel;
+use crate::engine::models::Task;
+use crate::engine::text::chat;
 use crate::error::OrRaise;
 use pgrx::prelude::*;
 use std::rc::Rc;

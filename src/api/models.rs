@@ -2,7 +2,7 @@
 
 use crate::engine::error::{AiError, ErrorKind};
 use crate::engine::files::ModelFiles;
-use crate::engine::model::{AnyModel, Task};
+use crate::engine::models::{AnyModel, Task};
 use crate::error::{raise, OrRaise};
 use crate::store::{cache, catalog, stored_files};
 use pgrx::prelude::*;

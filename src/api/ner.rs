@@ -1,7 +1,7 @@
 //! ai_ner: named entities, grouped like transformers' pipeline with aggregation_strategy="simple".
 
 use super::{interrupts, present};
-use crate::engine::model::Task;
+use crate::engine::models::Task;
 use crate::engine::tasks::ner::{ner, Entity};
 use crate::error::OrRaise;
 use pgrx::prelude::*;

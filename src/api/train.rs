@@ -6,7 +6,7 @@ use super::json_arg::JsonArg;
 use crate::engine::device::Placement;
 use crate::engine::error::{AiError, ErrorKind, Result};
 use crate::engine::files::ModelFiles;
-use crate::engine::model::AnyModel;
+use crate::engine::models::AnyModel;
 use crate::engine::train::{self, DataSource, Example, Objective, Progress, StepReport, TrainOptions};
 use crate::error::{raise, OrRaise};
 use crate::store::{cache, catalog, stored_files};

@@ -1,8 +1,8 @@
 //! ai_translate and ai_summarize: T5 and Marian encoder-decoder models, greedy or beam search.
 
 use super::{in_place, interrupts, present};
-use crate::engine::model::Task;
-use crate::engine::translator::{TranslateOptions, Translator};
+use crate::engine::generate::translator::{TranslateOptions, Translator};
+use crate::engine::models::Task;
 use crate::error::OrRaise;
 use pgrx::prelude::*;
 

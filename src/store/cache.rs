@@ -3,7 +3,7 @@
 
 use super::catalog::CatalogEntry;
 use crate::engine::error::Result;
-use crate::engine::model::AnyModel;
+use crate::engine::models::AnyModel;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;

@@ -10,7 +10,7 @@ pub mod stored_files;
 
 use crate::engine::error::{AiError, ErrorKind};
 use crate::engine::files::ModelFiles;
-use crate::engine::model::{AnyModel, Task};
+use crate::engine::models::{AnyModel, Task};
 use crate::error::OrRaise;
 use std::ops::Deref;
 use std::rc::Rc;

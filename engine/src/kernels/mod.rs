@@ -6,6 +6,7 @@
 pub mod amx;
 pub mod fast_math;
 pub mod fused;
+pub mod int8;
 pub mod matvec;
 pub mod packed;
 pub mod row_parts;

@@ -1,7 +1,7 @@
 //! 8-bit matrix products for many rows at once on CPUs with AVX-512 VNNI: an encoder's linear layers over a
 //! batch of texts (pg_ai.int8_encoders).
 //!
-//! Why written here: candle's Q8_0 kernel (engine::int8) converts its integer sums to floats every 32 values
+//! Why written here: candle's Q8_0 kernel (engine::kernels::int8) converts its integer sums to floats every 32 values
 //! and reuses a loaded weight for four input rows, and it rounds the inputs to 8 bits one value at a time
 //! through the C library's roundf: together 55% of an 8-bit array embed (perf, engine/benches/encoder.rs). Here a
 //! weight and an input row each have one scale per block of 128 values along k (outliers in the inputs stay in

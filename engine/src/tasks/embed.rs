@@ -2,7 +2,7 @@
 
 use super::{encode_all, in_batches};
 use crate::error::Result;
-use crate::model::Model;
+use crate::models::Model;
 
 pub fn embed(model: &Model, texts: &[&str], between: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
     // Truncated at the model's limit, as sentence-transformers does.

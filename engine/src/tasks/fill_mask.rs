@@ -2,7 +2,7 @@
 
 use super::{encode_all, in_batches, ranked};
 use crate::error::{AiError, Result};
-use crate::model::Model;
+use crate::models::Model;
 use candle_core::Tensor;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -5,9 +5,9 @@ pub mod embed;
 pub mod fill_mask;
 pub mod ner;
 
-use super::encoder::Batch;
 use super::error::Result;
-use super::text::TextTokenizer;
+use crate::models::bert::Batch;
+use crate::text::TextTokenizer;
 use tokenizers::Encoding;
 
 /// Rows per forward pass for the array forms.

@@ -5,7 +5,7 @@
 use super::classify::label_name;
 use super::{encode_all, in_batches};
 use crate::error::{AiError, Result};
-use crate::model::Model;
+use crate::models::Model;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entity {

@@ -2,8 +2,8 @@
 //! go on exactly where it stopped: AdamW's moments and the loop's counters and random streams. Resuming
 //! from one gives the same bytes as a run that never stopped.
 
-use super::params::{read_safetensors, Params};
 use crate::error::{AiError, Result};
+use crate::train::params::{read_safetensors, Params};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::path::Path;

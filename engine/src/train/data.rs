@@ -1,11 +1,11 @@
 //! Rows from a DataSource: texts for tokenizer training, then token ids and label ids, split into
 //! training and held-out rows by a hash of each row's position, so the split needs no shuffle state.
 
-use super::options::TrainOptions;
-use super::row_file::{RowWriter, Rows};
-use super::tokenizer::TrainTokenizer;
-use super::{DataSource, Example, Objective};
 use crate::error::{AiError, Result};
+use crate::text::training::TrainTokenizer;
+use crate::train::options::TrainOptions;
+use crate::train::row_file::{RowWriter, Rows};
+use crate::train::{DataSource, Example, Objective};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! token is chosen with probability p; of the chosen, 80% become [MASK], 10% a random token, 10% stay.
 //! The loss is taken on the chosen positions only.
 
-use super::batch::{Batch, Targets};
+use crate::train::batch::{Batch, Targets};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 

@@ -1,14 +1,10 @@
 //! Training: new models from rows (`pretrain`) or more training of a saved one (`finetune`), written
-//! as save_pretrained directories that engine::model loads unchanged. No Postgres here: rows come
+//! as save_pretrained directories that engine::models loads unchanged. No Postgres here: rows come
 //! through `DataSource`, interrupts and progress go through `Progress`.
 
 pub mod batch;
-pub mod bert;
 pub mod checkpoint;
 pub mod data;
-pub mod family;
-pub mod gpt2;
-pub mod llama;
 pub mod mask;
 pub mod metrics;
 pub mod nn;
@@ -17,27 +13,25 @@ pub mod options;
 pub mod params;
 pub mod row_file;
 pub mod run;
-pub mod t5;
-pub mod tokenizer;
 
+pub use crate::models::bert::train::{BertTask, TrainableBert};
+pub use crate::models::gpt2::train::TrainableGpt2;
+pub use crate::models::llama::train::TrainableLlama;
+pub use crate::models::t5::train::TrainableT5;
 pub use batch::{Batch, Targets};
-pub use bert::{BertTask, TrainableBert};
 pub use checkpoint::TrainerState;
-pub use gpt2::TrainableGpt2;
-pub use llama::TrainableLlama;
 pub use nn::Dropout;
 pub use optim::{AdamW, AdamWConfig, Gradients};
 pub use options::TrainOptions;
 pub use params::Params;
-pub use t5::TrainableT5;
 
 use crate::error::{AiError, Result};
+use crate::text::training::{Style, TrainTokenizer};
 use candle_core::Tensor;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokenizer::{Style, TrainTokenizer};
 
 /// One training row. `text` is "" where the SQL value is NULL.
 #[derive(Debug, Clone, Default)]
@@ -253,14 +247,16 @@ pub fn pretrain(
     let model: Box<dyn Trainable> = match objective {
         Objective::Clm => {
             let eos = tokenizer.eos_id.ok_or_else(|| AiError::internal("the new tokenizer lacks <|endoftext|>"))?;
-            let config = gpt2::new_config(&size, eos);
+            let config = crate::models::gpt2::train::new_config(&size, eos);
             Box::new(TrainableGpt2::build(config, HashMap::new(), options.seed)?)
         }
-        Objective::Seq2Seq => {
-            Box::new(TrainableT5::build(t5::new_config(&size, prefix), HashMap::new(), options.seed)?)
-        }
+        Objective::Seq2Seq => Box::new(TrainableT5::build(
+            crate::models::t5::train::new_config(&size, prefix),
+            HashMap::new(),
+            options.seed,
+        )?),
         Objective::Mlm | Objective::TextClassification | Objective::TokenClassification => {
-            let config = bert::new_config(&size);
+            let config = crate::models::bert::train::new_config(&size);
             Box::new(TrainableBert::build(config, bert_task(objective, &prepared), HashMap::new(), options.seed)?)
         }
     };
@@ -373,8 +369,11 @@ fn continue_from(
         return Err(AiError::wrong_task("the base model's tokenizer has no mask token"));
     }
     // An encoder's own count leaves out RoBERTa's reserved positions.
-    let encoder_config =
-        if style == Style::Encoder { Some(crate::config::ModelConfig::from_value(config.clone())?) } else { None };
+    let encoder_config = if style == Style::Encoder {
+        Some(crate::models::bert::config::ModelConfig::from_value(config.clone())?)
+    } else {
+        None
+    };
     // T5's relative positions have no limit; n_positions is what it was trained for.
     let positions = match &encoder_config {
         Some(c) => c.max_tokens(),
@@ -388,7 +387,7 @@ fn continue_from(
     let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir)?)?;
     if let (Some(p), Some(obj)) = (options.dropout, config.as_object_mut()) {
         let keys: &[&str] = match (&encoder_config, style) {
-            (Some(c), _) => family::Layout::of(c.family).dropout_keys(),
+            (Some(c), _) => crate::models::bert::layout::Layout::of(c.family).dropout_keys(),
             (None, Style::Seq2Seq) => &["dropout_rate"],
             // Llama has attention dropout only.
             (None, _) if model_type == "llama" => &["attention_dropout"],
@@ -411,7 +410,7 @@ fn continue_from(
             Box::new(TrainableBert::build(config, bert_task(objective, &prepared), source, options.seed)?)
         }
     };
-    let files = |dir: &Path| tokenizer::copy_tokenizer_files(base_dir, dir);
+    let files = |dir: &Path| crate::text::training::copy_tokenizer_files(base_dir, dir);
     let run = run::Job {
         model: &*model,
         objective,

@@ -1,10 +1,10 @@
 //! Gradients, global-norm clipping and AdamW as torch does them. candle_nn's AdamW decays every
 //! parameter alike; HF Trainer decays neither biases nor LayerNorm weights, hence this one.
 
-use super::checkpoint::{self, Moments};
-use super::params::Params;
 use crate::error::{AiError, Result};
 use crate::kernels::fused::{adamw_update, AdamWStep};
+use crate::train::checkpoint::{self, Moments};
+use crate::train::params::Params;
 use candle_core::Tensor;
 use std::path::Path;
 

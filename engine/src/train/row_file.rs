@@ -2,8 +2,8 @@
 //! its text, so a table larger than memory must not be held. The file is unlinked as soon as it is created, so
 //! nothing is left behind however the process ends; the OS page cache keeps what fits in memory.
 
-use super::data::Row;
 use crate::error::{AiError, Result};
+use crate::train::data::Row;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;

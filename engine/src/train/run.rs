@@ -1,19 +1,19 @@
 //! The training loop: shuffled batches each epoch, AdamW with clipping and a linear schedule,
 //! progress reports, the held-out evaluation at the start and the end, and checkpoints to resume from.
 
-use super::batch::{Batch, Targets};
-use super::checkpoint::{DataShape, TrainerState};
-use super::data::{Prepared, Row};
-use super::mask::Masker;
-use super::metrics::{accuracy, entity_f1, macro_f1};
-use super::nn::Dropout;
-use super::optim::{linear_schedule, AdamW, AdamWConfig, Gradients};
-use super::options::TrainOptions;
-use super::row_file::Rows;
-use super::tokenizer::TrainTokenizer;
-use super::{Objective, Progress, StepReport, Trainable};
 use crate::error::{AiError, Result};
+use crate::text::training::TrainTokenizer;
 use crate::threads;
+use crate::train::batch::{Batch, Targets};
+use crate::train::checkpoint::{DataShape, TrainerState};
+use crate::train::data::{Prepared, Row};
+use crate::train::mask::Masker;
+use crate::train::metrics::{accuracy, entity_f1, macro_f1};
+use crate::train::nn::Dropout;
+use crate::train::optim::{linear_schedule, AdamW, AdamWConfig, Gradients};
+use crate::train::options::TrainOptions;
+use crate::train::row_file::Rows;
+use crate::train::{Objective, Progress, StepReport, Trainable};
 use candle_core::D;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

@@ -283,7 +283,7 @@ pub fn gelu(x: &Tensor, tanh: bool) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(Gelu { tanh })?)
 }
 
-/// The GELU op itself, for inference code written in candle's results (engine::encoder's activations); takes a
+/// The GELU op itself, for inference code written in candle's results (engine::models::bert's activations); takes a
 /// contiguous f32 tensor on the CPU.
 pub struct Gelu {
     pub tanh: bool,

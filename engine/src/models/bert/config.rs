@@ -1,10 +1,10 @@
 //! What pg_ai needs from a transformers `config.json`, read leniently: BERT, DistilBERT and
 //! RoBERTa name the same quantities differently.
 
-use super::error::{AiError, Result};
+use crate::error::{AiError, Result};
 use serde_json::Value;
 
-/// The encoder families pg_ai runs. They share one implementation (see `encoder.rs`).
+/// The encoder families pg_ai runs. They share one implementation (see models::bert).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Bert,
@@ -151,6 +151,6 @@ mod tests {
     #[test]
     fn rejects_unknown_family() {
         let e = ModelConfig::from_json(r#"{"model_type":"mamba"}"#).unwrap_err();
-        assert_eq!(e.kind, super::super::error::ErrorKind::InvalidParameter);
+        assert_eq!(e.kind, crate::error::ErrorKind::InvalidParameter);
     }
 }

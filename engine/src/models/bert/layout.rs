@@ -1,10 +1,10 @@
 //! What DistilBERT and RoBERTa name and do differently from BERT. TrainableBert is one encoder for all
 //! three; this table holds transformers' tensor names, config keys and head shapes of each, so that
-//! what it saves loads in engine::encoder and in transformers.
+//! what it saves loads in engine::models::bert and in transformers.
 
-use super::nn::Activation;
-use crate::config::Family;
-use crate::encoder::Names;
+use crate::models::bert::config::Family;
+use crate::models::bert::Names;
+use crate::train::nn::Activation;
 use serde_json::Value;
 
 pub struct Layout {

@@ -1,7 +1,7 @@
 //! 8-bit weights: each run of 32 weights in a row is held as one f16 scale and 32 signed bytes (GGML's Q8_0),
 //! which candle multiplies with SIMD dot products. Settings ask for it: pg_ai.int8_decoders (GPT-2 and Llama
 //! read from safetensors), pg_ai.int8_encoders (BERT, DistilBERT, RoBERTa), and pg_ai.gguf_requantize for GGUF
-//! files whose weights candle can only multiply with a scalar loop (engine::gguf). An encoder's layers, which
+//! files whose weights candle can only multiply with a scalar loop (engine::models::gguf). An encoder's layers, which
 //! multiply a whole batch of rows at once, take engine::kernels::vnni's 8-bit format instead where the CPU has AVX-512
 //! VNNI (`Projection::batched`); in f32 they take engine::kernels::packed's packed weights where the CPU has AVX-512.
 //!
@@ -11,12 +11,12 @@
 //! gemm does in f32. The answers move slightly (engine/tests/golden.rs measures by how much), so the int8 settings are
 //! off by default (GGUF weights are quantized already: there it is on).
 
-use super::device::cpu_kernels;
-use super::kernels::fused::values;
-use super::kernels::matvec::one_row_times;
-use super::kernels::packed::PackedMatrix;
-use super::kernels::row_parts::{parts_for, RowParts};
-use super::kernels::vnni::VnniMatrix;
+use crate::device::cpu_kernels;
+use crate::kernels::fused::values;
+use crate::kernels::matvec::one_row_times;
+use crate::kernels::packed::PackedMatrix;
+use crate::kernels::row_parts::{parts_for, RowParts};
+use crate::kernels::vnni::VnniMatrix;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor, D};
 use candle_nn::Linear;
@@ -59,7 +59,7 @@ impl Int8 {
 fn tiled_shape(n: usize, k: usize) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     if k.is_multiple_of(GgmlDType::Q8_0.block_size()) {
-        let vnni = super::kernels::vnni::available() || is_x86_feature_detected!("avxvnni");
+        let vnni = crate::kernels::vnni::available() || is_x86_feature_detected!("avxvnni");
         if let Some(padded) = padded_by_at_most_half(k, 256).filter(|_| vnni) {
             return (n.next_multiple_of(16), padded);
         }
@@ -116,7 +116,7 @@ impl Projection {
     /// AVX-512 (its own copy: see `head`).
     pub fn new(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         if !int8 {
-            if super::kernels::packed::available() && cpu_kernels(weight.device()) {
+            if crate::kernels::packed::available() && cpu_kernels(weight.device()) {
                 let (n, k) = weight.dims2()?;
                 let (values, bias_values) = f32_values(&weight, bias.as_ref())?;
                 let packed = PackedMatrix::new(&values, n, k, bias_values.as_deref());
@@ -155,8 +155,8 @@ impl Projection {
     /// would pad by more than half (k of 85 or less, or 129 to 170) also go to `new`.
     pub fn batched(weight: Tensor, bias: Option<Tensor>, int8: bool) -> candle_core::Result<Self> {
         let (n, k) = weight.dims2()?;
-        let blocks_fit = padded_by_at_most_half(k, super::kernels::vnni::BLOCK).is_some();
-        if !int8 || !super::kernels::vnni::available() || !cpu_kernels(weight.device()) || !blocks_fit {
+        let blocks_fit = padded_by_at_most_half(k, crate::kernels::vnni::BLOCK).is_some();
+        if !int8 || !crate::kernels::vnni::available() || !cpu_kernels(weight.device()) || !blocks_fit {
             return Self::new(weight, bias, int8);
         }
         let (values, bias_values) = f32_values(&weight, bias.as_ref())?;

@@ -1,16 +1,16 @@
 //! A loaded T5 or Marian model answering translation and summarisation: task prefixes, batching with padding
 //! masks, greedy decoding and beam search.
 
-use super::beam::Beams;
-use super::encoder::var_builder;
-use super::error::{AiError, Result};
-use super::files::ModelFiles;
-use super::marian::Marian;
-use super::seq2seq::{token_column, DecoderCache, GenerationSettings, Memory, Seq2Seq};
-use super::t5::T5;
-use super::tasks::{encode_all, in_batches};
-use super::text::TextTokenizer;
-use super::timing::forward;
+use crate::error::{AiError, Result};
+use crate::files::ModelFiles;
+use crate::generate::beam::Beams;
+use crate::generate::seq2seq::{token_column, DecoderCache, GenerationSettings, Memory, Seq2Seq};
+use crate::models::bert::var_builder;
+use crate::models::marian::Marian;
+use crate::models::t5::T5;
+use crate::tasks::{encode_all, in_batches};
+use crate::text::TextTokenizer;
+use crate::timing::forward;
 use candle_core::{Device, Tensor, D};
 use serde_json::Value;
 
@@ -43,7 +43,7 @@ pub struct TranslateOptions {
 
 impl TranslateOptions {
     pub fn check(&self) -> Result<()> {
-        use super::generate::MAX_TOKENS_LIMIT;
+        use crate::generate::MAX_TOKENS_LIMIT;
         if self.max_tokens == 0 || self.max_tokens > MAX_TOKENS_LIMIT {
             return Err(AiError::invalid(format!("max_tokens must be between 1 and {MAX_TOKENS_LIMIT}")));
         }

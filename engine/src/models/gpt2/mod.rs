@@ -1,12 +1,15 @@
 //! A GPT-2 ready to generate: its weights, tokenizer, end token and chat template.
 
-use super::codec::DecoderTokenizer;
-use super::encoder::var_builder;
-use super::error::Result;
-use super::files::ModelFiles;
-use super::generate::{CausalLm, Decoder, TextCodec};
-use super::gpt2::{Gpt2, Gpt2Config};
-use super::kv_cache::Session;
+pub mod network;
+pub mod train;
+
+use crate::error::Result;
+use crate::files::ModelFiles;
+use crate::generate::kv_cache::Session;
+use crate::generate::{CausalLm, Decoder, TextCodec};
+use crate::models::bert::var_builder;
+use crate::models::gpt2::network::{Gpt2, Gpt2Config};
+use crate::text::decoder::DecoderTokenizer;
 use candle_core::Device;
 use serde_json::Value;
 
@@ -23,7 +26,7 @@ pub struct Gpt2Model {
 }
 
 impl Gpt2Model {
-    /// Loads the model, its weights in 8 bits where `int8` (see engine::int8).
+    /// Loads the model, its weights in 8 bits where `int8` (see engine::kernels::int8).
     pub fn load(files: &ModelFiles, config: Value, int8: bool) -> Result<Self> {
         let gpt2_config = Gpt2Config::from_json(&config)?;
         let codec = DecoderTokenizer::from_dir(files, gpt2_config.eos_token_id.into_iter().collect())?;

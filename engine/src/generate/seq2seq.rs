@@ -1,8 +1,8 @@
 //! What T5 and Marian share: the encoder-decoder interface, the decoder's key/value cache, multi-head
 //! attention, and the generation settings read from generation_config.json.
 
-use super::error::{AiError, Result};
-use super::files::ModelFiles;
+use crate::error::{AiError, Result};
+use crate::files::ModelFiles;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::softmax_last_dim;
 use serde_json::Value;

@@ -1,8 +1,8 @@
 //! Sentence embeddings as sentence-transformers computes them: the pooling of `1_Pooling/config.json`
 //! and the Normalize module of `modules.json`. A plain encoder gets mean pooling, as there.
 
-use super::error::{AiError, Result};
-use super::files::ModelFiles;
+use crate::error::{AiError, Result};
+use crate::files::ModelFiles;
 use candle_core::{DType, Tensor, D};
 use serde_json::Value;
 

@@ -1,12 +1,12 @@
 //! A differentiable Llama (LlamaForCausalLM: RMS norms, rotary positions, grouped-query attention, SwiGLU) with
-//! transformers' tensor names, so that engine::llama loads what it saves. Rotary positions and norms are written
+//! transformers' tensor names, so that engine::models::llama loads what it saves. Rotary positions and norms are written
 //! out: candle's fused rope and rms_norm kernels have no backward pass.
 
-use super::batch::Batch;
-use super::nn::{attention_probs, causal_mask, dropout, linear, rms_norm, Dropout};
-use super::params::{read_config, read_safetensors, ParamBuilder, Params};
-use super::Trainable;
 use crate::error::{AiError, Result};
+use crate::train::batch::Batch;
+use crate::train::nn::{attention_probs, causal_mask, dropout, linear, rms_norm, Dropout};
+use crate::train::params::{read_config, read_safetensors, ParamBuilder, Params};
+use crate::train::Trainable;
 use candle_core::{Device, Tensor, D};
 use serde_json::{json, Value};
 use std::collections::HashMap;

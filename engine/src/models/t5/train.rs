@@ -1,15 +1,15 @@
 //! A differentiable T5 (T5ForConditionalGeneration, v1.0 and v1.1) with transformers' tensor names, so that
-//! engine::t5 loads what it saves: RMS norms written out (candle's fused one has no backward pass), relative
+//! engine::models::t5 loads what it saves: RMS norms written out (candle's fused one has no backward pass), relative
 //! position buckets shared with inference, and the loss on the decoder side only.
 
-use super::batch::Batch;
-use super::nn::{attention_probs, causal_mask, dropout, linear, rms_norm, Activation, Dropout};
-use super::options::ModelSize;
-use super::params::{read_config, read_safetensors, ParamBuilder, Params};
-use super::Trainable;
 use crate::error::{AiError, Result};
 use crate::kernels::fused::add_bias;
-use crate::t5::{relative_bucket, T5Config};
+use crate::models::t5::{relative_bucket, T5Config};
+use crate::train::batch::Batch;
+use crate::train::nn::{attention_probs, causal_mask, dropout, linear, rms_norm, Activation, Dropout};
+use crate::train::options::ModelSize;
+use crate::train::params::{read_config, read_safetensors, ParamBuilder, Params};
+use crate::train::Trainable;
 use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 use std::collections::HashMap;

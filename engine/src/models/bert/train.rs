@@ -1,17 +1,17 @@
-//! A differentiable BERT with transformers' tensor names, so that engine::encoder loads what it saves:
+//! A differentiable BERT with transformers' tensor names, so that engine::models::bert loads what it saves:
 //! BertForMaskedLM (decoder tied to the word embeddings), BertForSequenceClassification and
 //! BertForTokenClassification, and the same three of DistilBERT and RoBERTa, which differ only in what
 //! family::Layout describes.
 
-use super::batch::{rows_of, Batch, Packed, Targets};
-use super::family::Layout;
-use super::nn::{attention, dropout, layer_norm, linear, Activation, Dropout};
-use super::options::ModelSize;
-use super::params::{read_config, read_safetensors, ParamBuilder, Params};
-use super::Trainable;
-use crate::config::{Family, ModelConfig};
 use crate::error::{AiError, Result};
 use crate::kernels::fused::{add_bias, Heads, Span};
+use crate::models::bert::config::{Family, ModelConfig};
+use crate::models::bert::layout::Layout;
+use crate::train::batch::{rows_of, Batch, Packed, Targets};
+use crate::train::nn::{attention, dropout, layer_norm, linear, Activation, Dropout};
+use crate::train::options::ModelSize;
+use crate::train::params::{read_config, read_safetensors, ParamBuilder, Params};
+use crate::train::Trainable;
 use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -1,14 +1,17 @@
-//! Llama-family decoders from safetensors (Llama, SmolLM and the like), on pg_ai's own Llama (engine::llama_projected:
+//! Llama-family decoders from safetensors (Llama, SmolLM and the like), on pg_ai's own Llama (engine::models::llama::projected:
 //! f32, or 8 bits with pg_ai.int8_decoders), or for llama3-scaled rotary embeddings, which that one lacks, on
 //! candle-transformers' Llama in f32.
 
-use super::codec::DecoderTokenizer;
-use super::encoder::var_builder;
-use super::error::{AiError, Result};
-use super::files::ModelFiles;
-use super::generate::{CausalLm, Decoder, TextCodec};
-use super::kv_cache;
-use super::llama_projected::ProjectedLlama;
+pub mod projected;
+pub mod train;
+
+use crate::error::{AiError, Result};
+use crate::files::ModelFiles;
+use crate::generate::kv_cache;
+use crate::generate::{CausalLm, Decoder, TextCodec};
+use crate::models::bert::var_builder;
+use crate::models::llama::projected::ProjectedLlama;
+use crate::text::decoder::DecoderTokenizer;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig, LlamaEosToks};
 use serde_json::Value;
@@ -21,7 +24,7 @@ pub struct LlamaModel {
     chat_template: Option<String>,
     pub parameters: usize,
     /// Bytes of the weights in memory: 4 per parameter in f32; in int8 about 1.06 for the linear weights (more where
-    /// rows are padded, see engine::int8) and the head, 2 for the token embeddings (kept in f16 for lookup).
+    /// rows are padded, see engine::kernels::int8) and the head, 2 for the token embeddings (kept in f16 for lookup).
     pub weight_bytes: usize,
 }
 
@@ -32,7 +35,7 @@ enum Weights {
 }
 
 impl LlamaModel {
-    /// Loads the model, its linear weights in 8 bits where `int8` (see engine::int8).
+    /// Loads the model, its linear weights in 8 bits where `int8` (see engine::kernels::int8).
     pub fn load(files: &ModelFiles, config: Value, int8: bool) -> Result<Self> {
         let parsed: LlamaConfig = serde_json::from_value(top_level_rope(config.clone())?)
             .map_err(|e| AiError::corrupt(format!("config.json is not a Llama configuration: {e}")))?;
@@ -56,7 +59,7 @@ impl LlamaModel {
         }
         let kv = c.hidden_size / heads * kv_heads;
         // Saturating: config.json's sizes are not yet checked against the weights.
-        let p = super::budget::product;
+        let p = crate::budget::product;
         let per_layer = p(&[c.hidden_size, p(&[2, c.hidden_size]).saturating_add(p(&[2, kv]))])
             .saturating_add(p(&[3, c.hidden_size, c.intermediate_size]))
             .saturating_add(p(&[2, c.hidden_size]));
@@ -122,7 +125,7 @@ impl Session<'_> {
     fn fresh_cache(config: &Config) -> Result<Cache> {
         // candle computes cosine and sine tables for every position config.json allows.
         let head_dim = config.hidden_size / config.num_attention_heads.max(1);
-        super::budget::check(super::budget::product(&[config.max_position_embeddings, head_dim, 4]), || {
+        crate::budget::check(crate::budget::product(&[config.max_position_embeddings, head_dim, 4]), || {
             format!("the rotary tables of max_position_embeddings {}", config.max_position_embeddings)
         })?;
         Ok(Cache::new(true, DType::F32, config, &Device::Cpu)?)

@@ -3,9 +3,9 @@
 //! Written here rather than taken from candle-transformers, whose Marian has no encoder padding mask and
 //! caches the encoder's keys in a way that must be reset by hand between calls.
 
-use super::encoder::Activation;
-use super::error::{AiError, Result};
-use super::seq2seq::{additive_mask, attend, cached, split_heads, DecoderCache, Memory, Seq2Seq};
+use crate::error::{AiError, Result};
+use crate::generate::seq2seq::{additive_mask, attend, cached, split_heads, DecoderCache, Memory, Seq2Seq};
+use crate::models::bert::Activation;
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
@@ -143,7 +143,7 @@ impl Marian {
         }
         let target_vocab = c.decoder_vocab_size.unwrap_or(c.vocab_size);
         // The position table is computed, not read: its size comes from config.json alone.
-        super::budget::check(super::budget::product(&[c.max_position_embeddings, c.d_model, 4]), || {
+        crate::budget::check(crate::budget::product(&[c.max_position_embeddings, c.d_model, 4]), || {
             format!("the position table of max_position_embeddings {}", c.max_position_embeddings)
         })?;
         let load = || -> candle_core::Result<Marian> {

@@ -1,8 +1,13 @@
 //! Text generation for decoder models: greedy or sampled, ending at the end-of-text token, at
 //! max_tokens, or where a stop string appears; pieces come out as valid UTF-8 as they are made.
 
-use super::error::{AiError, Result};
-use super::timing::forward;
+pub mod beam;
+pub mod kv_cache;
+pub mod seq2seq;
+pub mod translator;
+
+use crate::error::{AiError, Result};
+use crate::timing::forward;
 use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use std::collections::VecDeque;
@@ -171,7 +176,7 @@ impl<'m> Generation<'m> {
             .with_hint("Shorten the prompt.")
         };
         // A prompt that surely holds more tokens than the context is refused before it is tokenised.
-        if super::text::worth_reading(prompt, context, codec.longest_token()).len() < prompt.len() {
+        if crate::text::worth_reading(prompt, context, codec.longest_token()).len() < prompt.len() {
             return Err(too_long(format!("more than {context}")));
         }
         let prompt_ids = codec.encode_prompt(prompt)?;
@@ -349,7 +354,7 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::{Detokenizer, Stream, TextCodec};
-    use crate::codec::DecoderTokenizer;
+    use crate::text::decoder::DecoderTokenizer;
 
     #[test]
     fn incremental_decoding_equals_decoding_everything() {

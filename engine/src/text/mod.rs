@@ -1,9 +1,13 @@
 //! Tokenisation: loading `tokenizer.json`, encoding with character offsets, batching with padding,
 //! and decoding the way transformers' fast tokenizers do.
 
-use super::encoder::Batch;
-use super::error::{AiError, Result};
-use super::timing::{time, Phase};
+pub mod chat;
+pub mod decoder;
+pub mod training;
+
+use crate::error::{AiError, Result};
+use crate::models::bert::Batch;
+use crate::timing::{time, Phase};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::path::Path;

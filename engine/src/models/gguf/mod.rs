@@ -1,12 +1,12 @@
 //! Quantized Llama-family models from a GGUF file (SmolLM2, Llama, Qwen-style llama GGUFs),
 //! with the tokenizer and chat template the file itself carries.
 
-use super::codec::DecoderTokenizer;
-use super::error::{AiError, Result};
-use super::generate::{CausalLm, Decoder, TextCodec};
-use super::int8::Projection;
-use super::kv_cache;
-use super::llama_projected::{Layer, ProjectedLlama};
+use crate::error::{AiError, Result};
+use crate::generate::kv_cache;
+use crate::generate::{CausalLm, Decoder, TextCodec};
+use crate::kernels::int8::Projection;
+use crate::models::llama::projected::{Layer, ProjectedLlama};
+use crate::text::decoder::DecoderTokenizer;
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
@@ -34,7 +34,7 @@ pub struct GgufModel {
     chat_template: Option<String>,
 }
 
-/// The weights: on pg_ai's Llama (engine::llama_projected) as the file stores them, re-quantised to Q8_0, or in
+/// The weights: on pg_ai's Llama (engine::models::llama::projected) as the file stores them, re-quantised to Q8_0, or in
 /// f32; a mixture of experts (Mixtral-style files) as stored on candle's quantized Llama, which has them.
 enum Held {
     Projected { model: ProjectedLlama, requantised: bool },
@@ -79,7 +79,7 @@ pub enum Weights {
     /// As the file stores them.
     AsStored,
     /// The default: a file with Q4_1, Q5_1 or Q8_1 weights, which candle multiplies with a scalar loop,
-    /// re-quantised to Q8_0 (rows padded for candle's tiled kernels, see engine::int8); other files as stored.
+    /// re-quantised to Q8_0 (rows padded for candle's tiled kernels, see engine::kernels::int8); other files as stored.
     Fast,
     /// Every weight de-quantised to f32: the reference that measures what quantisation changes.
     F32,

@@ -4,9 +4,11 @@
 //! batch would not answer as single calls do) and gives the decoder bidirectional relative-position
 //! buckets, where transformers' decoder uses causal ones.
 
-use super::encoder::Activation;
-use super::error::{AiError, Result};
-use super::seq2seq::{attend, cached, split_heads, DecoderCache, Memory, Seq2Seq};
+pub mod train;
+
+use crate::error::{AiError, Result};
+use crate::generate::seq2seq::{attend, cached, split_heads, DecoderCache, Memory, Seq2Seq};
+use crate::models::bert::Activation;
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use serde::Deserialize;
@@ -276,7 +278,7 @@ impl Seq2Seq for T5 {
     fn encode(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let heads = self.config.num_heads;
         let len = ids.dim(1)?;
-        let memory_mask = super::seq2seq::additive_mask(mask)?;
+        let memory_mask = crate::generate::seq2seq::additive_mask(mask)?;
         let bias =
             self.position_bias(Self::bias_table(&self.encoder)?, 0, len, len, true)?.broadcast_add(&memory_mask)?;
         let mut x = self.shared.forward(ids)?;

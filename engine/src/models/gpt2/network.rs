@@ -1,9 +1,9 @@
 //! GPT-2 with a KV cache. candle has no GPT-2; the nearest model (bigcode) stores its projections
 //! the other way round, as GPT-2's Conv1D layers keep their weights as (in, out).
 
-use super::error::{AiError, Result};
-use super::int8::{bytes, Projection};
-use super::kv_cache::{causal_mask, CachedDecoder, KvCache};
+use crate::error::{AiError, Result};
+use crate::generate::kv_cache::{causal_mask, CachedDecoder, KvCache};
+use crate::kernels::int8::{bytes, Projection};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, VarBuilder};
 use serde_json::Value;
@@ -77,7 +77,7 @@ pub struct Gpt2 {
 }
 
 impl Gpt2 {
-    /// Loads the weights, the projections and LM head as Q8_0 where `int8` (see engine::int8).
+    /// Loads the weights, the projections and LM head as Q8_0 where `int8` (see engine::kernels::int8).
     pub fn load(vb: &VarBuilder, config: Gpt2Config, int8: bool) -> Result<Self> {
         let c = &config;
         let load = || -> candle_core::Result<Gpt2> {

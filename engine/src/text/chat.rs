@@ -1,7 +1,7 @@
 //! Chat prompts: the model's own Jinja chat template (as transformers' apply_chat_template renders
 //! it, with add_generation_prompt) applied to [{"role": ..., "content": ...}] messages.
 
-use super::error::{AiError, Result};
+use crate::error::{AiError, Result};
 use serde::Serialize;
 use serde_json::Value;
 

@@ -1,6 +1,6 @@
 //! Tokenizers for training: new ones learnt from the rows (WordPiece as BERT uses, byte-level BPE as
 //! GPT-2 uses, a sentencepiece-style Unigram as T5 uses) or a base model's own, and the files engine::text /
-//! engine::codec load them from.
+//! engine::text::decoder load them from.
 
 use crate::error::{AiError, Result};
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
 //! Beam search for one input, step for step as transformers' generate() does it (num_beams, length_penalty,
 //! early_stopping), so that pg_ai returns the same tokens.
 
-use super::seq2seq::EarlyStopping;
+use crate::generate::seq2seq::EarlyStopping;
 
 #[derive(Debug, Clone)]
 struct Hypothesis {

@@ -1,14 +1,14 @@
 //! A differentiable GPT-2 (GPT2LMHeadModel) with transformers' tensor names and Conv1D layout
-//! (weights stored (in, out)), so that engine::gpt2 loads what it saves. The LM head is tied to wte.
+//! (weights stored (in, out)), so that engine::models::gpt2::network loads what it saves. The LM head is tied to wte.
 
-use super::batch::{rows_of, Batch, Packed};
-use super::nn::{attention, conv1d, dropout, layer_norm, linear, Activation, Dropout};
-use super::options::ModelSize;
-use super::params::{read_config, read_safetensors, ParamBuilder, Params};
-use super::Trainable;
 use crate::error::{AiError, Result};
-use crate::gpt2::Gpt2Config;
 use crate::kernels::fused::{Heads, Span};
+use crate::models::gpt2::network::Gpt2Config;
+use crate::train::batch::{rows_of, Batch, Packed};
+use crate::train::nn::{attention, conv1d, dropout, layer_norm, linear, Activation, Dropout};
+use crate::train::options::ModelSize;
+use crate::train::params::{read_config, read_safetensors, ParamBuilder, Params};
+use crate::train::Trainable;
 use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::collections::HashMap;

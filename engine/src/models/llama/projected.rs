@@ -1,14 +1,14 @@
-//! A Llama on pg_ai's own projections (engine::int8's `Projection`), in f32 or, for pg_ai.int8_decoders, in 8 bits, or
-//! on a GGUF file's quantized weights as stored (engine::gguf). candle's quantized Llama holds each row of weights as
+//! A Llama on pg_ai's own projections (engine::kernels::int8's `Projection`), in f32 or, for pg_ai.int8_decoders, in 8 bits, or
+//! on a GGUF file's quantized weights as stored (engine::models::gguf). candle's quantized Llama holds each row of weights as
 //! it comes, and rows that are not whole blocks of 256 (SmolLM2's 576) miss candle's tiled VNNI kernels; a `Projection`
 //! pads them: on SmolLM2's shapes 2.5x faster per generated token and 6x on prompts, for the products alone. In f32 a
 //! `Projection` multiplies a generated token's single row with engine::kernels::matvec, which candle-transformers'
 //! Llama does not (SmolLM2 size: 16 -> 20 tokens/s, engine/benches/generate.rs). Query, key and value, and gate and up,
 //! are each one product, so every input is read (and in 8 bits quantised) once per layer.
 
-use super::error::Result;
-use super::int8::{bytes, Projection};
-use super::kv_cache::{causal_mask, CachedDecoder, KvCache};
+use crate::error::Result;
+use crate::generate::kv_cache::{causal_mask, CachedDecoder, KvCache};
+use crate::kernels::int8::{bytes, Projection};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{ops::softmax_last_dim, rotary_emb::rope, Embedding, RmsNorm, VarBuilder};
 use candle_transformers::models::llama::Config;

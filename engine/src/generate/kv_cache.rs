@@ -1,13 +1,13 @@
 //! What the decoders keep between generation steps, and the mask that keeps each token from seeing later ones.
 
-use super::error::{AiError, Result};
-use super::generate::Decoder;
+use crate::error::{AiError, Result};
+use crate::generate::Decoder;
 use candle_core::{DType, Device, Tensor};
 
 /// Keys and values of the tokens seen so far, per layer: (1, heads, seen, head_dim).
 #[derive(Default)]
 pub struct KvCache {
-    pub(super) layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
 }
 
 impl KvCache {
@@ -24,7 +24,7 @@ impl KvCache {
 
     /// Makes room for `new` tokens after the cached ones, in a model of `layers` layers that attends to at most
     /// `context` tokens. Returns how many tokens are cached.
-    pub(super) fn prepare(&mut self, new: usize, layers: usize, context: usize) -> Result<usize> {
+    pub(crate) fn prepare(&mut self, new: usize, layers: usize, context: usize) -> Result<usize> {
         let past = self.len();
         if past + new > context {
             return Err(AiError::invalid(format!(
@@ -74,7 +74,7 @@ impl<M: CachedDecoder> Decoder for Session<'_, M> {
 }
 
 /// (seq, past + seq) additive mask: token i sees the past and itself, nothing after. None for one token.
-pub(super) fn causal_mask(seq: usize, past: usize) -> candle_core::Result<Option<Tensor>> {
+pub(crate) fn causal_mask(seq: usize, past: usize) -> candle_core::Result<Option<Tensor>> {
     if seq == 1 {
         return Ok(None);
     }

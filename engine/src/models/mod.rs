@@ -1,18 +1,25 @@
 //! A model ready to answer: its config, tokenizer, encoder, task head and sentence pooling.
 
-use super::config::ModelConfig;
-use super::device::Placement;
-use super::encoder::{var_builder, Encoder, Head};
-use super::error::{AiError, Result};
-use super::files::ModelFiles;
-use super::generate::CausalLm;
-use super::gguf::GgufModel;
-use super::gpt2_model::Gpt2Model;
-use super::int8::Int8;
-use super::llama::LlamaModel;
-use super::pooling::Pooling;
-use super::text::TextTokenizer;
-use super::translator::{Family, Translator};
+pub mod bert;
+pub mod gguf;
+pub mod gpt2;
+pub mod llama;
+pub mod marian;
+pub mod t5;
+
+use crate::device::Placement;
+use crate::error::{AiError, Result};
+use crate::files::ModelFiles;
+use crate::generate::translator::{Family, Translator};
+use crate::generate::CausalLm;
+use crate::kernels::int8::Int8;
+use crate::models::bert::config::ModelConfig;
+use crate::models::bert::pooling::Pooling;
+use crate::models::bert::{var_builder, Encoder, Head};
+use crate::models::gguf::GgufModel;
+use crate::models::gpt2::Gpt2Model;
+use crate::models::llama::LlamaModel;
+use crate::text::TextTokenizer;
 use candle_core::Device;
 
 /// What a model can be asked to do, in the names transformers' pipelines use.
@@ -98,11 +105,11 @@ pub enum AnyModel {
 }
 
 impl AnyModel {
-    /// Loads the model, in 8 bits where the pg_ai.int8_* settings say (see engine::int8), an encoder onto the
+    /// Loads the model, in 8 bits where the pg_ai.int8_* settings say (see engine::kernels::int8), an encoder onto the
     /// device pg_ai.device says (see engine::device).
     pub fn load(files: &ModelFiles) -> Result<AnyModel> {
         let model = Self::load_on(files, Int8::current(), Placement::current());
-        super::allocator::give_back_freed_memory();
+        crate::allocator::give_back_freed_memory();
         model
     }
 

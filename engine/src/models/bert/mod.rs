@@ -6,12 +6,17 @@
 //! training work can later switch to differentiable ops. The three families differ only in tensor
 //! names, RoBERTa's position offset and the classification head, so one implementation serves all.
 
-use super::config::{Family, ModelConfig};
-use super::device::cpu_kernels;
-use super::error::{AiError, Result};
-use super::int8::{bytes, Projection};
-use super::kernels::fused::{attention, Gelu, Heads, Span};
-use super::timing::forward;
+pub mod config;
+pub mod layout;
+pub mod pooling;
+pub mod train;
+
+use crate::device::cpu_kernels;
+use crate::error::{AiError, Result};
+use crate::kernels::fused::{attention, Gelu, Heads, Span};
+use crate::kernels::int8::{bytes, Projection};
+use crate::models::bert::config::{Family, ModelConfig};
+use crate::timing::forward;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
 
@@ -193,7 +198,7 @@ impl Encoder {
         }
     }
 
-    /// Loads the encoder, its linear layers in 8 bits where `int8` (see engine::int8).
+    /// Loads the encoder, its linear layers in 8 bits where `int8` (see engine::kernels::int8).
     pub fn load(vb: &VarBuilder, config: &ModelConfig, int8: bool) -> Result<Self> {
         let names = Names::of(config.family);
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);

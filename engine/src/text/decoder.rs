@@ -1,9 +1,9 @@
 //! The tokenizer side of a decoder model: prompts to ids, ids to text, and its end tokens.
 
-use super::error::{AiError, Result};
-use super::files::ModelFiles;
-use super::generate::TextCodec;
-use super::timing::{time, Phase};
+use crate::error::{AiError, Result};
+use crate::files::ModelFiles;
+use crate::generate::TextCodec;
+use crate::timing::{time, Phase};
 use tokenizers::Tokenizer;
 
 pub struct DecoderTokenizer {
@@ -19,7 +19,7 @@ impl DecoderTokenizer {
         // Prompts are checked against the context size, never silently cut.
         tokenizer.with_truncation(None).map_err(|e| AiError::corrupt(format!("tokenizer.json: {e}")))?;
         tokenizer.with_padding(None);
-        let longest_token = super::text::longest_token(&tokenizer);
+        let longest_token = crate::text::longest_token(&tokenizer);
         Ok(DecoderTokenizer { tokenizer, longest_token, end_ids })
     }
 
