@@ -1,6 +1,7 @@
 //! pg_ai's settings, all under the `pg_ai.` prefix.
 
 use crate::engine::device::Placement;
+use crate::engine::models::LoadOptions;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -182,13 +183,18 @@ pub fn apply_compute_settings() {
     crate::engine::allocator::keep_freed_memory(KEEP_FREED_MEMORY.get().max(0) as usize * 1024);
     crate::engine::threads::configure(threads());
     apply_memory_budget();
-    crate::engine::models::gguf::requantize_slow_weights(GGUF_REQUANTIZE.get());
-    crate::engine::kernels::int8::Int8 { encoders: INT8_ENCODERS.get(), decoders: INT8_DECODERS.get() }.set();
-    match DEVICE.get() {
-        DeviceSetting::Cpu => Placement::Cpu,
-        DeviceSetting::Cuda => Placement::Cuda,
+}
+
+/// How models load: the pg_ai.int8_*, pg_ai.device and pg_ai.gguf_requantize settings.
+pub fn load_options() -> LoadOptions {
+    LoadOptions {
+        int8: crate::engine::kernels::int8::Int8 { encoders: INT8_ENCODERS.get(), decoders: INT8_DECODERS.get() },
+        placement: match DEVICE.get() {
+            DeviceSetting::Cpu => Placement::Cpu,
+            DeviceSetting::Cuda => Placement::Cuda,
+        },
+        gguf_requantize: GGUF_REQUANTIZE.get(),
     }
-    .set();
 }
 
 /// Hands pg_ai.max_memory_per_call to the engine; each call does, as the setting may change between calls.

@@ -77,7 +77,8 @@ const TRANSLATE_INPUTS: [&str; 4] = [
 
 /// Generated tokens per second translating the inputs one at a time.
 fn bench_translate(name: &str, dir: &str, num_beams: usize) {
-    let loaded = AnyModel::load(&ModelFiles::locate(dir, None).expect("model files")).expect("model loads");
+    let loaded =
+        AnyModel::load(&ModelFiles::locate(dir, None).expect("model files"), &Default::default()).expect("model loads");
     let m = loaded.translator().expect("a translation model");
     let options = TranslateOptions { max_tokens: 24, num_beams };
     let run = || -> usize {

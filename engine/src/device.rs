@@ -8,8 +8,7 @@
 
 use crate::error::{AiError, ErrorKind, Result};
 use candle_core::Device;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Placement {
@@ -18,22 +17,7 @@ pub enum Placement {
     Cuda,
 }
 
-static ON_GPU: AtomicBool = AtomicBool::new(false);
-
 impl Placement {
-    /// Where models loaded from now on go (pg_ai.device, applied before each call's model work).
-    pub fn set(self) {
-        ON_GPU.store(self == Placement::Cuda, Ordering::Relaxed);
-    }
-
-    pub fn current() -> Placement {
-        if ON_GPU.load(Ordering::Relaxed) {
-            Placement::Cuda
-        } else {
-            Placement::Cpu
-        }
-    }
-
     /// The device to load onto. The GPU's context is made once per process and then shared: making one takes
     /// hundreds of milliseconds and memory on the GPU.
     pub fn device(self) -> Result<Device> {
@@ -59,13 +43,7 @@ impl Placement {
 
 /// Whether pg_ai's own CPU kernels serve tensors on `device`: on the CPU, unless `portable()`.
 pub fn cpu_kernels(device: &Device) -> bool {
-    device.is_cpu() && !portable()
-}
-
-/// Whether PG_AI_PORTABLE is set (to anything but 0): pg_ai's CPU kernels off everywhere.
-pub fn portable() -> bool {
-    static PORTABLE: OnceLock<bool> = OnceLock::new();
-    *PORTABLE.get_or_init(|| std::env::var_os("PG_AI_PORTABLE").is_some_and(|v| v != "0"))
+    device.is_cpu() && !crate::kernels::cpu::portable()
 }
 
 #[cfg(test)]
@@ -74,7 +52,7 @@ mod tests {
 
     #[test]
     fn the_cpu_is_the_default_and_cuda_needs_the_feature() {
-        assert_eq!(Placement::current(), Placement::Cpu);
+        assert_eq!(Placement::default(), Placement::Cpu);
         assert!(Placement::Cpu.device().unwrap().is_cpu());
         if !candle_core::utils::cuda_is_available() {
             let e = Placement::Cuda.device().unwrap_err();

@@ -152,7 +152,9 @@ fn damaged_gguf_files_are_errors() {
         let path = dir.join(format!("case-{case}.gguf"));
         std::fs::write(&path, &content).unwrap();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            ModelFiles::locate(path.to_str().unwrap(), None).and_then(|f| AnyModel::load(&f)).is_ok()
+            ModelFiles::locate(path.to_str().unwrap(), None)
+                .and_then(|f| AnyModel::load(&f, &Default::default()))
+                .is_ok()
         }));
         assert_eq!(result.ok(), Some(false), "GGUF {what}: a panic or a load");
     }

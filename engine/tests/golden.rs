@@ -15,7 +15,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn load(dir: PathBuf) -> AnyModel {
-    AnyModel::load(&ModelFiles::in_dir(dir).unwrap()).unwrap()
+    AnyModel::load(&ModelFiles::in_dir(dir).unwrap(), &Default::default()).unwrap()
 }
 
 fn model(name: &str) -> Model {
@@ -454,7 +454,7 @@ fn a_prompt_fed_in_parts_gives_the_logits_of_one_call() {
 #[test]
 fn a_long_prompt_continues_as_one_read_whole() {
     use pg_ai_engine::generate::{generate_with, CausalLm, GenerateOptions, PROMPT_PART};
-    let m = pg_ai_engine::models::gguf::GgufModel::load(&smollm2_gguf()).unwrap();
+    let m = pg_ai_engine::models::gguf::GgufModel::load(&smollm2_gguf(), true).unwrap();
     let mut prompt = String::new();
     while m.codec().encode_prompt(&prompt).unwrap().len() <= 2 * PROMPT_PART + 10 {
         prompt.push_str(SMOLLM2_PROMPT);
@@ -476,7 +476,9 @@ fn smollm2_gguf_answers_through_its_chat_template() {
     use pg_ai_engine::generate::{generate_with, CausalLm, GenerateOptions};
     use pg_ai_engine::text::chat::{parse_messages, render};
     let path = smollm2_gguf();
-    let AnyModel::Gguf(m) = AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap()).unwrap() else {
+    let AnyModel::Gguf(m) =
+        AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap(), &Default::default()).unwrap()
+    else {
         panic!("a GGUF model")
     };
     let messages =
@@ -666,7 +668,7 @@ mod translation {
 #[test]
 fn the_same_answers_on_candles_own_operations() {
     const NAME: &str = "the_same_answers_on_candles_own_operations";
-    if pg_ai_engine::device::portable() {
+    if pg_ai_engine::kernels::cpu::portable() {
         return; // in the child
     }
     let child = std::process::Command::new(std::env::current_exe().unwrap())

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 fn fill(dir: PathBuf) -> Vec<(String, f32)> {
     let files = ModelFiles::in_dir(dir).unwrap();
-    let AnyModel::Encoder(m) = AnyModel::load(&files).unwrap() else { panic!("an encoder") };
+    let AnyModel::Encoder(m) = AnyModel::load(&files, &Default::default()).unwrap() else { panic!("an encoder") };
     let answers = fill_mask(&m, &["alice is eating [MASK] ."], 5, &mut || ()).unwrap();
     answers[0].iter().map(|f| (f.token.clone(), f.score)).collect()
 }

@@ -290,7 +290,7 @@ fn options(v: Value) -> TrainOptions {
 }
 
 fn load_any(dir: &std::path::Path) -> AnyModel {
-    AnyModel::load(&ModelFiles::in_dir(dir.to_path_buf()).unwrap()).unwrap()
+    AnyModel::load(&ModelFiles::in_dir(dir.to_path_buf()).unwrap(), &Default::default()).unwrap()
 }
 
 fn encoder(dir: &std::path::Path) -> Model {

@@ -33,7 +33,7 @@ fn ai_load_model(
     let started = Instant::now();
     let files = ModelFiles::locate(source, crate::guc::hf_cache_dir().as_deref()).or_raise();
     crate::store::require_allowed_path(&files).or_raise();
-    let model = AnyModel::load(&files).or_raise();
+    let model = AnyModel::load(&files, &crate::guc::load_options()).or_raise();
     let load_time = started.elapsed();
     let task = match task {
         Some(task) => {

@@ -3,7 +3,6 @@
 //! failed run leaves nothing behind.
 
 use super::json_arg::JsonArg;
-use crate::engine::device::Placement;
 use crate::engine::error::{AiError, ErrorKind, Result};
 use crate::engine::files::ModelFiles;
 use crate::engine::models::AnyModel;
@@ -279,7 +278,7 @@ fn train_now(request: &Request, start: Start) -> String {
     let options = request.trainer_options();
     crate::guc::apply_compute_settings();
     // The trained model is loaded where pg_ai.device says: an unusable setting fails now, not after training.
-    Placement::current().device().or_raise();
+    crate::guc::load_options().placement.device().or_raise();
     let started = Instant::now();
     let scratch = Scratch::new();
     let outcome = Spi::connect(|client| {
@@ -301,7 +300,7 @@ pub(super) fn register(
     // Loading it back checks that the inference code reads what training wrote.
     let files = ModelFiles::in_dir(out_dir.to_path_buf()).or_raise();
     let (sha256, files_sha256) = files.sha256_with_digest(&mut super::interrupts).or_raise();
-    let model = AnyModel::load(&files).or_raise();
+    let model = AnyModel::load(&files, &crate::guc::load_options()).or_raise();
     let training = serde_json::json!({
         "objective": request.objective.name(),
         "source": request.source,

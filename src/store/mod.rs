@@ -104,7 +104,7 @@ fn load_registered(name: &str) -> Rc<AnyModel> {
     });
     cache::get_or_load(&entry, || {
         crate::guc::apply_compute_settings();
-        AnyModel::load(&files_of(&entry)?)
+        AnyModel::load(&files_of(&entry)?, &crate::guc::load_options())
     })
     .or_raise()
 }

@@ -20,13 +20,9 @@ use crate::kernels::vnni::VnniMatrix;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor, D};
 use candle_nn::Linear;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-static INT8_DECODERS: AtomicBool = AtomicBool::new(false);
-static INT8_ENCODERS: AtomicBool = AtomicBool::new(false);
-
-/// Which models loaded from now on hold their weights as Q8_0 (the pg_ai.int8_* settings).
+/// Which models a load holds as Q8_0 (the pg_ai.int8_* settings).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Int8 {
     /// BERT, DistilBERT and RoBERTa encoders with their task heads.
@@ -38,15 +34,6 @@ pub struct Int8 {
 impl Int8 {
     pub const NONE: Int8 = Int8 { encoders: false, decoders: false };
     pub const ALL: Int8 = Int8 { encoders: true, decoders: true };
-
-    pub fn set(self) {
-        INT8_ENCODERS.store(self.encoders, Ordering::Relaxed);
-        INT8_DECODERS.store(self.decoders, Ordering::Relaxed);
-    }
-
-    pub fn current() -> Int8 {
-        Int8 { encoders: INT8_ENCODERS.load(Ordering::Relaxed), decoders: INT8_DECODERS.load(Ordering::Relaxed) }
-    }
 }
 
 /// The shape to hold a Q8_0 weight of `n` rows of `k` at: (rows, row length). candle's tiled VNNI kernels take
@@ -59,7 +46,7 @@ impl Int8 {
 fn tiled_shape(n: usize, k: usize) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     if k.is_multiple_of(GgmlDType::Q8_0.block_size()) {
-        let vnni = crate::kernels::vnni::available() || is_x86_feature_detected!("avxvnni");
+        let vnni = crate::kernels::cpu::avx512_vnni() || crate::kernels::cpu::avx_vnni();
         if let Some(padded) = padded_by_at_most_half(k, 256).filter(|_| vnni) {
             return (n.next_multiple_of(16), padded);
         }

@@ -5,6 +5,7 @@ pub mod gguf;
 pub mod gpt2;
 pub mod llama;
 pub mod marian;
+pub mod registry;
 pub mod t5;
 
 use crate::device::Placement;
@@ -21,6 +22,7 @@ use crate::models::gpt2::Gpt2Model;
 use crate::models::llama::LlamaModel;
 use crate::text::TextTokenizer;
 use candle_core::Device;
+use registry::Int8Setting;
 
 /// What a model can be asked to do, in the names transformers' pipelines use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,23 @@ impl Task {
     }
 }
 
+/// How a load holds the weights and where it puts them: the pg_ai.int8_*, pg_ai.device and pg_ai.gguf_requantize
+/// settings, passed down by the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub int8: Int8,
+    /// Where models that can run on a GPU (see registry::ModelType::gpu) go; others run on the CPU.
+    pub placement: Placement,
+    /// GGUF files with Q4_1, Q5_1 or Q8_1 weights re-quantised to Q8_0 (see gguf::Weights::Fast).
+    pub gguf_requantize: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { int8: Int8::NONE, placement: Placement::Cpu, gguf_requantize: true }
+    }
+}
+
 pub struct Model {
     pub config: ModelConfig,
     pub tokenizer: TextTokenizer,
@@ -105,40 +124,34 @@ pub enum AnyModel {
 }
 
 impl AnyModel {
-    /// Loads the model, in 8 bits where the pg_ai.int8_* settings say (see engine::kernels::int8), an encoder onto the
-    /// device pg_ai.device says (see engine::device).
-    pub fn load(files: &ModelFiles) -> Result<AnyModel> {
-        let model = Self::load_on(files, Int8::current(), Placement::current());
+    /// Loads the model as `options` say, then gives the memory that loading freed back to the kernel.
+    pub fn load(files: &ModelFiles, options: &LoadOptions) -> Result<AnyModel> {
+        let model = Self::load_files(files, options);
         crate::allocator::give_back_freed_memory();
         model
     }
 
-    /// Loads the model onto the CPU, in 8 bits where `int8` says.
+    /// Loads the model onto the CPU, in 8 bits where `int8` says, other options at their defaults.
     pub fn load_with(files: &ModelFiles, int8: Int8) -> Result<AnyModel> {
-        Self::load_on(files, int8, Placement::Cpu)
+        Self::load(files, &LoadOptions { int8, ..LoadOptions::default() })
     }
 
-    /// Loads the model, in 8 bits where `int8` says; an encoder onto `placement`'s device (on a GPU in f32), other
-    /// models onto the CPU.
-    pub fn load_on(files: &ModelFiles, int8: Int8, placement: Placement) -> Result<AnyModel> {
+    fn load_files(files: &ModelFiles, options: &LoadOptions) -> Result<AnyModel> {
         if let Some(path) = files.gguf() {
-            return Ok(AnyModel::Gguf(GgufModel::load(path)?));
+            return Ok(AnyModel::Gguf(GgufModel::load(path, options.gguf_requantize)?));
         }
         let text = std::fs::read_to_string(files.dir.join("config.json"))
             .map_err(|e| AiError::missing_file(format!("cannot read config.json: {e}")))?;
         let config: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| AiError::corrupt(format!("config.json is not valid JSON: {e}")))?;
-        match config.get("model_type").and_then(serde_json::Value::as_str) {
-            Some("gpt2") => Ok(AnyModel::Gpt2(Gpt2Model::load(files, config, int8.decoders)?)),
-            Some("llama") => Ok(AnyModel::Llama(LlamaModel::load(files, config, int8.decoders)?)),
-            Some("t5") => Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::T5)?)),
-            Some("marian") => Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::Marian)?)),
-            _ => {
-                let device = placement.device()?;
-                let int8 = int8.encoders && device.is_cpu();
-                Ok(AnyModel::Encoder(Model::load(files, ModelConfig::from_value(config)?, int8, &device)?))
-            }
-        }
+        let model_type = registry::find(config.get("model_type").and_then(serde_json::Value::as_str).unwrap_or(""))?;
+        let device = if model_type.gpu { options.placement.device()? } else { Device::Cpu };
+        let int8 = match model_type.int8 {
+            Int8Setting::Encoders => options.int8.encoders && device.is_cpu(),
+            Int8Setting::Decoders => options.int8.decoders,
+            Int8Setting::None => false,
+        };
+        (model_type.load)(files, config, &registry::Target { int8, device })
     }
 
     pub fn can(&self, task: Task) -> bool {

@@ -333,32 +333,8 @@ fn continue_from(
     let files = crate::files::ModelFiles::in_dir(base_dir.to_path_buf())?;
     let mut config: Value = files.read_json("config.json")?.unwrap_or(Value::Null);
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
-    let encoder = ["bert", "distilbert", "roberta"].contains(&model_type.as_str());
-    let style = match (model_type.as_str(), objective) {
-        (_, Objective::Mlm | Objective::TextClassification | Objective::TokenClassification) if encoder => {
-            Style::Encoder
-        }
-        ("gpt2" | "llama", Objective::Clm) => Style::Decoder,
-        ("t5", Objective::Seq2Seq) => Style::Seq2Seq,
-        (_, _) if encoder || ["gpt2", "llama", "t5"].contains(&model_type.as_str()) => {
-            let can = match model_type.as_str() {
-                "gpt2" | "llama" => "clm",
-                "t5" => "seq2seq",
-                _ => "mlm, text-classification or token-classification",
-            };
-            return Err(AiError::wrong_task(format!(
-                "a {model_type} model cannot be trained for {}",
-                objective.name()
-            ))
-            .with_hint(format!("A {model_type} base can be fine-tuned for {can}.")));
-        }
-        (other, _) => {
-            return Err(AiError::wrong_task(format!("fine-tuning a \"{other}\" model is not supported")).with_hint(
-                "Fine-tuning supports bert, distilbert and roberta (mlm, text-classification, token-classification), \
-                 gpt2 and llama (clm) and t5 (seq2seq) models.",
-            ))
-        }
-    };
+    let training = crate::models::registry::training(&model_type, objective)?;
+    let style = training.style;
     let prefix = source_prefix(objective, options)?;
     if files.weights.len() != 1 || files.gguf().is_some() {
         return Err(AiError::invalid("fine-tuning needs a single model.safetensors file")
@@ -386,14 +362,7 @@ fn continue_from(
     base_shape(&config, &files.weights[0])?.check_memory(options)?;
     let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir)?)?;
     if let (Some(p), Some(obj)) = (options.dropout, config.as_object_mut()) {
-        let keys: &[&str] = match (&encoder_config, style) {
-            (Some(c), _) => crate::models::bert::layout::Layout::of(c.family).dropout_keys(),
-            (None, Style::Seq2Seq) => &["dropout_rate"],
-            // Llama has attention dropout only.
-            (None, _) if model_type == "llama" => &["attention_dropout"],
-            (None, _) => &["resid_pdrop", "embd_pdrop", "attn_pdrop"],
-        };
-        for key in keys {
+        for key in training.dropout_keys {
             obj.insert(key.to_string(), serde_json::json!(p));
         }
     }
@@ -402,14 +371,7 @@ fn continue_from(
         config["task_specific_params"]["translation"] = serde_json::json!({"prefix": prefix});
     }
     let source = params::read_safetensors(&files.weights[0])?;
-    let model: Box<dyn Trainable> = match style {
-        Style::Decoder if model_type == "llama" => Box::new(TrainableLlama::build(config, source, options.seed)?),
-        Style::Decoder => Box::new(TrainableGpt2::build(config, source, options.seed)?),
-        Style::Seq2Seq => Box::new(TrainableT5::build(config, source, options.seed)?),
-        Style::Encoder => {
-            Box::new(TrainableBert::build(config, bert_task(objective, &prepared), source, options.seed)?)
-        }
-    };
+    let model = (training.build)(config, objective, &prepared, source, options.seed)?;
     let files = |dir: &Path| crate::text::training::copy_tokenizer_files(base_dir, dir);
     let run = run::Job {
         model: &*model,
@@ -424,7 +386,8 @@ fn continue_from(
     train_and_save(run, progress, out_dir)
 }
 
-fn bert_task(objective: Objective, prepared: &data::Prepared) -> BertTask {
+/// What a BERT-family model learns for `objective`: the labels of the rows for the classifiers.
+pub(crate) fn bert_task(objective: Objective, prepared: &data::Prepared) -> BertTask {
     match objective {
         Objective::TextClassification => BertTask::Classifier(prepared.labels.clone()),
         Objective::TokenClassification => BertTask::TokenClassifier(prepared.labels.clone()),

@@ -140,13 +140,4 @@ impl Layout {
             }
         }
     }
-
-    /// The config keys that the `dropout` option sets.
-    pub fn dropout_keys(&self) -> &'static [&'static str] {
-        match self.family {
-            // A null classifier_dropout follows hidden_dropout_prob; DistilBERT's head has its own key.
-            Family::DistilBert => &["dropout", "attention_dropout", "seq_classif_dropout"],
-            Family::Bert | Family::Roberta => &["hidden_dropout_prob", "attention_probs_dropout_prob"],
-        }
-    }
 }

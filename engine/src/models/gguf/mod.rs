@@ -66,13 +66,6 @@ fn scalar_only(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1 | GgmlDType::Q8_1)
 }
 
-static REQUANTIZE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Whether `GgufModel::load` rewrites Q4_1, Q5_1 and Q8_1 weights as Q8_0 (the pg_ai.gguf_requantize setting).
-pub fn requantize_slow_weights(on: bool) {
-    REQUANTIZE.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// How a GGUF file's weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Weights {
@@ -102,11 +95,10 @@ fn bytes_in_memory(content: &gguf_file::Content) -> usize {
 }
 
 impl GgufModel {
-    /// Loads the file; one with Q4_1, Q5_1 or Q8_1 weights re-quantised to Q8_0 (`Weights::Fast`) unless
-    /// `requantize_slow_weights(false)` was called.
-    pub fn load(path: &Path) -> Result<Self> {
-        let fast = REQUANTIZE.load(std::sync::atomic::Ordering::Relaxed);
-        Self::load_as(path, if fast { Weights::Fast } else { Weights::AsStored })
+    /// Loads the file; one with Q4_1, Q5_1 or Q8_1 weights re-quantised to Q8_0 (`Weights::Fast`) where
+    /// `requantize` (the pg_ai.gguf_requantize setting).
+    pub fn load(path: &Path, requantize: bool) -> Result<Self> {
+        Self::load_as(path, if requantize { Weights::Fast } else { Weights::AsStored })
     }
 
     /// Whether the weights were re-quantised to Q8_0 (see `Weights::Fast`).
