@@ -5,9 +5,8 @@
 # scripts/cluster.sh running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=${PG_AI_CLUSTER:-/tmp/pg_ai-cluster}
-export PGOPTIONS="-c client_min_messages=warning"
-sql() { scripts/cluster.sh sql "$@"; }
+name="dump/restore"
+source tests/lib.sh
 ask='SELECT token FROM ai_fill_mask($$The farmer [MASK] a book every morning.$$, $$trained$$, 1)'
 
 sql -c "DROP DATABASE IF EXISTS pg_ai_dump" -c "DROP DATABASE IF EXISTS pg_ai_restored" -c "CREATE DATABASE pg_ai_dump"
@@ -25,7 +24,7 @@ scripts/cluster.sh start
 after_restart=$(sql -d pg_ai_dump -c "$ask")
 
 sql -c "CREATE DATABASE pg_ai_restored"
-runuser -u postgres -- pg_dump -h "$root" -p "${PG_AI_PORT:-28815}" -U postgres pg_ai_dump |
+as_postgres pg_dump -h "$root" -p "$port" -U postgres pg_ai_dump |
     sql -d pg_ai_restored -o /dev/null
 # Only the rows may answer: remove the server's written-out copy of the files first.
 rm -rf "$root/data/pg_ai/models"
@@ -35,11 +34,11 @@ restored=$(sql -d pg_ai_restored -c "$ask")
 sql -d pg_ai_dump -c "$ask" >/dev/null
 copy() { echo "$root/data/pg_ai/models/$(sql -c "SELECT oid FROM pg_database WHERE datname = '$1'")/$(sql -d "$1" -c "SELECT files_sha256 FROM ai.models WHERE name = 'trained'")"; }
 dump_copy=$(copy pg_ai_dump) restored_copy=$(copy pg_ai_restored)
-[ -d "$dump_copy" ] && [ -d "$restored_copy" ] || { echo "FAIL: no copy per database"; exit 1; }
+[ -d "$dump_copy" ] && [ -d "$restored_copy" ] || fail "no copy per database"
 sql -d pg_ai_dump -c "SELECT ai_drop_model('trained')" >/dev/null
-[ ! -e "$dump_copy" ] && [ -d "$restored_copy" ] || { echo "FAIL: a drop in one database removed another's copy"; exit 1; }
+[ ! -e "$dump_copy" ] && [ -d "$restored_copy" ] || fail "a drop in one database removed another's copy"
 sql -c "DROP DATABASE pg_ai_dump" -c "DROP DATABASE pg_ai_restored"
 
 echo "trained model fills the mask with: $before; after a restart: $after_restart; restored from a dump: $restored"
-[ -n "$before" ] && [ "$before" = "$after_restart" ] && [ "$before" = "$restored" ] || { echo "FAIL dump/restore"; exit 1; }
+[ -n "$before" ] && [ "$before" = "$after_restart" ] && [ "$before" = "$restored" ] || fail "answers differ"
 echo "ok   restart and dump/restore"

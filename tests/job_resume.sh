@@ -6,11 +6,9 @@
 # scripts/cluster.sh running; it puts the cluster's settings back as they were.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=${PG_AI_CLUSTER:-/tmp/pg_ai-cluster}
-export PGOPTIONS="-c client_min_messages=warning"
-sql() { scripts/cluster.sh sql "$@"; }
+name="job resume"
+source tests/lib.sh
 db() { sql -d pg_ai_resume -c "$1"; }
-fail() { echo "FAIL job resume: $*"; tail -n 30 "$root/server.log"; exit 1; }
 options='{"max_steps": 1500, "checkpoint_every": 25, "dropout": 0.1, "log_every": 100000}'
 
 restore_settings() {
@@ -61,8 +59,8 @@ went_on_from() {
 # 1. The server stops as in a crash (no shutdown checkpoint, no time for the worker to record anything).
 job=$(db "SELECT ai_pretrain_async('after-crash', 'sentences', 'mlm', '$options')")
 wait_for_checkpoint "$job"
-runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$root/data" -m immediate stop >/dev/null
-runuser -u postgres -- mkdir -p "$root/data/pg_ai/models/4000000000/x" "$root/data/pg_ai/models/$(printf 'a%.0s' {1..64})"
+as_postgres /usr/lib/postgresql/15/bin/pg_ctl -D "$root/data" -m immediate stop >/dev/null
+as_postgres mkdir -p "$root/data/pg_ai/models/4000000000/x" "$root/data/pg_ai/models/$(printf 'a%.0s' {1..64})"
 scripts/cluster.sh start
 [ "$(wait_until_ended "$job")" = done ] || fail "job $job: $(db "SELECT error FROM ai.jobs WHERE id = $job")"
 grep -q "pg_ai: resuming job $job in database \"pg_ai_resume\"" "$root/server.log" || fail "job $job was not resumed"

@@ -5,11 +5,9 @@
 # pg_ai installed and the cluster of scripts/cluster.sh running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=${PG_AI_CLUSTER:-/tmp/pg_ai-cluster}
-export PGOPTIONS="-c client_min_messages=warning"
-sql() { scripts/cluster.sh sql "$@"; }
+name="kill mid-generation"
+source tests/lib.sh
 db() { sql -d pg_ai_kill -c "$1"; }
-fail() { echo "FAIL kill mid-generation: $*"; tail -n 30 "$root/server.log"; exit 1; }
 postmaster() { head -n 1 "$root/data/postmaster.pid"; }
 # A statement that generates for minutes: many greedy generations of the fixture GPT-2.
 long='SELECT count(ai_generate($$the cat$$, $$gpt2$$, max_tokens => 64)) FROM generate_series(1, 1000000)'

@@ -20,7 +20,7 @@ pub const ROWS: usize = 32;
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        if std::env::var_os("PG_AI_NO_AMX").is_some() || !super::vnni::available() {
+        if super::cpu::amx_switched_off() || !super::vnni::available() {
             return false;
         }
         // SAFETY: cpuid is always there on x86-64; xgetbv is only run where cpuid says the OS enabled it.

@@ -42,7 +42,7 @@ struct OneRow;
 /// `rows` (y.len() rows of x.len() values) times `x`, into `y`.
 fn rows_times(rows: &[f32], x: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if super::cpu::avx512() {
         // SAFETY: the CPU has AVX-512F.
         return unsafe { avx512::rows_times(rows, x, y) };
     }
@@ -169,8 +169,9 @@ mod tests {
 
     #[cfg(target_arch = "x86_64")]
     #[test]
+    #[cfg_attr(cpu_lacks_avx512, ignore = "this CPU has no AVX-512")]
     fn avx512_rows_agree_with_the_plain_loop() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
+        if !crate::kernels::cpu::avx512() {
             return;
         }
         // Inputs shorter than, equal to and past a vector, with and without a remainder; 1-9 rows (fours and the

@@ -4,6 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
+pub mod cpu;
 pub mod fast_math;
 pub mod fused;
 pub mod int8;

@@ -16,14 +16,9 @@ use rayon::prelude::*;
 const ROWS: usize = 8;
 const TILES: usize = 3;
 
-/// Whether this CPU has the instructions (checked once by std, then a load).
+/// Whether this CPU has the instructions.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    super::cpu::avx512()
 }
 
 /// A weight matrix (n rows of k) packed for the kernel: for each tile of 16 rows, for each of the k columns, the
@@ -157,6 +152,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(cpu_lacks_avx512, ignore = "this CPU has no AVX-512")]
     fn products_agree_with_a_plain_loop() {
         if !available() {
             return;
@@ -179,6 +175,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(cpu_lacks_avx512, ignore = "this CPU has no AVX-512")]
     fn no_bias_adds_nothing() {
         if !available() {
             return;

@@ -14,11 +14,11 @@
 pub fn widest<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if super::cpu::avx512() {
             // SAFETY: the CPU has the features the function is compiled with.
             return unsafe { avx512(f) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if super::cpu::avx2_fma() {
             // SAFETY: as above.
             return unsafe { avx2(f) };
         }

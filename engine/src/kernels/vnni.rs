@@ -23,16 +23,9 @@ pub(super) const TILE: usize = 16;
 const ROWS: usize = 8;
 const TILES: usize = 3;
 
-/// Whether this CPU has the instructions (checked once by std, then a load).
+/// Whether this CPU has the instructions.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    super::cpu::avx512_vnni()
 }
 
 /// A weight matrix (n rows of k) in 8 bits, packed for vpdpbusd: for each tile of 16 rows, for each group of 4
@@ -388,9 +381,9 @@ mod tests {
     /// Every shape of block (1 to 8 rows, 1 to 3 tiles), k within, at and beyond a block, n off a tile: with
     /// values 8 bits hold exactly, the products are exact but for f32's rounding of the scales and sums.
     #[test]
+    #[cfg_attr(cpu_lacks_avx512_vnni, ignore = "this CPU has no AVX-512 VNNI")]
     fn products_of_values_8_bits_hold_are_exact() {
         if !available() {
-            eprintln!("no AVX-512 VNNI here: nothing to test");
             return;
         }
         for (m, n, k) in SHAPES {
@@ -408,6 +401,7 @@ mod tests {
     /// (spread sqrt(k) / 3); each operand is off by up to 1/254 of its block's largest, which leaves each
     /// output off by about 0.5% of that spread (1.9% at worst in these 8,600 outputs).
     #[test]
+    #[cfg_attr(cpu_lacks_avx512_vnni, ignore = "this CPU has no AVX-512 VNNI")]
     fn products_match_f64_within_8_bit_rounding() {
         if !available() {
             return;
@@ -425,9 +419,10 @@ mod tests {
     /// AMX and AVX-512 add the same integers and scale them in the same order: the same answers to the bit.
     #[test]
     #[cfg(target_arch = "x86_64")]
+    #[cfg_attr(cpu_lacks_amx, ignore = "this CPU has no AMX")]
     fn amx_answers_as_avx512_does() {
         if !crate::kernels::amx::available() {
-            eprintln!("no AMX here: nothing to compare");
+            eprintln!("AMX is switched off or not permitted here: nothing to compare");
             return;
         }
         for (m, n, k) in [(32, 16, 128), (33, 48, 384), (64, 50, 1000), (100, 31, 130), (40, 600, 256)] {
@@ -439,6 +434,7 @@ mod tests {
 
     /// Zero rows and blocks add exactly zero to the bias, and a row of one value is exact.
     #[test]
+    #[cfg_attr(cpu_lacks_avx512_vnni, ignore = "this CPU has no AVX-512 VNNI")]
     fn zeros_and_exact_values() {
         if !available() {
             return;
