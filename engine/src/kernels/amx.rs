@@ -7,10 +7,10 @@
 //! AMX. A thread's tile configuration is saved before and restored after each block, so other code in the
 //! process using the tiles with its own (candle's GGUF kernels) is left as it was.
 
-use super::vnni::{add_block, VnniMatrix, BLOCK, TILE};
+use super::tiles::{Task, TILE};
+use super::vnni::{add_block, VnniMatrix, BLOCK};
 use std::arch::asm;
 use std::arch::x86_64::*;
-use std::ops::Range;
 use std::sync::OnceLock;
 
 /// Rows of inputs one task multiplies: two tiles of 16.
@@ -59,8 +59,8 @@ struct Config {
     rows: [u8; 16],
 }
 
-/// Up to 32 input rows (`row0`..) times the weight tiles `tiles` (16 weight rows each), over all of k, into
-/// `out` (rows of `width`). `inputs` must hold 32 rows from `row0` on (padding rows included).
+/// A task of up to 32 input rows times up to 16 weight tiles (16 weight rows each), over all of k, into `out`
+/// (rows of `width`). `inputs` must hold 32 rows from the task's first on (padding rows included).
 ///
 /// # Safety
 /// `available()` must be true; `out` must have room for the rows and columns written.
@@ -70,12 +70,12 @@ pub unsafe fn multiply(
     matrix: &VnniMatrix,
     inputs: &[u8],
     input_scales: &[f32],
-    row0: usize,
-    rows: usize,
-    tiles: Range<usize>,
+    task: Task,
     out: *mut f32,
     width: usize,
 ) {
+    let Task { row0, rows, tile0, tiles } = task;
+    let tiles = tile0..tile0 + tiles;
     assert!(inputs.len() >= (row0 + ROWS) * matrix.k_padded && rows <= ROWS);
     // tmm0..3 the sums (rows 0-15 and 16-31 by tiles 0 and 1), tmm4-5 the inputs, tmm6-7 the weights: each 16
     // rows of 64 bytes. Palette 1 has 8 tiles; the entries of tiles 8-15 must be 0, or ldtilecfg faults.

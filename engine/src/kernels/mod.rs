@@ -12,4 +12,5 @@ pub mod matvec;
 pub mod packed;
 pub mod row_parts;
 pub mod simd;
+pub mod tiles;
 pub mod vnni;

@@ -9,8 +9,7 @@
 //! (see the README's benchmarks). Here the weight is packed at load, 16 output columns side by side, and each task
 //! multiplies 8 input rows by 48 columns in 24 of the 32 vector registers, as engine::kernels::vnni does in 8 bits.
 
-use super::vnni::{tile_bias_values, without_padding, Block, Destination, TILE};
-use rayon::prelude::*;
+use super::tiles::{run_tasks, tile_bias_values, Destination, Task, TILE};
 
 /// Input rows and column tiles one task multiplies at once.
 const ROWS: usize = 8;
@@ -65,36 +64,20 @@ impl PackedMatrix {
     pub fn times(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert!(available(), "PackedMatrix::times needs AVX-512");
         assert_eq!(x.len(), m * self.k, "an input of m rows of k");
-        let tiles = self.n.div_ceil(TILE);
-        let width = tiles * TILE;
-        // Not zeroed first: the tasks write every element, and only then is the length set.
-        let mut out: Vec<f32> = Vec::with_capacity(m * width);
-        let at = Destination(out.as_mut_ptr());
-        let row_groups = m.div_ceil(ROWS);
-        // Row groups inside a group of tiles: the group's weights (48 rows of k) stay in cache while every row
-        // group goes past them.
-        (0..tiles.div_ceil(TILES) * row_groups).into_par_iter().for_each(|task| {
-            let (tile0, row0) = ((task / row_groups) * TILES, (task % row_groups) * ROWS);
-            let block = Block { row0, rows: (m - row0).min(ROWS), tile0, tiles: (tiles - tile0).min(TILES) };
-            // SAFETY: available() was checked; tasks write disjoint rows and columns of `out`, which is m rows
-            // of `width` and outlives the loop.
-            unsafe { self.multiply(x, block, at, width) };
-        });
-        // SAFETY: the tasks wrote all m rows of `width`.
-        unsafe { out.set_len(m * width) };
-        without_padding(out, m, self.n)
+        // SAFETY: available() was checked; each task's kernel writes all of its rows and tiles.
+        unsafe { run_tasks(m, self.n, ROWS, TILES, |task, out, width| self.multiply(x, task, out, width)) }
     }
 
-    /// Dispatches a block to the kernel compiled for its numbers of rows and tiles.
+    /// Dispatches a task to the kernel compiled for its numbers of rows and tiles.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn multiply(&self, x: &[f32], block: Block, out: Destination, width: usize) {
+    unsafe fn multiply(&self, x: &[f32], task: Task, out: Destination, width: usize) {
         macro_rules! dispatch {
             ($($rows:literal)*) => {
-                match (block.rows, block.tiles) {
-                    $(($rows, 3) => self.kernel::<$rows, 3>(x, block, out, width),
-                      ($rows, 2) => self.kernel::<$rows, 2>(x, block, out, width),
-                      ($rows, 1) => self.kernel::<$rows, 1>(x, block, out, width),)*
-                    _ => unreachable!("blocks have 1 to {ROWS} rows and 1 to {TILES} tiles"),
+                match (task.rows, task.tiles) {
+                    $(($rows, 3) => self.kernel::<$rows, 3>(x, task, out, width),
+                      ($rows, 2) => self.kernel::<$rows, 2>(x, task, out, width),
+                      ($rows, 1) => self.kernel::<$rows, 1>(x, task, out, width),)*
+                    _ => unreachable!("tasks have 1 to {ROWS} rows and 1 to {TILES} tiles"),
                 }
             };
         }
@@ -102,7 +85,7 @@ impl PackedMatrix {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn multiply(&self, _: &[f32], _: Block, _: Destination, _: usize) {
+    unsafe fn multiply(&self, _: &[f32], _: Task, _: Destination, _: usize) {
         unreachable!("available() is false off x86-64")
     }
 
@@ -110,13 +93,13 @@ impl PackedMatrix {
     /// broadcast input value T tiles.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel<const R: usize, const T: usize>(&self, x: &[f32], block: Block, out: Destination, width: usize) {
+    unsafe fn kernel<const R: usize, const T: usize>(&self, x: &[f32], task: Task, out: Destination, width: usize) {
         use std::arch::x86_64::*;
         let k = self.k;
-        let weights = self.packed.as_ptr().add(block.tile0 * TILE * k);
-        let input = x.as_ptr().add(block.row0 * k);
+        let weights = self.packed.as_ptr().add(task.tile0 * TILE * k);
+        let input = x.as_ptr().add(task.row0 * k);
         let bias: [__m512; T] =
-            std::array::from_fn(|t| _mm512_loadu_ps(self.bias.as_ptr().add((block.tile0 + t) * TILE)));
+            std::array::from_fn(|t| _mm512_loadu_ps(self.bias.as_ptr().add((task.tile0 + t) * TILE)));
         let mut sums = [bias; R];
         for column in 0..k {
             let w: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(weights.add((t * k + column) * TILE)));
@@ -129,7 +112,7 @@ impl PackedMatrix {
         }
         for (r, sums) in sums.iter().enumerate() {
             for (t, sum) in sums.iter().enumerate() {
-                _mm512_storeu_ps(out.get().add((block.row0 + r) * width + (block.tile0 + t) * TILE), *sum);
+                _mm512_storeu_ps(out.get().add((task.row0 + r) * width + (task.tile0 + t) * TILE), *sum);
             }
         }
     }

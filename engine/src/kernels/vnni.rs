@@ -13,12 +13,11 @@
 //! times each block's sum of weights, kept per row, is taken away again.
 
 use super::fast_math::round_to_i32;
+use super::tiles::{run_tasks, tile_bias_values, Destination, Task, TILE};
 use rayon::prelude::*;
 
 /// Values along k that share one scale, for weights and inputs alike.
 pub const BLOCK: usize = 128;
-/// Output columns a vector of 16 i32 sums covers; weights are packed 16 rows at a time.
-pub(super) const TILE: usize = 16;
 /// Input rows and column tiles one task multiplies at once (8 x 3 sums in 24 of the 32 vector registers).
 const ROWS: usize = 8;
 const TILES: usize = 3;
@@ -112,12 +111,6 @@ impl VnniMatrix {
     fn times_on(&self, x: &[f32], m: usize, amx: bool) -> Vec<f32> {
         assert!(available(), "VnniMatrix::times needs AVX-512 VNNI");
         assert_eq!(x.len(), m * self.k, "an input of m rows of k");
-        let width = self.n.div_ceil(TILE) * TILE;
-        // Not zeroed first (that took a tenth of an 8-bit array embed): the tasks write every element, and only
-        // then is the length set.
-        let mut out: Vec<f32> = Vec::with_capacity(m * width);
-        let at = Destination(out.as_mut_ptr());
-        let tiles = self.n.div_ceil(TILE);
         #[cfg(target_arch = "x86_64")]
         if amx {
             use super::amx::ROWS;
@@ -125,31 +118,20 @@ impl VnniMatrix {
             let (inputs, input_scales) = self.quantize_inputs(x, m, m.next_multiple_of(ROWS));
             // Tasks of 32 rows by up to 16 tiles (256 columns): a task loads the tile configuration once.
             const TILES_PER_TASK: usize = 16;
-            let row_groups = m.div_ceil(ROWS);
-            (0..tiles.div_ceil(TILES_PER_TASK) * row_groups).into_par_iter().for_each(|task| {
-                let (tile0, row0) = ((task / row_groups) * TILES_PER_TASK, (task % row_groups) * ROWS);
-                let (rows, tiles) = ((m - row0).min(ROWS), tile0..(tile0 + TILES_PER_TASK).min(tiles));
-                // SAFETY: AMX is available; tasks write disjoint rows and columns of `out` (m rows of `width`).
-                unsafe { super::amx::multiply(self, &inputs, &input_scales, row0, rows, tiles, at.get(), width) };
-            });
-            // SAFETY: the tasks wrote all m rows of `width`.
-            unsafe { out.set_len(m * width) };
-            return without_padding(out, m, self.n);
+            // SAFETY: AMX is available; each task writes all of its rows and tiles.
+            return unsafe {
+                run_tasks(m, self.n, ROWS, TILES_PER_TASK, |task, out, width| {
+                    super::amx::multiply(self, &inputs, &input_scales, task, out.get(), width)
+                })
+            };
         }
         let (inputs, input_scales) = self.quantize_inputs(x, m, m);
-        let row_groups = m.div_ceil(ROWS);
-        // Row groups inside a group of tiles: the group's weights (48 rows of k) stay in cache while every row
-        // group goes past them.
-        (0..tiles.div_ceil(TILES) * row_groups).into_par_iter().for_each(|task| {
-            let (tile0, row0) = ((task / row_groups) * TILES, (task % row_groups) * ROWS);
-            let block = Block { row0, rows: (m - row0).min(ROWS), tile0, tiles: (tiles - tile0).min(TILES) };
-            // SAFETY: available() was checked; tasks write disjoint rows and columns of `out`, which is m rows
-            // of `width` and outlives the loop.
-            unsafe { self.multiply(&inputs, &input_scales, block, at, width) };
-        });
-        // SAFETY: the tasks wrote all m rows of `width`.
-        unsafe { out.set_len(m * width) };
-        without_padding(out, m, self.n)
+        // SAFETY: available() was checked; each task's kernel writes all of its rows and tiles.
+        unsafe {
+            run_tasks(m, self.n, ROWS, TILES, |task, out, width| {
+                self.multiply(&inputs, &input_scales, task, out, width)
+            })
+        }
     }
 
     /// Each input row in 8 bits per block of 128, offset by +128, and each block's scale; `rows` rows, those
@@ -181,16 +163,16 @@ impl VnniMatrix {
         (inputs, scales)
     }
 
-    /// Dispatches a block to the kernel compiled for its numbers of rows and tiles.
+    /// Dispatches a task to the kernel compiled for its numbers of rows and tiles.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn multiply(&self, inputs: &[u8], input_scales: &[f32], block: Block, out: Destination, width: usize) {
+    unsafe fn multiply(&self, inputs: &[u8], input_scales: &[f32], task: Task, out: Destination, width: usize) {
         macro_rules! dispatch {
             ($($rows:literal)*) => {
-                match (block.rows, block.tiles) {
-                    $(($rows, 3) => self.kernel::<$rows, 3>(inputs, input_scales, block, out, width),
-                      ($rows, 2) => self.kernel::<$rows, 2>(inputs, input_scales, block, out, width),
-                      ($rows, 1) => self.kernel::<$rows, 1>(inputs, input_scales, block, out, width),)*
-                    _ => unreachable!("blocks have 1 to {ROWS} rows and 1 to {TILES} tiles"),
+                match (task.rows, task.tiles) {
+                    $(($rows, 3) => self.kernel::<$rows, 3>(inputs, input_scales, task, out, width),
+                      ($rows, 2) => self.kernel::<$rows, 2>(inputs, input_scales, task, out, width),
+                      ($rows, 1) => self.kernel::<$rows, 1>(inputs, input_scales, task, out, width),)*
+                    _ => unreachable!("tasks have 1 to {ROWS} rows and 1 to {TILES} tiles"),
                 }
             };
         }
@@ -198,7 +180,7 @@ impl VnniMatrix {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn multiply(&self, _: &[u8], _: &[f32], _: Block, _: Destination, _: usize) {
+    unsafe fn multiply(&self, _: &[u8], _: &[f32], _: Task, _: Destination, _: usize) {
         unreachable!("available() is false off x86-64")
     }
 
@@ -209,16 +191,16 @@ impl VnniMatrix {
         &self,
         inputs: &[u8],
         input_scales: &[f32],
-        block: Block,
+        task: Task,
         out: Destination,
         width: usize,
     ) {
         use std::arch::x86_64::*;
         let (k_padded, blocks) = (self.k_padded, self.k_padded / BLOCK);
         let tile_bytes = TILE * k_padded;
-        let weights = self.packed.as_ptr().add(block.tile0 * tile_bytes);
-        let input = inputs.as_ptr().add(block.row0 * k_padded);
-        let mut totals = [std::array::from_fn::<_, T, _>(|t| self.tile_bias(block.tile0 + t)); R];
+        let weights = self.packed.as_ptr().add(task.tile0 * tile_bytes);
+        let input = inputs.as_ptr().add(task.row0 * k_padded);
+        let mut totals = [std::array::from_fn::<_, T, _>(|t| self.tile_bias(task.tile0 + t)); R];
         for b in 0..blocks {
             let mut sums = [[_mm512_setzero_si512(); T]; R];
             for g in b * BLOCK / 4..(b + 1) * BLOCK / 4 {
@@ -234,16 +216,16 @@ impl VnniMatrix {
                 }
             }
             for t in 0..T {
-                let (scale, offset) = self.block_weights(block.tile0 + t, b);
+                let (scale, offset) = self.block_weights(task.tile0 + t, b);
                 for r in 0..R {
-                    let x_scale = input_scales[(block.row0 + r) * blocks + b];
+                    let x_scale = input_scales[(task.row0 + r) * blocks + b];
                     totals[r][t] = add_block(totals[r][t], sums[r][t], scale, offset, x_scale);
                 }
             }
         }
         for (r, totals) in totals.iter().enumerate() {
             for (t, total) in totals.iter().enumerate() {
-                _mm512_storeu_ps(out.0.add((block.row0 + r) * width + (block.tile0 + t) * TILE), *total);
+                _mm512_storeu_ps(out.get().add((task.row0 + r) * width + (task.tile0 + t) * TILE), *total);
             }
         }
     }
@@ -290,48 +272,6 @@ pub(super) unsafe fn add_block(
     let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, offset));
     _mm512_fmadd_ps(exact, _mm512_mul_ps(scale, _mm512_set1_ps(input_scale)), total)
 }
-
-/// A bias of n values (zeros without one) followed by zeros to a whole tile, as the kernels add it.
-pub(super) fn tile_bias_values(bias: Option<&[f32]>, n: usize) -> Vec<f32> {
-    let mut padded = vec![0f32; n.next_multiple_of(TILE)];
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), n, "a bias of n values");
-        padded[..n].copy_from_slice(bias);
-    }
-    padded
-}
-
-/// The m output rows without the columns of the last tile's padding rows: n of each.
-pub(super) fn without_padding(out: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
-    let width = out.len() / m.max(1);
-    if width == n {
-        return out;
-    }
-    out.chunks_exact(width).flat_map(|row| &row[..n]).copied().collect()
-}
-
-/// Input rows row0.. and weight tiles tile0.. that one task multiplies.
-#[derive(Clone, Copy)]
-pub(super) struct Block {
-    pub(super) row0: usize,
-    pub(super) rows: usize,
-    pub(super) tile0: usize,
-    pub(super) tiles: usize,
-}
-
-/// The output, written by many tasks at disjoint places.
-#[derive(Clone, Copy)]
-pub(super) struct Destination(pub(super) *mut f32);
-// SAFETY: tasks write disjoint elements (see `times`).
-unsafe impl Send for Destination {}
-
-impl Destination {
-    /// The pointer (a method, so closures capture the Sync wrapper rather than its field).
-    pub(super) fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-unsafe impl Sync for Destination {}
 
 #[cfg(test)]
 mod tests {
