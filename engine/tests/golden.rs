@@ -307,11 +307,23 @@ mod generation {
         check_greedy("llama-rope");
     }
 
+    /// Qwen2: biases on the query, key and value projections, tied embeddings, rope_theta 1e6.
+    #[test]
+    fn qwen2_greedy_ids_and_logits_match_transformers() {
+        check_greedy("qwen2");
+    }
+
+    /// Qwen3: norms of each query and key head, and a head_dim that is not hidden_size / heads.
+    #[test]
+    fn qwen3_greedy_ids_and_logits_match_transformers() {
+        check_greedy("qwen3");
+    }
+
     /// With pg_ai.int8_decoders the fixtures' next-token logits stay within 1% of their spread of transformers'
     /// f32 ones (their weights are random: SmolLM2's real ones measure the change in KL below).
     #[test]
     fn int8_decoders_stay_near_transformers() {
-        for name in ["gpt2", "llama", "llama-rope"] {
+        for name in ["gpt2", "llama", "llama-rope", "qwen2", "qwen3"] {
             let files = ModelFiles::in_dir(fixtures().join("models").join(name)).unwrap();
             let loaded = AnyModel::load_with(&files, Int8::ALL).unwrap();
             let m = loaded.causal().unwrap();

@@ -121,6 +121,8 @@ pub const MODEL_TYPES: &[ModelType] = &[
             build: |config, _, _, source, seed| Ok(Box::new(TrainableLlama::build(config, source, seed)?)),
         }),
     },
+    decoder("qwen2"),
+    decoder("qwen3"),
     ModelType {
         name: "t5",
         tasks: &[Task::Translation, Task::Summarization],
@@ -143,6 +145,18 @@ pub const MODEL_TYPES: &[ModelType] = &[
         training: None,
     },
 ];
+
+/// Llama's relatives that models::llama runs (see projected::Variant); generation only so far.
+const fn decoder(name: &'static str) -> ModelType {
+    ModelType {
+        name,
+        tasks: &[Task::TextGeneration],
+        int8: Int8Setting::Decoders,
+        gpu: false,
+        load: |files, config, how| Ok(AnyModel::Llama(LlamaModel::load(files, config, how.int8)?)),
+        training: None,
+    }
+}
 
 fn load_encoder(files: &ModelFiles, config: Value, how: &Target) -> Result<AnyModel> {
     Ok(AnyModel::Encoder(Model::load(files, ModelConfig::from_value(config)?, how.int8, &how.device)?))
@@ -228,8 +242,8 @@ mod tests {
         assert_eq!(
             e.hint.as_deref(),
             Some(
-                "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, gpt2, llama, t5 or \
-                 marian, and GGUF files of llama models."
+                "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, gpt2, llama, qwen2, \
+                 qwen3, t5 or marian, and GGUF files of llama models."
             )
         );
         let e = training("marian", Objective::Seq2Seq).err().unwrap();

@@ -5,7 +5,7 @@ use crate::error::{AiError, Result};
 use crate::generate::kv_cache;
 use crate::generate::{CausalLm, Decoder, TextCodec};
 use crate::kernels::int8::Projection;
-use crate::models::llama::projected::{Layer, ProjectedLlama};
+use crate::models::llama::projected::{Layer, ProjectedLlama, Variant};
 use crate::text::decoder::DecoderTokenizer;
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
@@ -153,7 +153,7 @@ impl GgufModel {
             let model = if requantised || weights == Weights::F32 {
                 let (tensors, config) = as_transformers_llama(&content, &mut file).map_err(corrupt)?;
                 let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-                ProjectedLlama::load(&vb, &config, requantised)
+                ProjectedLlama::load(&vb, &config, Variant::default(), requantised)
             } else {
                 as_stored(&content, &mut file)
             }
@@ -231,6 +231,8 @@ fn as_stored<R: Read + Seek>(content: &gguf_file::Content, file: &mut R) -> cand
         layers.push(Layer {
             attention_norm: norm(part("attn_norm")?)?,
             qkv: Projection::stored(vec![q, k, part("attn_v")?])?,
+            query_norm: None,
+            key_norm: None,
             attention_out: Projection::stored(vec![part("attn_output")?])?,
             mlp_norm: norm(part("ffn_norm")?)?,
             gate_up: Projection::stored(vec![part("ffn_gate")?, part("ffn_up")?])?,
@@ -244,7 +246,15 @@ fn as_stored<R: Read + Seek>(content: &gguf_file::Content, file: &mut R) -> cand
         true => embeddings,
         false => stored("output.weight")?,
     };
-    ProjectedLlama::new(&config, lookup, layers, output_norm, Projection::stored(vec![head])?, false)
+    ProjectedLlama::new(
+        &config,
+        Variant::default(),
+        lookup,
+        layers,
+        output_norm,
+        Projection::stored(vec![head])?,
+        false,
+    )
 }
 
 /// The rows of a query or key weight, which llama.cpp's converter interleaves within each head, back in

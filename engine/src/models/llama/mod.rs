@@ -1,16 +1,17 @@
-//! Llama-family decoders from safetensors (Llama, SmolLM and the like), on pg_ai's own Llama (engine::models::llama::projected:
-//! f32, or 8 bits with pg_ai.int8_decoders), or for llama3-scaled rotary embeddings, which that one lacks, on
-//! candle-transformers' Llama in f32.
+//! Llama-family decoders from safetensors (Llama, SmolLM and the like, and Qwen2 and Qwen3, which differ from Llama
+//! only as `projected::Variant` says), on pg_ai's own Llama (engine::models::llama::projected: f32, or 8 bits with
+//! pg_ai.int8_decoders), or for llama3-scaled rotary embeddings, which that one lacks, on candle-transformers' Llama
+//! in f32.
 
 pub mod projected;
 pub mod train;
 
-use crate::error::{AiError, Result};
+use crate::error::{AiError, ErrorKind, Result};
 use crate::files::ModelFiles;
 use crate::generate::kv_cache;
 use crate::generate::{CausalLm, Decoder, TextCodec};
 use crate::models::bert::var_builder;
-use crate::models::llama::projected::ProjectedLlama;
+use crate::models::llama::projected::{head_dim, ProjectedLlama, Variant};
 use crate::text::decoder::DecoderTokenizer;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig, LlamaEosToks};
@@ -39,7 +40,9 @@ impl LlamaModel {
     pub fn load(files: &ModelFiles, config: Value, int8: bool) -> Result<Self> {
         let parsed: LlamaConfig = serde_json::from_value(top_level_rope(config.clone())?)
             .map_err(|e| AiError::corrupt(format!("config.json is not a Llama configuration: {e}")))?;
-        let llama_config = parsed.clone().into_config(false);
+        let variant = variant(&config)?;
+        let mut llama_config = parsed.clone().into_config(false);
+        llama_config.max_position_embeddings = context(&config, llama_config.max_position_embeddings);
         let eos_ids = match parsed.eos_token_id {
             Some(LlamaEosToks::Single(id)) => vec![id],
             Some(LlamaEosToks::Multiple(ids)) => ids,
@@ -50,17 +53,11 @@ impl LlamaModel {
             .read_json("tokenizer_config.json")?
             .and_then(|c| c.get("chat_template")?.as_str().map(str::to_string));
         let c = &llama_config;
-        let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
-        if heads == 0 || kv_heads == 0 || !c.hidden_size.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
-            return Err(AiError::corrupt(format!(
-                "config.json: {heads} attention heads and {kv_heads} key/value heads do not fit hidden_size {}",
-                c.hidden_size
-            )));
-        }
-        let kv = c.hidden_size / heads * kv_heads;
+        let d = head_dim(c, variant).map_err(|e| AiError::corrupt(format!("config.json: {e}")))?;
+        let (q, kv) = (d * c.num_attention_heads, d * c.num_key_value_heads);
         // Saturating: config.json's sizes are not yet checked against the weights.
         let p = crate::budget::product;
-        let per_layer = p(&[c.hidden_size, p(&[2, c.hidden_size]).saturating_add(p(&[2, kv]))])
+        let per_layer = p(&[c.hidden_size, p(&[2, q]).saturating_add(p(&[2, kv]))])
             .saturating_add(p(&[3, c.hidden_size, c.intermediate_size]))
             .saturating_add(p(&[2, c.hidden_size]));
         let head = if c.tie_word_embeddings { 0 } else { p(&[c.vocab_size, c.hidden_size]) };
@@ -72,12 +69,18 @@ impl LlamaModel {
         let mismatch = |e: candle_core::Error| AiError::corrupt(format!("the weights do not match config.json: {e}"));
         // pg_ai's Llama has transformers' default rotary embeddings only: llama3-scaled models stay on candle's, in f32.
         let (weights, weight_bytes) = if c.rope_scaling.is_none() {
-            let model = ProjectedLlama::load(&vb, c, int8).map_err(mismatch)?;
+            let model = ProjectedLlama::load(&vb, c, variant, int8).map_err(mismatch)?;
             let bytes = model.weight_bytes();
             (Weights::Projected(model), bytes)
-        } else {
+        } else if variant == Variant::default() {
             let model = Llama::load(vb, &llama_config).map_err(mismatch)?;
             (Weights::Candle { model, config: llama_config }, parameters.saturating_mul(4))
+        } else {
+            return Err(AiError::new(
+                ErrorKind::Unsupported,
+                "llama3-scaled rotary embeddings with biases, head norms or a head_dim of its own are not supported",
+            )
+            .with_hint("pg_ai runs such models with default rotary embeddings."));
         };
         let architecture =
             config.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("LlamaForCausalLM");
@@ -90,6 +93,38 @@ impl LlamaModel {
             parameters,
             weight_bytes,
         })
+    }
+}
+
+/// How the model in config.json differs from a Llama (see `Variant`).
+fn variant(config: &Value) -> Result<Variant> {
+    let flag = |key: &str| config.get(key).and_then(Value::as_bool).unwrap_or(false);
+    if flag("mlp_bias") {
+        return Err(AiError::new(ErrorKind::Unsupported, "Llama models with mlp_bias are not supported"));
+    }
+    let head_dim = config.get("head_dim").and_then(Value::as_u64).map(|d| d as usize);
+    let attention_bias = flag("attention_bias");
+    Ok(match config.get("model_type").and_then(Value::as_str) {
+        // Qwen2's query, key and value projections always have biases, its output projection none.
+        Some("qwen2") => Variant { qkv_bias: true, out_bias: false, qk_norm: false, head_dim },
+        Some("qwen3") => Variant { qkv_bias: attention_bias, out_bias: attention_bias, qk_norm: true, head_dim },
+        _ => Variant { qkv_bias: attention_bias, out_bias: attention_bias, qk_norm: false, head_dim },
+    })
+}
+
+/// The positions the model may see. Layers of sliding attention (Qwen2 and Qwen3 with use_sliding_window, or
+/// transformers 5's layer_types) attend to the last sliding_window positions only; up to that many, that is all of
+/// them, and pg_ai, which has full attention only, answers exactly as they do.
+fn context(config: &Value, max_position_embeddings: usize) -> usize {
+    let window = config.get("sliding_window").and_then(Value::as_u64).map(|w| w as usize);
+    let sliding_layers = config
+        .get("layer_types")
+        .and_then(Value::as_array)
+        .is_some_and(|types| types.iter().any(|t| t.as_str() == Some("sliding_attention")));
+    let sliding = sliding_layers || config.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false);
+    match window {
+        Some(w) if sliding && w > 0 => max_position_embeddings.min(w),
+        _ => max_position_embeddings,
     }
 }
 

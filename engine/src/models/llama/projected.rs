@@ -14,12 +14,28 @@ use candle_nn::{ops::softmax_last_dim, rotary_emb::rope, Embedding, RmsNorm, Var
 use candle_transformers::models::llama::Config;
 use candle_transformers::utils::repeat_kv;
 
+/// What Llama's relatives change in its layers, read from their config.json.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Variant {
+    /// Biases on the query, key and value projections (Qwen2; Llama and Qwen3 with attention_bias).
+    pub qkv_bias: bool,
+    /// A bias on the attention's output projection (Llama and Qwen3 with attention_bias).
+    pub out_bias: bool,
+    /// An RMS norm over each query and key head before the rotation (Qwen3).
+    pub qk_norm: bool,
+    /// Each head's width where config.json gives one (Qwen3's is not hidden_size / heads).
+    pub head_dim: Option<usize>,
+}
+
 /// One decoder layer's weights.
 pub struct Layer {
     pub attention_norm: RmsNorm,
     /// Query, key and value rows stacked: (heads + 2 kv_heads) * head_dim outputs, query and key rows in
-    /// transformers' rotate-half order.
+    /// transformers' rotate-half order; their biases where the variant has them.
     pub qkv: Projection,
+    /// Qwen3's norms of each query and key head.
+    pub query_norm: Option<RmsNorm>,
+    pub key_norm: Option<RmsNorm>,
     pub attention_out: Projection,
     pub mlp_norm: RmsNorm,
     /// Gate and up rows stacked: 2 * intermediate outputs.
@@ -45,27 +61,43 @@ pub struct ProjectedLlama {
 }
 
 impl ProjectedLlama {
-    /// Loads a transformers Llama (without llama3 rope scaling, which the caller leaves to candle-transformers),
-    /// its weights in 8 bits or not: in f32 it answers as candle-transformers' Llama does (the tests check).
-    pub fn load(vb: &VarBuilder, c: &Config, int8: bool) -> candle_core::Result<Self> {
-        let head_dim = head_dim(c)?;
-        let (h, kv, ff) = (c.hidden_size, head_dim * c.num_key_value_heads, c.intermediate_size);
-        let norm = |vb: VarBuilder| Ok::<_, candle_core::Error>(RmsNorm::new(vb.get(h, "weight")?, c.rms_norm_eps));
-        let stacked = |vb: &VarBuilder, parts: &[(&str, usize)]| {
-            let rows = parts.iter().map(|(name, n)| vb.get((*n, h), name)).collect::<candle_core::Result<Vec<_>>>()?;
-            Projection::new(Tensor::cat(&rows, 0)?, None, int8)
+    /// Loads a transformers Llama, or a relative that `variant` describes (without llama3 rope scaling, which the
+    /// caller leaves to candle-transformers), its weights in 8 bits or not: in f32 it answers as transformers does
+    /// (the tests check).
+    pub fn load(vb: &VarBuilder, c: &Config, variant: Variant, int8: bool) -> candle_core::Result<Self> {
+        let head_dim = head_dim(c, variant)?;
+        let (h, q, kv, ff) =
+            (c.hidden_size, head_dim * c.num_attention_heads, head_dim * c.num_key_value_heads, c.intermediate_size);
+        let norm =
+            |vb: VarBuilder, n: usize| Ok::<_, candle_core::Error>(RmsNorm::new(vb.get(n, "weight")?, c.rms_norm_eps));
+        let stacked = |vb: &VarBuilder, parts: &[(&str, usize)], bias: bool| {
+            let rows = parts
+                .iter()
+                .map(|(name, n)| vb.get((*n, h), &format!("{name}.weight")))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let bias = if bias {
+                let parts = parts.iter().map(|(name, n)| vb.get(*n, &format!("{name}.bias")));
+                Some(Tensor::cat(&parts.collect::<candle_core::Result<Vec<_>>>()?, 0)?)
+            } else {
+                None
+            };
+            Projection::new(Tensor::cat(&rows, 0)?, bias, int8)
         };
+        let head_norm = |vb: &VarBuilder, name: &str| variant.qk_norm.then(|| norm(vb.pp(name), head_dim)).transpose();
         // No capacity from config.json: a damaged layer count must fail at the first missing tensor, not allocate.
         let mut layers = Vec::new();
         for i in 0..c.num_hidden_layers {
             let l = vb.pp(format!("model.layers.{i}"));
             let (a, m) = (l.pp("self_attn"), l.pp("mlp"));
+            let out_bias = if variant.out_bias { Some(a.get(h, "o_proj.bias")?) } else { None };
             layers.push(Layer {
-                attention_norm: norm(l.pp("input_layernorm"))?,
-                qkv: stacked(&a, &[("q_proj.weight", h), ("k_proj.weight", kv), ("v_proj.weight", kv)])?,
-                attention_out: Projection::new(a.get((h, h), "o_proj.weight")?, None, int8)?,
-                mlp_norm: norm(l.pp("post_attention_layernorm"))?,
-                gate_up: stacked(&m, &[("gate_proj.weight", ff), ("up_proj.weight", ff)])?,
+                attention_norm: norm(l.pp("input_layernorm"), h)?,
+                qkv: stacked(&a, &[("q_proj", q), ("k_proj", kv), ("v_proj", kv)], variant.qkv_bias)?,
+                query_norm: head_norm(&a, "q_norm")?,
+                key_norm: head_norm(&a, "k_norm")?,
+                attention_out: Projection::new(a.get((h, q), "o_proj.weight")?, out_bias, int8)?,
+                mlp_norm: norm(l.pp("post_attention_layernorm"), h)?,
+                gate_up: stacked(&m, &[("gate_proj", ff), ("up_proj", ff)], false)?,
                 down: Projection::new(m.get((h, ff), "down_proj.weight")?, None, int8)?,
             });
         }
@@ -74,20 +106,22 @@ impl ProjectedLlama {
             if c.tie_word_embeddings { embeddings.clone() } else { vb.get((c.vocab_size, h), "lm_head.weight")? };
         let head = Projection::head(head, None, int8, c.tie_word_embeddings)?;
         let embeddings = embeddings.to_dtype(if int8 { DType::F16 } else { DType::F32 })?;
-        Self::new(c, embeddings, layers, norm(vb.pp("model.norm"))?, head, c.tie_word_embeddings && !int8)
+        let final_norm = norm(vb.pp("model.norm"), h)?;
+        Self::new(c, variant, embeddings, layers, final_norm, head, c.tie_word_embeddings && !int8)
     }
 
     /// A Llama of these parts. `embeddings` (vocabulary, hidden) is the lookup table, in f32 or f16;
     /// `head_is_embeddings` says the head holds that same tensor, whose bytes then count once.
     pub fn new(
         c: &Config,
+        variant: Variant,
         embeddings: Tensor,
         layers: Vec<Layer>,
         norm: RmsNorm,
         head: Projection,
         head_is_embeddings: bool,
     ) -> candle_core::Result<Self> {
-        let head_dim = head_dim(c)?;
+        let head_dim = head_dim(c, variant)?;
         let inverse_frequencies =
             (0..head_dim / 2).map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f32 / head_dim as f32)).collect();
         Ok(ProjectedLlama {
@@ -111,8 +145,11 @@ impl ProjectedLlama {
             .layers
             .iter()
             .map(|l| {
+                let head_norms: usize =
+                    [&l.query_norm, &l.key_norm].into_iter().flatten().map(|n| bytes(n.weight())).sum();
                 bytes(l.attention_norm.weight())
                     + bytes(l.mlp_norm.weight())
+                    + head_norms
                     + [&l.qkv, &l.attention_out, &l.gate_up, &l.down].map(Projection::bytes).iter().sum::<usize>()
             })
             .sum();
@@ -137,14 +174,18 @@ impl ProjectedLlama {
         sin: &Tensor,
         mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let (batch, seq, h) = x.dims3()?;
+        let (batch, seq, _) = x.dims3()?;
         let d = self.head_dim;
         let qkv = l.qkv.forward(&l.attention_norm.forward(x)?)?;
         let heads = |start: usize, n: usize| {
             qkv.narrow(D::Minus1, start * d, n * d)?.reshape((batch, seq, n, d))?.transpose(1, 2)?.contiguous()
         };
-        let q = rope(&heads(0, self.heads)?, cos, sin)?;
-        let mut k = rope(&heads(self.heads, self.kv_heads)?, cos, sin)?;
+        let normed = |x: Tensor, norm: &Option<RmsNorm>| match norm {
+            Some(norm) => norm.forward(&x),
+            None => Ok(x),
+        };
+        let q = rope(&normed(heads(0, self.heads)?, &l.query_norm)?, cos, sin)?;
+        let mut k = rope(&normed(heads(self.heads, self.kv_heads)?, &l.key_norm)?, cos, sin)?;
         let mut v = heads(self.heads + self.kv_heads, self.kv_heads)?;
         if let Some((past_k, past_v)) = kv.as_ref() {
             k = Tensor::cat(&[past_k, &k], 2)?;
@@ -158,7 +199,7 @@ impl ProjectedLlama {
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        let context = softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, h))?;
+        let context = softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, self.heads * d))?;
         let x = (x + l.attention_out.forward(&context)?)?;
         let gate_up = l.gate_up.forward(&l.mlp_norm.forward(&x)?)?;
         let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
@@ -167,16 +208,22 @@ impl ProjectedLlama {
     }
 }
 
-/// Each attention head's width, once the head counts are known to fit the hidden size.
-fn head_dim(c: &Config) -> candle_core::Result<usize> {
+/// Each attention head's width (config.json's head_dim, or the hidden size's share), once the head counts are
+/// known to fit it.
+pub fn head_dim(c: &Config, variant: Variant) -> candle_core::Result<usize> {
     let (heads, kv_heads) = (c.num_attention_heads, c.num_key_value_heads);
-    if heads == 0 || kv_heads == 0 || !c.hidden_size.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
-        candle_core::bail!(
-            "{heads} attention heads and {kv_heads} key/value heads do not fit hidden size {}",
-            c.hidden_size
-        )
+    let fits = heads > 0 && kv_heads > 0 && heads.is_multiple_of(kv_heads);
+    match variant.head_dim {
+        Some(d) if fits && d > 0 && d.is_multiple_of(2) => Ok(d),
+        None if fits && c.hidden_size.is_multiple_of(heads) && (c.hidden_size / heads).is_multiple_of(2) => {
+            Ok(c.hidden_size / heads)
+        }
+        _ => candle_core::bail!(
+            "{heads} attention heads and {kv_heads} key/value heads do not fit hidden size {} (head_dim {:?})",
+            c.hidden_size,
+            variant.head_dim
+        ),
     }
-    Ok(c.hidden_size / heads)
 }
 
 impl CachedDecoder for ProjectedLlama {
@@ -233,8 +280,8 @@ mod tests {
             let exact = Llama::load(vb.clone(), &config).unwrap();
             let mut cache = Cache::new(true, DType::F32, &config, &Device::Cpu).unwrap();
             let models = [
-                (ProjectedLlama::load(&vb, &config, false).unwrap(), 1e-5),
-                (ProjectedLlama::load(&vb, &config, true).unwrap(), 0.05),
+                (ProjectedLlama::load(&vb, &config, Variant::default(), false).unwrap(), 1e-5),
+                (ProjectedLlama::load(&vb, &config, Variant::default(), true).unwrap(), 0.05),
             ];
             let mut caches = [KvCache::default(), KvCache::default()];
             let prompt = [3u32, 17, 42, 5, 9, 30];
