@@ -47,7 +47,7 @@ SELECT ai_generate('the cat', 'tiny-gpt2') AS greedy,
 
 \echo '== A real instruction model: SmolLM2-135M-Instruct from its GGUF file (tokenizer and chat template inside)'
 SELECT ai_load_model('smollm2', :'root' || '/.models/SmolLM2-135M-Instruct.Q4_1.gguf');
-SELECT ai_chat('[{"role": "user", "content": "What is the capital of France?"}]', 'smollm2', max_tokens => 40) AS reply;
+SELECT ai_chat('[{"role": "user", "content": "Name the capital city of France."}]', 'smollm2', max_tokens => 40) AS reply;
 SELECT ai_chat('[{"role": "system", "content": "You answer in one short sentence."},
                  {"role": "user", "content": "Why is the sky blue?"}]', 'smollm2', max_tokens => 60) AS reply;
 

@@ -6,7 +6,7 @@ SELECT ai_load_model('smollm2', :'root' || '/.models/SmolLM2-135M-Instruct.Q4_1.
 SELECT name, task, architecture, config->>'general.architecture' AS gguf_architecture FROM ai.models;
 
 -- Greedy answers are deterministic; this one names the capital.
-SELECT ai_chat('[{"role": "user", "content": "What is the capital of France?"}]', 'smollm2', max_tokens => 24)
+SELECT ai_chat('[{"role": "user", "content": "Name the capital city of France."}]', 'smollm2', max_tokens => 24)
        LIKE '%Paris%' AS answers_paris;
 SELECT length(ai_generate('The three primary colours are', 'smollm2', max_tokens => 8)) > 0 AS continues_text;
 
@@ -24,7 +24,7 @@ SELECT ai_chat(NULL, 'smollm2') IS NULL AS null_messages;
 -- Q8_0 rows are padded for candle's tiled kernels (see README), so that size depends on the CPU; it is always more.
 SET pg_ai.gguf_requantize = off;
 SELECT ai_load_model('smollm2-as-stored', :'root' || '/.models/SmolLM2-135M-Instruct.Q4_1.gguf') \g /dev/null
-SELECT ai_chat('[{"role": "user", "content": "What is the capital of France?"}]', 'smollm2-as-stored',
+SELECT ai_chat('[{"role": "user", "content": "Name the capital city of France."}]', 'smollm2-as-stored',
                max_tokens => 24) LIKE '%Paris%' AS answers_paris_as_stored;
 RESET pg_ai.gguf_requantize;
 SELECT name, architecture, parameters,

@@ -121,10 +121,10 @@ impl Projection {
     }
 
     /// Quantized weights as a file stores them, their rows one after the other (a GGUF file's query, key and
-    /// value rows, say), without bias.
-    pub fn stored(weights: Vec<QTensor>) -> candle_core::Result<Self> {
+    /// value rows, say), and the bias of all those rows, if any.
+    pub fn stored(weights: Vec<QTensor>, bias: Option<Tensor>) -> candle_core::Result<Self> {
         let weight = RowParts::stacked(weights, parts_for(rayon::current_num_threads()))?;
-        Ok(Projection::Quantized { weight, bias: None, padding: 0, extra_rows: 0 })
+        Ok(Projection::Quantized { weight, bias, padding: 0, extra_rows: 0 })
     }
 
     /// A model's output head. One `tied` to the token embeddings is, in f32, held as it is (the same tensor as the

@@ -203,8 +203,9 @@ fn fine_tuning_summary() -> String {
 pub fn find(model_type: &str) -> Result<&'static ModelType> {
     MODEL_TYPES.iter().find(|t| t.name == model_type).ok_or_else(|| {
         AiError::invalid(format!("model_type \"{model_type}\" is not supported")).with_hint(format!(
-            "pg_ai runs models of type {}, and GGUF files of llama models.",
-            listed(MODEL_TYPES.iter().map(|t| t.name), "or")
+            "pg_ai runs models of type {}, and GGUF files of {} models.",
+            listed(MODEL_TYPES.iter().map(|t| t.name), "or"),
+            super::gguf::architectures()
         ))
     })
 }
@@ -243,7 +244,7 @@ mod tests {
             e.hint.as_deref(),
             Some(
                 "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, gpt2, llama, qwen2, \
-                 qwen3, t5 or marian, and GGUF files of llama models."
+                 qwen3, t5 or marian, and GGUF files of llama, qwen2 and qwen3 models."
             )
         );
         let e = training("marian", Objective::Seq2Seq).err().unwrap();

@@ -1,5 +1,5 @@
-//! Quantized Llama-family models from a GGUF file (SmolLM2, Llama, Qwen-style llama GGUFs),
-//! with the tokenizer and chat template the file itself carries.
+//! Quantized decoders from a GGUF file (Llama, SmolLM2, Qwen2, Qwen3: the architectures in `ARCHITECTURES`), with
+//! the tokenizer and chat template the file itself carries.
 
 use crate::error::{AiError, Result};
 use crate::generate::kv_cache;
@@ -39,6 +39,39 @@ pub struct GgufModel {
 enum Held {
     Projected { model: ProjectedLlama, requantised: bool },
     Experts { weights: ModelWeights, context: usize },
+}
+
+/// A GGUF architecture pg_ai reads, as llama.cpp names it. What else differs from Llama (biases, head norms, a
+/// head width of its own) the file's tensors and metadata say.
+struct Architecture {
+    name: &'static str,
+    /// llama.cpp's converter interleaves the query and key rows of each head for its Llama rotation; for the
+    /// others, rotated NEOX-style as transformers does, it keeps transformers' order.
+    interleaved: bool,
+}
+
+const ARCHITECTURES: &[Architecture] = &[
+    Architecture { name: "llama", interleaved: true },
+    Architecture { name: "qwen2", interleaved: false },
+    Architecture { name: "qwen3", interleaved: false },
+];
+
+/// "llama, qwen2 and qwen3", for hints.
+pub fn architectures() -> String {
+    let names: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => names.concat(),
+    }
+}
+
+fn architecture_of(content: &gguf_file::Content) -> candle_core::Result<&'static Architecture> {
+    let name = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned();
+    let name = name.unwrap_or_default();
+    ARCHITECTURES
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| candle_core::Error::Msg(format!("GGUF architecture \"{name}\" is not supported")))
 }
 
 fn scalar(v: &gguf_file::Value) -> Option<Value> {
@@ -112,18 +145,16 @@ impl GgufModel {
             let message: Vec<String> =
                 e.to_string().lines().map(str::trim).filter(|l| *l != "unwrap none").map(str::to_string).collect();
             AiError::corrupt(format!("cannot read {}: {}", path.display(), message.join(": ")))
-                .with_hint("pg_ai reads GGUF files of llama-architecture models.")
+                .with_hint(format!("pg_ai reads GGUF files of {} models.", architectures()))
         };
         let mut file = std::fs::File::open(path)
             .map_err(|e| AiError::missing_file(format!("cannot open {}: {e}", path.display())))?;
         let content = gguf_file::Content::read(&mut file).map_err(corrupt)?;
         let parameters = content.tensor_infos.values().map(|t| t.shape.elem_count()).sum();
-        let architecture =
-            content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
-        if architecture != "llama" {
-            return Err(AiError::invalid(format!("GGUF architecture \"{architecture}\" is not supported"))
-                .with_hint("pg_ai reads GGUF files of llama-architecture models (Llama, SmolLM2 and the like)."));
-        }
+        let architecture = architecture_of(&content).map_err(|e| {
+            AiError::invalid(e.to_string())
+                .with_hint(format!("pg_ai reads GGUF files of {} models (Llama, SmolLM2, Qwen).", architectures()))
+        })?;
         let mut metadata = Map::new();
         for (key, value) in &content.metadata {
             if let Some(v) = scalar(value).filter(|_| !key.starts_with("tokenizer.")) {
@@ -131,15 +162,14 @@ impl GgufModel {
             }
         }
         let eos_id = content.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
-        let codec =
-            DecoderTokenizer::new(Tokenizer::from_gguf(&content).map_err(corrupt)?, eos_id.into_iter().collect())?;
+        let codec = DecoderTokenizer::new(tokenizer(&content).map_err(corrupt)?, eos_id.into_iter().collect())?;
         let chat_template = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
         // Why: candle multiplies Q4_1, Q5_1 and Q8_1 weights with a scalar loop (SmolLM2's Q4_1 prompt went through
         // about ten times slower than PyTorch). Q8_0 has SIMD kernels, and holds each block of 32 weights to within
         // max|w|/254, finer than the 4- and 5-bit steps it starts from, in 34 bytes a block where Q4_1 takes 20.
         let slow = content.tensor_infos.values().any(|info| scalar_only(info.ggml_dtype));
         let experts = content.metadata.get("llama.expert_count").and_then(|v| v.to_u32().ok()).unwrap_or(0) > 0;
-        let (weights, weight_bytes) = if experts && weights != Weights::F32 {
+        let (weights, weight_bytes) = if experts && architecture.name == "llama" && weights != Weights::F32 {
             let context = content
                 .metadata
                 .get("llama.context_length")
@@ -151,9 +181,9 @@ impl GgufModel {
         } else {
             let requantised = weights == Weights::Fast && slow;
             let model = if requantised || weights == Weights::F32 {
-                let (tensors, config) = as_transformers_llama(&content, &mut file).map_err(corrupt)?;
+                let (tensors, config, variant) = as_transformers(&content, &mut file).map_err(corrupt)?;
                 let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-                ProjectedLlama::load(&vb, &config, Variant::default(), requantised)
+                ProjectedLlama::load(&vb, &config, variant, requantised)
             } else {
                 as_stored(&content, &mut file)
             }
@@ -162,7 +192,7 @@ impl GgufModel {
             (Held::Projected { model, requantised }, bytes)
         };
         Ok(GgufModel {
-            architecture: "llama (gguf)".to_string(),
+            architecture: format!("{} (gguf)", architecture.name),
             metadata: Value::Object(metadata),
             weight_bytes,
             parameters,
@@ -173,18 +203,18 @@ impl GgufModel {
     }
 }
 
-/// A llama GGUF's weights de-quantised to f32 under transformers' names, the query and key rows back in
-/// transformers' rotate-half order (llama.cpp's converter interleaves them), and the configuration its metadata
-/// gives.
-pub fn as_transformers_llama<R: Read + Seek>(
+/// A GGUF's weights de-quantised to f32 under transformers' names, the query and key rows in transformers' order
+/// (see `Architecture::interleaved`), and the configuration and variant its metadata and tensors give.
+pub fn as_transformers<R: Read + Seek>(
     content: &gguf_file::Content,
     file: &mut R,
-) -> candle_core::Result<(HashMap<String, Tensor>, Config)> {
-    let config = llama_config(content)?;
-    // A tensor in f32; query and key rows (of `heads` heads) reordered first, on the stored bytes.
+) -> candle_core::Result<(HashMap<String, Tensor>, Config, Variant)> {
+    let architecture = architecture_of(content)?;
+    let (config, variant) = llama_config(content, architecture)?;
+    // A tensor in f32; query and key rows (of `heads` heads) reordered first where interleaved, on the stored bytes.
     let mut read = |name: &str, heads: Option<usize>| {
         let stored = content.tensor(file, name, &Device::Cpu)?;
-        match heads {
+        match heads.filter(|_| architecture.interleaved) {
             Some(heads) => rotate_half_rows(stored, heads)?.dequantize(&Device::Cpu),
             None => stored.dequantize(&Device::Cpu),
         }
@@ -195,72 +225,139 @@ pub fn as_transformers_llama<R: Read + Seek>(
     if !config.tie_word_embeddings {
         tensors.insert("lm_head.weight".to_string(), read("output.weight", None)?);
     }
+    let (heads, kv_heads) = (Some(config.num_attention_heads), Some(config.num_key_value_heads));
     for i in 0..config.num_hidden_layers {
         let (hf, blk) = (format!("model.layers.{i}"), format!("blk.{i}"));
-        let q = read(&format!("{blk}.attn_q.weight"), Some(config.num_attention_heads))?;
-        let k = read(&format!("{blk}.attn_k.weight"), Some(config.num_key_value_heads))?;
-        tensors.insert(format!("{hf}.self_attn.q_proj.weight"), q);
-        tensors.insert(format!("{hf}.self_attn.k_proj.weight"), k);
-        for (to, from) in [
-            ("self_attn.v_proj", "attn_v"),
-            ("self_attn.o_proj", "attn_output"),
-            ("mlp.gate_proj", "ffn_gate"),
-            ("mlp.up_proj", "ffn_up"),
-            ("mlp.down_proj", "ffn_down"),
-            ("input_layernorm", "attn_norm"),
-            ("post_attention_layernorm", "ffn_norm"),
-        ] {
-            tensors.insert(format!("{hf}.{to}.weight"), read(&format!("{blk}.{from}.weight"), None)?);
+        let mut parts = vec![
+            ("self_attn.q_proj.weight", "attn_q.weight", heads),
+            ("self_attn.k_proj.weight", "attn_k.weight", kv_heads),
+            ("self_attn.v_proj.weight", "attn_v.weight", None),
+            ("self_attn.o_proj.weight", "attn_output.weight", None),
+            ("mlp.gate_proj.weight", "ffn_gate.weight", None),
+            ("mlp.up_proj.weight", "ffn_up.weight", None),
+            ("mlp.down_proj.weight", "ffn_down.weight", None),
+            ("input_layernorm.weight", "attn_norm.weight", None),
+            ("post_attention_layernorm.weight", "ffn_norm.weight", None),
+        ];
+        if variant.qkv_bias {
+            parts.extend([
+                ("self_attn.q_proj.bias", "attn_q.bias", heads),
+                ("self_attn.k_proj.bias", "attn_k.bias", kv_heads),
+                ("self_attn.v_proj.bias", "attn_v.bias", None),
+            ]);
+        }
+        if variant.out_bias {
+            parts.push(("self_attn.o_proj.bias", "attn_output.bias", None));
+        }
+        if variant.qk_norm {
+            parts.extend([
+                ("self_attn.q_norm.weight", "attn_q_norm.weight", None),
+                ("self_attn.k_norm.weight", "attn_k_norm.weight", None),
+            ]);
+        }
+        for (to, from, heads) in parts {
+            tensors.insert(format!("{hf}.{to}"), read(&format!("{blk}.{from}"), heads)?);
         }
     }
-    Ok((tensors, config))
+    Ok((tensors, config, variant))
+}
+
+/// The file's tokenizer, splitting texts as llama.cpp does.
+pub fn tokenizer(content: &gguf_file::Content) -> candle_core::Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::from_gguf(content)?;
+    let pre = content.metadata.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned();
+    split_as_llama_cpp(&mut tokenizer, pre.as_deref().unwrap_or_default())?;
+    Ok(tokenizer)
+}
+
+/// Sets the pre-tokenizer of a GGUF's byte-level BPE to llama.cpp's for `pre` (tokenizer.ggml.pre) where candle's
+/// reading differs: candle gives every name it does not know GPT-2's byte-level splitting with a space put before
+/// the text, which llama.cpp never adds (SmolLM2's "the cat" became "Ġthe" "Ġcat", and the answers changed from the
+/// first token), and it does not split digits one by one where llama.cpp does. The regular expressions are
+/// llama.cpp's (src/llama-vocab.cpp); names candle reads as llama.cpp does are left to it.
+fn split_as_llama_cpp(tokenizer: &mut Tokenizer, pre: &str) -> candle_core::Result<()> {
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+    use tokenizers::SplitDelimiterBehavior::Isolated;
+    const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    let split = |regex: &str| -> candle_core::Result<PreTokenizerWrapper> {
+        Ok(Split::new(SplitPattern::Regex(regex.to_string()), Isolated, false)
+            .map_err(candle_core::Error::wrap)?
+            .into())
+    };
+    let pre_tokenizer: PreTokenizerWrapper = match pre {
+        "qwen2" | "llama3" | "smaug-bpe" | "lfm2" => return Ok(()),
+        // Llama 3's name in llama.cpp's converter.
+        "llama-bpe" => Sequence::new(vec![split(LLAMA3)?, ByteLevel::new(false, true, false).into()]).into(),
+        // Digits one by one, then GPT-2's expression.
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
+            Sequence::new(vec![split(r"\p{N}")?, ByteLevel::new(false, true, true).into()]).into()
+        }
+        // GPT-2's expression ("gpt-2", and what llama.cpp reads the same way).
+        _ => ByteLevel::new(false, true, true).into(),
+    };
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    Ok(())
 }
 
 /// pg_ai's Llama on the file's weights as stored (rows of the query and key weights reordered), the token
 /// embeddings de-quantised to f16 for lookup.
 fn as_stored<R: Read + Seek>(content: &gguf_file::Content, file: &mut R) -> candle_core::Result<ProjectedLlama> {
-    let config = llama_config(content)?;
+    let architecture = architecture_of(content)?;
+    let (config, variant) = llama_config(content, architecture)?;
     let eps = config.rms_norm_eps;
     let mut stored = |name: &str| content.tensor(file, name, &Device::Cpu);
     let norm = |t: QTensor| Ok::<_, candle_core::Error>(RmsNorm::new(t.dequantize(&Device::Cpu)?, eps));
+    let in_order = |t: QTensor, heads: usize| match architecture.interleaved {
+        true => rotate_half_rows(t, heads),
+        false => Ok(t),
+    };
     let mut layers = Vec::new();
     for i in 0..config.num_hidden_layers {
-        let mut part = |name: &str| stored(&format!("blk.{i}.{name}.weight"));
-        let q = rotate_half_rows(part("attn_q")?, config.num_attention_heads)?;
-        let k = rotate_half_rows(part("attn_k")?, config.num_key_value_heads)?;
+        let mut part = |name: &str| stored(&format!("blk.{i}.{name}"));
+        let q = in_order(part("attn_q.weight")?, config.num_attention_heads)?;
+        let k = in_order(part("attn_k.weight")?, config.num_key_value_heads)?;
+        let qkv_bias = match variant.qkv_bias {
+            true => {
+                let q = in_order(part("attn_q.bias")?, config.num_attention_heads)?.dequantize(&Device::Cpu)?;
+                let k = in_order(part("attn_k.bias")?, config.num_key_value_heads)?.dequantize(&Device::Cpu)?;
+                Some(Tensor::cat(&[q, k, part("attn_v.bias")?.dequantize(&Device::Cpu)?], 0)?)
+            }
+            false => None,
+        };
+        let out_bias = variant.out_bias.then(|| part("attn_output.bias")?.dequantize(&Device::Cpu)).transpose()?;
+        let mut head_norm = |name: &str| variant.qk_norm.then(|| norm(part(name)?)).transpose();
+        let (query_norm, key_norm) = (head_norm("attn_q_norm.weight")?, head_norm("attn_k_norm.weight")?);
         layers.push(Layer {
-            attention_norm: norm(part("attn_norm")?)?,
-            qkv: Projection::stored(vec![q, k, part("attn_v")?])?,
-            query_norm: None,
-            key_norm: None,
-            attention_out: Projection::stored(vec![part("attn_output")?])?,
-            mlp_norm: norm(part("ffn_norm")?)?,
-            gate_up: Projection::stored(vec![part("ffn_gate")?, part("ffn_up")?])?,
-            down: Projection::stored(vec![part("ffn_down")?])?,
+            attention_norm: norm(part("attn_norm.weight")?)?,
+            qkv: Projection::stored(vec![q, k, part("attn_v.weight")?], qkv_bias)?,
+            query_norm,
+            key_norm,
+            attention_out: Projection::stored(vec![part("attn_output.weight")?], out_bias)?,
+            mlp_norm: norm(part("ffn_norm.weight")?)?,
+            gate_up: Projection::stored(vec![part("ffn_gate.weight")?, part("ffn_up.weight")?], None)?,
+            down: Projection::stored(vec![part("ffn_down.weight")?], None)?,
         });
     }
     let output_norm = norm(stored("output_norm.weight")?)?;
     let embeddings = stored("token_embd.weight")?;
-    let lookup = embeddings.dequantize(&Device::Cpu)?.to_dtype(DType::F16)?;
+    // In f16 for lookup, which rounds far below the stored blocks' steps; f32 embeddings stay exact.
+    let lookup_type = if embeddings.dtype() == GgmlDType::F32 { DType::F32 } else { DType::F16 };
+    let lookup = embeddings.dequantize(&Device::Cpu)?.to_dtype(lookup_type)?;
     let head = match config.tie_word_embeddings {
         true => embeddings,
         false => stored("output.weight")?,
     };
-    ProjectedLlama::new(
-        &config,
-        Variant::default(),
-        lookup,
-        layers,
-        output_norm,
-        Projection::stored(vec![head])?,
-        false,
-    )
+    ProjectedLlama::new(&config, variant, lookup, layers, output_norm, Projection::stored(vec![head], None)?, false)
 }
 
-/// The rows of a query or key weight, which llama.cpp's converter interleaves within each head, back in
-/// transformers' rotate-half order: a head's rows 0, 2, 4, ... and then 1, 3, 5, ...
+/// The rows of a query or key weight (or the values of its bias), which llama.cpp's converter interleaves within
+/// each head, back in transformers' rotate-half order: a head's rows 0, 2, 4, ... and then 1, 3, 5, ...
 fn rotate_half_rows(weight: QTensor, heads: usize) -> candle_core::Result<QTensor> {
-    let (rows, columns) = weight.shape().dims2()?;
+    let shape = weight.shape().clone();
+    let rows = shape.dims()[0];
     if heads == 0 || !rows.is_multiple_of(2 * heads) {
         candle_core::bail!("{rows} rows do not split into {heads} heads of pairs");
     }
@@ -274,37 +371,48 @@ fn rotate_half_rows(weight: QTensor, heads: usize) -> candle_core::Result<QTenso
             }
         }
     }
-    QTensor::new(QStorage::from_data(Cow::Owned(reordered), &Device::Cpu, weight.dtype())?, (rows, columns))
+    QTensor::new(QStorage::from_data(Cow::Owned(reordered), &Device::Cpu, weight.dtype())?, shape)
 }
 
-/// The transformers configuration a llama GGUF's metadata gives. Rope scaling is not read, as candle's quantized
-/// Llama does not read it either.
-fn llama_config(content: &gguf_file::Content) -> candle_core::Result<Config> {
-    let meta = |key: &str| {
-        content.metadata.get(key).ok_or_else(|| candle_core::Error::Msg(format!("the GGUF metadata lacks {key}")))
+/// The transformers configuration and the variant that a GGUF's metadata (under the architecture's name) and its
+/// tensors give. Rope scaling is not read, as candle's quantized Llama does not read it either.
+fn llama_config(content: &gguf_file::Content, architecture: &Architecture) -> candle_core::Result<(Config, Variant)> {
+    let key = |name: &str| format!("{}.{name}", architecture.name);
+    let meta = |name: &str| {
+        let key = key(name);
+        content.metadata.get(&key).ok_or_else(|| candle_core::Error::Msg(format!("the GGUF metadata lacks {key}")))
     };
-    let size = |key: &str| Ok::<_, candle_core::Error>(meta(key)?.to_u32()? as usize);
+    let size = |name: &str| Ok::<_, candle_core::Error>(meta(name)?.to_u32()? as usize);
     let embeddings = content
         .tensor_infos
         .get("token_embd.weight")
         .ok_or_else(|| candle_core::Error::Msg("the GGUF file lacks token_embd.weight".to_string()))?;
     let (vocab_size, hidden_size) = embeddings.shape.dims2()?;
-    Ok(Config {
+    let has = |tensor: &str| content.tensor_infos.contains_key(tensor);
+    let variant = Variant {
+        qkv_bias: has("blk.0.attn_q.bias"),
+        out_bias: has("blk.0.attn_output.bias"),
+        qk_norm: has("blk.0.attn_q_norm.weight"),
+        // llama.cpp's converter writes key_length where config.json has a head_dim of its own.
+        head_dim: size("attention.key_length").ok(),
+    };
+    let config = Config {
         hidden_size,
-        intermediate_size: size("llama.feed_forward_length")?,
+        intermediate_size: size("feed_forward_length")?,
         vocab_size,
-        num_hidden_layers: size("llama.block_count")?,
-        num_attention_heads: size("llama.attention.head_count")?,
-        num_key_value_heads: size("llama.attention.head_count_kv")?,
+        num_hidden_layers: size("block_count")?,
+        num_attention_heads: size("attention.head_count")?,
+        num_key_value_heads: size("attention.head_count_kv")?,
         use_flash_attn: false,
-        rms_norm_eps: meta("llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
-        rope_theta: content.metadata.get("llama.rope.freq_base").map_or(Ok(10000.0), |v| v.to_f32())?,
+        rms_norm_eps: meta("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+        rope_theta: content.metadata.get(&key("rope.freq_base")).map_or(Ok(10000.0), |v| v.to_f32())?,
         bos_token_id: None,
         eos_token_id: None,
         rope_scaling: None,
-        max_position_embeddings: size("llama.context_length").unwrap_or(MAX_SEQ_LEN),
-        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
-    })
+        max_position_embeddings: size("context_length").unwrap_or(MAX_SEQ_LEN),
+        tie_word_embeddings: !has("output.weight"),
+    };
+    Ok((config, variant))
 }
 
 /// A generation session: a copy of the weights' handles (the tensors are shared) with its own KV cache.
