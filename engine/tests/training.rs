@@ -79,6 +79,16 @@ fn key_bias(name: &str, elements: usize) -> Option<(usize, usize)> {
     }
 }
 
+/// Values whose Adam updates rounding noise may decide: the key biases above, and the key bias of a model with
+/// rotary positions (Qwen2's k_proj.bias), whose gradient is not 0 (each position rotates the bias its own way)
+/// but nearly so in the dimensions that rotate slowly, which over a short batch come close to the case above.
+fn noise_driven(name: &str, elements: usize) -> Option<(usize, usize)> {
+    match name.ends_with("self_attn.k_proj.bias") {
+        true => Some((0, elements)),
+        false => key_bias(name, elements),
+    }
+}
+
 /// Loss, gradients, and two clipped AdamW steps, all against torch.
 fn check_against_torch(model: &dyn Trainable, g: &Value, batch: &Batch) {
     let params = model.params();
@@ -124,7 +134,7 @@ fn check_against_torch(model: &dyn Trainable, g: &Value, batch: &Batch) {
             let want = &expected[&p.name]["after"][step];
             let sum: f64 = values.iter().map(|v| *v as f64).sum();
             // Noise-driven elements may differ by up to lr per step each; the rest must match.
-            let noisy = key_bias(&p.name, values.len());
+            let noisy = noise_driven(&p.name, values.len());
             let slack = |elements: usize| elements as f64 * lr * (step + 1) as f64;
             let sum_slack = noisy.map_or(0.0, |(_, len)| slack(len));
             near(&mut errors, sum, &want["sum"], sum_slack, &format!("sum of {} after step {}", p.name, step + 1));
@@ -522,19 +532,45 @@ fn finetuned_mlm_and_clm_load_and_answer() {
     std::fs::remove_dir_all(out).unwrap();
 }
 
+/// Qwen2: query, key and value biases, tied embeddings.
+#[test]
+fn qwen2_clm_step_matches_torch() {
+    let g = golden("qwen2_clm");
+    let model = TrainableLlama::load(&model_dir("qwen2")).unwrap();
+    assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
+    check_against_torch(&model, &g, &batch(&g, true));
+}
+
+/// Qwen3: norms of each query and key head, a head_dim that is not hidden_size / heads.
+#[test]
+fn qwen3_clm_step_matches_torch() {
+    let g = golden("qwen3_clm");
+    let model = TrainableLlama::load(&model_dir("qwen3")).unwrap();
+    assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
+    check_against_torch(&model, &g, &batch(&g, true));
+}
+
 #[test]
 fn finetuned_llama_learns_a_new_sentence_frame() {
+    for (base, architecture) in
+        [("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM")]
+    {
+        learns_a_new_sentence_frame(base, architecture);
+    }
+}
+
+fn learns_a_new_sentence_frame(base: &str, architecture: &str) {
     // "{n} plays {x} on sunday ." is new to the fixture, which learnt the toy sentences of make_fixtures.py.
     let people = ["alice", "bob", "carol", "dave", "erin", "frank"];
     let texts: Vec<String> =
         people.iter().flat_map(|n| ["tennis", "golf", "chess"].map(|x| format!("{n} plays {x} on sunday ."))).collect();
-    let out = scratch("ft-llama");
+    let out = scratch(&format!("ft-{base}"));
     let o = options(json!({"max_steps": 40, "learning_rate": 3e-3, "batch_size": 8}));
     let outcome =
-        finetune(&model_dir("llama"), Objective::Clm, &mut Rows::texts(&texts), &o, &mut Recorder::default(), &out)
+        finetune(&model_dir(base), Objective::Clm, &mut Rows::texts(&texts), &o, &mut Recorder::default(), &out)
             .unwrap();
-    eprintln!("{}", outcome.metrics);
-    assert_eq!((outcome.architecture.as_str(), outcome.task.as_str()), ("LlamaForCausalLM", "text-generation"));
+    eprintln!("{base}: {}", outcome.metrics);
+    assert_eq!((outcome.architecture.as_str(), outcome.task.as_str()), (architecture, "text-generation"));
     assert!(metric(&outcome, "eval_loss") < 0.5 * metric(&outcome, "initial_eval_loss"));
     let model = load_any(&out);
     let AnyModel::Llama(_) = &model else { panic!("not loaded as Llama") };
@@ -543,7 +579,7 @@ fn finetuned_llama_learns_a_new_sentence_frame() {
     generate_with(model.causal().unwrap(), "grace plays", &greedy, &mut || (), &mut |p| text.push_str(p)).unwrap();
     // A sentence of the new frame, ended where the rows end (the end-of-text token after each).
     let frame = ["tennis", "golf", "chess"].map(|x| format!("grace plays {x} on sunday ."));
-    assert!(frame.contains(&format!("grace plays{text}")), "grace plays{text}");
+    assert!(frame.contains(&format!("grace plays{text}")), "{base}: grace plays{text}");
     std::fs::remove_dir_all(out).unwrap();
 }
 

@@ -107,20 +107,7 @@ pub const MODEL_TYPES: &[ModelType] = &[
             build: |config, _, _, source, seed| Ok(Box::new(TrainableGpt2::build(config, source, seed)?)),
         }),
     },
-    ModelType {
-        name: "llama",
-        tasks: &[Task::TextGeneration],
-        int8: Int8Setting::Decoders,
-        gpu: false,
-        load: |files, config, how| Ok(AnyModel::Llama(LlamaModel::load(files, config, how.int8)?)),
-        training: Some(Training {
-            objectives: &[Objective::Clm],
-            style: Style::Decoder,
-            // Llama has attention dropout only.
-            dropout_keys: &["attention_dropout"],
-            build: |config, _, _, source, seed| Ok(Box::new(TrainableLlama::build(config, source, seed)?)),
-        }),
-    },
+    decoder("llama"),
     decoder("qwen2"),
     decoder("qwen3"),
     ModelType {
@@ -146,7 +133,7 @@ pub const MODEL_TYPES: &[ModelType] = &[
     },
 ];
 
-/// Llama's relatives that models::llama runs (see projected::Variant); generation only so far.
+/// Llama and its relatives (see llama::projected::Variant), on models::llama.
 const fn decoder(name: &'static str) -> ModelType {
     ModelType {
         name,
@@ -154,7 +141,13 @@ const fn decoder(name: &'static str) -> ModelType {
         int8: Int8Setting::Decoders,
         gpu: false,
         load: |files, config, how| Ok(AnyModel::Llama(LlamaModel::load(files, config, how.int8)?)),
-        training: None,
+        training: Some(Training {
+            objectives: &[Objective::Clm],
+            style: Style::Decoder,
+            // Llama has attention dropout only, and so have its relatives.
+            dropout_keys: &["attention_dropout"],
+            build: |config, _, _, source, seed| Ok(Box::new(TrainableLlama::build(config, source, seed)?)),
+        }),
     }
 }
 
@@ -252,7 +245,7 @@ mod tests {
             e.hint.as_deref(),
             Some(
                 "Fine-tuning supports bert, distilbert and roberta (mlm, text-classification or token-classification), \
-                 gpt2 and llama (clm) and t5 (seq2seq) models."
+                 gpt2, llama, qwen2 and qwen3 (clm) and t5 (seq2seq) models."
             )
         );
         let e = training("bert", Objective::Clm).err().unwrap();

@@ -115,7 +115,7 @@ fn variant(config: &Value) -> Result<Variant> {
 /// The positions the model may see. Layers of sliding attention (Qwen2 and Qwen3 with use_sliding_window, or
 /// transformers 5's layer_types) attend to the last sliding_window positions only; up to that many, that is all of
 /// them, and pg_ai, which has full attention only, answers exactly as they do.
-fn context(config: &Value, max_position_embeddings: usize) -> usize {
+pub(crate) fn context(config: &Value, max_position_embeddings: usize) -> usize {
     let window = config.get("sliding_window").and_then(Value::as_u64).map(|w| w as usize);
     let sliding_layers = config
         .get("layer_types")

@@ -1,5 +1,6 @@
-//! A differentiable Llama (LlamaForCausalLM: RMS norms, rotary positions, grouped-query attention, SwiGLU) with
-//! transformers' tensor names, so that engine::models::llama loads what it saves. Rotary positions and norms are written
+//! A differentiable Llama (LlamaForCausalLM: RMS norms, rotary positions, grouped-query attention, SwiGLU), and
+//! Qwen2 and Qwen3 (Qwen2ForCausalLM: query, key and value biases; Qwen3ForCausalLM: norms of each query and key
+//! head, a head_dim of its own), with transformers' tensor names, so that engine::models::llama loads what it saves. Rotary positions and norms are written
 //! out: candle's fused rope and rms_norm kernels have no backward pass.
 
 use crate::error::{AiError, Result};
@@ -18,6 +19,9 @@ struct Layer {
     k: (Tensor, Option<Tensor>),
     v: (Tensor, Option<Tensor>),
     o: (Tensor, Option<Tensor>),
+    /// Qwen3's norms of each query and key head.
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
     post_norm: Tensor,
     gate: Tensor,
     up: Tensor,
@@ -115,17 +119,17 @@ impl TrainableLlama {
             return Err(AiError::corrupt("config.json is not a Llama configuration"));
         };
         let kv_heads = int("num_key_value_heads").unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || !hidden.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
+        let head_dim = match int("head_dim") {
+            Some(d) => d,
+            None if heads > 0 && hidden.is_multiple_of(heads) => hidden / heads,
+            None => 0,
+        };
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || head_dim == 0 || head_dim % 2 == 1 {
             return Err(AiError::corrupt(
-                "config.json: hidden_size, num_attention_heads and num_key_value_heads disagree",
+                "config.json: hidden_size, num_attention_heads, num_key_value_heads and head_dim disagree",
             ));
         }
-        let head_dim = hidden / heads;
-        if int("head_dim").is_some_and(|d| d != head_dim) {
-            return Err(AiError::wrong_task(
-                "a Llama whose head_dim is not hidden_size / num_attention_heads cannot be trained here",
-            ));
-        }
+        let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("llama").to_string();
         let act = config.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
         if act != "silu" {
             return Err(AiError::wrong_task(format!("activation \"{act}\" cannot be trained here"))
@@ -144,23 +148,38 @@ impl TrainableLlama {
         if mlp_bias {
             return Err(AiError::wrong_task("a Llama with biases in its MLP cannot be trained here"));
         }
+        // Qwen2's query, key and value projections always have biases, its output projection none.
+        let (qkv_bias, out_bias) = match model_type.as_str() {
+            "qwen2" => (true, false),
+            _ => (attention_bias, attention_bias),
+        };
+        let qk_norm = model_type == "qwen3";
         let mut b = ParamBuilder::new(source, seed);
         let embed = b.normal("model.embed_tokens.weight", &[vocab, hidden], std)?;
-        let proj =
-            |b: &mut ParamBuilder, name: String, d_in: usize, d_out: usize| -> Result<(Tensor, Option<Tensor>)> {
-                let w = b.normal(&format!("{name}.weight"), &[d_out, d_in], std)?;
-                let bias = if attention_bias { Some(b.bias(&format!("{name}.bias"), d_out)?) } else { None };
-                Ok((w, bias))
-            };
+        let proj = |b: &mut ParamBuilder,
+                    name: String,
+                    d_in: usize,
+                    d_out: usize,
+                    bias: bool|
+         -> Result<(Tensor, Option<Tensor>)> {
+            let w = b.normal(&format!("{name}.weight"), &[d_out, d_in], std)?;
+            let bias = if bias { Some(b.bias(&format!("{name}.bias"), d_out)?) } else { None };
+            Ok((w, bias))
+        };
         let mut stack = Vec::with_capacity(layers);
         for i in 0..layers {
             let p = format!("model.layers.{i}");
-            let kv = kv_heads * head_dim;
+            let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+            let head_norm = |b: &mut ParamBuilder, name: &str| -> Result<Option<Tensor>> {
+                qk_norm.then(|| b.scale(&format!("{p}.self_attn.{name}.weight"), head_dim)).transpose()
+            };
             stack.push(Layer {
-                q: proj(&mut b, format!("{p}.self_attn.q_proj"), hidden, hidden)?,
-                k: proj(&mut b, format!("{p}.self_attn.k_proj"), hidden, kv)?,
-                v: proj(&mut b, format!("{p}.self_attn.v_proj"), hidden, kv)?,
-                o: proj(&mut b, format!("{p}.self_attn.o_proj"), hidden, hidden)?,
+                q: proj(&mut b, format!("{p}.self_attn.q_proj"), hidden, q, qkv_bias)?,
+                k: proj(&mut b, format!("{p}.self_attn.k_proj"), hidden, kv, qkv_bias)?,
+                v: proj(&mut b, format!("{p}.self_attn.v_proj"), hidden, kv, qkv_bias)?,
+                o: proj(&mut b, format!("{p}.self_attn.o_proj"), q, hidden, out_bias)?,
+                q_norm: head_norm(&mut b, "q_norm")?,
+                k_norm: head_norm(&mut b, "k_norm")?,
                 gate: b.normal(&format!("{p}.mlp.gate_proj.weight"), &[inner, hidden], std)?,
                 up: b.normal(&format!("{p}.mlp.up_proj.weight"), &[inner, hidden], std)?,
                 down: b.normal(&format!("{p}.mlp.down_proj.weight"), &[hidden, inner], std)?,
@@ -173,9 +192,14 @@ impl TrainableLlama {
         let group = heads / kv_heads;
         let kv_of_head: Vec<u32> = (0..heads).map(|h| (h / group) as u32).collect();
         let inv_freq = inverse_frequencies(&rope(&config), head_dim)?;
-        let positions = int("max_position_embeddings").unwrap_or(2048);
+        let positions = super::context(&config, int("max_position_embeddings").unwrap_or(2048));
+        let architecture = match model_type.as_str() {
+            "qwen2" => "Qwen2ForCausalLM",
+            "qwen3" => "Qwen3ForCausalLM",
+            _ => "LlamaForCausalLM",
+        };
         if let Some(obj) = config.as_object_mut() {
-            obj.insert("architectures".into(), json!(["LlamaForCausalLM"]));
+            obj.insert("architectures".into(), json!([architecture]));
         }
         Ok(TrainableLlama {
             fresh: std::mem::take(&mut b.fresh),
@@ -220,19 +244,24 @@ impl TrainableLlama {
         mask: &Tensor,
         d: &mut Option<&mut Dropout>,
     ) -> Result<Tensor> {
-        let (b, len, hidden) = x.dims3()?;
+        let (b, len, _) = x.dims3()?;
         let heads = |p: &(Tensor, Option<Tensor>), n: usize| -> Result<Tensor> {
             Ok(linear(x, &p.0, p.1.as_ref())?.reshape((b, len, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
+        let normed = |x: Tensor, norm: &Option<Tensor>| match norm {
+            Some(norm) => rms_norm(&x, norm, self.eps),
+            None => Ok(x),
+        };
         let kv_heads = l.k.0.dim(0)? / self.head_dim;
-        let q = Self::rotate(&heads(&l.q, self.heads)?, &rotary.0, &rotary.1)?;
+        let q = Self::rotate(&normed(heads(&l.q, self.heads)?, &l.q_norm)?, &rotary.0, &rotary.1)?;
         // Each query head reads its group's key and value head.
-        let k = Self::rotate(&heads(&l.k, kv_heads)?, &rotary.0, &rotary.1)?.index_select(&self.kv_of_head, 1)?;
+        let k = normed(heads(&l.k, kv_heads)?, &l.k_norm)?;
+        let k = Self::rotate(&k, &rotary.0, &rotary.1)?.index_select(&self.kv_of_head, 1)?;
         let v = heads(&l.v, kv_heads)?.index_select(&self.kv_of_head, 1)?;
         let scores = q.matmul(&k.t()?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let probs = dropout(d, &attention_probs(&scores, scale, Some(mask))?, self.attention_dropout)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, len, hidden))?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, len, self.heads * self.head_dim))?;
         linear(&context, &l.o.0, l.o.1.as_ref())
     }
 
