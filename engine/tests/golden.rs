@@ -319,7 +319,7 @@ mod generation {
         check_greedy("qwen3");
     }
 
-    /// GGUF files of the Llama, Qwen2 and Qwen3 fixtures as llama.cpp's converter writes them (make_gguf_fixtures.py):
+    /// GGUF files of the Llama, Qwen2, Qwen3 and Mistral fixtures as llama.cpp's converter writes them (make_gguf_fixtures.py):
     /// pg_ai tokenizes prompts as llama.cpp does; in F32 it answers as transformers does on the safetensors (logits
     /// within 1e-4, the same greedy ids); in Q8_0, as llama.cpp does on the same file (the same greedy ids, logits
     /// within 1% of their spread: both round the inputs of each product to 8 bits, in their own ways).
@@ -327,7 +327,7 @@ mod generation {
     fn gguf_files_answer_as_transformers_and_llama_cpp() {
         let llama_cpp = golden("gguf");
         let options = GenerateOptions { max_tokens: 20, ..Default::default() };
-        for name in ["llama", "qwen2", "qwen3"] {
+        for name in ["llama", "qwen2", "qwen3", "mistral"] {
             for kind in ["f32", "q8_0"] {
                 let file = format!("{name}-{kind}.gguf");
                 let path = fixtures().join("gguf").join(&file);
@@ -376,11 +376,23 @@ mod generation {
         }
     }
 
+    /// Mistral: a Llama with a sliding window (wider than the context here).
+    #[test]
+    fn mistral_greedy_ids_and_logits_match_transformers() {
+        check_greedy("mistral");
+    }
+
+    /// Phi-3: query, key and value in one tensor, gate and up in one, half of each head rotating.
+    #[test]
+    fn phi3_greedy_ids_and_logits_match_transformers() {
+        check_greedy("phi3");
+    }
+
     /// With pg_ai.int8_decoders the fixtures' next-token logits stay within 1% of their spread of transformers'
     /// f32 ones (their weights are random: SmolLM2's real ones measure the change in KL below).
     #[test]
     fn int8_decoders_stay_near_transformers() {
-        for name in ["gpt2", "llama", "llama-rope", "qwen2", "qwen3"] {
+        for name in ["gpt2", "llama", "llama-rope", "qwen2", "qwen3", "mistral", "phi3"] {
             let files = ModelFiles::in_dir(fixtures().join("models").join(name)).unwrap();
             let loaded = AnyModel::load_with(&files, Int8::ALL).unwrap();
             let m = loaded.causal().unwrap();

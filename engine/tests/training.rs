@@ -550,6 +550,16 @@ fn qwen3_clm_step_matches_torch() {
     check_against_torch(&model, &g, &batch(&g, true));
 }
 
+/// Mistral: Llama's arithmetic under its own name, which a fine-tuned model keeps.
+#[test]
+fn mistral_clm_step_matches_torch() {
+    let g = golden("mistral_clm");
+    let model = TrainableLlama::load(&model_dir("mistral")).unwrap();
+    assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
+    assert_eq!(model.config["architectures"][0], "MistralForCausalLM");
+    check_against_torch(&model, &g, &batch(&g, true));
+}
+
 #[test]
 fn finetuned_llama_learns_a_new_sentence_frame() {
     for (base, architecture) in

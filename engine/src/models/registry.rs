@@ -107,9 +107,11 @@ pub const MODEL_TYPES: &[ModelType] = &[
             build: |config, _, _, source, seed| Ok(Box::new(TrainableGpt2::build(config, source, seed)?)),
         }),
     },
-    decoder("llama"),
-    decoder("qwen2"),
-    decoder("qwen3"),
+    decoder("llama", true),
+    decoder("mistral", true),
+    decoder("qwen2", true),
+    decoder("qwen3", true),
+    decoder("phi3", false),
     ModelType {
         name: "t5",
         tasks: &[Task::Translation, Task::Summarization],
@@ -133,21 +135,26 @@ pub const MODEL_TYPES: &[ModelType] = &[
     },
 ];
 
-/// Llama and its relatives (see llama::projected::Variant), on models::llama.
-const fn decoder(name: &'static str) -> ModelType {
+/// Llama and its relatives (see llama::projected::Variant), on models::llama; `trains`: fine-tuned on
+/// llama::train (not yet for Phi-3's fused projections).
+const fn decoder(name: &'static str, trains: bool) -> ModelType {
     ModelType {
         name,
         tasks: &[Task::TextGeneration],
         int8: Int8Setting::Decoders,
         gpu: false,
         load: |files, config, how| Ok(AnyModel::Llama(LlamaModel::load(files, config, how.int8)?)),
-        training: Some(Training {
-            objectives: &[Objective::Clm],
-            style: Style::Decoder,
-            // Llama has attention dropout only, and so have its relatives.
-            dropout_keys: &["attention_dropout"],
-            build: |config, _, _, source, seed| Ok(Box::new(TrainableLlama::build(config, source, seed)?)),
-        }),
+        training: if trains {
+            Some(Training {
+                objectives: &[Objective::Clm],
+                style: Style::Decoder,
+                // Llama has attention dropout only, and so have its relatives.
+                dropout_keys: &["attention_dropout"],
+                build: |config, _, _, source, seed| Ok(Box::new(TrainableLlama::build(config, source, seed)?)),
+            })
+        } else {
+            None
+        },
     }
 }
 
@@ -236,8 +243,8 @@ mod tests {
         assert_eq!(
             e.hint.as_deref(),
             Some(
-                "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, gpt2, llama, qwen2, \
-                 qwen3, t5 or marian, and GGUF files of llama, qwen2 and qwen3 models."
+                "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, gpt2, llama, mistral, \
+                 qwen2, qwen3, phi3, t5 or marian, and GGUF files of llama, qwen2 and qwen3 models."
             )
         );
         let e = training("marian", Objective::Seq2Seq).err().unwrap();
@@ -245,7 +252,7 @@ mod tests {
             e.hint.as_deref(),
             Some(
                 "Fine-tuning supports bert, distilbert and roberta (mlm, text-classification or token-classification), \
-                 gpt2, llama, qwen2 and qwen3 (clm) and t5 (seq2seq) models."
+                 gpt2, llama, mistral, qwen2 and qwen3 (clm) and t5 (seq2seq) models."
             )
         );
         let e = training("bert", Objective::Clm).err().unwrap();

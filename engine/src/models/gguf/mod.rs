@@ -232,13 +232,15 @@ pub fn as_transformers<R: Read + Seek>(
             ("self_attn.q_proj.weight", "attn_q.weight", heads),
             ("self_attn.k_proj.weight", "attn_k.weight", kv_heads),
             ("self_attn.v_proj.weight", "attn_v.weight", None),
-            ("self_attn.o_proj.weight", "attn_output.weight", None),
             ("mlp.gate_proj.weight", "ffn_gate.weight", None),
             ("mlp.up_proj.weight", "ffn_up.weight", None),
+        ];
+        parts.extend([
+            ("self_attn.o_proj.weight", "attn_output.weight", None),
             ("mlp.down_proj.weight", "ffn_down.weight", None),
             ("input_layernorm.weight", "attn_norm.weight", None),
             ("post_attention_layernorm.weight", "ffn_norm.weight", None),
-        ];
+        ]);
         if variant.qkv_bias {
             parts.extend([
                 ("self_attn.q_proj.bias", "attn_q.bias", heads),
@@ -395,7 +397,13 @@ fn llama_config(content: &gguf_file::Content, architecture: &Architecture) -> ca
         qk_norm: has("blk.0.attn_q_norm.weight"),
         // llama.cpp's converter writes key_length where config.json has a head_dim of its own.
         head_dim: size("attention.key_length").ok(),
+        rotary_dims: None,
     };
+    let heads = size("attention.head_count")?;
+    let head_dim = variant.head_dim.or(hidden_size.checked_div(heads)).unwrap_or(0);
+    // Partial rotation (where a converter writes rope.dimension_count below the head's width).
+    let rotary_dims = size("rope.dimension_count").ok().filter(|&r| r < head_dim);
+    let variant = Variant { rotary_dims, ..variant };
     let config = Config {
         hidden_size,
         intermediate_size: size("feed_forward_length")?,

@@ -104,11 +104,27 @@ fn variant(config: &Value) -> Result<Variant> {
     }
     let head_dim = config.get("head_dim").and_then(Value::as_u64).map(|d| d as usize);
     let attention_bias = flag("attention_bias");
+    let llama = Variant { qkv_bias: attention_bias, out_bias: attention_bias, head_dim, ..Variant::default() };
     Ok(match config.get("model_type").and_then(Value::as_str) {
         // Qwen2's query, key and value projections always have biases, its output projection none.
-        Some("qwen2") => Variant { qkv_bias: true, out_bias: false, qk_norm: false, head_dim },
-        Some("qwen3") => Variant { qkv_bias: attention_bias, out_bias: attention_bias, qk_norm: true, head_dim },
-        _ => Variant { qkv_bias: attention_bias, out_bias: attention_bias, qk_norm: false, head_dim },
+        Some("qwen2") => Variant { qkv_bias: true, out_bias: false, ..llama },
+        Some("qwen3") => Variant { qk_norm: true, ..llama },
+        Some("phi3") => {
+            // transformers 5 writes it under rope_parameters too.
+            let factor =
+                [config.get("partial_rotary_factor"), config.pointer("/rope_parameters/partial_rotary_factor")]
+                    .into_iter()
+                    .flatten()
+                    .find_map(Value::as_f64)
+                    .unwrap_or(1.0);
+            let heads = config.get("num_attention_heads").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let hidden = config.get("hidden_size").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let width = head_dim.or(hidden.checked_div(heads)).unwrap_or(0);
+            // transformers: int(head_dim * partial_rotary_factor).
+            let rotary = (width as f64 * factor) as usize;
+            Variant { qkv_bias: false, out_bias: false, rotary_dims: (rotary < width).then_some(rotary), ..llama }
+        }
+        _ => llama,
     })
 }
 

@@ -25,6 +25,8 @@ pub struct Variant {
     pub qk_norm: bool,
     /// Each head's width where config.json gives one (Qwen3's is not hidden_size / heads).
     pub head_dim: Option<usize>,
+    /// How many of each head's dimensions rotate, where not all do (Phi-3's partial_rotary_factor).
+    pub rotary_dims: Option<usize>,
 }
 
 /// One decoder layer's weights.
@@ -55,8 +57,10 @@ pub struct ProjectedLlama {
     kv_heads: usize,
     head_dim: usize,
     intermediate: usize,
-    /// Rotary frequencies, one per pair of a head's dimensions (transformers' default rope).
+    /// Rotary frequencies, one per pair of a head's rotating dimensions (transformers' default rope).
     inverse_frequencies: Vec<f32>,
+    /// The first `rotary_dims` dimensions of each head rotate; the rest pass unchanged.
+    rotary_dims: usize,
     context: usize,
 }
 
@@ -70,7 +74,17 @@ impl ProjectedLlama {
             (c.hidden_size, head_dim * c.num_attention_heads, head_dim * c.num_key_value_heads, c.intermediate_size);
         let norm =
             |vb: VarBuilder, n: usize| Ok::<_, candle_core::Error>(RmsNorm::new(vb.get(n, "weight")?, c.rms_norm_eps));
+        // Phi-3 stores query, key and value (and gate and up) as one fused tensor, in that order.
         let stacked = |vb: &VarBuilder, parts: &[(&str, usize)], bias: bool| {
+            let fused = match parts.len() {
+                3 => "qkv_proj",
+                _ => "gate_up_proj",
+            };
+            if vb.contains_tensor(&format!("{fused}.weight")) {
+                let n = parts.iter().map(|(_, n)| n).sum::<usize>();
+                let bias = if bias { Some(vb.get(n, &format!("{fused}.bias"))?) } else { None };
+                return Projection::new(vb.get((n, h), &format!("{fused}.weight"))?, bias, int8);
+            }
             let rows = parts
                 .iter()
                 .map(|(name, n)| vb.get((*n, h), &format!("{name}.weight")))
@@ -122,8 +136,12 @@ impl ProjectedLlama {
         head_is_embeddings: bool,
     ) -> candle_core::Result<Self> {
         let head_dim = head_dim(c, variant)?;
+        let rotary_dims = variant.rotary_dims.unwrap_or(head_dim);
+        if rotary_dims == 0 || rotary_dims > head_dim || rotary_dims % 2 == 1 {
+            candle_core::bail!("{rotary_dims} rotary dimensions do not fit heads of {head_dim}")
+        }
         let inverse_frequencies =
-            (0..head_dim / 2).map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f32 / head_dim as f32)).collect();
+            (0..rotary_dims / 2).map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f32 / rotary_dims as f32)).collect();
         Ok(ProjectedLlama {
             head_is_embeddings,
             embeddings: Embedding::new(embeddings, c.hidden_size),
@@ -135,6 +153,7 @@ impl ProjectedLlama {
             head_dim,
             intermediate: c.intermediate_size,
             inverse_frequencies,
+            rotary_dims,
             context: c.max_position_embeddings,
         })
     }
@@ -161,7 +180,7 @@ impl ProjectedLlama {
     fn rotation(&self, past: usize, seq: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let angles: Vec<f32> =
             (past..past + seq).flat_map(|p| self.inverse_frequencies.iter().map(move |f| p as f32 * f)).collect();
-        let angles = Tensor::from_vec(angles, (seq, self.head_dim / 2), &Device::Cpu)?;
+        let angles = Tensor::from_vec(angles, (seq, self.rotary_dims / 2), &Device::Cpu)?;
         Ok((angles.cos()?, angles.sin()?))
     }
 
@@ -184,8 +203,17 @@ impl ProjectedLlama {
             Some(norm) => norm.forward(&x),
             None => Ok(x),
         };
-        let q = rope(&normed(heads(0, self.heads)?, &l.query_norm)?, cos, sin)?;
-        let mut k = rope(&normed(heads(self.heads, self.kv_heads)?, &l.key_norm)?, cos, sin)?;
+        // Rotates the first rotary_dims dimensions of each head (all of them but in Phi-3-style partial rotation).
+        let rotated = |x: Tensor| -> candle_core::Result<Tensor> {
+            if self.rotary_dims == d {
+                return rope(&x, cos, sin);
+            }
+            let turned = rope(&x.narrow(D::Minus1, 0, self.rotary_dims)?.contiguous()?, cos, sin)?;
+            Tensor::cat(&[&turned, &x.narrow(D::Minus1, self.rotary_dims, d - self.rotary_dims)?], D::Minus1)?
+                .contiguous()
+        };
+        let q = rotated(normed(heads(0, self.heads)?, &l.query_norm)?)?;
+        let mut k = rotated(normed(heads(self.heads, self.kv_heads)?, &l.key_norm)?)?;
         let mut v = heads(self.heads + self.kv_heads, self.kv_heads)?;
         if let Some((past_k, past_v)) = kv.as_ref() {
             k = Tensor::cat(&[past_k, &k], 2)?;

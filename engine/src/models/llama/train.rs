@@ -196,6 +196,7 @@ impl TrainableLlama {
         let architecture = match model_type.as_str() {
             "qwen2" => "Qwen2ForCausalLM",
             "qwen3" => "Qwen3ForCausalLM",
+            "mistral" => "MistralForCausalLM",
             _ => "LlamaForCausalLM",
         };
         if let Some(obj) = config.as_object_mut() {
