@@ -131,9 +131,10 @@ impl AnyModel {
         model
     }
 
-    /// Loads the model onto the CPU, in 8 bits where `int8` says, other options at their defaults.
+    /// Loads the model onto the CPU, in 8 bits where `int8` says, other options at their defaults, keeping the
+    /// memory loading freed (for tests and benches, which load many models one after another).
     pub fn load_with(files: &ModelFiles, int8: Int8) -> Result<AnyModel> {
-        Self::load(files, &LoadOptions { int8, ..LoadOptions::default() })
+        Self::load_files(files, &LoadOptions { int8, ..LoadOptions::default() })
     }
 
     fn load_files(files: &ModelFiles, options: &LoadOptions) -> Result<AnyModel> {
