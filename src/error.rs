@@ -41,3 +41,10 @@ impl<T> OrRaise<T> for Result<T, AiError> {
         self.unwrap_or_else(|e| raise(e))
     }
 }
+
+/// Raises the ERROR that a query cancel, statement_timeout or a failed allocation (crate::out_of_memory) calls
+/// for; long work calls it between batches, tokens and steps.
+pub fn check_interrupts() {
+    pgrx::check_for_interrupts!();
+    crate::out_of_memory::check();
+}

@@ -1,8 +1,9 @@
 //! pg_ai: transformer models inside PostgreSQL.
 //!
 //! `engine` is the pg_ai_engine crate: the models, with no Postgres in them; `api` holds the SQL functions, short
-//! adapters over the engine; `store` is the model registry and the per-backend model cache; `memory` lets the
-//! kernel share identical weight pages between backends; `out_of_memory` turns a failed allocation into an ERROR.
+//! adapters over the engine; `store` is the model registry and the per-backend model cache; `training` reads rows
+//! for training and runs background jobs; `memory` lets the kernel share identical weight pages between backends;
+//! `out_of_memory` turns a failed allocation into an ERROR.
 
 use pgrx::prelude::*;
 
@@ -15,6 +16,7 @@ mod guc;
 mod memory;
 mod out_of_memory;
 mod store;
+mod training;
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 
@@ -23,7 +25,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        api::launcher::register_launcher();
+        training::launcher::register_launcher();
     }
 }
 

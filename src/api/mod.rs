@@ -6,37 +6,18 @@ mod fill_mask;
 mod generate;
 mod jobs;
 mod json_arg;
-pub(crate) mod launcher;
 mod models;
 mod ner;
 mod train;
 mod translate;
 
-/// Checks for query cancel, statement_timeout and a failed allocation between batches of work.
-fn interrupts() {
-    pgrx::check_for_interrupts!();
-    crate::out_of_memory::check();
-}
+use crate::error::check_interrupts as interrupts;
 
 /// Functions that write the catalog fail cleanly (25006) in read-only transactions and on standbys, before
 /// doing any work.
 fn require_writable(function: &std::ffi::CStr) {
     // SAFETY: raises a Postgres ERROR or returns; the name is a static C string.
     unsafe { pgrx::pg_sys::PreventCommandIfReadOnly(function.as_ptr()) };
-}
-
-/// A name for a new model: not empty, not taken (42710 with a hint otherwise).
-fn require_new_name(name: &str) {
-    use crate::engine::error::{AiError, ErrorKind};
-    if name.trim().is_empty() {
-        crate::error::raise(AiError::invalid("the model name is empty"));
-    }
-    if crate::store::catalog::exists(name) {
-        crate::error::raise(
-            AiError::new(ErrorKind::Duplicate, format!("model \"{name}\" already exists"))
-                .with_hint(format!("Drop it first with ai_drop_model('{name}'), or choose another name.")),
-        );
-    }
 }
 
 /// One answer per array element: the answers for the non-NULL elements back at their 1-based `positions`
@@ -60,4 +41,12 @@ fn present(inputs: &pgrx::Array<&str>) -> (Vec<i32>, Vec<String>) {
         }
     }
     (positions, texts)
+}
+
+/// A training call's options as JSON, read after the call's memory budget and reserve are set: the options are
+/// checked against the budget as they are read.
+fn training_options(options: Option<json_arg::JsonArg>) -> serde_json::Value {
+    crate::guc::apply_memory_budget();
+    crate::out_of_memory::prepare();
+    options.map_or(serde_json::json!({}), |j| j.value("options"))
 }

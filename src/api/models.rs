@@ -22,7 +22,7 @@ fn ai_load_model(
     let (name, source) = (name?, source?);
     super::require_writable(c"ai_load_model()");
     let store = store.unwrap_or(false);
-    super::require_new_name(name);
+    crate::store::catalog::require_new_name(name);
     if !catalog::may_read_server_files(&catalog::current_role()) {
         raise(
             AiError::new(ErrorKind::Privilege, "permission denied to load a model from the server's files")

@@ -162,3 +162,17 @@ pub fn may_read_server_files(role: &str) -> bool {
     .flatten()
     .unwrap_or(false)
 }
+
+/// A name for a new model: not empty, not taken (42710 with a hint otherwise).
+pub fn require_new_name(name: &str) {
+    use crate::engine::error::{AiError, ErrorKind};
+    if name.trim().is_empty() {
+        crate::error::raise(AiError::invalid("the model name is empty"));
+    }
+    if exists(name) {
+        crate::error::raise(
+            AiError::new(ErrorKind::Duplicate, format!("model \"{name}\" already exists"))
+                .with_hint(format!("Drop it first with ai_drop_model('{name}'), or choose another name.")),
+        );
+    }
+}
