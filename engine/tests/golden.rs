@@ -388,11 +388,23 @@ mod generation {
         check_greedy("phi3");
     }
 
+    /// Gemma 2: norms after attention and MLP, GELU, scaled embeddings, its own query scale, soft caps.
+    #[test]
+    fn gemma2_greedy_ids_and_logits_match_transformers() {
+        check_greedy("gemma2");
+    }
+
+    /// Gemma 3: Gemma 2 without soft caps, with head norms and a rope base of its own for sliding-window layers.
+    #[test]
+    fn gemma3_greedy_ids_and_logits_match_transformers() {
+        check_greedy("gemma3");
+    }
+
     /// With pg_ai.int8_decoders the fixtures' next-token logits stay within 1% of their spread of transformers'
     /// f32 ones (their weights are random: SmolLM2's real ones measure the change in KL below).
     #[test]
     fn int8_decoders_stay_near_transformers() {
-        for name in ["gpt2", "llama", "llama-rope", "qwen2", "qwen3", "mistral", "phi3"] {
+        for name in ["gpt2", "llama", "llama-rope", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3"] {
             let files = ModelFiles::in_dir(fixtures().join("models").join(name)).unwrap();
             let loaded = AnyModel::load_with(&files, Int8::ALL).unwrap();
             let m = loaded.causal().unwrap();

@@ -32,16 +32,20 @@ SELECT ai_load_model('llama', :'fixtures' || '/models/llama');
 SELECT task, architecture FROM ai.models WHERE name = 'llama';
 SELECT ai_generate('the cat', 'llama'), ai_generate('bob lives in', 'llama', max_tokens => 3);
 
--- Llama's relatives: Qwen2 (query, key and value biases), Qwen3 (norms of each query and key head), Mistral and
--- Phi-3 (fused projections, partial rotation) from safetensors, and GGUF files written as llama.cpp's converter
--- writes them (tests/fixtures/make_gguf_fixtures.py): each continues as transformers does on its safetensors.
+-- Llama's relatives: Qwen2 (query, key and value biases), Qwen3 (norms of each query and key head), Mistral, Phi-3
+-- (fused projections, partial rotation), Gemma 2 and Gemma 3 (soft caps, norms after attention and MLP, GELU, scaled
+-- embeddings, a rope base of its own for sliding-window layers) from safetensors, and GGUF files written as
+-- llama.cpp's converter writes them (tests/fixtures/make_gguf_fixtures.py): each continues as transformers does on
+-- its safetensors.
 SELECT ai_load_model('qwen2', :'fixtures' || '/models/qwen2'), ai_load_model('qwen3', :'fixtures' || '/models/qwen3'),
        ai_load_model('mistral', :'fixtures' || '/models/mistral'), ai_load_model('phi3', :'fixtures' || '/models/phi3'),
+       ai_load_model('gemma2', :'fixtures' || '/models/gemma2'),
+       ai_load_model('gemma3', :'fixtures' || '/models/gemma3'),
        ai_load_model('qwen2-gguf', :'fixtures' || '/gguf/qwen2-q8_0.gguf'),
        ai_load_model('qwen3-gguf', :'fixtures' || '/gguf/qwen3-f32.gguf'),
        ai_load_model('mistral-gguf', :'fixtures' || '/gguf/mistral-q8_0.gguf');
-SELECT name, task, architecture FROM ai.models WHERE name ~ '^(qwen|mistral|phi)' ORDER BY name;
-SELECT name, ai_generate('bob lives in', name) FROM ai.models WHERE name ~ '^(qwen|mistral|phi)' ORDER BY name;
+SELECT name, task, architecture FROM ai.models WHERE name ~ '^(qwen|mistral|phi|gemma)' ORDER BY name;
+SELECT name, ai_generate('bob lives in', name) FROM ai.models WHERE name ~ '^(qwen|mistral|phi|gemma)' ORDER BY name;
 
 -- pg_ai.int8_decoders holds GPT-2 and Llama weights as 8-bit blocks, for models loaded after the change: a half
 -- to a third of the memory (token embeddings are also held in f16 or f32 for lookup) and faster generation;

@@ -112,6 +112,8 @@ pub const MODEL_TYPES: &[ModelType] = &[
     decoder("qwen2", true),
     decoder("qwen3", true),
     decoder("phi3", false),
+    decoder("gemma2", false),
+    decoder("gemma3_text", false),
     ModelType {
         name: "t5",
         tasks: &[Task::Translation, Task::Summarization],
@@ -244,7 +246,7 @@ mod tests {
             e.hint.as_deref(),
             Some(
                 "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, gpt2, llama, mistral, \
-                 qwen2, qwen3, phi3, t5 or marian, and GGUF files of llama, qwen2 and qwen3 models."
+                 qwen2, qwen3, phi3, gemma2, gemma3_text, t5 or marian, and GGUF files of llama, qwen2 and qwen3 models."
             )
         );
         let e = training("marian", Objective::Seq2Seq).err().unwrap();

@@ -183,7 +183,7 @@ impl GgufModel {
             let model = if requantised || weights == Weights::F32 {
                 let (tensors, config, variant) = as_transformers(&content, &mut file).map_err(corrupt)?;
                 let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-                ProjectedLlama::load(&vb, &config, variant, requantised)
+                ProjectedLlama::load(&vb, &config, variant, None, requantised)
             } else {
                 as_stored(&content, &mut file)
             }
@@ -341,6 +341,8 @@ fn as_stored<R: Read + Seek>(content: &gguf_file::Content, file: &mut R) -> cand
             mlp_norm: norm(part("ffn_norm.weight")?)?,
             gate_up: Projection::stored(vec![part("ffn_gate.weight")?, part("ffn_up.weight")?], None)?,
             down: Projection::stored(vec![part("ffn_down.weight")?], None)?,
+            attention_out_norm: None,
+            mlp_out_norm: None,
         });
     }
     let output_norm = norm(stored("output_norm.weight")?)?;

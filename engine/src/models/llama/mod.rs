@@ -11,7 +11,7 @@ use crate::files::ModelFiles;
 use crate::generate::kv_cache;
 use crate::generate::{CausalLm, Decoder, TextCodec};
 use crate::models::bert::var_builder;
-use crate::models::llama::projected::{head_dim, ProjectedLlama, Variant};
+use crate::models::llama::projected::{head_dim, Gemma, ProjectedLlama, Variant};
 use crate::text::decoder::DecoderTokenizer;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig, LlamaEosToks};
@@ -41,6 +41,7 @@ impl LlamaModel {
         let parsed: LlamaConfig = serde_json::from_value(top_level_rope(config.clone())?)
             .map_err(|e| AiError::corrupt(format!("config.json is not a Llama configuration: {e}")))?;
         let variant = variant(&config)?;
+        let gemma = gemma(&config);
         let mut llama_config = parsed.clone().into_config(false);
         llama_config.max_position_embeddings = context(&config, llama_config.max_position_embeddings);
         let eos_ids = match parsed.eos_token_id {
@@ -69,10 +70,10 @@ impl LlamaModel {
         let mismatch = |e: candle_core::Error| AiError::corrupt(format!("the weights do not match config.json: {e}"));
         // pg_ai's Llama has transformers' default rotary embeddings only: llama3-scaled models stay on candle's, in f32.
         let (weights, weight_bytes) = if c.rope_scaling.is_none() {
-            let model = ProjectedLlama::load(&vb, c, variant, int8).map_err(mismatch)?;
+            let model = ProjectedLlama::load(&vb, c, variant, gemma, int8).map_err(mismatch)?;
             let bytes = model.weight_bytes();
             (Weights::Projected(model), bytes)
-        } else if variant == Variant::default() {
+        } else if variant == Variant::default() && gemma.is_none() {
             let model = Llama::load(vb, &llama_config).map_err(mismatch)?;
             (Weights::Candle { model, config: llama_config }, parameters.saturating_mul(4))
         } else {
@@ -108,7 +109,7 @@ fn variant(config: &Value) -> Result<Variant> {
     Ok(match config.get("model_type").and_then(Value::as_str) {
         // Qwen2's query, key and value projections always have biases, its output projection none.
         Some("qwen2") => Variant { qkv_bias: true, out_bias: false, ..llama },
-        Some("qwen3") => Variant { qk_norm: true, ..llama },
+        Some("qwen3" | "gemma3_text") => Variant { qk_norm: true, ..llama },
         Some("phi3") => {
             // transformers 5 writes it under rope_parameters too.
             let factor =
@@ -125,6 +126,39 @@ fn variant(config: &Value) -> Result<Variant> {
             Variant { qkv_bias: false, out_bias: false, rotary_dims: (rotary < width).then_some(rotary), ..llama }
         }
         _ => llama,
+    })
+}
+
+/// What Gemma 2 and 3 (model_type gemma2, gemma3_text) change (see projected::Gemma); None for other models.
+fn gemma(config: &Value) -> Option<Gemma> {
+    let model_type = config.get("model_type").and_then(Value::as_str)?;
+    if !matches!(model_type, "gemma2" | "gemma3_text") {
+        return None;
+    }
+    let number = |key: &str| config.get(key).and_then(Value::as_f64);
+    let layers = config.get("num_hidden_layers").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let sliding_layers = match config.get("layer_types").and_then(Value::as_array) {
+        Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
+        // Without layer_types, as transformers fills it in: Gemma 2 every other layer from the first, Gemma 3 all
+        // but every sliding_window_pattern-th (6).
+        None if model_type == "gemma2" => (0..layers).map(|i| i % 2 == 0).collect(),
+        None => {
+            let pattern = config.get("sliding_window_pattern").and_then(Value::as_u64).unwrap_or(6).max(1) as usize;
+            (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+        }
+    };
+    let head_dim = number("head_dim").unwrap_or(256.0);
+    Some(Gemma {
+        query_pre_attn_scalar: number("query_pre_attn_scalar").unwrap_or(head_dim),
+        attention_softcap: number("attn_logit_softcapping"),
+        final_softcap: number("final_logit_softcapping"),
+        local_rope_theta: config
+            .pointer("/rope_parameters/sliding_attention/rope_theta")
+            .or_else(|| config.get("rope_local_base_freq"))
+            .and_then(Value::as_f64)
+            .filter(|_| model_type == "gemma3_text")
+            .map(|theta| theta as f32),
+        sliding_layers,
     })
 }
 
@@ -147,7 +181,12 @@ pub(crate) fn context(config: &Value, max_position_embeddings: usize) -> usize {
 /// transformers 5 writes the rotary settings under `rope_parameters`; candle reads `rope_theta` and
 /// `rope_scaling` at the top level and would otherwise fall back to theta 10000 without a word.
 fn top_level_rope(mut config: Value) -> Result<Value> {
-    let Some(rope) = config.get("rope_parameters").cloned() else { return Ok(config) };
+    let Some(mut rope) = config.get("rope_parameters").cloned() else { return Ok(config) };
+    // Gemma 3 keeps one set per kind of layer: the full-attention layers' is the model's rope_theta (its
+    // sliding-window layers' is read by `gemma`).
+    if let Some(full) = rope.get("full_attention").cloned() {
+        rope = full;
+    }
     if config.get("rope_theta").is_none() {
         if let Some(theta) = rope.get("rope_theta") {
             config["rope_theta"] = theta.clone();

@@ -29,6 +29,20 @@ pub struct Variant {
     pub rotary_dims: Option<usize>,
 }
 
+/// What Gemma 2 and 3 change beyond `Variant` (their norms' offset of one is folded into the weights at load).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Gemma {
+    /// Scores are scaled by query_pre_attn_scalar^-1/2, not head_dim^-1/2.
+    pub query_pre_attn_scalar: f64,
+    /// Gemma 2 caps scores and logits smoothly: cap * tanh(x / cap).
+    pub attention_softcap: Option<f64>,
+    pub final_softcap: Option<f64>,
+    /// Gemma 3: the rope base of the sliding-window layers (others use rope_theta).
+    pub local_rope_theta: Option<f32>,
+    /// Which layers attend through a sliding window (config.json's layer_types).
+    pub sliding_layers: Vec<bool>,
+}
+
 /// One decoder layer's weights.
 pub struct Layer {
     pub attention_norm: RmsNorm,
@@ -43,6 +57,9 @@ pub struct Layer {
     /// Gate and up rows stacked: 2 * intermediate outputs.
     pub gate_up: Projection,
     pub down: Projection,
+    /// Gemma's norms of the attention's and the MLP's outputs.
+    pub attention_out_norm: Option<RmsNorm>,
+    pub mlp_out_norm: Option<RmsNorm>,
 }
 
 pub struct ProjectedLlama {
@@ -62,18 +79,30 @@ pub struct ProjectedLlama {
     /// The first `rotary_dims` dimensions of each head rotate; the rest pass unchanged.
     rotary_dims: usize,
     context: usize,
+    gemma: Option<Gemma>,
+    /// Gemma 3's frequencies for its sliding-window layers.
+    local_inverse_frequencies: Option<Vec<f32>>,
 }
 
 impl ProjectedLlama {
     /// Loads a transformers Llama, or a relative that `variant` describes (without llama3 rope scaling, which the
     /// caller leaves to candle-transformers), its weights in 8 bits or not: in f32 it answers as transformers does
     /// (the tests check).
-    pub fn load(vb: &VarBuilder, c: &Config, variant: Variant, int8: bool) -> candle_core::Result<Self> {
+    pub fn load(
+        vb: &VarBuilder,
+        c: &Config,
+        variant: Variant,
+        gemma: Option<Gemma>,
+        int8: bool,
+    ) -> candle_core::Result<Self> {
         let head_dim = head_dim(c, variant)?;
         let (h, q, kv, ff) =
             (c.hidden_size, head_dim * c.num_attention_heads, head_dim * c.num_key_value_heads, c.intermediate_size);
-        let norm =
-            |vb: VarBuilder, n: usize| Ok::<_, candle_core::Error>(RmsNorm::new(vb.get(n, "weight")?, c.rms_norm_eps));
+        // Gemma's norms scale by (1 + weight).
+        let offset = if gemma.is_some() { 1.0 } else { 0.0 };
+        let norm = |vb: VarBuilder, n: usize| {
+            Ok::<_, candle_core::Error>(RmsNorm::new((vb.get(n, "weight")? + offset)?, c.rms_norm_eps))
+        };
         // Phi-3 stores query, key and value (and gate and up) as one fused tensor, in that order.
         let stacked = |vb: &VarBuilder, parts: &[(&str, usize)], bias: bool| {
             let fused = match parts.len() {
@@ -104,15 +133,26 @@ impl ProjectedLlama {
             let l = vb.pp(format!("model.layers.{i}"));
             let (a, m) = (l.pp("self_attn"), l.pp("mlp"));
             let out_bias = if variant.out_bias { Some(a.get(h, "o_proj.bias")?) } else { None };
+            // Gemma's post_attention_layernorm normalises the attention's output; Llama's, the MLP's input.
+            let (mlp_norm, attention_out_norm, mlp_out_norm) = match gemma {
+                Some(_) => (
+                    norm(l.pp("pre_feedforward_layernorm"), h)?,
+                    Some(norm(l.pp("post_attention_layernorm"), h)?),
+                    Some(norm(l.pp("post_feedforward_layernorm"), h)?),
+                ),
+                None => (norm(l.pp("post_attention_layernorm"), h)?, None, None),
+            };
             layers.push(Layer {
                 attention_norm: norm(l.pp("input_layernorm"), h)?,
                 qkv: stacked(&a, &[("q_proj", q), ("k_proj", kv), ("v_proj", kv)], variant.qkv_bias)?,
                 query_norm: head_norm(&a, "q_norm")?,
                 key_norm: head_norm(&a, "k_norm")?,
                 attention_out: Projection::new(a.get((h, q), "o_proj.weight")?, out_bias, int8)?,
-                mlp_norm: norm(l.pp("post_attention_layernorm"), h)?,
+                mlp_norm,
                 gate_up: stacked(&m, &[("gate_proj", ff), ("up_proj", ff)], false)?,
                 down: Projection::new(m.get((h, ff), "down_proj.weight")?, None, int8)?,
+                attention_out_norm,
+                mlp_out_norm,
             });
         }
         let embeddings = vb.get((c.vocab_size, h), "model.embed_tokens.weight")?;
@@ -121,7 +161,20 @@ impl ProjectedLlama {
         let head = Projection::head(head, None, int8, c.tie_word_embeddings)?;
         let embeddings = embeddings.to_dtype(if int8 { DType::F16 } else { DType::F32 })?;
         let final_norm = norm(vb.pp("model.norm"), h)?;
-        Self::new(c, variant, embeddings, layers, final_norm, head, c.tie_word_embeddings && !int8)
+        let mut model = Self::new(c, variant, embeddings, layers, final_norm, head, c.tie_word_embeddings && !int8)?;
+        if let Some(gemma) = gemma {
+            if gemma.sliding_layers.len() != model.layers.len() {
+                candle_core::bail!(
+                    "layer_types names {} layers, not {}",
+                    gemma.sliding_layers.len(),
+                    model.layers.len()
+                )
+            }
+            model.local_inverse_frequencies =
+                gemma.local_rope_theta.map(|theta| inverse_frequencies(theta, model.rotary_dims));
+            model.gemma = Some(gemma);
+        }
+        Ok(model)
     }
 
     /// A Llama of these parts. `embeddings` (vocabulary, hidden) is the lookup table, in f32 or f16;
@@ -140,8 +193,7 @@ impl ProjectedLlama {
         if rotary_dims == 0 || rotary_dims > head_dim || rotary_dims % 2 == 1 {
             candle_core::bail!("{rotary_dims} rotary dimensions do not fit heads of {head_dim}")
         }
-        let inverse_frequencies =
-            (0..rotary_dims / 2).map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f32 / rotary_dims as f32)).collect();
+        let inverse_frequencies = inverse_frequencies(c.rope_theta, rotary_dims);
         Ok(ProjectedLlama {
             head_is_embeddings,
             embeddings: Embedding::new(embeddings, c.hidden_size),
@@ -155,6 +207,8 @@ impl ProjectedLlama {
             inverse_frequencies,
             rotary_dims,
             context: c.max_position_embeddings,
+            gemma: None,
+            local_inverse_frequencies: None,
         })
     }
 
@@ -164,8 +218,11 @@ impl ProjectedLlama {
             .layers
             .iter()
             .map(|l| {
-                let head_norms: usize =
-                    [&l.query_norm, &l.key_norm].into_iter().flatten().map(|n| bytes(n.weight())).sum();
+                let head_norms: usize = [&l.query_norm, &l.key_norm, &l.attention_out_norm, &l.mlp_out_norm]
+                    .into_iter()
+                    .flatten()
+                    .map(|n| bytes(n.weight()))
+                    .sum();
                 bytes(l.attention_norm.weight())
                     + bytes(l.mlp_norm.weight())
                     + head_norms
@@ -176,10 +233,10 @@ impl ProjectedLlama {
         bytes(self.embeddings.embeddings()) + layers + bytes(self.norm.weight()) + head
     }
 
-    /// Cosines and sines of the rotary angles for positions past..past + seq, each (seq, head_dim / 2).
-    fn rotation(&self, past: usize, seq: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let angles: Vec<f32> =
-            (past..past + seq).flat_map(|p| self.inverse_frequencies.iter().map(move |f| p as f32 * f)).collect();
+    /// Cosines and sines of the rotary angles of `frequencies` for positions past..past + seq, each
+    /// (seq, rotary_dims / 2).
+    fn rotation(&self, frequencies: &[f32], past: usize, seq: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let angles: Vec<f32> = (past..past + seq).flat_map(|p| frequencies.iter().map(move |f| p as f32 * f)).collect();
         let angles = Tensor::from_vec(angles, (seq, self.rotary_dims / 2), &Device::Cpu)?;
         Ok((angles.cos()?, angles.sin()?))
     }
@@ -223,17 +280,28 @@ impl ProjectedLlama {
         // Each key and value head serves heads / kv_heads query heads.
         let repeat = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(k, repeat)?.contiguous()?, repeat_kv(v, repeat)?.contiguous()?);
-        let mut scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
+        let scale = self.gemma.as_ref().map_or(d as f64, |g| g.query_pre_attn_scalar);
+        let mut scores = (q.matmul(&k.t()?)? / scale.sqrt())?;
+        if let Some(cap) = self.gemma.as_ref().and_then(|g| g.attention_softcap) {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
         let context = softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, self.heads * d))?;
-        let x = (x + l.attention_out.forward(&context)?)?;
+        let x = (x + normed(l.attention_out.forward(&context)?, &l.attention_out_norm)?)?;
         let gate_up = l.gate_up.forward(&l.mlp_norm.forward(&x)?)?;
         let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
         let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
-        x + l.down.forward(&(gate.silu()? * up)?)?
+        // Gemma's gate is GELU's tanh approximation (gelu_pytorch_tanh), which candle's gelu is.
+        let gate = if self.gemma.is_some() { gate.gelu()? } else { gate.silu()? };
+        x + normed(l.down.forward(&(gate * up)?)?, &l.mlp_out_norm)?
     }
+}
+
+/// Rotary frequencies, one per pair of `rotary_dims` dimensions (transformers' default rope).
+fn inverse_frequencies(theta: f32, rotary_dims: usize) -> Vec<f32> {
+    (0..rotary_dims / 2).map(|i| 1.0 / theta.powf(2.0 * i as f32 / rotary_dims as f32)).collect()
 }
 
 /// Each attention head's width (config.json's head_dim, or the hidden size's share), once the head counts are
@@ -262,15 +330,32 @@ impl CachedDecoder for ProjectedLlama {
     fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let seq = ids.len();
         let past = cache.prepare(seq, self.layers.len(), self.context())?;
-        let (cos, sin) = self.rotation(past, seq)?;
+        let global = self.rotation(&self.inverse_frequencies, past, seq)?;
+        let local = match &self.local_inverse_frequencies {
+            Some(frequencies) => Some(self.rotation(frequencies, past, seq)?),
+            None => None,
+        };
         let mask = causal_mask(seq, past)?;
         let input = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
         let mut x = self.embeddings.forward(&input)?.to_dtype(DType::F32)?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.layer_forward(layer, &x, kv, &cos, &sin, mask.as_ref())?;
+        if self.gemma.is_some() {
+            // Gemma scales its embeddings by sqrt(hidden_size), rounded to the weights' type (f32 here).
+            x = (x * (self.embeddings.hidden_size() as f32).sqrt() as f64)?;
+        }
+        for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let sliding = self.gemma.as_ref().is_some_and(|g| g.sliding_layers[i]);
+            let (cos, sin) = match (&local, sliding) {
+                (Some(local), true) => local,
+                _ => &global,
+            };
+            x = self.layer_forward(layer, &x, kv, cos, sin, mask.as_ref())?;
         }
         let last = self.norm.forward(&x.narrow(1, seq - 1, 1)?)?;
-        Ok(self.head.forward(&last)?.squeeze(0)?.squeeze(0)?)
+        let mut logits = self.head.forward(&last)?.squeeze(0)?.squeeze(0)?;
+        if let Some(cap) = self.gemma.as_ref().and_then(|g| g.final_softcap) {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(logits)
     }
 }
 
@@ -308,8 +393,8 @@ mod tests {
             let exact = Llama::load(vb.clone(), &config).unwrap();
             let mut cache = Cache::new(true, DType::F32, &config, &Device::Cpu).unwrap();
             let models = [
-                (ProjectedLlama::load(&vb, &config, Variant::default(), false).unwrap(), 1e-5),
-                (ProjectedLlama::load(&vb, &config, Variant::default(), true).unwrap(), 0.05),
+                (ProjectedLlama::load(&vb, &config, Variant::default(), None, false).unwrap(), 1e-5),
+                (ProjectedLlama::load(&vb, &config, Variant::default(), None, true).unwrap(), 0.05),
             ];
             let mut caches = [KvCache::default(), KvCache::default()];
             let prompt = [3u32, 17, 42, 5, 9, 30];
