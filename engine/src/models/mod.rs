@@ -1,4 +1,5 @@
-//! A model ready to answer: its config, tokenizer, encoder, task head and sentence pooling.
+//! The models pg_ai runs, one folder per family, and what they share: `AnyModel` (any loaded model), `Task` (what
+//! it can be asked, in transformers' pipeline names), `LoadOptions`, and the registry of model types.
 
 pub mod bert;
 pub mod gguf;
@@ -8,19 +9,17 @@ pub mod marian;
 pub mod registry;
 pub mod t5;
 
+pub use bert::model::Model;
+
 use crate::device::Placement;
 use crate::error::{AiError, Result};
 use crate::files::ModelFiles;
 use crate::generate::translator::{Family, Translator};
 use crate::generate::CausalLm;
 use crate::kernels::int8::Int8;
-use crate::models::bert::config::ModelConfig;
-use crate::models::bert::pooling::Pooling;
-use crate::models::bert::{var_builder, Encoder, Head};
 use crate::models::gguf::GgufModel;
 use crate::models::gpt2::Gpt2Model;
 use crate::models::llama::LlamaModel;
-use crate::text::TextTokenizer;
 use candle_core::Device;
 use registry::Int8Setting;
 
@@ -99,17 +98,6 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions { int8: Int8::NONE, placement: Placement::Cpu, gguf_requantize: true }
     }
-}
-
-pub struct Model {
-    pub config: ModelConfig,
-    pub tokenizer: TextTokenizer,
-    pub encoder: Encoder,
-    pub head: Option<Head>,
-    pub pooling: Pooling,
-    pub parameters: usize,
-    /// Bytes of the weights held in memory.
-    pub weight_bytes: usize,
 }
 
 /// Any model pg_ai can load: an encoder with its task head, a decoder that generates, or an encoder-decoder
@@ -250,41 +238,6 @@ impl AnyModel {
         match self {
             AnyModel::Seq2Seq(m) => Ok(m),
             _ => Err(AiError::wrong_task("only T5 and Marian models translate")),
-        }
-    }
-}
-
-impl Model {
-    /// Loads the encoder and its head onto `device`, their linear layers in 8 bits where `int8`.
-    pub fn load(files: &ModelFiles, config: ModelConfig, int8: bool, device: &Device) -> Result<Model> {
-        let tokenizer = TextTokenizer::load(&files.dir, config.max_tokens())?;
-        let vb = var_builder(&files.weights, device)?;
-        let encoder = Encoder::load(&vb, &config, int8)?;
-        let head = Head::load(&vb, &config, encoder.word_embeddings(), int8)?;
-        let pooling = Pooling::from_files(files)?;
-        let parameters = encoder.parameter_count() + head.as_ref().map_or(0, Head::parameter_count);
-        let weight_bytes = encoder.weight_bytes() + head.as_ref().map_or(0, Head::weight_bytes);
-        Ok(Model { config, tokenizer, encoder, head, pooling, parameters, weight_bytes })
-    }
-
-    /// The tasks this model can answer: embeddings always, the rest by its head.
-    pub fn can(&self, task: Task) -> bool {
-        match (task, &self.head) {
-            (Task::FeatureExtraction, _) => true,
-            (Task::FillMask, Some(Head::MaskedLm { .. })) => self.tokenizer.mask.is_some(),
-            (Task::TextClassification, Some(Head::SequenceClassifier { .. })) => true,
-            (Task::TokenClassification, Some(Head::TokenClassifier { .. })) => true,
-            _ => false,
-        }
-    }
-
-    /// The task to register when the user names none: the head's task.
-    pub fn default_task(&self) -> Task {
-        match &self.head {
-            Some(Head::MaskedLm { .. }) => Task::FillMask,
-            Some(Head::SequenceClassifier { .. }) => Task::TextClassification,
-            Some(Head::TokenClassifier { .. }) => Task::TokenClassification,
-            None => Task::from_architecture(&self.config.architecture),
         }
     }
 }

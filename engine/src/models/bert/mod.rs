@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod layout;
+pub mod model;
 pub mod pooling;
 pub mod train;
 

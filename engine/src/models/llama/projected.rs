@@ -99,9 +99,11 @@ impl ProjectedLlama {
         let (h, q, kv, ff) =
             (c.hidden_size, head_dim * c.num_attention_heads, head_dim * c.num_key_value_heads, c.intermediate_size);
         // Gemma's norms scale by (1 + weight).
-        let offset = if gemma.is_some() { 1.0 } else { 0.0 };
+        let offset = gemma.is_some();
         let norm = |vb: VarBuilder, n: usize| {
-            Ok::<_, candle_core::Error>(RmsNorm::new((vb.get(n, "weight")? + offset)?, c.rms_norm_eps))
+            let weight = vb.get(n, "weight")?;
+            let weight = if offset { (weight + 1.0)? } else { weight };
+            Ok::<_, candle_core::Error>(RmsNorm::new(weight, c.rms_norm_eps))
         };
         // Phi-3 stores query, key and value (and gate and up) as one fused tensor, in that order.
         let stacked = |vb: &VarBuilder, parts: &[(&str, usize)], bias: bool| {

@@ -1,0 +1,56 @@
+//! An encoder ready to answer: its config, tokenizer, encoder, task head and sentence pooling.
+
+use super::config::ModelConfig;
+use super::pooling::Pooling;
+use super::{var_builder, Encoder, Head};
+use crate::error::Result;
+use crate::files::ModelFiles;
+use crate::models::Task;
+use crate::text::TextTokenizer;
+use candle_core::Device;
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub tokenizer: TextTokenizer,
+    pub encoder: Encoder,
+    pub head: Option<Head>,
+    pub pooling: Pooling,
+    pub parameters: usize,
+    /// Bytes of the weights held in memory.
+    pub weight_bytes: usize,
+}
+
+impl Model {
+    /// Loads the encoder and its head onto `device`, their linear layers in 8 bits where `int8`.
+    pub fn load(files: &ModelFiles, config: ModelConfig, int8: bool, device: &Device) -> Result<Model> {
+        let tokenizer = TextTokenizer::load(&files.dir, config.max_tokens())?;
+        let vb = var_builder(&files.weights, device)?;
+        let encoder = Encoder::load(&vb, &config, int8)?;
+        let head = Head::load(&vb, &config, encoder.word_embeddings(), int8)?;
+        let pooling = Pooling::from_files(files)?;
+        let parameters = encoder.parameter_count() + head.as_ref().map_or(0, Head::parameter_count);
+        let weight_bytes = encoder.weight_bytes() + head.as_ref().map_or(0, Head::weight_bytes);
+        Ok(Model { config, tokenizer, encoder, head, pooling, parameters, weight_bytes })
+    }
+
+    /// The tasks this model can answer: embeddings always, the rest by its head.
+    pub fn can(&self, task: Task) -> bool {
+        match (task, &self.head) {
+            (Task::FeatureExtraction, _) => true,
+            (Task::FillMask, Some(Head::MaskedLm { .. })) => self.tokenizer.mask.is_some(),
+            (Task::TextClassification, Some(Head::SequenceClassifier { .. })) => true,
+            (Task::TokenClassification, Some(Head::TokenClassifier { .. })) => true,
+            _ => false,
+        }
+    }
+
+    /// The task to register when the user names none: the head's task.
+    pub fn default_task(&self) -> Task {
+        match &self.head {
+            Some(Head::MaskedLm { .. }) => Task::FillMask,
+            Some(Head::SequenceClassifier { .. }) => Task::TextClassification,
+            Some(Head::TokenClassifier { .. }) => Task::TokenClassification,
+            None => Task::from_architecture(&self.config.architecture),
+        }
+    }
+}
