@@ -182,6 +182,16 @@ fn check_minilm(m: &Model, cosine_above: f64) {
     // "A man is eating food." is far closer to the bread sentence than to the movie one.
     let (food, bread, movie) = (&got[0], &got[1], &got[2]);
     assert!(dot(food, bread) > 0.6 && dot(food, movie) < 0.2, "{} {}", dot(food, bread), dot(food, movie));
+    // ai_similarity: sentence-transformers' cosine of its own embeddings, within the embeddings' agreement.
+    let want = |i: usize| -> Vec<f32> {
+        cases[i]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
+    for (i, j) in [(0, 1), (0, 2), (1, 2)] {
+        let (a, b) = (want(i), want(j));
+        let expected = dot(&a, &b) / (dot(&a, &a).sqrt() * dot(&b, &b).sqrt());
+        let got = pg_ai_engine::tasks::embed::similarity(m, inputs[i], inputs[j], &mut || ()).unwrap() as f64;
+        assert!((got - expected).abs() < 1.0 - cosine_above, "{} ~ {}: {got} vs {expected}", inputs[i], inputs[j]);
+    }
 }
 
 #[test]

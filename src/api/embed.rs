@@ -1,8 +1,8 @@
-//! ai_embed: sentence embeddings with the model's own pooling and normalisation.
+//! ai_embed: sentence embeddings with the model's own pooling and normalisation; ai_similarity: the cosine of two.
 
 use super::{interrupts, present};
 use crate::engine::models::Task;
-use crate::engine::tasks::embed::embed;
+use crate::engine::tasks::embed::{embed, similarity};
 use crate::error::OrRaise;
 use pgrx::prelude::*;
 
@@ -31,4 +31,11 @@ fn ai_embed_array(
         rows.push((ord, vector));
     }
     TableIterator::new(rows)
+}
+
+/// How alike two texts are by the model's embeddings: their cosine, from -1 to 1.
+#[pg_extern(stable, parallel_safe)]
+fn ai_similarity(a: &str, b: &str, model: &str) -> f32 {
+    let loaded = crate::store::model_for(model, Task::FeatureExtraction);
+    similarity(loaded.encoder().or_raise(), a, b, &mut interrupts).or_raise()
 }

@@ -33,6 +33,18 @@ FROM ai_embed(ARRAY['A man is eating food.', 'The new movie is awesome.'], 'mini
 
 SELECT ai_embed(NULL, 'minilm') IS NULL AS null_embedding;
 
+-- ai_similarity: the cosine of two texts' embeddings, as sentence-transformers' util.cos_sim; the same ranking as
+-- the dot products above. NULL in, NULL out; a decoder has no embeddings (42809).
+SELECT id, round(ai_similarity(body, 'A man is eating food.', 'minilm')::numeric, 3) AS similarity
+FROM sentences ORDER BY similarity DESC;
+SELECT abs(ai_similarity('A man is eating food.', 'The new movie is awesome.', 'minilm')
+           - dot(ai_embed('A man is eating food.', 'minilm'), ai_embed('The new movie is awesome.', 'minilm'))) < 1e-6
+       AS equals_the_dot_of_unit_vectors;
+SELECT ai_similarity(NULL, 'x', 'minilm') IS NULL AS null_similarity;
+SELECT ai_load_model('decoder', :'fixtures' || '/models/gpt2') \g /dev/null
+SELECT pg_temp.try($$SELECT ai_similarity('a', 'b', 'decoder')$$) AS decoder_has_no_embeddings;
+SELECT ai_drop_model('decoder');
+
 -- pg_ai.timing: where a call's time goes, one NOTICE per call (durations shown as # here).
 SELECT ai_load_model('timed', :'fixtures' || '/models/bert-mlm');
 SELECT ai_unload_model('timed');
