@@ -1,5 +1,5 @@
-//! Llama-family decoders from safetensors (Llama, SmolLM and the like, and Qwen2 and Qwen3, which differ from Llama
-//! only as `projected::Variant` says), on pg_ai's own Llama (engine::models::llama::projected: f32, or 8 bits with
+//! Llama-family decoders from safetensors (Llama, SmolLM and the like, and Mistral, Qwen2, Qwen3, Phi-3, Gemma 2 and
+//! Gemma 3, which differ from Llama as `projected::Variant` and `projected::Gemma` say), on pg_ai's own Llama (engine::models::llama::projected: f32, or 8 bits with
 //! pg_ai.int8_decoders), or for llama3-scaled rotary embeddings, which that one lacks, on candle-transformers' Llama
 //! in f32.
 

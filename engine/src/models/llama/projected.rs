@@ -4,7 +4,8 @@
 //! pads them: on SmolLM2's shapes 2.5x faster per generated token and 6x on prompts, for the products alone. In f32 a
 //! `Projection` multiplies a generated token's single row with engine::kernels::matvec, which candle-transformers'
 //! Llama does not (SmolLM2 size: 16 -> 20 tokens/s, engine/benches/generate.rs). Query, key and value, and gate and up,
-//! are each one product, so every input is read (and in 8 bits quantised) once per layer.
+//! are each one product, so every input is read (and in 8 bits quantised) once per layer. Llama's relatives run on it
+//! too: what Qwen2, Qwen3, Mistral and Phi-3 change is a `Variant`, what Gemma 2 and 3 change besides a `Gemma`.
 
 use crate::error::Result;
 use crate::generate::kv_cache::{causal_mask, CachedDecoder, KvCache};
