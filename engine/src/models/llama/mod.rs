@@ -1,7 +1,7 @@
 //! Llama-family decoders from safetensors (Llama, SmolLM and the like, and Mistral, Qwen2, Qwen3, Phi-3, Gemma 2 and
-//! Gemma 3, which differ from Llama as `projected::Variant` and `projected::Gemma` say), on pg_ai's own Llama (engine::models::llama::projected: f32, or 8 bits with
-//! pg_ai.int8_decoders), or for llama3-scaled rotary embeddings, which that one lacks, on candle-transformers' Llama
-//! in f32.
+//! Gemma 3, which differ from Llama as `projected::Variant` and `projected::Gemma` say), on pg_ai's own Llama
+//! (engine::models::llama::projected: f32, or 8 bits with pg_ai.int8_decoders), or for llama3-scaled rotary embeddings,
+//! which that one lacks, on candle-transformers' Llama in f32.
 
 pub mod projected;
 pub mod train;
@@ -68,7 +68,8 @@ impl LlamaModel {
             .saturating_add(head);
         let vb = var_builder(&files.weights, &Device::Cpu)?;
         let mismatch = |e: candle_core::Error| AiError::corrupt(format!("the weights do not match config.json: {e}"));
-        // pg_ai's Llama has transformers' default rotary embeddings only: llama3-scaled models stay on candle's, in f32.
+        // pg_ai's Llama has transformers' default rotary embeddings only: llama3-scaled models stay on candle's, in
+        // f32.
         let (weights, weight_bytes) = if c.rope_scaling.is_none() {
             let model = ProjectedLlama::load(&vb, c, variant, gemma, int8).map_err(mismatch)?;
             let bytes = model.weight_bytes();

@@ -1,11 +1,12 @@
-//! A Llama on pg_ai's own projections (engine::kernels::int8's `Projection`), in f32 or, for pg_ai.int8_decoders, in 8 bits, or
-//! on a GGUF file's quantized weights as stored (engine::models::gguf). candle's quantized Llama holds each row of weights as
-//! it comes, and rows that are not whole blocks of 256 (SmolLM2's 576) miss candle's tiled VNNI kernels; a `Projection`
-//! pads them: on SmolLM2's shapes 2.5x faster per generated token and 6x on prompts, for the products alone. In f32 a
-//! `Projection` multiplies a generated token's single row with engine::kernels::matvec, which candle-transformers'
-//! Llama does not (SmolLM2 size: 16 -> 20 tokens/s, engine/benches/generate.rs). Query, key and value, and gate and up,
-//! are each one product, so every input is read (and in 8 bits quantised) once per layer. Llama's relatives run on it
-//! too: what Qwen2, Qwen3, Mistral and Phi-3 change is a `Variant`, what Gemma 2 and 3 change besides a `Gemma`.
+//! A Llama on pg_ai's own projections (engine::kernels::int8's `Projection`), in f32 or, for pg_ai.int8_decoders, in 8
+//! bits, or on a GGUF file's quantized weights as stored (engine::models::gguf). candle's quantized Llama holds each
+//! row of weights as it comes, and rows that are not whole blocks of 256 (SmolLM2's 576) miss candle's tiled VNNI
+//! kernels; a `Projection` pads them: on SmolLM2's shapes 2.5x faster per generated token and 6x on prompts, for the
+//! products alone. In f32 a `Projection` multiplies a generated token's single row with engine::kernels::matvec, which
+//! candle-transformers' Llama does not (SmolLM2 size: 16 -> 20 tokens/s, engine/benches/generate.rs). Query, key and
+//! value, and gate and up, are each one product, so every input is read (and in 8 bits quantised) once per layer.
+//! Llama's relatives run on it too: what Qwen2, Qwen3, Mistral and Phi-3 change is a `Variant`, what Gemma 2 and 3
+//! change besides a `Gemma`.
 
 use crate::error::Result;
 use crate::generate::kv_cache::{causal_mask, CachedDecoder, KvCache};

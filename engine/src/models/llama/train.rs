@@ -1,7 +1,7 @@
-//! A differentiable Llama (LlamaForCausalLM: RMS norms, rotary positions, grouped-query attention, SwiGLU), and
-//! Qwen2 and Qwen3 (Qwen2ForCausalLM: query, key and value biases; Qwen3ForCausalLM: norms of each query and key
-//! head, a head_dim of its own), with transformers' tensor names, so that engine::models::llama loads what it saves. Rotary positions and norms are written
-//! out: candle's fused rope and rms_norm kernels have no backward pass.
+//! A differentiable Llama (LlamaForCausalLM: RMS norms, rotary positions, grouped-query attention, SwiGLU), and Qwen2
+//! and Qwen3 (Qwen2ForCausalLM: query, key and value biases; Qwen3ForCausalLM: norms of each query and key head, a
+//! head_dim of its own), with transformers' tensor names, so that engine::models::llama loads what it saves. Rotary
+//! positions and norms are written out: candle's fused rope and rms_norm kernels have no backward pass.
 
 use crate::error::{AiError, Result};
 use crate::train::batch::Batch;
