@@ -85,3 +85,12 @@ impl From<candle_core::Error> for AiError {
 }
 
 pub type Result<T> = std::result::Result<T, AiError>;
+
+/// Names as a hint lists them: "a, b or c" (`last` "or"), "a, b and c" (`last` "and").
+pub fn listed(names: impl IntoIterator<Item = impl AsRef<str>>, last: &str) -> String {
+    let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_string()).collect();
+    match names.split_last() {
+        Some((end, rest)) if !rest.is_empty() => format!("{} {last} {end}", rest.join(", ")),
+        _ => names.concat(),
+    }
+}

@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 /// AVX-512F: the packed f32 products and the one-row products of generation.
+#[inline]
 pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -14,6 +15,7 @@ pub fn avx512() -> bool {
 }
 
 /// AVX2 with FMA: the widest vectors of CPUs without AVX-512 (see simd::widest).
+#[inline]
 pub fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -24,6 +26,7 @@ pub fn avx2_fma() -> bool {
 }
 
 /// AVX-512 VNNI (with BW): pg_ai's 8-bit products.
+#[inline]
 pub fn avx512_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -34,6 +37,7 @@ pub fn avx512_vnni() -> bool {
 }
 
 /// AVX-VNNI (256-bit), which candle's tiled 8-bit kernels use where AVX-512 VNNI is missing.
+#[inline]
 pub fn avx_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

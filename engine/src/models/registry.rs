@@ -11,7 +11,7 @@ use super::llama::train::TrainableLlama;
 use super::llama::LlamaModel;
 use super::t5::train::TrainableT5;
 use super::{AnyModel, Model, Task};
-use crate::error::{AiError, ErrorKind, Result};
+use crate::error::{listed, AiError, ErrorKind, Result};
 use crate::files::ModelFiles;
 use crate::generate::translator::{Family, Translator};
 use crate::text::training::Style;
@@ -172,15 +172,6 @@ fn build_bert(
     seed: u64,
 ) -> Result<Box<dyn Trainable>> {
     Ok(Box::new(TrainableBert::build(config, bert_task(objective, prepared), source, seed)?))
-}
-
-/// "a, b or c" (`last` "or"), "a, b and c" (`last` "and").
-fn listed(names: impl IntoIterator<Item = impl AsRef<str>>, last: &str) -> String {
-    let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_string()).collect();
-    match names.split_last() {
-        Some((end, rest)) if !rest.is_empty() => format!("{} {last} {end}", rest.join(", ")),
-        _ => names.concat(),
-    }
 }
 
 /// The types that fine-tune, those with the same objectives together: "bert and roberta (mlm or clm), t5 (seq2seq)".

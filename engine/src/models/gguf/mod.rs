@@ -5,7 +5,7 @@ use crate::error::{AiError, Result};
 use crate::generate::kv_cache;
 use crate::generate::{CausalLm, Decoder, TextCodec};
 use crate::kernels::int8::Projection;
-use crate::models::llama::projected::{Layer, ProjectedLlama, Variant};
+use crate::models::llama::projected::{head_dim, Layer, ProjectedLlama, Variant};
 use crate::text::decoder::DecoderTokenizer;
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
@@ -58,11 +58,7 @@ const ARCHITECTURES: &[Architecture] = &[
 
 /// "llama, qwen2 and qwen3", for hints.
 pub fn architectures() -> String {
-    let names: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name).collect();
-    match names.split_last() {
-        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
-        _ => names.concat(),
-    }
+    crate::error::listed(ARCHITECTURES.iter().map(|a| a.name), "and")
 }
 
 fn architecture_of(content: &gguf_file::Content) -> candle_core::Result<&'static Architecture> {
@@ -401,11 +397,6 @@ fn llama_config(content: &gguf_file::Content, architecture: &Architecture) -> ca
         head_dim: size("attention.key_length").ok(),
         rotary_dims: None,
     };
-    let heads = size("attention.head_count")?;
-    let head_dim = variant.head_dim.or(hidden_size.checked_div(heads)).unwrap_or(0);
-    // Partial rotation (where a converter writes rope.dimension_count below the head's width).
-    let rotary_dims = size("rope.dimension_count").ok().filter(|&r| r < head_dim);
-    let variant = Variant { rotary_dims, ..variant };
     let config = Config {
         hidden_size,
         intermediate_size: size("feed_forward_length")?,
@@ -422,7 +413,10 @@ fn llama_config(content: &gguf_file::Content, architecture: &Architecture) -> ca
         max_position_embeddings: size("context_length").unwrap_or(MAX_SEQ_LEN),
         tie_word_embeddings: !has("output.weight"),
     };
-    Ok((config, variant))
+    // Partial rotation (where a converter writes rope.dimension_count below the head's width).
+    let head_dim = head_dim(&config, variant)?;
+    let rotary_dims = size("rope.dimension_count").ok().filter(|&r| r < head_dim);
+    Ok((config, Variant { rotary_dims, ..variant }))
 }
 
 /// A generation session: a copy of the weights' handles (the tensors are shared) with its own KV cache.

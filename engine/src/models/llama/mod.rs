@@ -55,6 +55,7 @@ impl LlamaModel {
             .and_then(|c| c.get("chat_template")?.as_str().map(str::to_string));
         let c = &llama_config;
         let d = head_dim(c, variant).map_err(|e| AiError::corrupt(format!("config.json: {e}")))?;
+        let variant = Variant { rotary_dims: rotary_dims(&config, d), ..variant };
         let (q, kv) = (d * c.num_attention_heads, d * c.num_key_value_heads);
         // Saturating: config.json's sizes are not yet checked against the weights.
         let p = crate::budget::product;
@@ -111,23 +112,25 @@ fn variant(config: &Value) -> Result<Variant> {
         // Qwen2's query, key and value projections always have biases, its output projection none.
         Some("qwen2") => Variant { qkv_bias: true, out_bias: false, ..llama },
         Some("qwen3" | "gemma3_text") => Variant { qk_norm: true, ..llama },
-        Some("phi3") => {
-            // transformers 5 writes it under rope_parameters too.
-            let factor =
-                [config.get("partial_rotary_factor"), config.pointer("/rope_parameters/partial_rotary_factor")]
-                    .into_iter()
-                    .flatten()
-                    .find_map(Value::as_f64)
-                    .unwrap_or(1.0);
-            let heads = config.get("num_attention_heads").and_then(Value::as_u64).unwrap_or(0) as usize;
-            let hidden = config.get("hidden_size").and_then(Value::as_u64).unwrap_or(0) as usize;
-            let width = head_dim.or(hidden.checked_div(heads)).unwrap_or(0);
-            // transformers: int(head_dim * partial_rotary_factor).
-            let rotary = (width as f64 * factor) as usize;
-            Variant { qkv_bias: false, out_bias: false, rotary_dims: (rotary < width).then_some(rotary), ..llama }
-        }
+        // Phi-3's partial rotation is set once the head's width is known (`rotary_dims`).
+        Some("phi3") => Variant { qkv_bias: false, out_bias: false, ..llama },
         _ => llama,
     })
+}
+
+/// How many of each head's `head_dim` dimensions rotate where not all do: Phi-3's partial_rotary_factor (transformers 5
+/// writes it under rope_parameters too), rounded down as transformers does: int(head_dim * partial_rotary_factor).
+fn rotary_dims(config: &Value, head_dim: usize) -> Option<usize> {
+    if config.get("model_type").and_then(Value::as_str) != Some("phi3") {
+        return None;
+    }
+    let factor = [config.get("partial_rotary_factor"), config.pointer("/rope_parameters/partial_rotary_factor")]
+        .into_iter()
+        .flatten()
+        .find_map(Value::as_f64)
+        .unwrap_or(1.0);
+    let rotary = (head_dim as f64 * factor) as usize;
+    (rotary < head_dim).then_some(rotary)
 }
 
 /// What Gemma 2 and 3 (model_type gemma2, gemma3_text) change (see projected::Gemma); None for other models.
