@@ -11,7 +11,7 @@ use crate::timing::{time, Phase};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::path::Path;
-use tokenizers::{Encoding, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationParams};
 
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -62,6 +62,14 @@ impl TextTokenizer {
         // Truncate at the file's own limit (sentence-transformers models set one) or the model's;
         // tasks that must not lose text check `truncated` and refuse instead.
         let max_tokens = inner.get_truncation().map(|t| t.max_length.min(model_max_tokens)).unwrap_or(model_max_tokens);
+        // The tokenizers crate subtracts the special tokens from the limit unchecked.
+        let special = inner.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        if max_tokens <= special {
+            return Err(AiError::corrupt(format!(
+                "the model accepts {max_tokens} tokens, no more than its {special} special tokens"
+            ))
+            .with_hint("Check max_position_embeddings in config.json and truncation in tokenizer.json."));
+        }
         inner
             .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| AiError::corrupt(format!("tokenizer.json: {e}")))?;

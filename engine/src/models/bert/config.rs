@@ -71,6 +71,15 @@ impl ModelConfig {
         };
         let hidden_size = need(&["hidden_size", "dim"])?;
         let labels = read_labels(&raw)?;
+        let pad_token_id = usize_field(&raw, &["pad_token_id"]).unwrap_or(0);
+        let vocab_size = need(&["vocab_size"])?;
+        // transformers refuses it too (an embedding's padding_idx must be one of its rows); RoBERTa's positions
+        // start after it.
+        if pad_token_id >= vocab_size {
+            return Err(AiError::corrupt(format!(
+                "config.json: pad_token_id {pad_token_id} is not below vocab_size {vocab_size}"
+            )));
+        }
         let activation = raw
             .get("hidden_act")
             .or_else(|| raw.get("activation"))
@@ -85,7 +94,7 @@ impl ModelConfig {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string(),
-            vocab_size: need(&["vocab_size"])?,
+            vocab_size,
             hidden_size,
             layers: need(&["num_hidden_layers", "n_layers"])?,
             heads: need(&["num_attention_heads", "n_heads"])?,
@@ -94,7 +103,7 @@ impl ModelConfig {
             max_positions: need(&["max_position_embeddings"])?,
             type_vocab_size: usize_field(&raw, &["type_vocab_size"]).unwrap_or(0),
             layer_norm_eps: raw.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12),
-            pad_token_id: usize_field(&raw, &["pad_token_id"]).unwrap_or(0),
+            pad_token_id,
             multi_label: raw.get("problem_type").and_then(Value::as_str) == Some("multi_label_classification"),
             labels,
             raw,

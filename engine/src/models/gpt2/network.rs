@@ -39,7 +39,7 @@ impl Gpt2Config {
             n_layer: need("n_layer")?,
             n_head: need("n_head")?,
             n_positions: need("n_positions")?,
-            n_inner: raw.get("n_inner").and_then(Value::as_u64).map_or(4 * n_embd, |v| v as usize),
+            n_inner: raw.get("n_inner").and_then(Value::as_u64).map_or(n_embd.saturating_mul(4), |v| v as usize),
             layer_norm_epsilon: raw.get("layer_norm_epsilon").and_then(Value::as_f64).unwrap_or(1e-5),
             eos_token_id: raw.get("eos_token_id").and_then(Value::as_u64).map(|v| v as u32),
         })

@@ -98,8 +98,12 @@ impl ProjectedLlama {
         int8: bool,
     ) -> candle_core::Result<Self> {
         let head_dim = head_dim(c, variant)?;
-        let (h, q, kv, ff) =
-            (c.hidden_size, head_dim * c.num_attention_heads, head_dim * c.num_key_value_heads, c.intermediate_size);
+        let (h, q, kv, ff) = (
+            c.hidden_size,
+            head_dim.saturating_mul(c.num_attention_heads),
+            head_dim.saturating_mul(c.num_key_value_heads),
+            c.intermediate_size,
+        );
         // Gemma's norms scale by (1 + weight).
         let offset = gemma.is_some();
         let norm = |vb: VarBuilder, n: usize| {
@@ -114,7 +118,8 @@ impl ProjectedLlama {
                 _ => "gate_up_proj",
             };
             if vb.contains_tensor(&format!("{fused}.weight")) {
-                let n = parts.iter().map(|(_, n)| n).sum::<usize>();
+                // Saturating: sizes from config.json; a wrong one fails at the shape check below.
+                let n = parts.iter().fold(0usize, |sum, (_, n)| sum.saturating_add(*n));
                 let bias = if bias { Some(vb.get(n, &format!("{fused}.bias"))?) } else { None };
                 return Projection::new(vb.get((n, h), &format!("{fused}.weight"))?, bias, int8);
             }

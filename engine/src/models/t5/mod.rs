@@ -89,7 +89,7 @@ struct Attention {
 
 impl Attention {
     fn load(vb: VarBuilder, c: &T5Config, relative: bool) -> candle_core::Result<Self> {
-        let inner = c.num_heads * c.d_kv;
+        let inner = c.num_heads.saturating_mul(c.d_kv);
         let linear = |name: &str, i: usize, o: usize| -> candle_core::Result<Linear> {
             Ok(Linear::new(vb.pp(name).get((o, i), "weight")?, None))
         };

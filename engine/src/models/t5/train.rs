@@ -122,7 +122,7 @@ impl TrainableT5 {
         if !(factor > 0.0 && factor.is_finite()) {
             return Err(AiError::corrupt("config.json: initializer_factor must be a positive number"));
         }
-        let (d, inner, heads) = (c.d_model, c.num_heads * c.d_kv, c.num_heads);
+        let (d, inner, heads) = (c.d_model, c.num_heads.saturating_mul(c.d_kv), c.num_heads);
         let spread = |fan: usize| factor * (fan as f64).powf(-0.5);
         let mut b = ParamBuilder::new(source, seed);
         let shared = b.normal("shared.weight", &[c.vocab_size, d], factor)?;

@@ -1,0 +1,254 @@
+//! Every size in config.json is chosen by whoever registered the model. Set to absurd values one at a time, each
+//! must give an error or a model that answers, never a panic, and nothing may ask for more memory than the budget
+//! (pg_ai.max_memory_per_call) allows: an allocation that fails ends the backend, and with it every session.
+
+use pg_ai_engine::files::ModelFiles;
+use pg_ai_engine::generate::translator::TranslateOptions;
+use pg_ai_engine::generate::{generate_with, GenerateOptions};
+use pg_ai_engine::models::{AnyModel, Task};
+use pg_ai_engine::tasks;
+use serde_json::Value;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The budget these tests set.
+const BUDGET: usize = 256 << 20;
+
+/// The largest single allocation since the last reset.
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator, recording the largest request; a request far beyond the budget is refused, which ends
+/// the test process as it would end a backend (the case is printed before it runs).
+struct Recording;
+
+unsafe impl GlobalAlloc for Recording {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        if layout.size() > 4 * BUDGET {
+            return std::ptr::null_mut();
+        }
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        if new_size > 4 * BUDGET {
+            return std::ptr::null_mut();
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Recording = Recording;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("tests/fixtures/models")
+}
+
+/// Values a hostile or careless config may hold where a size belongs.
+fn absurd_values() -> Vec<Value> {
+    vec![
+        Value::from(0),
+        Value::from(1),
+        Value::from(3),
+        Value::from(-1),
+        Value::from(i32::MAX),
+        Value::from(1u64 << 40),
+        Value::from(u64::MAX),
+        Value::from(1e30),
+        Value::from(0.5),
+    ]
+}
+
+/// Every number in `config` (nested objects and arrays too), as a JSON pointer.
+fn numbers(config: &Value, at: String, out: &mut Vec<String>) {
+    match config {
+        Value::Number(_) => out.push(at),
+        Value::Object(map) => map.iter().for_each(|(k, v)| numbers(v, format!("{at}/{k}"), out)),
+        Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| numbers(v, format!("{at}/{i}"), out)),
+        _ => {}
+    }
+}
+
+/// Asks the model what it can answer, briefly; the result itself does not matter here.
+fn exercise(model: &AnyModel) {
+    let texts = ["the cat sat on the mat", "a [MASK] <mask> day"];
+    let mut between = || {};
+    if let Ok(m) = model.encoder() {
+        if model.can(Task::FillMask) {
+            let _ = tasks::fill_mask::fill_mask(m, &texts, 3, &mut between);
+        }
+        if model.can(Task::TextClassification) {
+            let _ = tasks::classify::classify(m, &texts, &mut between);
+        }
+        if model.can(Task::TokenClassification) {
+            let _ = tasks::ner::ner(m, &texts, &mut between);
+        }
+        let _ = tasks::embed::embed(m, &texts, &mut between);
+    }
+    if let Ok(m) = model.causal() {
+        let options = GenerateOptions { max_tokens: 3, ..Default::default() };
+        let _ = generate_with(m, texts[0], &options, &mut between, &mut |_| ());
+    }
+    if let Ok(m) = model.translator() {
+        let inputs = texts.map(str::to_string);
+        let _ = m.generate_ids(&inputs, TranslateOptions { max_tokens: 3, num_beams: 2 }, &mut between);
+    }
+}
+
+/// A copy of `model`'s directory whose config.json is `config`.
+fn with_config(model: &Path, config: &Value, case: usize) -> PathBuf {
+    let name = model.file_name().unwrap().to_str().unwrap();
+    let dir = std::env::temp_dir().join(format!("pg_ai-absurd-{}-{name}-{case}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(model).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            // Hard links keep the copies cheap (pg_ai refuses symbolic ones); the weights are only read.
+            let to = dir.join(entry.file_name());
+            if std::fs::hard_link(entry.path(), &to).is_err() {
+                std::fs::copy(entry.path(), &to).unwrap();
+            }
+        }
+    }
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(config).unwrap()).unwrap();
+    dir
+}
+
+fn sweep(names: &[&str]) {
+    pg_ai_engine::budget::set_limit(BUDGET);
+    let mut failures = Vec::new();
+    for name in names {
+        let model = fixtures().join(name);
+        let original: Value = serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+        let mut pointers = Vec::new();
+        numbers(&original, String::new(), &mut pointers);
+        let mut case = 0;
+        let mut loaded = 0;
+        for pointer in &pointers {
+            for value in absurd_values() {
+                case += 1;
+                let mut config = original.clone();
+                *config.pointer_mut(pointer).unwrap() = value.clone();
+                let dir = with_config(&model, &config, case);
+                // Written past the test harness's capture: an allocation refused above ends the process.
+                let _ = writeln!(std::io::stderr(), "{name}: {pointer} = {value}");
+                LARGEST.store(0, Ordering::Relaxed);
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    let files = ModelFiles::in_dir(dir.clone())?;
+                    let model = AnyModel::load(&files, &Default::default())?;
+                    exercise(&model);
+                    Ok::<_, pg_ai_engine::error::AiError>(())
+                }))
+                .map(|result| loaded += result.is_ok() as usize);
+                let _ = std::fs::remove_dir_all(&dir);
+                if outcome.is_err() {
+                    failures.push(format!("{name}: {pointer} = {value} panicked"));
+                }
+                let largest = LARGEST.load(Ordering::Relaxed);
+                if largest > BUDGET {
+                    failures.push(format!("{name}: {pointer} = {value} allocated {largest} bytes at once"));
+                }
+            }
+        }
+        // Most changes of one number still load (a value it had, a rope base, an epsilon): the sweep reaches the
+        // models' code, not only the config's checks.
+        let _ = writeln!(std::io::stderr(), "{name}: {loaded} of {case} loaded");
+        assert!(loaded * 4 >= case, "{name}: only {loaded} of {case} configs loaded");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn absurd_encoder_configs_are_errors_or_answer() {
+    sweep(&["bert-mlm", "bert-classifier", "bert-ner", "distilbert-mlm", "roberta-classifier"]);
+}
+
+#[test]
+fn absurd_decoder_configs_are_errors_or_answer() {
+    sweep(&["gpt2", "llama", "llama-rope", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3"]);
+}
+
+#[test]
+fn absurd_seq2seq_configs_are_errors_or_answer() {
+    sweep(&["t5", "marian"]);
+}
+
+/// The same for a GGUF file's metadata: every number, within its stored type, at its extremes.
+fn gguf_sweep(names: &[&str]) {
+    use candle_core::quantized::gguf_file::{self, Value as Meta};
+    pg_ai_engine::budget::set_limit(BUDGET);
+    let absurd = |value: &Meta| -> Vec<Meta> {
+        match value {
+            Meta::U32(_) => vec![Meta::U32(0), Meta::U32(1), Meta::U32(3), Meta::U32(u32::MAX)],
+            Meta::I32(_) => vec![Meta::I32(0), Meta::I32(-1), Meta::I32(i32::MAX), Meta::I32(i32::MIN)],
+            Meta::U64(_) => vec![Meta::U64(0), Meta::U64(1 << 40), Meta::U64(u64::MAX)],
+            Meta::I64(_) => vec![Meta::I64(-1), Meta::I64(i64::MAX)],
+            Meta::F32(_) => vec![Meta::F32(0.0), Meta::F32(-1.0), Meta::F32(f32::NAN), Meta::F32(f32::INFINITY)],
+            Meta::F64(_) => vec![Meta::F64(0.0), Meta::F64(f64::NAN), Meta::F64(1e300)],
+            _ => Vec::new(),
+        }
+    };
+    let mut failures = Vec::new();
+    let dir = std::env::temp_dir().join(format!("pg_ai-absurd-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in names {
+        let path = fixtures().join("../gguf").join(name);
+        let mut file = std::fs::File::open(&path).unwrap();
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        let tensors: Vec<_> = content
+            .tensor_infos
+            .keys()
+            .map(|t| (t.clone(), content.tensor(&mut file, t, &candle_core::Device::Cpu).unwrap()))
+            .collect();
+        let (mut case, mut loaded) = (0, 0);
+        for (key, value) in &content.metadata {
+            for changed in absurd(value) {
+                case += 1;
+                let _ = writeln!(std::io::stderr(), "{name}: {key} = {changed:?}");
+                let metadata: Vec<(&str, &Meta)> =
+                    content.metadata.iter().map(|(k, v)| (k.as_str(), if k == key { &changed } else { v })).collect();
+                let tensor_refs: Vec<_> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+                let written = dir.join(format!("{case}.gguf"));
+                let mut out = std::fs::File::create(&written).unwrap();
+                gguf_file::write(&mut out, &metadata, &tensor_refs).unwrap();
+                drop(out);
+                LARGEST.store(0, Ordering::Relaxed);
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    let files = ModelFiles::locate(written.to_str().unwrap(), None)?;
+                    let model = AnyModel::load(&files, &Default::default())?;
+                    exercise(&model);
+                    Ok::<_, pg_ai_engine::error::AiError>(())
+                }))
+                .map(|result| loaded += result.is_ok() as usize);
+                let _ = std::fs::remove_file(&written);
+                if outcome.is_err() {
+                    failures.push(format!("{name}: {key} = {changed:?} panicked"));
+                }
+                let largest = LARGEST.load(Ordering::Relaxed);
+                if largest > BUDGET {
+                    failures.push(format!("{name}: {key} = {changed:?} allocated {largest} bytes at once"));
+                }
+            }
+        }
+        let _ = writeln!(std::io::stderr(), "{name}: {loaded} of {case} loaded");
+        assert!(loaded * 4 >= case, "{name}: only {loaded} of {case} files loaded");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn absurd_gguf_metadata_is_an_error_or_answers() {
+    gguf_sweep(&["llama-q8_0.gguf", "qwen3-f32.gguf", "qwen2-q8_0.gguf"]);
+}
