@@ -2,17 +2,21 @@
 //! must give an error or a model that answers, never a panic, and nothing may ask for more memory than the budget
 //! (pg_ai.max_memory_per_call) allows: an allocation that fails ends the backend, and with it every session.
 
+mod training_support;
+
 use pg_ai_engine::files::ModelFiles;
 use pg_ai_engine::generate::translator::TranslateOptions;
 use pg_ai_engine::generate::{generate_with, GenerateOptions};
 use pg_ai_engine::models::{AnyModel, Task};
 use pg_ai_engine::tasks;
+use pg_ai_engine::train::{finetune, Example, Objective, TrainOptions};
 use serde_json::Value;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use training_support::{Recorder, Rows};
 
 /// The budget these tests set.
 const BUDGET: usize = 256 << 20;
@@ -125,7 +129,28 @@ fn with_config(model: &Path, config: &Value, case: usize) -> PathBuf {
     dir
 }
 
-fn sweep(names: &[&str]) {
+/// Loads `dir` and asks it what it can answer.
+fn load_and_exercise(dir: &Path) -> pg_ai_engine::error::Result<()> {
+    let files = ModelFiles::in_dir(dir.to_path_buf())?;
+    exercise(&AnyModel::load(&files, &Default::default())?);
+    Ok(())
+}
+
+/// Fine-tunes `dir` for two steps with `objective`, on a few sentences.
+fn finetune_briefly(dir: &Path, objective: Objective) -> pg_ai_engine::error::Result<()> {
+    let rows = training_support::sentences().into_iter().take(24).map(|text| {
+        let target = (objective == Objective::Seq2Seq).then(|| text.to_uppercase());
+        Example { text, target, ..Default::default() }
+    });
+    let options = TrainOptions::from_json(&serde_json::json!({"max_steps": 2, "batch_size": 4}))?;
+    let out = training_support::scratch(&format!("absurd-{}", dir.file_name().unwrap().to_string_lossy()));
+    let result = finetune(dir, objective, &mut Rows::new(rows.collect()), &options, &mut Recorder::default(), &out);
+    let _ = std::fs::remove_dir_all(&out);
+    result.map(|_| ())
+}
+
+/// Changes every number in each model's config.json to each absurd value in turn and runs `run` on the copy.
+fn sweep(names: &[&str], run: impl Fn(&Path) -> pg_ai_engine::error::Result<()>) {
     pg_ai_engine::budget::set_limit(BUDGET);
     let mut failures = Vec::new();
     for name in names {
@@ -144,13 +169,8 @@ fn sweep(names: &[&str]) {
                 // Written past the test harness's capture: an allocation refused above ends the process.
                 let _ = writeln!(std::io::stderr(), "{name}: {pointer} = {value}");
                 LARGEST.store(0, Ordering::Relaxed);
-                let outcome = catch_unwind(AssertUnwindSafe(|| {
-                    let files = ModelFiles::in_dir(dir.clone())?;
-                    let model = AnyModel::load(&files, &Default::default())?;
-                    exercise(&model);
-                    Ok::<_, pg_ai_engine::error::AiError>(())
-                }))
-                .map(|result| loaded += result.is_ok() as usize);
+                let outcome =
+                    catch_unwind(AssertUnwindSafe(|| run(&dir))).map(|result| loaded += result.is_ok() as usize);
                 let _ = std::fs::remove_dir_all(&dir);
                 if outcome.is_err() {
                     failures.push(format!("{name}: {pointer} = {value} panicked"));
@@ -171,17 +191,24 @@ fn sweep(names: &[&str]) {
 
 #[test]
 fn absurd_encoder_configs_are_errors_or_answer() {
-    sweep(&["bert-mlm", "bert-classifier", "bert-ner", "distilbert-mlm", "roberta-classifier"]);
+    sweep(&["bert-mlm", "bert-classifier", "bert-ner", "distilbert-mlm", "roberta-classifier"], load_and_exercise);
 }
 
 #[test]
 fn absurd_decoder_configs_are_errors_or_answer() {
-    sweep(&["gpt2", "llama", "llama-rope", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3"]);
+    sweep(&["gpt2", "llama", "llama-rope", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3"], load_and_exercise);
 }
 
 #[test]
 fn absurd_seq2seq_configs_are_errors_or_answer() {
-    sweep(&["t5", "marian"]);
+    sweep(&["t5", "marian"], load_and_exercise);
+}
+
+#[test]
+fn absurd_configs_of_bases_to_fine_tune_are_errors_or_train() {
+    sweep(&["bert-mlm", "distilbert-mlm", "roberta-mlm"], |dir| finetune_briefly(dir, Objective::Mlm));
+    sweep(&["gpt2", "llama", "qwen3"], |dir| finetune_briefly(dir, Objective::Clm));
+    sweep(&["t5"], |dir| finetune_briefly(dir, Objective::Seq2Seq));
 }
 
 /// The same for a GGUF file's metadata: every number, within its stored type, at its extremes.

@@ -359,6 +359,13 @@ fn continue_from(
             .unwrap_or(512) as usize,
     };
     let max_length = options.max_length.min(positions);
+    if (max_length as u64) < options::MIN_MAX_LENGTH {
+        return Err(AiError::corrupt(format!(
+            "the base model accepts {positions} tokens; training needs at least {}",
+            options::MIN_MAX_LENGTH
+        ))
+        .with_hint("Check max_position_embeddings (n_positions for GPT-2) in the base model's config.json."));
+    }
     base_shape(&config, &files.weights[0])?.check_memory(options)?;
     let prepared = data::prepare(data, &mut tokenizer, objective, max_length, options, scratch_area(out_dir)?)?;
     if let (Some(p), Some(obj)) = (options.dropout, config.as_object_mut()) {

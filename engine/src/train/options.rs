@@ -65,6 +65,9 @@ impl Default for TrainOptions {
     }
 }
 
+/// The shortest sequences training takes: room for the special tokens and a few words.
+pub const MIN_MAX_LENGTH: u64 = 8;
+
 const KEYS: &[&str] = &[
     "epochs",
     "max_steps",
@@ -153,7 +156,7 @@ impl TrainOptions {
             seed: int(map, "seed", 0, u64::MAX)?.map_or(d.seed, |s| s as u64),
             test_size: real(map, "test_size", 0.0, 1.0, false, true)?.unwrap_or(d.test_size),
             log_every: int(map, "log_every", 1, 100_000_000)?.unwrap_or(d.log_every),
-            max_length: int(map, "max_length", 8, 8192)?.unwrap_or(d.max_length),
+            max_length: int(map, "max_length", MIN_MAX_LENGTH, 8192)?.unwrap_or(d.max_length),
             dropout: real(map, "dropout", 0.0, 1.0, false, true)?,
             checkpoint_every: int(map, "checkpoint_every", 1, 100_000_000)?,
             source_prefix: match map.get("source_prefix") {

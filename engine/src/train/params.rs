@@ -89,11 +89,19 @@ pub struct ParamBuilder {
     pub params: Params,
     /// Names initialised here rather than taken from the source.
     pub fresh: Vec<String>,
+    /// Their parameters: a base's config.json can ask for any number of layers the file lacks.
+    fresh_parameters: usize,
 }
 
 impl ParamBuilder {
     pub fn new(source: HashMap<String, Tensor>, seed: u64) -> Self {
-        ParamBuilder { source, rng: ChaCha8Rng::seed_from_u64(seed), params: Params::default(), fresh: Vec::new() }
+        ParamBuilder {
+            source,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            params: Params::default(),
+            fresh: Vec::new(),
+            fresh_parameters: 0,
+        }
     }
 
     fn add(
@@ -112,8 +120,13 @@ impl ParamBuilder {
                 )))
             }
             None => {
+                let n = crate::budget::product(dims);
+                self.fresh_parameters = self.fresh_parameters.saturating_add(n);
+                // Weights, gradients and AdamW's two moments, as train::options::Shape counts them.
+                crate::budget::check(self.fresh_parameters.saturating_mul(16), || {
+                    format!("training {} new parameters (up to {name})", self.fresh_parameters)
+                })?;
                 self.fresh.push(name.to_string());
-                let n = dims.iter().product();
                 Tensor::from_vec(init(&mut self.rng, n), dims, &Device::Cpu)?
             }
         };

@@ -218,7 +218,7 @@ impl TrainableBert {
         let lin = |b: &mut ParamBuilder, name: String, d_in: usize, d_out: usize| -> Result<Pair> {
             Ok((b.normal(&format!("{name}.weight"), &[d_out, d_in], std)?, b.bias(&format!("{name}.bias"), d_out)?))
         };
-        let mut layers = Vec::with_capacity(c.layers);
+        let mut layers = Vec::new();
         for i in 0..c.layers {
             let p = format!("{base}.{}.{i}", layout.names.layer);
             layers.push(Layer {

@@ -106,7 +106,7 @@ impl TrainableGpt2 {
         let conv = |b: &mut ParamBuilder, name: String, d_in: usize, d_out: usize, std: f64| -> Result<Pair> {
             Ok((b.normal(&format!("{name}.weight"), &[d_in, d_out], std)?, b.bias(&format!("{name}.bias"), d_out)?))
         };
-        let mut blocks = Vec::with_capacity(c.n_layer);
+        let mut blocks = Vec::new();
         for i in 0..c.n_layer {
             let p = format!("transformer.h.{i}");
             blocks.push(Block {

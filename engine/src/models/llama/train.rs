@@ -166,7 +166,7 @@ impl TrainableLlama {
             let bias = if bias { Some(b.bias(&format!("{name}.bias"), d_out)?) } else { None };
             Ok((w, bias))
         };
-        let mut stack = Vec::with_capacity(layers);
+        let mut stack = Vec::new();
         for i in 0..layers {
             let p = format!("model.layers.{i}");
             let (q, kv) = (heads * head_dim, kv_heads * head_dim);

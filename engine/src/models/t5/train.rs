@@ -128,7 +128,7 @@ impl TrainableT5 {
         let shared = b.normal("shared.weight", &[c.vocab_size, d], factor)?;
         let attention = |b: &mut ParamBuilder, p: &str| -> Result<Attention> {
             Ok(Attention {
-                q: b.normal(&format!("{p}.q.weight"), &[inner, d], spread(d * c.d_kv))?,
+                q: b.normal(&format!("{p}.q.weight"), &[inner, d], spread(d.saturating_mul(c.d_kv)))?,
                 k: b.normal(&format!("{p}.k.weight"), &[inner, d], spread(d))?,
                 v: b.normal(&format!("{p}.v.weight"), &[inner, d], spread(d))?,
                 o: b.normal(&format!("{p}.o.weight"), &[d, inner], spread(inner))?,
@@ -149,7 +149,8 @@ impl TrainableT5 {
         // transformers' order: a block's self-attention (with the stack's position table in block 0), its norm,
         // then cross-attention and its norm (decoder), then the feed-forward and its norm.
         let stack = |b: &mut ParamBuilder, name: &str, layers: usize, decoder: bool| -> Result<(Vec<Block>, Tensor)> {
-            let mut blocks = Vec::with_capacity(layers);
+            // No capacity from config.json: a damaged layer count must fail at the first missing tensor.
+            let mut blocks = Vec::new();
             let mut table = None;
             for i in 0..layers {
                 let p = format!("{name}.block.{i}.layer");
