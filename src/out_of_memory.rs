@@ -7,12 +7,18 @@
 //! touched (no resident memory; under strict overcommit it is counted against the commit limit, where it must
 //! be to help). When an allocation fails, it gives the reserve back to the kernel and tries once more; the call
 //! is then stopped with ERROR 53200 at its next check for interrupts, which frees what it holds, and the next
-//! call takes the reserve again, or is refused up front with 53200 while memory is still short. A failed
-//! allocation larger than the reserve and what was left still ends the process.
+//! call takes the reserve again, or is refused up front with 53200 while memory is still short.
+//!
+//! An allocation that fails even then (larger than the reserve and what was left) makes Rust abort. The backend
+//! catches that abort (SIGABRT) and ends with FATAL 53200 instead: its transaction is rolled back and it exits as
+//! a backend whose client went away does, so the postmaster leaves the other sessions alone. Only an abort that
+//! follows a failed allocation in the backend's own thread is caught; any other (a failed assertion in
+//! PostgreSQL, an abort in a compute thread) still ends the process as before, and the server resets.
 
 use crate::engine::error::{AiError, ErrorKind};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// Enough for the allocations of one step of the models pg_ai runs, which the budget does not count one by one.
 const RESERVE_BYTES: usize = 64 << 20;
@@ -20,6 +26,10 @@ const RESERVE_BYTES: usize = 64 << 20;
 static RESERVE: AtomicPtr<libc::c_void> = AtomicPtr::new(std::ptr::null_mut());
 /// Set when the reserve was given back for a failed allocation, until the next call takes it again.
 static SPENT: AtomicBool = AtomicBool::new(false);
+/// The size of an allocation that failed for good during this call (0: none), for the abort that follows.
+static FAILED: AtomicUsize = AtomicUsize::new(0);
+/// The backend's own thread, where PostgreSQL's error reporting may run.
+static BACKEND_THREAD: OnceLock<libc::pthread_t> = OnceLock::new();
 
 /// The system allocator, with the reserve behind it.
 pub struct WithReserve;
@@ -39,28 +49,31 @@ fn release() -> bool {
     true
 }
 
-/// `allocate`, tried again once the reserve is given back if it failed.
-fn with_reserve(allocate: impl Fn() -> *mut u8) -> *mut u8 {
-    let first = allocate();
-    if !first.is_null() || !release() {
-        return first;
+/// `allocate` (of `size` bytes), tried again once the reserve is given back if it failed.
+fn with_reserve(size: usize, allocate: impl Fn() -> *mut u8) -> *mut u8 {
+    let mut block = allocate();
+    if block.is_null() && release() {
+        block = allocate();
     }
-    allocate()
+    if block.is_null() {
+        FAILED.store(size.max(1), Ordering::Release);
+    }
+    block
 }
 
 // SAFETY: every call goes to System with the caller's arguments; a retry after a failure repeats a call that
 // changed nothing (a failed realloc leaves the block as it was).
 unsafe impl GlobalAlloc for WithReserve {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        with_reserve(|| System.alloc(layout))
+        with_reserve(layout.size(), || System.alloc(layout))
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        with_reserve(|| System.alloc_zeroed(layout))
+        with_reserve(layout.size(), || System.alloc_zeroed(layout))
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        with_reserve(|| System.realloc(ptr, layout, new_size))
+        with_reserve(new_size, || System.realloc(ptr, layout, new_size))
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -77,6 +90,13 @@ fn out_of_memory(message: &str) -> AiError {
 
 /// Before a call's work: takes the reserve if this process does not hold it (53200 if memory is too short).
 pub fn prepare() {
+    // A failure a caller handled itself (try_reserve) says nothing about the aborts of later calls.
+    FAILED.store(0, Ordering::Release);
+    BACKEND_THREAD.get_or_init(|| {
+        catch_aborts();
+        // SAFETY: pthread_self has no preconditions.
+        unsafe { libc::pthread_self() }
+    });
     if !RESERVE.load(Ordering::Acquire).is_null() {
         return;
     }
@@ -105,6 +125,39 @@ pub fn check() {
     if SPENT.load(Ordering::Acquire) {
         crate::error::raise(out_of_memory("pg_ai ran out of memory during this call, which was stopped"));
     }
+}
+
+/// Installs `on_abort` for SIGABRT in this process (a backend or background worker: `prepare` runs in no other).
+fn catch_aborts() {
+    // SAFETY: a zeroed sigaction with the handler set and an empty mask is a valid argument.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_abort as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
+    }
+}
+
+/// SIGABRT: FATAL 53200 if the abort follows a failed allocation in the backend's thread. Otherwise it returns,
+/// and abort() goes on to end the process as if no handler were set.
+extern "C" fn on_abort(_signal: libc::c_int) {
+    let size = FAILED.load(Ordering::Acquire);
+    // SAFETY: pthread_self and pthread_equal have no preconditions.
+    let backend = BACKEND_THREAD.get().is_some_and(|&t| unsafe { libc::pthread_equal(t, libc::pthread_self()) != 0 });
+    if size == 0 || !backend {
+        return;
+    }
+    // The abort came from Rust's handler for a failed allocation, raised synchronously in this thread: not
+    // inside malloc or PostgreSQL's own code, so reporting and exiting are safe here. FATAL does not return;
+    // it rolls the transaction back and exits the process with status 1, which the postmaster takes as the end
+    // of one session, not a crash. The reserve was given back, so the report has memory to work with.
+    let message = format!("pg_ai could not allocate {} and ended this session", crate::engine::budget::size(size));
+    pgrx::pg_sys::panic::ErrorReport::new(pgrx::PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY, message, "pg_ai")
+        .set_hint(
+            "The server's other sessions go on. Lower pg_ai.max_memory_per_call so that sizes are refused before \
+             they are allocated, or give the server more memory.",
+        )
+        .report(pgrx::PgLogLevel::FATAL);
 }
 
 /// Whether this process holds its reserve.

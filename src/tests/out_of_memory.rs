@@ -69,4 +69,50 @@ mod tests {
         prepare();
         assert!(held());
     }
+
+    /// Asks for far more than the address space left under a cap, the reserve included: the allocation fails
+    /// for good and Rust aborts.
+    #[pg_extern]
+    fn allocate_beyond_the_reserve() -> i64 {
+        prepare();
+        let mut length = 0;
+        with_address_space_cap(16 << 20, || {
+            let block: Vec<u8> = Vec::with_capacity(1 << 30);
+            length = std::hint::black_box(block).capacity() as i64;
+        });
+        length
+    }
+
+    #[pg_test]
+    fn an_allocation_beyond_the_reserve_ends_its_session_with_fatal_53200_and_no_other() {
+        Spi::run("CREATE EXTENSION IF NOT EXISTS dblink").unwrap();
+        let started = Spi::get_one::<String>("SELECT pg_postmaster_start_time()::text").unwrap();
+        // Another session of the same server, through dblink, allocates; this one watches.
+        let connection = Spi::get_one::<String>(
+            "SELECT format('dbname=%s port=%s host=%s', current_database(), current_setting('port'),
+                           split_part(current_setting('unix_socket_directories'), ',', 1))",
+        )
+        .unwrap()
+        .unwrap();
+        let query = format!(
+            "SELECT * FROM dblink({}, 'SELECT tests.allocate_beyond_the_reserve()') AS t(length bigint)",
+            pgrx::spi::quote_literal(&connection)
+        );
+        let failure = PgTryBuilder::new(|| {
+            Spi::run(&query).unwrap();
+            None
+        })
+        .catch_others(|e| match e {
+            CaughtError::ErrorReport(r) | CaughtError::PostgresError(r) => {
+                Some(format!("{} {}", r.message(), r.detail().unwrap_or_default()))
+            }
+            CaughtError::RustPanic { ereport, .. } => Some(ereport.message().to_string()),
+        })
+        .execute()
+        .expect("the allocation succeeded");
+        assert!(failure.contains("pg_ai could not allocate 1.0 GB and ended this session"), "{failure}");
+        // No reset: this session goes on, and the postmaster did not restart the others.
+        assert_eq!(Spi::get_one::<String>("SELECT pg_postmaster_start_time()::text").unwrap(), started);
+        assert_eq!(Spi::get_one::<i32>("SELECT 1").unwrap(), Some(1));
+    }
 }
