@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 clients=${1:-16}
 calls=${2:-200}
-root=${PG_AI_CLUSTER:-/tmp/pg_ai-cluster}
-port=${PG_AI_PORT:-28815}
+name=concurrency
+source tests/lib.sh
 log="$root/server.log"
 db=pg_ai_concurrency
 fixtures="$PWD/tests/fixtures/models"
@@ -22,7 +22,6 @@ SELECT ai_load_model('mlm', '$fixtures/bert-mlm');
 SELECT ai_load_model('gpt2', '$fixtures/gpt2');
 SELECT ai_load_model('t5', '$fixtures/t5');
 SQL
-postmaster_pid() { head -1 "$root/data/postmaster.pid"; }
 before_pid=$(postmaster_pid)
 log_start=$(stat -c %s "$log")
 # Two compute threads per backend would oversubscribe the cores sixteen times over.

@@ -30,6 +30,8 @@
 # into .models/bench (f32 safetensors, seed 0). Both sides read the same directories.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+name=side_by_side
+source tests/lib.sh
 repo=$PWD
 command_line="$0 $*"
 export PG_AI_CLUSTER=${PG_AI_CLUSTER:-/tmp/pg_ai-pybench}
@@ -128,7 +130,6 @@ notes=$(mktemp)
 trap 'rm -f "$results" "$notes"' EXIT
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results"; }
 value() { awk -F'\t' -v k="$1" -v s="$2" '$1 == k && $2 == s { v = $3 } END { print v }' "$results"; }
-now_ms() { date +%s%3N; }
 
 # Runs SQL on stdin in one fresh session for each side, pg_ai first; FN_ becomes ai_ or py_. Every output line
 # "key|value" is recorded.

@@ -9,9 +9,10 @@
 # tiny fixture, and the memory of a backend that has loaded MiniLM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+name=sql
+source tests/lib.sh
 db=pg_ai_demo
 sql() { scripts/cluster.sh psql -d "$db" -qAt "$@"; }
-now_ms() { date +%s%3N; }
 
 sql -c "SELECT count(*) FROM ai.models WHERE name = 'minilm'" | grep -qx 1 || {
     echo "run scripts/demo.sh first" >&2

@@ -8,7 +8,6 @@ cd "$(dirname "$0")/.."
 name="kill mid-generation"
 source tests/lib.sh
 db() { sql -d pg_ai_kill -c "$1"; }
-postmaster() { head -n 1 "$root/data/postmaster.pid"; }
 # A statement that generates for minutes: many greedy generations of the fixture GPT-2.
 long='SELECT count(ai_generate($$the cat$$, $$gpt2$$, max_tokens => 64)) FROM generate_series(1, 1000000)'
 
@@ -16,7 +15,7 @@ sql -c "DROP DATABASE IF EXISTS pg_ai_kill" -c "CREATE DATABASE pg_ai_kill"
 db "CREATE EXTENSION pg_ai" >/dev/null
 db "SELECT ai_load_model('gpt2', '$PWD/tests/fixtures/models/gpt2')" >/dev/null
 expected=$(db 'SELECT ai_generate($$the cat$$, $$gpt2$$, max_tokens => 16)')
-postmaster_before=$(postmaster)
+postmaster_before=$(postmaster_pid)
 
 # Starts the long statement in the background under application_name $1; waits until it generates.
 start_generating() {
@@ -54,7 +53,7 @@ for _ in $(seq 100); do
     db "SELECT 1" >/dev/null 2>&1 && break
     sleep 0.2
 done
-[ "$(postmaster)" = "$postmaster_before" ] || fail "the postmaster did not survive"
+[ "$(postmaster_pid)" = "$postmaster_before" ] || fail "the postmaster did not survive"
 after=$(db 'SELECT ai_generate($$the cat$$, $$gpt2$$, max_tokens => 16)')
 [ "$after" = "$expected" ] || fail "after the crash restart: \"$after\" instead of \"$expected\""
 ! grep -q "PANIC" "$root/server.log" || fail "PANIC in the server log"

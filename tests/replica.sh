@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=/usr/lib/postgresql/15/bin
+name=replica
+source tests/lib.sh
+# A primary and a standby of their own, not the cluster of scripts/cluster.sh.
 root=/tmp/pg_ai-replica
-as_postgres() { runuser -u postgres -- "$@"; }
 psql_at() { local port=$1; shift; as_postgres psql -X -q -h "$root" -p "$port" -U postgres -d postgres -At "$@"; }
 stop() {
     as_postgres "$bin/pg_ctl" -D "$root/standby" -m immediate stop >/dev/null 2>&1 || true

@@ -14,7 +14,7 @@ pub use bert::model::Model;
 use crate::device::Placement;
 use crate::error::{AiError, Result};
 use crate::files::ModelFiles;
-use crate::generate::translator::{Family, Translator};
+use crate::generate::translator::Translator;
 use crate::generate::CausalLm;
 use crate::kernels::int8::Int8;
 use crate::models::gguf::GgufModel;
@@ -143,14 +143,17 @@ impl AnyModel {
         (model_type.load)(files, config, &registry::Target { int8, device })
     }
 
+    /// What its type can answer (the registry's tasks), narrowed for an encoder to the head its weights have.
     pub fn can(&self, task: Task) -> bool {
-        match self {
-            AnyModel::Encoder(m) => m.can(task),
-            AnyModel::Gpt2(_) | AnyModel::Llama(_) | AnyModel::Gguf(_) => task == Task::TextGeneration,
-            AnyModel::Seq2Seq(m) => {
-                task == Task::Translation || (task == Task::Summarization && m.family == Family::T5)
+        let tasks = match self {
+            // GGUF files of every architecture pg_ai reads generate text.
+            AnyModel::Gguf(_) => &[Task::TextGeneration][..],
+            _ => {
+                let model_type = self.config_json().get("model_type").and_then(serde_json::Value::as_str);
+                registry::find(model_type.unwrap_or("")).map_or(&[][..], |t| t.tasks)
             }
-        }
+        };
+        tasks.contains(&task) && !matches!(self, AnyModel::Encoder(m) if !m.can(task))
     }
 
     pub fn default_task(&self) -> Task {

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 /// One `model_type`.
 pub struct ModelType {
     pub name: &'static str,
-    /// What its weights can answer; an encoder answers the task of the head it has, and embeddings.
+    /// What its weights can answer (AnyModel::can); an encoder answers the task of the head it has, and embeddings.
     pub tasks: &'static [Task],
     /// Which of the pg_ai.int8_* settings holds its linear layers in 8 bits, if any.
     pub int8: Int8Setting,
