@@ -12,7 +12,6 @@ use pg_ai_engine::tasks;
 use pg_ai_engine::train::{finetune, Example, Objective, TrainOptions};
 use serde_json::Value;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,11 +20,11 @@ use training_support::{Recorder, Rows};
 /// The budget these tests set.
 const BUDGET: usize = 256 << 20;
 
-/// The largest single allocation since the last reset.
+/// The largest single allocation since a case last looked.
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
 /// The system allocator, recording the largest request; a request far beyond the budget is refused, which ends
-/// the test process as it would end a backend (the case is printed before it runs).
+/// the test process as it would end a backend (run with --nocapture to see the case).
 struct Recording;
 
 unsafe impl GlobalAlloc for Recording {
@@ -149,6 +148,26 @@ fn finetune_briefly(dir: &Path, objective: Objective) -> pg_ai_engine::error::Re
     result.map(|_| ())
 }
 
+/// Runs `run` for the case `what`: true if it answered; a panic or an allocation beyond the budget is added to
+/// `failures`.
+fn attempt(what: &str, failures: &mut Vec<String>, run: impl FnOnce() -> pg_ai_engine::error::Result<()>) -> bool {
+    // An allocation the recording allocator refuses ends the process: --nocapture shows the case it was in.
+    eprintln!("{what}");
+    let outcome = catch_unwind(AssertUnwindSafe(run));
+    // The tests run side by side: a request beyond the budget is reported by whichever case looks first.
+    let largest = LARGEST.swap(0, Ordering::Relaxed);
+    if largest > BUDGET {
+        failures.push(format!("{what} allocated {largest} bytes at once"));
+    }
+    match outcome {
+        Ok(result) => result.is_ok(),
+        Err(_) => {
+            failures.push(format!("{what} panicked"));
+            false
+        }
+    }
+}
+
 /// Changes every number in each model's config.json to each absurd value in turn and runs `run` on the copy.
 fn sweep(names: &[&str], run: impl Fn(&Path) -> pg_ai_engine::error::Result<()>) {
     pg_ai_engine::budget::set_limit(BUDGET);
@@ -166,24 +185,13 @@ fn sweep(names: &[&str], run: impl Fn(&Path) -> pg_ai_engine::error::Result<()>)
                 let mut config = original.clone();
                 *config.pointer_mut(pointer).unwrap() = value.clone();
                 let dir = with_config(&model, &config, case);
-                // Written past the test harness's capture: an allocation refused above ends the process.
-                let _ = writeln!(std::io::stderr(), "{name}: {pointer} = {value}");
-                LARGEST.store(0, Ordering::Relaxed);
-                let outcome =
-                    catch_unwind(AssertUnwindSafe(|| run(&dir))).map(|result| loaded += result.is_ok() as usize);
+                loaded += attempt(&format!("{name}: {pointer} = {value}"), &mut failures, || run(&dir)) as usize;
                 let _ = std::fs::remove_dir_all(&dir);
-                if outcome.is_err() {
-                    failures.push(format!("{name}: {pointer} = {value} panicked"));
-                }
-                let largest = LARGEST.load(Ordering::Relaxed);
-                if largest > BUDGET {
-                    failures.push(format!("{name}: {pointer} = {value} allocated {largest} bytes at once"));
-                }
             }
         }
         // Most changes of one number still load (a value it had, a rope base, an epsilon): the sweep reaches the
         // models' code, not only the config's checks.
-        let _ = writeln!(std::io::stderr(), "{name}: {loaded} of {case} loaded");
+        eprintln!("{name}: {loaded} of {case} loaded");
         assert!(loaded * 4 >= case, "{name}: only {loaded} of {case} configs loaded");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -242,7 +250,6 @@ fn gguf_sweep(names: &[&str]) {
         for (key, value) in &content.metadata {
             for changed in absurd(value) {
                 case += 1;
-                let _ = writeln!(std::io::stderr(), "{name}: {key} = {changed:?}");
                 let metadata: Vec<(&str, &Meta)> =
                     content.metadata.iter().map(|(k, v)| (k.as_str(), if k == key { &changed } else { v })).collect();
                 let tensor_refs: Vec<_> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
@@ -250,25 +257,16 @@ fn gguf_sweep(names: &[&str]) {
                 let mut out = std::fs::File::create(&written).unwrap();
                 gguf_file::write(&mut out, &metadata, &tensor_refs).unwrap();
                 drop(out);
-                LARGEST.store(0, Ordering::Relaxed);
-                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let loads = attempt(&format!("{name}: {key} = {changed:?}"), &mut failures, || {
                     let files = ModelFiles::locate(written.to_str().unwrap(), None)?;
-                    let model = AnyModel::load(&files, &Default::default())?;
-                    exercise(&model);
-                    Ok::<_, pg_ai_engine::error::AiError>(())
-                }))
-                .map(|result| loaded += result.is_ok() as usize);
+                    exercise(&AnyModel::load(&files, &Default::default())?);
+                    Ok(())
+                });
+                loaded += loads as usize;
                 let _ = std::fs::remove_file(&written);
-                if outcome.is_err() {
-                    failures.push(format!("{name}: {key} = {changed:?} panicked"));
-                }
-                let largest = LARGEST.load(Ordering::Relaxed);
-                if largest > BUDGET {
-                    failures.push(format!("{name}: {key} = {changed:?} allocated {largest} bytes at once"));
-                }
             }
         }
-        let _ = writeln!(std::io::stderr(), "{name}: {loaded} of {case} loaded");
+        eprintln!("{name}: {loaded} of {case} loaded");
         assert!(loaded * 4 >= case, "{name}: only {loaded} of {case} files loaded");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -4,7 +4,7 @@
 use pg_ai_engine::files::ModelFiles;
 use pg_ai_engine::kernels::int8::Int8;
 use pg_ai_engine::models::{AnyModel, Model};
-use pg_ai_engine::tasks::{classify::classify, embed::embed, fill_mask::fill_mask, ner::ner};
+use pg_ai_engine::tasks::{classify::classify, embed::embed, fill_mask::fill_mask, ner::ner, rerank, zero_shot};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -94,6 +94,73 @@ fn check_classify(name: &str) {
             assert!((got.score - from_batch.score).abs() < 1e-5);
         }
     }
+}
+
+/// Zero-shot classification against transformers' pipeline: each text alone, and all texts of the same labels
+/// in one call (a long text among them, cut as the pipeline cuts it).
+#[test]
+fn zero_shot_matches_transformers_pipeline() {
+    let m = model("bert-nli");
+    let g = golden("bert-nli");
+    for case in cases(&g, "zero_shot") {
+        let input = case["input"].as_str().unwrap();
+        let labels: Vec<&str> = case["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+        let ask = zero_shot::ZeroShot {
+            labels: &labels,
+            hypothesis_template: case["hypothesis_template"].as_str().unwrap(),
+            multi_label: case["multi_label"].as_bool().unwrap(),
+        };
+        let got = zero_shot::zero_shot(&m, &[input], &ask, &mut || ()).unwrap().remove(0);
+        let twice = zero_shot::zero_shot(&m, &[input, "the cat sat in the park ."], &ask, &mut || ()).unwrap();
+        let expected = case["answers"].as_array().unwrap();
+        assert_eq!(got.len(), expected.len(), "{input}");
+        for ((got, batched), want) in got.iter().zip(&twice[0]).zip(expected) {
+            assert_eq!(got.label, want["label"].as_str().unwrap(), "{input}");
+            close(got.score, &want["score"], input);
+            assert_eq!(got.label, batched.label);
+            assert!((got.score - batched.score).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn zero_shot_needs_an_nli_model_and_a_template_with_one_slot() {
+    let ask = |labels, hypothesis_template| zero_shot::ZeroShot { labels, hypothesis_template, multi_label: false };
+    let topic = model("bert-classifier");
+    let e = zero_shot::zero_shot(&topic, &["x"], &ask(&["food"], zero_shot::DEFAULT_TEMPLATE), &mut || ()).unwrap_err();
+    assert_eq!(e.message, "zero-shot classification needs an NLI model: its labels name no entailment class");
+    let nli = model("bert-nli");
+    for template in ["no slot", "{} and {}"] {
+        let e = zero_shot::zero_shot(&nli, &["x"], &ask(&["food"], template), &mut || ()).unwrap_err();
+        assert!(e.message.contains("must hold {} once"), "{}", e.message);
+    }
+    let e = zero_shot::zero_shot(&nli, &["x"], &ask(&[], zero_shot::DEFAULT_TEMPLATE), &mut || ()).unwrap_err();
+    assert_eq!(e.message, "zero-shot classification needs at least one candidate label");
+}
+
+/// A RoBERTa cross-encoder: the sigmoid of its one output for each (query, document), as sentence-transformers'
+/// CrossEncoder scores, best first (a document longer than the model reads among them).
+#[test]
+fn rerank_matches_a_cross_encoder() {
+    let m = model("roberta-reranker");
+    let g = golden("roberta-reranker");
+    for case in cases(&g, "rerank") {
+        let query = case["query"].as_str().unwrap();
+        let documents: Vec<&str> = case["documents"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+        let got = rerank::rerank(&m, query, &documents, &mut || ()).unwrap();
+        let expected = case["answers"].as_array().unwrap();
+        assert_eq!(got.len(), expected.len());
+        for (got, want) in got.iter().zip(expected) {
+            assert_eq!(got.index as u64, want["index"].as_u64().unwrap(), "{query}");
+            close(got.score, &want["score"], query);
+        }
+        // One document at a time scores the same as in a batch.
+        let alone = rerank::relevance(&m, query, &documents[..1], &mut || ()).unwrap();
+        let first = got.iter().find(|r| r.index == 0).unwrap();
+        assert!((alone[0] - first.score).abs() < 1e-5);
+    }
+    let e = rerank::rerank(&model("bert-nli"), "q", &["d"], &mut || ()).unwrap_err();
+    assert_eq!(e.message, "a reranker has one output; this model classifies into 3 labels");
 }
 
 #[test]

@@ -1,8 +1,10 @@
-//! ai_classify and ai_classify_label: text classification with the model's labels.
+//! ai_classify and ai_classify_label: text classification with the model's labels; ai_zero_shot and
+//! ai_zero_shot_label: with labels given at the call, by an NLI model.
 
 use super::{in_place, interrupts, present};
 use crate::engine::models::Task;
 use crate::engine::tasks::classify::classify;
+use crate::engine::tasks::zero_shot::{zero_shot, ZeroShot};
 use crate::error::OrRaise;
 use pgrx::prelude::*;
 
@@ -49,4 +51,43 @@ fn ai_classify_label_array(inputs: Array<&str>, model: &str) -> Vec<Option<Strin
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let answers = classify(m, &texts, &mut interrupts).or_raise();
     in_place(inputs.len(), positions, answers.into_iter().map(|mut scored| scored.remove(0).label))
+}
+
+/// Every candidate label with its score, best first, as transformers' zero-shot-classification pipeline answers:
+/// the model is asked whether `input` entails the hypothesis made from each label. NULL labels are skipped.
+#[pg_extern(stable, parallel_safe)]
+fn ai_zero_shot(
+    input: &str,
+    labels: Array<&str>,
+    model: &str,
+    hypothesis_template: default!(&str, "'This example is {}.'"),
+    multi_label: default!(bool, false),
+) -> TableIterator<'static, (name!(label, String), name!(score, f32))> {
+    let answers = zero_shot_of(input, &labels, model, hypothesis_template, multi_label);
+    TableIterator::new(answers.into_iter().map(|s| (s.label, s.score)))
+}
+
+/// The best candidate label alone, for triggers and CHECKs.
+#[pg_extern(stable, parallel_safe)]
+fn ai_zero_shot_label(
+    input: &str,
+    labels: Array<&str>,
+    model: &str,
+    hypothesis_template: default!(&str, "'This example is {}.'"),
+) -> String {
+    zero_shot_of(input, &labels, model, hypothesis_template, false).remove(0).label
+}
+
+fn zero_shot_of(
+    input: &str,
+    labels: &Array<&str>,
+    model: &str,
+    hypothesis_template: &str,
+    multi_label: bool,
+) -> Vec<crate::engine::tasks::classify::Scored> {
+    let (_, labels) = present(labels);
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let loaded = crate::store::model_for(model, Task::TextClassification);
+    let ask = ZeroShot { labels: &labels, hypothesis_template, multi_label };
+    zero_shot(loaded.encoder().or_raise(), &[input], &ask, &mut interrupts).or_raise().remove(0)
 }

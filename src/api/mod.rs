@@ -8,6 +8,7 @@ mod jobs;
 mod json_arg;
 mod models;
 mod ner;
+mod rerank;
 mod train;
 mod translate;
 

@@ -1,4 +1,5 @@
--- ai_classify, ai_classify_label and ai_ner, as transformers' pipelines answer.
+-- ai_classify, ai_classify_label, ai_zero_shot, ai_ner and ai_rerank, as transformers' pipelines and
+-- sentence-transformers' CrossEncoder answer.
 CREATE EXTENSION pg_ai;
 \i tests/sql/_helpers.psql
 SELECT ai_load_model('topic', :'fixtures' || '/models/bert-classifier');
@@ -32,9 +33,37 @@ FROM ai_ner(ARRAY['in london , carol met dave smith .', NULL, 'nothing to see he
 SELECT substr(t, start_pos + 1, end_pos - start_pos) AS from_offsets
 FROM (VALUES ('erin and frank visited los angeles .')) v(t), ai_ner(t, 'tagger');
 
+-- Zero-shot: labels given at the call, scored by an NLI model (entailment of "This example is <label>."). The
+-- fixture's NLI model is untrained (see make_fixtures.py): its answers are transformers', not sensible ones.
+SELECT ai_load_model('nli', :'fixtures' || '/models/bert-nli');
+SELECT label, round(score::numeric, 4) AS score FROM ai_zero_shot('i love eating pasta .', ARRAY['pasta', 'tennis', 'snow'], 'nli');
+SELECT label, round(score::numeric, 4) AS score
+FROM ai_zero_shot('we cooked soup because of the storm .', ARRAY['soup', NULL, 'storm', 'hockey'], 'nli',
+                  hypothesis_template => 'This example is {}.', multi_label => true);
+SELECT ai_zero_shot_label('heavy snow is expected tonight .', ARRAY['golf', 'snow', 'rice', 'cat'], 'nli',
+                          'this text is about {} .');
+
+-- Reranking: documents against a query, best first, with their positions in the array.
+SELECT ai_load_model('reranker', :'fixtures' || '/models/roberta-reranker');
+SELECT ord, document, round(score::numeric, 4) AS score
+FROM ai_rerank('sport', ARRAY['i love eating pasta .', 'grace won the tennis game .', NULL,
+                              'the hockey team played well .', 'heavy snow is expected tonight .'], 'reranker');
+SELECT ord, document FROM ai_rerank('food', ARRAY['the fog will last all day .',
+                                       'we cooked soup for dinner .', 'bob won the golf game .'], 'reranker', top_k => 1);
+SELECT id, body, round(ai_rerank_score('sport', body, 'reranker')::numeric, 4) AS score
+FROM notes ORDER BY ai_rerank_score('sport', body, 'reranker') DESC;
+
 -- NULL in, NULL out.
 SELECT ai_classify_label(NULL, 'topic') IS NULL AS null_label;
+SELECT ai_zero_shot_label(NULL, ARRAY['a'], 'nli') IS NULL AS null_zero_shot,
+       ai_rerank_score('q', NULL, 'reranker') IS NULL AS null_rerank_score;
 
 -- Errors.
 SELECT pg_temp.try($$SELECT ai_classify_label('some text', 'tagger')$$) AS ner_model_as_classifier;
 SELECT pg_temp.try($$SELECT * FROM ai_ner('some text', 'topic')$$) AS classifier_as_ner;
+SELECT pg_temp.try($$SELECT ai_zero_shot_label('some text', ARRAY['a', 'b'], 'topic')$$) AS zero_shot_without_nli;
+SELECT pg_temp.try($$SELECT ai_zero_shot_label('some text', ARRAY[NULL]::text[], 'nli')$$) AS zero_shot_without_labels;
+SELECT pg_temp.try($$SELECT ai_zero_shot_label('some text', ARRAY['a'], 'nli', 'no slot')$$) AS template_without_slot;
+SELECT pg_temp.try($$SELECT * FROM ai_rerank('q', ARRAY['d'], 'nli')$$) AS nli_model_as_reranker;
+SELECT pg_temp.try($$SELECT * FROM ai_rerank('q', ARRAY['d'], 'reranker', top_k => 0)$$) AS rerank_top_k_zero;
+SELECT pg_temp.try($$SELECT * FROM ai_rerank('q', ARRAY['d'], 'tagger')$$) AS ner_model_as_reranker;

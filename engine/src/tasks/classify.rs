@@ -1,6 +1,6 @@
 //! Text classification: every label with its score, best first.
 
-use super::{encode_all, in_batches, ranked};
+use super::{encode_all, encode_pairs, in_batches, ranked};
 use crate::error::{AiError, Result};
 use crate::models::Model;
 
@@ -28,6 +28,15 @@ pub fn classify(model: &Model, texts: &[&str], between: &mut dyn FnMut()) -> Res
                 ranked(&row).into_iter().map(|i| Scored { label: label_name(model, i), score: row[i] }).collect()
             })
             .collect())
+    })
+}
+
+/// The classifier's logits for each pair of texts read as one input (zero-shot classification, reranking).
+pub fn pair_logits(model: &Model, pairs: &[(&str, &str)], between: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
+    let head = model.head.as_ref().ok_or_else(|| AiError::wrong_task("the model has no classification head"))?;
+    let encodings = encode_pairs(&model.tokenizer, pairs, between)?;
+    in_batches(&model.tokenizer, &encodings, between, |_, batch| {
+        Ok(head.sequence_logits(&model.encoder.forward(batch)?)?.to_vec2::<f32>()?)
     })
 }
 

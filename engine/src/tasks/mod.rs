@@ -4,6 +4,8 @@ pub mod classify;
 pub mod embed;
 pub mod fill_mask;
 pub mod ner;
+pub mod rerank;
+pub mod zero_shot;
 
 use super::error::Result;
 use crate::models::bert::Batch;
@@ -25,16 +27,45 @@ pub fn encode_all(
     whole: bool,
     between: &mut dyn FnMut(),
 ) -> Result<Vec<Encoding>> {
-    let read: usize = texts.iter().map(|t| tokenizer.read_length(t)).fold(0, usize::saturating_add);
+    let read = texts.iter().map(|t| tokenizer.read_length(t)).fold(0, usize::saturating_add);
+    encode_each(texts.len(), read, between, |i| {
+        if whole {
+            tokenizer.encode_whole(texts[i])
+        } else {
+            tokenizer.encode(texts[i])
+        }
+    })
+}
+
+/// Encodes every pair of texts as one input (`TextTokenizer::encode_pair`), as `encode_all` encodes texts.
+pub fn encode_pairs(
+    tokenizer: &TextTokenizer,
+    pairs: &[(&str, &str)],
+    between: &mut dyn FnMut(),
+) -> Result<Vec<Encoding>> {
+    let read = pairs.iter().map(|(a, b)| tokenizer.read_length(a).saturating_add(tokenizer.read_length(b)));
+    encode_each(pairs.len(), read.fold(0, usize::saturating_add), between, |i| {
+        tokenizer.encode_pair(pairs[i].0, pairs[i].1)
+    })
+}
+
+/// `count` encodings of `read` bytes of input in all, made by `encode`, after checking their memory against the
+/// budget; `between` runs every 256.
+fn encode_each(
+    count: usize,
+    read: usize,
+    between: &mut dyn FnMut(),
+    mut encode: impl FnMut(usize) -> Result<Encoding>,
+) -> Result<Vec<Encoding>> {
     crate::budget::check(read.saturating_mul(ENCODING_BYTES_PER_CHAR), || {
-        format!("tokenising {} texts of {read} bytes", texts.len())
+        format!("tokenising {count} texts of {read} bytes")
     })?;
-    let mut encodings = Vec::with_capacity(texts.len());
-    for (i, text) in texts.iter().enumerate() {
+    let mut encodings = Vec::with_capacity(count);
+    for i in 0..count {
         if i % 256 == 255 {
             between();
         }
-        encodings.push(if whole { tokenizer.encode_whole(text)? } else { tokenizer.encode(text)? });
+        encodings.push(encode(i)?);
     }
     Ok(encodings)
 }

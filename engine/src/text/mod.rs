@@ -86,6 +86,19 @@ impl TextTokenizer {
             .map_err(|e| AiError::invalid(format!("cannot tokenize the input: {e}")))
     }
 
+    /// Encodes a pair of texts as one input (a premise and a hypothesis, a query and a document), with the
+    /// special tokens between and around them; when the two are too long together, tokens are taken from the
+    /// end of the longer one first, as transformers' `truncation=True` does.
+    pub fn encode_pair(&self, first: &str, second: &str) -> Result<Encoding> {
+        let (first, second) = (self.worth(first), self.worth(second));
+        time(Phase::Tokenize, || self.inner.encode_char_offsets((first, second), true))
+            .map_err(|e| AiError::invalid(format!("cannot tokenize the input: {e}")))
+    }
+
+    fn worth<'t>(&self, text: &'t str) -> &'t str {
+        worth_reading(text, self.max_tokens, self.longest_token)
+    }
+
     /// Bytes of `text` that `encode` reads.
     pub fn read_length(&self, text: &str) -> usize {
         worth_reading(text, self.max_tokens, self.longest_token).len()

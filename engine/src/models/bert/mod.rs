@@ -272,7 +272,11 @@ impl Encoder {
         let mut x = self.word_embeddings.forward(&batch.ids.to_device(device)?)?.to_dtype(DType::F32)?;
         x = x.broadcast_add(&self.position_embeddings.forward(&positions)?)?;
         if let Some(types) = &self.type_embeddings {
-            x = (x + types.forward(&batch.type_ids.to_device(device)?)?)?;
+            // RoBERTa has one type; its tokenizers mark a pair's second text as type 1, which transformers never
+            // passes to it (RobertaTokenizer returns no token_type_ids).
+            let ids =
+                if types.embeddings().dim(0)? == 1 { batch.type_ids.zeros_like()? } else { batch.type_ids.clone() };
+            x = (x + types.forward(&ids.to_device(device)?)?)?;
         }
         x = self.embeddings_norm.forward(&x)?;
         let attend = if cpu_kernels(device) {
