@@ -199,7 +199,8 @@ fn sweep(names: &[&str], run: impl Fn(&Path) -> pg_ai_engine::error::Result<()>)
 
 #[test]
 fn absurd_encoder_configs_are_errors_or_answer() {
-    sweep(&["bert-mlm", "bert-classifier", "bert-ner", "distilbert-mlm", "roberta-classifier"], load_and_exercise);
+    let encoders = ["bert-mlm", "bert-classifier", "bert-ner", "distilbert-mlm", "roberta-classifier", "mpnet-mlm"];
+    sweep(&encoders, load_and_exercise);
 }
 
 #[test]

@@ -76,6 +76,27 @@ fn roberta_fill_mask_matches_transformers() {
     check_fill_mask("roberta-mlm");
 }
 
+/// MPNet: RoBERTa's positions and heads with a relative position bias in every layer.
+#[test]
+fn mpnet_fill_mask_classification_and_embeddings_match_transformers() {
+    check_fill_mask("mpnet-mlm");
+    check_classify("mpnet-classifier");
+    let m = model("mpnet-mlm");
+    let g = golden("mpnet-mlm");
+    let inputs: Vec<&str> = cases(&g, "embed").iter().map(|c| c["input"].as_str().unwrap()).collect();
+    // In one batch of different lengths: the padding must not reach the real tokens through the bias.
+    let batched = embed(&m, &inputs, &mut || ()).unwrap();
+    for (case, from_batch) in cases(&g, "embed").iter().zip(&batched) {
+        let got = embed(&m, &[case["input"].as_str().unwrap()], &mut || ()).unwrap().remove(0);
+        let want = case["embedding"].as_array().unwrap();
+        assert_eq!(got.len(), want.len());
+        for ((g, b), w) in got.iter().zip(from_batch).zip(want) {
+            close(*g, w, "embedding component");
+            assert!((g - b).abs() < 1e-5);
+        }
+    }
+}
+
 fn check_classify(name: &str) {
     let m = model(name);
     let g = golden(name);
@@ -417,15 +438,7 @@ mod generation {
                     llama_cpp[&file].as_array().unwrap().iter().zip(cases(&transformers, "generate"))
                 {
                     let prompt = case["prompt"].as_str().unwrap();
-                    let ids = m.codec().encode_prompt(prompt).unwrap();
-                    let want: Vec<u32> =
-                        case["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-                    assert_eq!(ids, want, "{file}: the ids of {prompt:?}");
-                    let logits: Vec<f32> = m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap();
-                    let (greedy, _) = run(m, prompt, &options);
-                    let as_ids = |v: &Value| -> Vec<u32> {
-                        v.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
-                    };
+                    let (greedy, logits) = answer_as_llama_cpp(m, &file, case, &options);
                     if kind == "f32" {
                         assert_eq!(reference["prompt"], case["prompt"]);
                         for (got, want) in logits.iter().zip(reference["next_token_logits"].as_array().unwrap()) {
@@ -433,22 +446,53 @@ mod generation {
                         }
                         assert_eq!(greedy, as_ids(&reference["greedy_ids"]), "{file}: greedy ids for {prompt:?}");
                     }
-                    let want: Vec<f32> = case["next_token_logits"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.as_f64().unwrap() as f32)
-                        .collect();
-                    assert_eq!(logits.len(), want.len());
-                    let spread =
-                        want.iter().cloned().fold(f32::MIN, f32::max) - want.iter().cloned().fold(f32::MAX, f32::min);
-                    let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-                    eprintln!(
-                        "{file} {prompt:?}: largest difference from llama.cpp {worst:.5} of a spread of {spread:.3}"
-                    );
-                    assert!(worst < 0.01 * spread, "{file} {prompt:?}: {worst} of {spread}");
-                    assert_eq!(greedy, as_ids(&case["greedy_ids"]), "{file}: llama.cpp's greedy ids for {prompt:?}");
                 }
+            }
+        }
+    }
+
+    fn as_ids(v: &Value) -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+    }
+
+    /// Asks `m` what llama.cpp was asked in `case` (make_gguf_fixtures.py): the prompt's ids and greedy ids must
+    /// be llama.cpp's, the next-token logits within 1% of their spread. Returns the greedy ids and the logits.
+    fn answer_as_llama_cpp(
+        m: &dyn CausalLm,
+        file: &str,
+        case: &Value,
+        options: &GenerateOptions,
+    ) -> (Vec<u32>, Vec<f32>) {
+        let prompt = case["prompt"].as_str().unwrap();
+        let ids = m.codec().encode_prompt(prompt).unwrap();
+        assert_eq!(ids, as_ids(&case["prompt_ids"]), "{file}: the ids of {prompt:?}");
+        let logits: Vec<f32> = m.session().unwrap().next_logits(&ids).unwrap().to_vec1().unwrap();
+        let (greedy, _) = run(m, prompt, options);
+        let want: Vec<f32> =
+            case["next_token_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(logits.len(), want.len());
+        let spread = want.iter().cloned().fold(f32::MIN, f32::max) - want.iter().cloned().fold(f32::MAX, f32::min);
+        let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        eprintln!("{file} {prompt:?}: largest difference from llama.cpp {worst:.5} of a spread of {spread:.3}");
+        assert!(worst < 0.01 * spread, "{file} {prompt:?}: {worst} of {spread}");
+        assert_eq!(greedy, as_ids(&case["greedy_ids"]), "{file}: llama.cpp's greedy ids for {prompt:?}");
+        (greedy, logits)
+    }
+
+    /// k-quants (blocks of 256 weights, llama.cpp's Q4_K_M, Q5_K_M and Q6_K mixes) of a Llama of hidden size 256,
+    /// quantized by llama.cpp: run as stored, they answer as llama.cpp does on the same file.
+    #[test]
+    fn kquant_gguf_files_answer_as_llama_cpp() {
+        let llama_cpp = golden("gguf");
+        let options = GenerateOptions { max_tokens: 20, ..Default::default() };
+        for kind in ["q4_k_m", "q5_k_m", "q6_k"] {
+            let file = format!("llama256-{kind}.gguf");
+            let path = fixtures().join("gguf").join(&file);
+            let loaded =
+                AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap(), &Default::default())
+                    .unwrap();
+            for case in llama_cpp[&file].as_array().unwrap() {
+                answer_as_llama_cpp(loaded.causal().unwrap(), &file, case, &options);
             }
         }
     }

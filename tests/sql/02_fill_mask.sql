@@ -7,6 +7,12 @@ SELECT ai_load_model('distil', :'fixtures' || '/models/distilbert-mlm');
 SELECT token, round(score::numeric, 4) AS score, sequence FROM ai_fill_mask('the cat sat in the [MASK] .', 'mlm');
 SELECT token, round(score::numeric, 4) AS score, sequence FROM ai_fill_mask('Frank is playing [MASK]!', 'distil', top_k => 3);
 
+-- MPNet (all-mpnet-base-v2's family): a relative position bias in every layer; its mask token is <mask>.
+SELECT ai_load_model('mpnet', :'fixtures' || '/models/mpnet-mlm');
+SELECT token, round(score::numeric, 4) AS score, sequence FROM ai_fill_mask('alice is eating <mask> .', 'mpnet', top_k => 3);
+SELECT ord, token FROM ai_fill_mask(ARRAY['bob lives in <mask> .', 'the cat sat in the <mask> .'], 'mpnet', 1);
+SELECT array_length(ai_embed('the cat sat in the park .', 'mpnet'), 1) AS mpnet_embedding_size;
+
 -- The array form batches internally and answers as single calls do; NULL elements give no rows.
 SELECT ord, token, round(score::numeric, 4) AS score
 FROM ai_fill_mask(ARRAY['alice is eating [MASK] .', NULL, '[MASK] is coming today .'], 'mlm', 2);

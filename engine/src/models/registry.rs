@@ -94,6 +94,7 @@ pub const MODEL_TYPES: &[ModelType] = &[
     // Inference only so far (README, Status).
     encoder("xlm-roberta", BERT_DROPOUT, false),
     encoder("camembert", BERT_DROPOUT, false),
+    encoder("mpnet", BERT_DROPOUT, false),
     ModelType {
         name: "gpt2",
         tasks: &[Task::TextGeneration],

@@ -1,5 +1,5 @@
-//! What pg_ai needs from a transformers `config.json`, read leniently: BERT, DistilBERT and
-//! RoBERTa name the same quantities differently.
+//! What pg_ai needs from a transformers `config.json`, read leniently: BERT, DistilBERT, RoBERTa and MPNet
+//! name the same quantities differently.
 
 use crate::error::{AiError, Result};
 use serde_json::Value;
@@ -10,6 +10,8 @@ pub enum Family {
     Bert,
     DistilBert,
     Roberta,
+    /// RoBERTa's positions and heads, with a relative position bias in every layer's attention.
+    MPNet,
 }
 
 impl Family {
@@ -18,7 +20,13 @@ impl Family {
             Family::Bert => "bert",
             Family::DistilBert => "distilbert",
             Family::Roberta => "roberta",
+            Family::MPNet => "mpnet",
         }
+    }
+
+    /// RoBERTa and MPNet number positions from pad_token_id + 1 and share their heads' names.
+    pub fn roberta_like(self) -> bool {
+        matches!(self, Family::Roberta | Family::MPNet)
     }
 }
 
@@ -37,6 +45,8 @@ pub struct ModelConfig {
     pub type_vocab_size: usize,
     pub layer_norm_eps: f64,
     pub pad_token_id: usize,
+    /// MPNet's relative position buckets (its attention bias table's rows); 0 for the others.
+    pub relative_buckets: usize,
     /// Labels in id order, from `id2label`.
     pub labels: Vec<String>,
     /// "multi_label_classification" makes classification scores sigmoids instead of a softmax.
@@ -62,8 +72,9 @@ impl ModelConfig {
                 "bert" => Family::Bert,
                 "distilbert" => Family::DistilBert,
                 "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
+                "mpnet" => Family::MPNet,
                 other => return Err(AiError::invalid(format!("model_type \"{other}\" is not supported")).with_hint(
-                    "pg_ai runs bert, distilbert and roberta encoders, gpt2 and llama decoders, and llama GGUF files.",
+                    "pg_ai runs bert, distilbert, roberta and mpnet encoders (see the registry for every model type).",
                 )),
             };
         let need = |names: &[&str]| {
@@ -104,16 +115,20 @@ impl ModelConfig {
             type_vocab_size: usize_field(&raw, &["type_vocab_size"]).unwrap_or(0),
             layer_norm_eps: raw.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12),
             pad_token_id,
+            relative_buckets: match family {
+                Family::MPNet => usize_field(&raw, &["relative_attention_num_buckets"]).unwrap_or(32),
+                _ => 0,
+            },
             multi_label: raw.get("problem_type").and_then(Value::as_str) == Some("multi_label_classification"),
             labels,
             raw,
         })
     }
 
-    /// Longest input in tokens, special tokens included. RoBERTa reserves pad_token_id + 1 positions.
+    /// Longest input in tokens, special tokens included. RoBERTa and MPNet reserve pad_token_id + 1 positions.
     pub fn max_tokens(&self) -> usize {
         match self.family {
-            Family::Roberta => self.max_positions.saturating_sub(self.pad_token_id + 1),
+            _ if self.family.roberta_like() => self.max_positions.saturating_sub(self.pad_token_id + 1),
             _ => self.max_positions,
         }
     }

@@ -2,6 +2,7 @@
 //! three; this table holds transformers' tensor names, config keys and head shapes of each, so that
 //! what it saves loads in engine::models::bert and in transformers.
 
+use crate::error::{AiError, ErrorKind, Result};
 use crate::models::bert::config::Family;
 use crate::models::bert::Names;
 use crate::train::nn::Activation;
@@ -100,11 +101,14 @@ fn f64_field(config: &Value, name: &str, default: f64) -> f64 {
 }
 
 impl Layout {
-    pub fn of(family: Family) -> &'static Layout {
+    /// The layout of a family that trains here (MPNet does not yet: its relative position bias has no
+    /// differentiable attention of its own).
+    pub fn of(family: Family) -> Result<&'static Layout> {
         match family {
-            Family::Bert => &BERT,
-            Family::DistilBert => &DISTILBERT,
-            Family::Roberta => &ROBERTA,
+            Family::Bert => Ok(&BERT),
+            Family::DistilBert => Ok(&DISTILBERT),
+            Family::Roberta => Ok(&ROBERTA),
+            Family::MPNet => Err(AiError::new(ErrorKind::Unsupported, "MPNet models cannot be trained here yet")),
         }
     }
 
@@ -128,7 +132,7 @@ impl Layout {
                     token_head: hidden,
                 }
             }
-            Family::Bert | Family::Roberta => {
+            Family::Bert | Family::Roberta | Family::MPNet => {
                 let hidden = f64_field(config, "hidden_dropout_prob", 0.1);
                 let head = f64_field(config, "classifier_dropout", hidden);
                 Dropouts {

@@ -1,10 +1,11 @@
-//! BERT, DistilBERT and RoBERTa encoders with their task heads.
+//! BERT, DistilBERT, RoBERTa and MPNet encoders with their task heads.
 //!
 //! Written here rather than taken from candle-transformers because pg_ai needs what those models
 //! lack: the sequence- and token-classification heads, the pooler, one padding-mask convention for
-//! all three families (so a batch answers exactly as single calls do), and one code path that the
-//! training work can later switch to differentiable ops. The three families differ only in tensor
-//! names, RoBERTa's position offset and the classification head, so one implementation serves all.
+//! all the families (so a batch answers exactly as single calls do), and one code path that the
+//! training work can later switch to differentiable ops. The families differ only in tensor names,
+//! RoBERTa's (and MPNet's) position offset, the classification head and MPNet's relative position bias,
+//! so one implementation serves all.
 
 pub mod config;
 pub mod layout;
@@ -17,6 +18,7 @@ use crate::error::{AiError, Result};
 use crate::kernels::fused::{attention, Gelu, Heads, Span};
 use crate::kernels::int8::{bytes, Projection};
 use crate::models::bert::config::{Family, ModelConfig};
+use crate::models::position_buckets;
 use crate::timing::forward;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
@@ -78,6 +80,7 @@ impl Names {
         match family {
             Family::DistilBert => &DISTILBERT_NAMES,
             Family::Bert | Family::Roberta => &BERT_NAMES,
+            Family::MPNet => &MPNET_NAMES,
         }
     }
 }
@@ -108,6 +111,20 @@ const DISTILBERT_NAMES: Names = Names {
     ffn_in: "ffn.lin1",
     ffn_out: "ffn.lin2",
     output_norm: "output_layer_norm",
+};
+
+const MPNET_NAMES: Names = Names {
+    type_embeddings: None,
+    embeddings_norm: "embeddings.LayerNorm",
+    layer: "encoder.layer",
+    query: "attention.attn.q",
+    key: "attention.attn.k",
+    value: "attention.attn.v",
+    attention_out: "attention.attn.o",
+    attention_norm: "attention.LayerNorm",
+    ffn_in: "intermediate.dense",
+    ffn_out: "output.dense",
+    output_norm: "output.LayerNorm",
 };
 
 fn linear(vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize) -> candle_core::Result<Linear> {
@@ -166,6 +183,19 @@ pub struct Encoder {
     heads: usize,
     activation: Activation,
     position_offset: u32,
+    /// MPNet's relative position bias, (buckets, heads), which every layer adds to its attention scores.
+    relative_bias: Option<Tensor>,
+}
+
+/// MPNet's bias for every (query, key) pair of a sequence of `seq` tokens, (heads, seq, seq), from its table of
+/// (buckets, heads): bidirectional buckets of key minus query, up to a distance of 128, as MPNet computes them.
+fn relative_bias(table: &Tensor, seq: usize) -> candle_core::Result<Tensor> {
+    let (buckets, heads) = table.dims2()?;
+    let ids: Vec<u32> = (0..seq as i64)
+        .flat_map(|query| (0..seq as i64).map(move |key| position_buckets::bucket(key - query, true, buckets, 128)))
+        .collect();
+    let ids = Tensor::from_vec(ids, seq * seq, table.device())?;
+    table.index_select(&ids, 0)?.reshape((seq, seq, heads))?.permute((2, 0, 1))?.contiguous()
 }
 
 /// Task heads found in the weights; a model may carry none (a plain encoder for embeddings).
@@ -244,9 +274,13 @@ impl Encoder {
                 layers,
                 heads: config.heads,
                 activation: Activation::Gelu,
-                position_offset: match config.family {
-                    Family::Roberta => config.pad_token_id as u32 + 1,
-                    _ => 0,
+                position_offset: if config.family.roberta_like() { config.pad_token_id as u32 + 1 } else { 0 },
+                relative_bias: match config.family {
+                    Family::MPNet => Some(
+                        base.pp("encoder.relative_attention_bias")
+                            .get((config.relative_buckets, config.heads), "weight")?,
+                    ),
+                    _ => None,
                 },
             })
         };
@@ -279,7 +313,7 @@ impl Encoder {
             x = (x + types.forward(&ids.to_device(device)?)?)?;
         }
         x = self.embeddings_norm.forward(&x)?;
-        let attend = if cpu_kernels(device) {
+        let attend = if cpu_kernels(device) && self.relative_bias.is_none() {
             // Each row's real tokens (padding is on the right) as a sequence of the (batch * seq) rows.
             let lengths = batch.mask.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?;
             let spans = lengths.iter().enumerate().map(|(r, &len)| Span { start: r * seq, len: len as usize });
@@ -287,7 +321,13 @@ impl Encoder {
         } else {
             // Additive mask: 0 where attended, a large negative number over padding. (batch, 1, 1, seq)
             let mask = batch.mask.to_device(device)?.to_dtype(DType::F32)?;
-            Attend::Bias(((mask - 1.0)? * 1e30)?.unsqueeze(1)?.unsqueeze(1)?)
+            let padding = ((mask - 1.0)? * 1e30)?.unsqueeze(1)?.unsqueeze(1)?;
+            match &self.relative_bias {
+                // (batch, heads, seq, seq), as MPNet's compute_position_bias: attention with a bias per pair of
+                // positions runs on candle's ops (pg_ai's fused attention takes none).
+                Some(table) => Attend::Bias(padding.broadcast_add(&relative_bias(table, seq)?.unsqueeze(0)?)?),
+                None => Attend::Bias(padding),
+            }
         };
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, &attend)?;
@@ -436,21 +476,21 @@ impl Head {
                         tied,
                     }
                 }
-                Family::Roberta if has("lm_head.dense.weight") => {
+                family if family.roberta_like() && has("lm_head.dense.weight") => {
                     let p = vb.pp("lm_head");
                     let bias =
                         if p.contains_tensor("bias") { p.get(v, "bias")? } else { p.pp("decoder").get(v, "bias")? };
                     let (decoder, tied) = decoder(p.pp("decoder"), bias)?;
                     Head::MaskedLm {
                         transform: projection(&p, "dense", h, h)?,
-                        // RobertaLMHead applies erf GELU whatever hidden_act says.
+                        // RobertaLMHead and MPNetLMHead apply erf GELU whatever hidden_act says.
                         act: Activation::Gelu,
                         norm: layer_norm(&p, "layer_norm", h, eps)?,
                         decoder,
                         tied,
                     }
                 }
-                Family::Roberta if has("classifier.out_proj.weight") => Head::SequenceClassifier {
+                family if family.roberta_like() && has("classifier.out_proj.weight") => Head::SequenceClassifier {
                     pre: Some((projection(vb, "classifier.dense", h, h)?, Activation::Tanh)),
                     out: projection(vb, "classifier.out_proj", h, n_labels)?,
                 },

@@ -167,7 +167,7 @@ impl TrainableBert {
     /// and initialising the rest (seeded) as transformers does.
     pub fn build(mut config: Value, task: BertTask, source: HashMap<String, Tensor>, seed: u64) -> Result<Self> {
         let c = ModelConfig::from_value(config.clone())?;
-        let layout = Layout::of(c.family);
+        let layout = Layout::of(c.family)?;
         if c.heads == 0 || !c.hidden_size.is_multiple_of(c.heads) {
             return Err(AiError::corrupt("hidden size is not a multiple of the number of heads"));
         }

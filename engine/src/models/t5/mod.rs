@@ -9,6 +9,7 @@ pub mod train;
 use crate::error::{AiError, Result};
 use crate::generate::seq2seq::{attend, cached, split_heads, DecoderCache, Memory, Seq2Seq};
 use crate::models::bert::Activation;
+use crate::models::position_buckets;
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use serde::Deserialize;
@@ -46,31 +47,14 @@ fn default_true() -> bool {
     true
 }
 
-/// transformers' `_relative_position_bucket`: exact buckets for near offsets (key minus query), logarithmic
-/// ones beyond; the decoder's (not bidirectional) only look back.
+/// The bucket of a relative position (key minus query) under T5's settings.
 pub fn relative_bucket(c: &T5Config, relative: i64, bidirectional: bool) -> u32 {
-    let mut buckets = c.relative_attention_num_buckets as i64;
-    let mut bucket = 0;
-    let distance = if bidirectional {
-        buckets /= 2;
-        if relative > 0 {
-            bucket += buckets;
-        }
-        relative.abs()
-    } else {
-        -relative.min(0)
-    };
-    let max_exact = buckets / 2;
-    bucket += if distance < max_exact {
-        distance
-    } else {
-        // In f32, as torch computes it.
-        let far = (distance as f32 / max_exact as f32).ln()
-            / (c.relative_attention_max_distance as f32 / max_exact as f32).ln()
-            * (buckets - max_exact) as f32;
-        (max_exact + far as i64).min(buckets - 1)
-    };
-    bucket as u32
+    position_buckets::bucket(
+        relative,
+        bidirectional,
+        c.relative_attention_num_buckets,
+        c.relative_attention_max_distance,
+    )
 }
 
 /// T5's layer norm: scale only, no mean subtraction and no bias.
