@@ -76,6 +76,13 @@ fn roberta_fill_mask_matches_transformers() {
     check_fill_mask("roberta-mlm");
 }
 
+/// XLM-RoBERTa: RoBERTa's layers with a sentencepiece Unigram vocabulary (pieces that start words with "▁").
+#[test]
+fn xlm_roberta_fill_mask_and_classification_match_transformers() {
+    check_fill_mask("xlm-roberta-mlm");
+    check_classify("xlm-roberta-classifier");
+}
+
 /// MPNet: RoBERTa's positions and heads with a relative position bias in every layer.
 #[test]
 fn mpnet_fill_mask_classification_and_embeddings_match_transformers() {

@@ -237,8 +237,9 @@ mod tests {
         assert_eq!(
             e.hint.as_deref(),
             Some(
-                "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, gpt2, llama, mistral, \
-                 qwen2, qwen3, phi3, gemma2, gemma3_text, t5 or marian, and GGUF files of llama, qwen2 and qwen3 models."
+                "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, mpnet, gpt2, llama, \
+                 mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, t5 or marian, and GGUF files of llama, qwen2 and \
+                 qwen3 models."
             )
         );
         let e = training("marian", Objective::Seq2Seq).err().unwrap();
