@@ -141,7 +141,8 @@ fn catch_aborts() {
 /// SIGABRT: FATAL 53200 if the abort follows a failed allocation in the backend's thread. Otherwise it returns,
 /// and abort() goes on to end the process as if no handler were set.
 extern "C" fn on_abort(_signal: libc::c_int) {
-    let size = FAILED.load(Ordering::Acquire);
+    // Taken, not read: should the report below fail to allocate too, the abort that follows is not caught again.
+    let size = FAILED.swap(0, Ordering::AcqRel);
     // SAFETY: pthread_self and pthread_equal have no preconditions.
     let backend = BACKEND_THREAD.get().is_some_and(|&t| unsafe { libc::pthread_equal(t, libc::pthread_self()) != 0 });
     if size == 0 || !backend {
@@ -150,7 +151,8 @@ extern "C" fn on_abort(_signal: libc::c_int) {
     // The abort came from Rust's handler for a failed allocation, raised synchronously in this thread: not
     // inside malloc or PostgreSQL's own code, so reporting and exiting are safe here. FATAL does not return;
     // it rolls the transaction back and exits the process with status 1, which the postmaster takes as the end
-    // of one session, not a crash. The reserve was given back, so the report has memory to work with.
+    // of one session, not a crash. The reserve was given back (for this failure or an earlier one of the call),
+    // which leaves the report some memory.
     let message = format!("pg_ai could not allocate {} and ended this session", crate::engine::budget::size(size));
     pgrx::pg_sys::panic::ErrorReport::new(pgrx::PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY, message, "pg_ai")
         .set_hint(
