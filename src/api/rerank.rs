@@ -9,14 +9,17 @@ use pgrx::prelude::*;
 
 /// The documents from most to least relevant to `query`, each with its position in the array (`ord`) and its
 /// score between 0 and 1, as sentence-transformers' CrossEncoder scores them; `top_k` keeps the best ones. NULL
-/// documents are skipped.
+/// documents are skipped; a NULL query, array or model gives no rows (not STRICT, as top_k may be NULL).
 #[pg_extern(stable, parallel_safe)]
 fn ai_rerank(
-    query: &str,
-    documents: Array<&str>,
-    model: &str,
+    query: Option<&str>,
+    documents: Option<Array<&str>>,
+    model: Option<&str>,
     top_k: default!(Option<i32>, "NULL"),
 ) -> TableIterator<'static, (name!(ord, i32), name!(document, String), name!(score, f32))> {
+    let (Some(query), Some(documents), Some(model)) = (query, documents, model) else {
+        return TableIterator::new(Vec::new());
+    };
     let (positions, texts) = present(&documents);
     let loaded = crate::store::model_for(model, Task::TextClassification);
     let documents: Vec<&str> = texts.iter().map(String::as_str).collect();

@@ -56,7 +56,8 @@ FROM notes ORDER BY ai_rerank_score('sport', body, 'reranker') DESC;
 -- NULL in, NULL out.
 SELECT ai_classify_label(NULL, 'topic') IS NULL AS null_label;
 SELECT ai_zero_shot_label(NULL, ARRAY['a'], 'nli') IS NULL AS null_zero_shot,
-       ai_rerank_score('q', NULL, 'reranker') IS NULL AS null_rerank_score;
+       ai_rerank_score('q', NULL, 'reranker') IS NULL AS null_rerank_score,
+       (SELECT count(*) FROM ai_rerank(NULL, ARRAY['d'], 'reranker')) AS null_query_no_rows;
 
 -- Errors.
 SELECT pg_temp.try($$SELECT ai_classify_label('some text', 'tagger')$$) AS ner_model_as_classifier;

@@ -62,3 +62,23 @@ SELECT pg_temp.try(format('SELECT ai_load_model(%L, %L)', 'gpt2-on-cpu', :'fixtu
 SELECT array_length(ai_embed('A man is eating food.', 'minilm'), 1) AS loaded_before_still_answers;
 SELECT pg_temp.try($$SET pg_ai.device = 'tpu'$$) AS unknown_device;
 RESET pg_ai.device;
+
+-- ai_chunk: a long text in pieces the model reads whole, cut between words, with their character offsets; by
+-- default as many tokens as the model reads at once (MiniLM: 128 less [CLS] and [SEP]).
+SELECT ord, chunk, start_pos, end_pos, tokens
+FROM ai_chunk('the cat sat in the park . the dog ran to the river . bob lives in paris .', 'timed',
+              max_tokens => 8, overlap => 2);
+SELECT count(*) AS chunks, max(tokens) AS most_tokens, min(start_pos) AS first, max(end_pos) AS last
+FROM ai_chunk(repeat('Semantic search finds what a query means. ', 200), 'minilm');
+-- Each chunk then embeds whole: a semantic search over the pieces of a long document.
+WITH pieces AS (
+    SELECT ord, chunk FROM ai_chunk(repeat('A man is eating food. ', 30) || repeat('The new movie is awesome. ', 30),
+                                    'minilm', max_tokens => 64))
+SELECT ord, left(chunk, 30) AS starts_with,
+       round(ai_similarity(chunk, 'Someone is having a meal.', 'minilm')::numeric, 2) AS similarity
+FROM pieces ORDER BY ord;
+SELECT count(*) AS null_gives_no_rows FROM ai_chunk(NULL, 'minilm');
+SELECT pg_temp.try($$SELECT * FROM ai_chunk('some text', 'minilm', max_tokens => 255)$$) AS chunk_beyond_the_model;
+SELECT pg_temp.try($$SELECT * FROM ai_chunk('some text', 'minilm', max_tokens => 8, overlap => 8)$$) AS overlap_too_large;
+SELECT pg_temp.try($$SELECT * FROM ai_chunk('some text', 'minilm', overlap => -1)$$) AS negative_overlap;
+SELECT pg_temp.try($$SELECT * FROM ai_chunk('some text', 'decoder')$$) AS decoder_has_no_chunks;

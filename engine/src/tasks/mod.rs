@@ -1,5 +1,6 @@
 //! The answers pg_ai gives, each as transformers' pipeline of the same name computes it.
 
+pub mod chunk;
 pub mod classify;
 pub mod embed;
 pub mod fill_mask;

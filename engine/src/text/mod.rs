@@ -11,6 +11,7 @@ use crate::timing::{time, Phase};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::path::Path;
+use std::sync::OnceLock;
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationParams};
 
 pub struct TextTokenizer {
@@ -26,6 +27,9 @@ pub struct TextTokenizer {
     pub max_tokens: usize,
     /// Characters in the vocabulary's longest token: how much text one token can cover (see `worth_reading`).
     longest_token: usize,
+    /// The tokenizer without truncation, made on first use (`token_spans`): the tokenizers crate drops what
+    /// truncation cuts off an encoding without special tokens.
+    whole: OnceLock<Tokenizer>,
 }
 
 /// A special token in tokenizer_config.json is either a string or {"content": "..."}.
@@ -75,7 +79,7 @@ impl TextTokenizer {
             .map_err(|e| AiError::corrupt(format!("tokenizer.json: {e}")))?;
         inner.with_padding(None);
         let longest_token = longest_token(&inner);
-        Ok(TextTokenizer { inner, mask, pad_id, unk_id, cleanup, max_tokens, longest_token })
+        Ok(TextTokenizer { inner, mask, pad_id, unk_id, cleanup, max_tokens, longest_token, whole: OnceLock::new() })
     }
 
     /// Encodes one text with special tokens, truncated to `max_tokens`; offsets are in characters, as Python
@@ -93,6 +97,45 @@ impl TextTokenizer {
         let (first, second) = (self.worth(first), self.worth(second));
         time(Phase::Tokenize, || self.inner.encode_char_offsets((first, second), true))
             .map_err(|e| AiError::invalid(format!("cannot tokenize the input: {e}")))
+    }
+
+    /// Every token of `text`, without special tokens and without truncation, as (start, end) character offsets.
+    /// The text is read in pieces of about 16 kB cut at whitespace, with `between` after each, so that a long text
+    /// can be cancelled; tokenisers split at whitespace before anything else, so the pieces give the tokens of
+    /// the whole (but for a "word" of more than 32 kB, cut there).
+    pub fn token_spans(&self, text: &str, between: &mut dyn FnMut()) -> Result<Vec<(usize, usize)>> {
+        const PIECE: usize = 16 << 10;
+        let whole = self.whole.get_or_init(|| {
+            let mut whole = self.inner.clone();
+            // Only truncation is turned off, which cannot fail.
+            let _ = whole.with_truncation(None);
+            whole
+        });
+        let mut spans = Vec::new();
+        let (mut at, mut chars_before) = (0, 0);
+        while at < text.len() {
+            let rest = &text[at..];
+            // At whitespace past PIECE bytes; a run of 2 x PIECE bytes without any (no word is that long) is cut
+            // where it reaches that length.
+            let cut = rest
+                .char_indices()
+                .skip_while(|(i, _)| *i < PIECE)
+                .find(|&(i, c)| c.is_whitespace() || i >= 2 * PIECE)
+                .map_or(rest.len(), |(i, _)| i);
+            let piece = &rest[..cut];
+            let encoding = time(Phase::Tokenize, || whole.encode_char_offsets(piece, false))
+                .map_err(|e| AiError::invalid(format!("cannot tokenize the input: {e}")))?;
+            spans.extend(encoding.get_offsets().iter().map(|&(a, b)| (a + chars_before, b + chars_before)));
+            chars_before += piece.chars().count();
+            at += cut;
+            between();
+        }
+        Ok(spans)
+    }
+
+    /// Special tokens the model's inputs carry around a text ([CLS] and [SEP], <s> and </s>).
+    pub fn special_tokens(&self) -> usize {
+        self.inner.get_post_processor().map_or(0, |p| p.added_tokens(false))
     }
 
     fn worth<'t>(&self, text: &'t str) -> &'t str {
