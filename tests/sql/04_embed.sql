@@ -64,7 +64,7 @@ SELECT pg_temp.try($$SET pg_ai.device = 'tpu'$$) AS unknown_device;
 RESET pg_ai.device;
 
 -- ai_chunk: a long text in pieces the model reads whole, cut between words, with their character offsets; by
--- default as many tokens as the model reads at once (MiniLM: 128 less [CLS] and [SEP]).
+-- default as many tokens as the model reads at once (MiniLM: 256 less [CLS] and [SEP]).
 SELECT ord, chunk, start_pos, end_pos, tokens
 FROM ai_chunk('the cat sat in the park . the dog ran to the river . bob lives in paris .', 'timed',
               max_tokens => 8, overlap => 2);

@@ -87,7 +87,7 @@ impl Translator {
         Ok(Translator {
             family,
             architecture,
-            tokenizer: TextTokenizer::load(&files.dir, max_tokens)?,
+            tokenizer: TextTokenizer::load(&files.dir, max_tokens, None)?,
             settings: GenerationSettings::load(files, &config)?,
             config,
             model,

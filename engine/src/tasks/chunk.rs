@@ -85,7 +85,7 @@ mod tests {
 
     fn tokenizer() -> TextTokenizer {
         let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/models/bert-mlm"));
-        TextTokenizer::load(dir, 64).unwrap()
+        TextTokenizer::load(dir, 64, None).unwrap()
     }
 
     fn cut(text: &str, max_tokens: usize, overlap: usize) -> Vec<(String, usize, usize, usize)> {
@@ -139,7 +139,7 @@ mod tests {
     fn other_tokenizers_cut_at_the_same_words() {
         for name in ["roberta-mlm", "xlm-roberta-mlm"] {
             let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/models")).join(name);
-            let t = TextTokenizer::load(&dir, 64).unwrap();
+            let t = TextTokenizer::load(&dir, 64, None).unwrap();
             let got = chunks(&t, TEXT, 8, 2, &mut || ()).unwrap();
             let chars: Vec<char> = TEXT.chars().collect();
             for c in &got {

@@ -41,7 +41,10 @@ fn token_field(config: &Value, name: &str) -> Option<String> {
 }
 
 impl TextTokenizer {
-    pub fn load(dir: &Path, model_max_tokens: usize) -> Result<Self> {
+    /// Loads `dir`'s tokenizer, which reads at most `model_max_tokens` (the model's positions), and at most
+    /// tokenizer.json's own truncation or, where given, `sequence_limit` instead (sentence-transformers'
+    /// max_seq_length, which it tokenises with whatever tokenizer.json says).
+    pub fn load(dir: &Path, model_max_tokens: usize, sequence_limit: Option<usize>) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let mut inner = Tokenizer::from_file(&path)
             .map_err(|e| AiError::corrupt(format!("cannot read {}: {e}", path.display())))?;
@@ -63,9 +66,10 @@ impl TextTokenizer {
             .chain(["[UNK]".to_string(), "<unk>".to_string()])
             .find_map(|t| inner.token_to_id(&t));
         let cleanup = config.get("clean_up_tokenization_spaces").and_then(Value::as_bool).unwrap_or(false);
-        // Truncate at the file's own limit (sentence-transformers models set one) or the model's;
-        // tasks that must not lose text check `truncated` and refuse instead.
-        let max_tokens = inner.get_truncation().map(|t| t.max_length.min(model_max_tokens)).unwrap_or(model_max_tokens);
+        // Truncate at the given limit or the file's own, within the model's; tasks that must not lose text refuse
+        // instead (encode_whole).
+        let limit = sequence_limit.or(inner.get_truncation().map(|t| t.max_length));
+        let max_tokens = limit.map_or(model_max_tokens, |l| l.min(model_max_tokens));
         // The tokenizers crate subtracts the special tokens from the limit unchecked.
         let special = inner.get_post_processor().map_or(0, |p| p.added_tokens(false));
         if max_tokens <= special {

@@ -23,7 +23,12 @@ pub struct Model {
 impl Model {
     /// Loads the encoder and its head onto `device`, their linear layers in 8 bits where `int8`.
     pub fn load(files: &ModelFiles, config: ModelConfig, int8: bool, device: &Device) -> Result<Model> {
-        let tokenizer = TextTokenizer::load(&files.dir, config.max_tokens())?;
+        // sentence-transformers cuts inputs at its max_seq_length, not at tokenizer.json's truncation.
+        let sequence_limit = files
+            .read_json("sentence_bert_config.json")?
+            .and_then(|c| c.get("max_seq_length")?.as_u64())
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let tokenizer = TextTokenizer::load(&files.dir, config.max_tokens(), sequence_limit)?;
         let vb = var_builder(&files.weights, device)?;
         let encoder = Encoder::load(&vb, &config, int8)?;
         let head = Head::load(&vb, &config, encoder.word_embeddings(), int8)?;
