@@ -63,7 +63,7 @@ fn ai_zero_shot(
     hypothesis_template: default!(&str, "'This example is {}.'"),
     multi_label: default!(bool, false),
 ) -> TableIterator<'static, (name!(label, String), name!(score, f32))> {
-    let answers = zero_shot_of(input, &labels, model, hypothesis_template, multi_label);
+    let answers = zero_shot_of(&[input], &labels, model, hypothesis_template, multi_label).remove(0);
     TableIterator::new(answers.into_iter().map(|s| (s.label, s.score)))
 }
 
@@ -75,19 +75,50 @@ fn ai_zero_shot_label(
     model: &str,
     hypothesis_template: default!(&str, "'This example is {}.'"),
 ) -> String {
-    zero_shot_of(input, &labels, model, hypothesis_template, false).remove(0).label
+    zero_shot_of(&[input], &labels, model, hypothesis_template, false).remove(0).remove(0).label
 }
 
-fn zero_shot_of(
-    input: &str,
+/// The array form: one forward pass per batch of (input, label) pairs; `ord` is the input's position in the array.
+#[pg_extern(stable, parallel_safe, name = "ai_zero_shot")]
+fn ai_zero_shot_array(
+    inputs: Array<&str>,
+    labels: Array<&str>,
+    model: &str,
+    hypothesis_template: default!(&str, "'This example is {}.'"),
+    multi_label: default!(bool, false),
+) -> TableIterator<'static, (name!(ord, i32), name!(label, String), name!(score, f32))> {
+    let (positions, texts) = present(&inputs);
+    let answers = zero_shot_of(&texts, &labels, model, hypothesis_template, multi_label);
+    TableIterator::new(
+        positions.into_iter().zip(answers).flat_map(|(ord, s)| s.into_iter().map(move |s| (ord, s.label, s.score))),
+    )
+}
+
+/// The best candidate label of each input, in input order; NULL stays NULL.
+#[pg_extern(stable, parallel_safe, name = "ai_zero_shot_label")]
+fn ai_zero_shot_label_array(
+    inputs: Array<&str>,
+    labels: Array<&str>,
+    model: &str,
+    hypothesis_template: default!(&str, "'This example is {}.'"),
+) -> Vec<Option<String>> {
+    let (positions, texts) = present(&inputs);
+    let answers = zero_shot_of(&texts, &labels, model, hypothesis_template, false);
+    in_place(inputs.len(), positions, answers.into_iter().map(|mut scored| scored.remove(0).label))
+}
+
+/// Each text's labels with their scores, best first; NULL labels are skipped.
+fn zero_shot_of<T: AsRef<str>>(
+    texts: &[T],
     labels: &Array<&str>,
     model: &str,
     hypothesis_template: &str,
     multi_label: bool,
-) -> Vec<crate::engine::tasks::classify::Scored> {
+) -> Vec<Vec<crate::engine::tasks::classify::Scored>> {
     let (_, labels) = present(labels);
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
     let loaded = crate::store::model_for(model, Task::TextClassification);
     let ask = ZeroShot { labels: &labels, hypothesis_template, multi_label };
-    zero_shot(loaded.encoder().or_raise(), &[input], &ask, &mut interrupts).or_raise().remove(0)
+    zero_shot(loaded.encoder().or_raise(), &texts, &ask, &mut interrupts).or_raise()
 }

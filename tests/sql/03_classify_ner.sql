@@ -42,6 +42,11 @@ FROM ai_zero_shot('we cooked soup because of the storm .', ARRAY['soup', NULL, '
                   hypothesis_template => 'This example is {}.', multi_label => true);
 SELECT ai_zero_shot_label('heavy snow is expected tonight .', ARRAY['golf', 'snow', 'rice', 'cat'], 'nli',
                           'this text is about {} .');
+-- The text[] forms answer as single calls do; a NULL input gives no rows, or a NULL label.
+SELECT ord, label, round(score::numeric, 4) AS score
+FROM ai_zero_shot(ARRAY['i love eating pasta .', NULL, 'grace won the tennis game .'], ARRAY['pasta', 'tennis'], 'nli');
+SELECT ai_zero_shot_label(ARRAY['heavy snow is expected tonight .', NULL, 'i love eating pasta .'],
+                          ARRAY['golf', 'snow', 'rice'], 'nli', 'this text is about {} .');
 
 -- Reranking: documents against a query, best first, with their positions in the array.
 SELECT ai_load_model('reranker', :'fixtures' || '/models/roberta-reranker');
