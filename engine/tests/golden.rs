@@ -4,7 +4,8 @@
 use pg_ai_engine::files::ModelFiles;
 use pg_ai_engine::kernels::int8::Int8;
 use pg_ai_engine::models::{AnyModel, Model};
-use pg_ai_engine::tasks::{classify::classify, embed::embed, fill_mask::fill_mask, ner::ner, rerank, zero_shot};
+use pg_ai_engine::tasks::classify::{classify, Scored};
+use pg_ai_engine::tasks::{embed::embed, fill_mask::fill_mask, ner::ner, rerank, zero_shot};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -113,14 +114,20 @@ fn check_classify(name: &str) {
     for (case, batch_answer) in cases.iter().zip(&batched) {
         let input = case["input"].as_str().unwrap();
         let single = classify(&m, &[input], &mut || ()).unwrap().remove(0);
-        let expected = case["answers"].as_array().unwrap();
-        assert_eq!(single.len(), expected.len());
-        for ((got, from_batch), want) in single.iter().zip(batch_answer).zip(expected) {
-            assert_eq!(got.label, want["label"].as_str().unwrap(), "{name}: {input}");
-            close(got.score, &want["score"], input);
-            assert_eq!(got.label, from_batch.label);
-            assert!((got.score - from_batch.score).abs() < 1e-5);
-        }
+        check_scored(&single, batch_answer, &case["answers"], &format!("{name}: {input}"));
+    }
+}
+
+/// Labels with scores, from a single call and from a batch, against transformers' `expected`: the same labels in
+/// the same order, scores within TOLERANCE, and the batch as the single call.
+fn check_scored(single: &[Scored], batched: &[Scored], expected: &Value, what: &str) {
+    let expected = expected.as_array().unwrap();
+    assert_eq!(single.len(), expected.len(), "{what}");
+    for ((got, from_batch), want) in single.iter().zip(batched).zip(expected) {
+        assert_eq!(got.label, want["label"].as_str().unwrap(), "{what}");
+        close(got.score, &want["score"], what);
+        assert_eq!(got.label, from_batch.label, "array form differs for {what}");
+        assert!((got.score - from_batch.score).abs() < 1e-5, "array form differs for {what}");
     }
 }
 
@@ -140,14 +147,7 @@ fn zero_shot_matches_transformers_pipeline() {
         };
         let got = zero_shot::zero_shot(&m, &[input], &ask, &mut || ()).unwrap().remove(0);
         let twice = zero_shot::zero_shot(&m, &[input, "the cat sat in the park ."], &ask, &mut || ()).unwrap();
-        let expected = case["answers"].as_array().unwrap();
-        assert_eq!(got.len(), expected.len(), "{input}");
-        for ((got, batched), want) in got.iter().zip(&twice[0]).zip(expected) {
-            assert_eq!(got.label, want["label"].as_str().unwrap(), "{input}");
-            close(got.score, &want["score"], input);
-            assert_eq!(got.label, batched.label);
-            assert!((got.score - batched.score).abs() < 1e-5);
-        }
+        check_scored(&got, &twice[0], &case["answers"], input);
     }
 }
 

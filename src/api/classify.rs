@@ -3,7 +3,7 @@
 
 use super::{in_place, interrupts, present};
 use crate::engine::models::Task;
-use crate::engine::tasks::classify::classify;
+use crate::engine::tasks::classify::{classify, Scored};
 use crate::engine::tasks::zero_shot::{zero_shot, ZeroShot};
 use crate::error::OrRaise;
 use pgrx::prelude::*;
@@ -28,9 +28,7 @@ fn ai_classify_array(
     let m = loaded.encoder().or_raise();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let answers = classify(m, &texts, &mut interrupts).or_raise();
-    TableIterator::new(
-        positions.into_iter().zip(answers).flat_map(|(ord, s)| s.into_iter().map(move |s| (ord, s.label, s.score))),
-    )
+    TableIterator::new(rows_by_ord(positions, answers))
 }
 
 /// The best label alone, for triggers and CHECKs.
@@ -50,7 +48,7 @@ fn ai_classify_label_array(inputs: Array<&str>, model: &str) -> Vec<Option<Strin
     let m = loaded.encoder().or_raise();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let answers = classify(m, &texts, &mut interrupts).or_raise();
-    in_place(inputs.len(), positions, answers.into_iter().map(|mut scored| scored.remove(0).label))
+    best_labels(inputs.len(), positions, answers)
 }
 
 /// Every candidate label with its score, best first, as transformers' zero-shot-classification pipeline answers:
@@ -89,9 +87,7 @@ fn ai_zero_shot_array(
 ) -> TableIterator<'static, (name!(ord, i32), name!(label, String), name!(score, f32))> {
     let (positions, texts) = present(&inputs);
     let answers = zero_shot_of(&texts, &labels, model, hypothesis_template, multi_label);
-    TableIterator::new(
-        positions.into_iter().zip(answers).flat_map(|(ord, s)| s.into_iter().map(move |s| (ord, s.label, s.score))),
-    )
+    TableIterator::new(rows_by_ord(positions, answers))
 }
 
 /// The best candidate label of each input, in input order; NULL stays NULL.
@@ -104,7 +100,7 @@ fn ai_zero_shot_label_array(
 ) -> Vec<Option<String>> {
     let (positions, texts) = present(&inputs);
     let answers = zero_shot_of(&texts, &labels, model, hypothesis_template, false);
-    in_place(inputs.len(), positions, answers.into_iter().map(|mut scored| scored.remove(0).label))
+    best_labels(inputs.len(), positions, answers)
 }
 
 /// Each text's labels with their scores, best first; NULL labels are skipped.
@@ -114,11 +110,21 @@ fn zero_shot_of<T: AsRef<str>>(
     model: &str,
     hypothesis_template: &str,
     multi_label: bool,
-) -> Vec<Vec<crate::engine::tasks::classify::Scored>> {
+) -> Vec<Vec<Scored>> {
     let (_, labels) = present(labels);
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
     let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
     let loaded = crate::store::model_for(model, Task::TextClassification);
     let ask = ZeroShot { labels: &labels, hypothesis_template, multi_label };
     zero_shot(loaded.encoder().or_raise(), &texts, &ask, &mut interrupts).or_raise()
+}
+
+/// Every input's labels as rows (ord, label, score), `positions` being the inputs' places in their array.
+fn rows_by_ord(positions: Vec<i32>, answers: Vec<Vec<Scored>>) -> impl Iterator<Item = (i32, String, f32)> {
+    positions.into_iter().zip(answers).flat_map(|(ord, s)| s.into_iter().map(move |s| (ord, s.label, s.score)))
+}
+
+/// Each input's best label at its place in an array of `len`, NULL where the input was NULL.
+fn best_labels(len: usize, positions: Vec<i32>, answers: Vec<Vec<Scored>>) -> Vec<Option<String>> {
+    in_place(len, positions, answers.into_iter().map(|mut scored| scored.remove(0).label))
 }

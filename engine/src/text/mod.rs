@@ -71,7 +71,7 @@ impl TextTokenizer {
         let limit = sequence_limit.or(inner.get_truncation().map(|t| t.max_length));
         let max_tokens = limit.map_or(model_max_tokens, |l| l.min(model_max_tokens));
         // The tokenizers crate subtracts the special tokens from the limit unchecked.
-        let special = inner.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        let special = special_tokens(&inner);
         if max_tokens <= special {
             return Err(AiError::corrupt(format!(
                 "the model accepts {max_tokens} tokens, no more than its {special} special tokens"
@@ -89,7 +89,7 @@ impl TextTokenizer {
     /// Encodes one text with special tokens, truncated to `max_tokens`; offsets are in characters, as Python
     /// counts them. Only the part of the text that can reach the kept tokens is tokenised (`worth_reading`).
     pub fn encode(&self, text: &str) -> Result<Encoding> {
-        let text = worth_reading(text, self.max_tokens, self.longest_token);
+        let text = self.worth(text);
         time(Phase::Tokenize, || self.inner.encode_char_offsets(text, true))
             .map_err(|e| AiError::invalid(format!("cannot tokenize the input: {e}")))
     }
@@ -139,7 +139,7 @@ impl TextTokenizer {
 
     /// Special tokens the model's inputs carry around a text ([CLS] and [SEP], <s> and </s>).
     pub fn special_tokens(&self) -> usize {
-        self.inner.get_post_processor().map_or(0, |p| p.added_tokens(false))
+        special_tokens(&self.inner)
     }
 
     fn worth<'t>(&self, text: &'t str) -> &'t str {
@@ -148,7 +148,7 @@ impl TextTokenizer {
 
     /// Bytes of `text` that `encode` reads.
     pub fn read_length(&self, text: &str) -> usize {
-        worth_reading(text, self.max_tokens, self.longest_token).len()
+        self.worth(text).len()
     }
 
     /// Like `encode`, but an input longer than the model accepts is an error rather than truncated.
@@ -157,7 +157,7 @@ impl TextTokenizer {
             AiError::invalid(format!("the input is longer than the {} tokens this model accepts", self.max_tokens))
                 .with_hint("Split the text into shorter pieces.")
         };
-        if worth_reading(text, self.max_tokens, self.longest_token).len() < text.len() {
+        if self.worth(text).len() < text.len() {
             return Err(too_long());
         }
         let encoding = self.encode(text)?;
@@ -205,6 +205,11 @@ impl TextTokenizer {
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
+}
+
+/// Special tokens `tokenizer` puts around a single text ([CLS] and [SEP], <s> and </s>).
+fn special_tokens(tokenizer: &Tokenizer) -> usize {
+    tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false))
 }
 
 /// Characters in the longest token of the vocabulary (at least 1).
