@@ -91,8 +91,8 @@ pub const MODEL_TYPES: &[ModelType] = &[
     encoder("bert", BERT_DROPOUT, true),
     encoder("distilbert", &["dropout", "attention_dropout", "seq_classif_dropout"], true),
     encoder("roberta", BERT_DROPOUT, true),
+    encoder("xlm-roberta", BERT_DROPOUT, true),
     // Inference only so far (README, Status).
-    encoder("xlm-roberta", BERT_DROPOUT, false),
     encoder("camembert", BERT_DROPOUT, false),
     encoder("mpnet", BERT_DROPOUT, false),
     ModelType {

@@ -112,6 +112,16 @@ impl Layout {
         }
     }
 
+    /// The start of architecture names for config.json's `model_type`: XLM-RoBERTa and CamemBERT are RoBERTa under
+    /// names of their own.
+    pub fn class_of(&self, model_type: &str) -> &'static str {
+        match model_type {
+            "xlm-roberta" => "XLMRoberta",
+            "camembert" => "Camembert",
+            _ => self.class,
+        }
+    }
+
     /// RoBERTa numbers positions from pad_token_id + 1, as transformers' create_position_ids does.
     pub fn position_offset(&self, pad_token_id: usize) -> usize {
         if self.family == Family::Roberta {

@@ -28,13 +28,14 @@ pub enum BertTask {
 }
 
 impl BertTask {
-    fn architecture(&self, layout: &Layout) -> String {
+    /// `class` as Layout::class_of gives it.
+    fn architecture(&self, class: &str) -> String {
         let task = match self {
             BertTask::MaskedLm => "MaskedLM",
             BertTask::Classifier(_) => "SequenceClassification",
             BertTask::TokenClassifier(_) => "TokenClassification",
         };
-        format!("{}For{task}", layout.class)
+        format!("{class}For{task}")
     }
 
     fn labels(&self) -> Option<&[String]> {
@@ -179,10 +180,11 @@ impl TrainableBert {
         if c.max_positions <= position_offset {
             return Err(AiError::corrupt("config.json: max_position_embeddings leaves no position for a token"));
         }
+        let class = layout.class_of(config.get("model_type").and_then(Value::as_str).unwrap_or(""));
         let mut source = normalise_names(source, layout);
         // A head trained for other labels, or for sequences rather than tokens (or the reverse), starts afresh
         // (RoBERTa's classifier.dense with it).
-        if task.labels().is_some_and(|labels| labels != c.labels || c.architecture != task.architecture(layout)) {
+        if task.labels().is_some_and(|labels| labels != c.labels || c.architecture != task.architecture(class)) {
             source.retain(|name, _| !name.starts_with("classifier."));
         }
         let std = f64_field(&config, "initializer_range", 0.02);
@@ -257,7 +259,7 @@ impl TrainableBert {
         for key in ["id2label", "label2id", "problem_type", "num_labels"] {
             obj.remove(key);
         }
-        obj.insert("architectures".into(), json!([task.architecture(layout)]));
+        obj.insert("architectures".into(), json!([task.architecture(class)]));
         if let Some(labels) = task.labels() {
             let id2label: serde_json::Map<String, Value> =
                 labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
