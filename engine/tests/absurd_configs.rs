@@ -95,6 +95,10 @@ fn exercise(model: &AnyModel) {
         if model.can(Task::TokenClassification) {
             let _ = tasks::ner::ner(m, &texts, &mut between);
         }
+        if model.can(Task::QuestionAnswering) {
+            let context = texts[0].repeat(20);
+            let _ = tasks::answer::answer(m, &[(texts[1], context.as_str())], 2, 15, &mut between);
+        }
         let _ = tasks::embed::embed(m, &texts, &mut between);
     }
     if let Ok(m) = model.causal() {
@@ -199,7 +203,8 @@ fn sweep(names: &[&str], run: impl Fn(&Path) -> pg_ai_engine::error::Result<()>)
 
 #[test]
 fn absurd_encoder_configs_are_errors_or_answer() {
-    let encoders = ["bert-mlm", "bert-classifier", "bert-ner", "distilbert-mlm", "roberta-classifier", "mpnet-mlm"];
+    let encoders =
+        ["bert-mlm", "bert-classifier", "bert-ner", "bert-qa", "distilbert-mlm", "roberta-classifier", "mpnet-mlm"];
     sweep(&encoders, load_and_exercise);
 }
 

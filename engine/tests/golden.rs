@@ -5,7 +5,7 @@ use pg_ai_engine::files::ModelFiles;
 use pg_ai_engine::kernels::int8::Int8;
 use pg_ai_engine::models::{AnyModel, Model};
 use pg_ai_engine::tasks::classify::{classify, Scored};
-use pg_ai_engine::tasks::{embed::embed, fill_mask::fill_mask, ner::ner, rerank, zero_shot};
+use pg_ai_engine::tasks::{answer::answer, embed::embed, fill_mask::fill_mask, ner::ner, rerank, zero_shot};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -189,6 +189,50 @@ fn rerank_matches_a_cross_encoder() {
     }
     let e = rerank::rerank(&model("bert-nli"), "q", &["d"], &mut || ()).unwrap_err();
     assert_eq!(e.message, "a reranker has one output; this model classifies into 3 labels");
+}
+
+/// `name`'s answers equal the question-answering pipeline's (transformers 4.57.3, see qa_golden.py), asked one
+/// pair at a time and all pairs in one call; contexts longer than a window are read in several.
+fn check_answers(name: &str) {
+    let m = model(name);
+    let g = golden(name);
+    let mut windows_read = 0;
+    for case in cases(&g, "answer") {
+        let (question, context) = (case["question"].as_str().unwrap(), case["context"].as_str().unwrap());
+        let (top_k, max_len) = (case["top_k"].as_u64().unwrap() as usize, case["max_answer_len"].as_u64().unwrap());
+        let pairs = [(question, context), ("who lives in rome ?", "bob lives in rome ."), (question, context)];
+        let together = answer(&m, &pairs, top_k, max_len as usize, &mut || ()).unwrap();
+        let alone = answer(&m, &pairs[..1], top_k, max_len as usize, &mut || ()).unwrap().remove(0);
+        let expected = case["answers"].as_array().unwrap();
+        let what = format!("{name}: {question} / {context}");
+        for got in [&alone, &together[0], &together[2]] {
+            let got: Vec<(&str, usize, usize)> = got.iter().map(|a| (a.text.as_str(), a.start, a.end)).collect();
+            let want: Vec<(&str, usize, usize)> = expected
+                .iter()
+                .map(|a| {
+                    (
+                        a["answer"].as_str().unwrap(),
+                        a["start"].as_u64().unwrap() as usize,
+                        a["end"].as_u64().unwrap() as usize,
+                    )
+                })
+                .collect();
+            assert_eq!(got, want, "{what}");
+        }
+        for (got, want) in alone.iter().zip(expected) {
+            close(got.score as f32, &want["score"], &what);
+        }
+        windows_read = windows_read.max(m.tokenizer.encode_windows(question, context).unwrap().len());
+    }
+    assert!(windows_read >= 3, "no case read a long context in several windows");
+}
+
+#[test]
+fn question_answering_matches_transformers_pipeline() {
+    check_answers("bert-qa");
+    check_answers("roberta-qa");
+    let e = answer(&model("bert-ner"), &[("who?", "bob")], 1, 15, &mut || ()).unwrap_err();
+    assert_eq!(e.message, "not a question-answering head");
 }
 
 #[test]

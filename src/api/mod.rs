@@ -1,5 +1,6 @@
 //! The SQL functions: short adapters from SQL values to the engine and back.
 
+mod answer;
 mod chunk;
 mod classify;
 mod embed;

@@ -1,4 +1,4 @@
--- ai_classify, ai_classify_label, ai_zero_shot, ai_ner and ai_rerank, as transformers' pipelines and
+-- ai_classify, ai_classify_label, ai_zero_shot, ai_ner, ai_rerank and ai_answer, as transformers' pipelines and
 -- sentence-transformers' CrossEncoder answer.
 CREATE EXTENSION pg_ai;
 \i tests/sql/_helpers.psql
@@ -58,11 +58,29 @@ SELECT ord, document FROM ai_rerank('food', ARRAY['the fog will last all day .',
 SELECT id, body, round(ai_rerank_score('sport', body, 'reranker')::numeric, 4) AS score
 FROM notes ORDER BY ai_rerank_score('sport', body, 'reranker') DESC;
 
+-- ai_answer: answers found in a context, as transformers' question-answering pipeline finds them (a tiny model:
+-- engine/tests/golden.rs checks these against the pipeline itself).
+SELECT ai_load_model('qa', :'fixtures' || '/models/bert-qa');
+SELECT answer, round(score::numeric, 4) AS score, start_pos, end_pos
+FROM ai_answer('who lives in paris ?', 'alice lives in paris . bob lives in rome .', 'qa', top_k => 3);
+-- Longer than the model's windows of 48 tokens: read in windows that overlap by 24, where the same answer adds up.
+WITH c(context) AS (VALUES ('alice lives in paris . bob flew to rome yesterday . carol lives in new york . '
+    || 'dave visited berlin . erin lives in madrid . frank flew to vienna yesterday . grace lives in london . '
+    || 'heidi visited los angeles . ivan lives in rome . judy flew to paris yesterday .'))
+SELECT a.answer, round(a.score::numeric, 4) AS score, a.start_pos, a.end_pos,
+       substr(c.context, a.start_pos + 1, a.end_pos - a.start_pos) = a.answer AS where_it_stands
+FROM c, ai_answer('who lives in london ?', c.context, 'qa', top_k => 3, max_answer_len => 4) a;
+-- One question over many contexts; offsets count characters.
+SELECT ord, answer, round(score::numeric, 4) AS score, start_pos, end_pos
+FROM ai_answer('who visited zürich ?', ARRAY['Zoë visited Zürich . alice lives in paris .', NULL,
+                                             'carol lives in new york .'], 'qa');
+
 -- NULL in, NULL out.
 SELECT ai_classify_label(NULL, 'topic') IS NULL AS null_label;
 SELECT ai_zero_shot_label(NULL, ARRAY['a'], 'nli') IS NULL AS null_zero_shot,
        ai_rerank_score('q', NULL, 'reranker') IS NULL AS null_rerank_score,
-       (SELECT count(*) FROM ai_rerank(NULL, ARRAY['d'], 'reranker')) AS null_query_no_rows;
+       (SELECT count(*) FROM ai_rerank(NULL, ARRAY['d'], 'reranker')) AS null_query_no_rows,
+       (SELECT count(*) FROM ai_answer('q', NULL::text, 'qa')) AS null_context_no_answer;
 
 -- Errors.
 SELECT pg_temp.try($$SELECT ai_classify_label('some text', 'tagger')$$) AS ner_model_as_classifier;
@@ -73,3 +91,6 @@ SELECT pg_temp.try($$SELECT ai_zero_shot_label('some text', ARRAY['a'], 'nli', '
 SELECT pg_temp.try($$SELECT * FROM ai_rerank('q', ARRAY['d'], 'nli')$$) AS nli_model_as_reranker;
 SELECT pg_temp.try($$SELECT * FROM ai_rerank('q', ARRAY['d'], 'reranker', top_k => 0)$$) AS rerank_top_k_zero;
 SELECT pg_temp.try($$SELECT * FROM ai_rerank('q', ARRAY['d'], 'tagger')$$) AS ner_model_as_reranker;
+SELECT pg_temp.try($$SELECT * FROM ai_answer('q', 'c', 'topic')$$) AS classifier_as_qa;
+SELECT pg_temp.try($$SELECT * FROM ai_answer('q', 'c', 'qa', top_k => 0)$$) AS answer_top_k_zero;
+SELECT pg_temp.try($$SELECT * FROM ai_answer(repeat('where ', 30), 'c', 'qa')$$) AS question_too_long;

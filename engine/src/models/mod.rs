@@ -30,6 +30,7 @@ pub enum Task {
     FillMask,
     TextClassification,
     TokenClassification,
+    QuestionAnswering,
     FeatureExtraction,
     TextGeneration,
     Translation,
@@ -37,10 +38,11 @@ pub enum Task {
 }
 
 impl Task {
-    pub const ALL: [Task; 7] = [
+    pub const ALL: [Task; 8] = [
         Task::FillMask,
         Task::TextClassification,
         Task::TokenClassification,
+        Task::QuestionAnswering,
         Task::FeatureExtraction,
         Task::TextGeneration,
         Task::Translation,
@@ -52,6 +54,7 @@ impl Task {
             Task::FillMask => "fill-mask",
             Task::TextClassification => "text-classification",
             Task::TokenClassification => "token-classification",
+            Task::QuestionAnswering => "question-answering",
             Task::FeatureExtraction => "feature-extraction",
             Task::TextGeneration => "text-generation",
             Task::Translation => "translation",
@@ -74,6 +77,8 @@ impl Task {
             Task::TextClassification
         } else if architecture.ends_with("ForTokenClassification") {
             Task::TokenClassification
+        } else if architecture.ends_with("ForQuestionAnswering") {
+            Task::QuestionAnswering
         } else if architecture.ends_with("LMHeadModel") || architecture.ends_with("ForCausalLM") {
             Task::TextGeneration
         } else if architecture.ends_with("ForConditionalGeneration") || architecture.ends_with("MTModel") {

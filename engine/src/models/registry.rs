@@ -63,8 +63,13 @@ pub struct Training {
     pub build: Build,
 }
 
-const ENCODER_TASKS: &[Task] =
-    &[Task::FillMask, Task::TextClassification, Task::TokenClassification, Task::FeatureExtraction];
+const ENCODER_TASKS: &[Task] = &[
+    Task::FillMask,
+    Task::TextClassification,
+    Task::TokenClassification,
+    Task::QuestionAnswering,
+    Task::FeatureExtraction,
+];
 const ENCODER_OBJECTIVES: &[Objective] =
     &[Objective::Mlm, Objective::TextClassification, Objective::TokenClassification];
 

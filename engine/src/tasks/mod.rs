@@ -1,5 +1,6 @@
 //! The answers pg_ai gives, each as transformers' pipeline of the same name computes it.
 
+pub mod answer;
 pub mod chunk;
 pub mod classify;
 pub mod embed;
@@ -16,9 +17,7 @@ use tokenizers::Encoding;
 /// Rows per forward pass for the array forms.
 pub const BATCH_SIZE: usize = 32;
 
-/// Bytes a text's encoding may hold per character of input read (ids, offsets, masks and the token strings of
-/// every piece, truncated ones included), for the budget of an array's encodings, which are all held at once.
-const ENCODING_BYTES_PER_CHAR: usize = 32;
+use crate::text::ENCODING_BYTES_PER_CHAR;
 
 /// Encodes every text (`whole`: refusing those longer than the model reads, else truncating them), checking the
 /// memory the encodings will hold against the call's budget first and running `between` every few texts.

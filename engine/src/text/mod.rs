@@ -12,7 +12,8 @@ use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::OnceLock;
-use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationParams};
+use tokenizers::processors::PostProcessorWrapper;
+use tokenizers::{truncate_encodings, Encoding, PostProcessor, Tokenizer, TruncationParams, TruncationStrategy};
 
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -21,6 +22,8 @@ pub struct TextTokenizer {
     pad_id: u32,
     /// The unknown token's id: NER reports the input's own text for it.
     pub unk_id: Option<u32>,
+    /// The token that opens an input ([CLS], <s>), where there is one.
+    pub cls_id: Option<u32>,
     /// transformers' `clean_up_tokenization_spaces` (" ." -> "." and the like) on decoded text.
     cleanup: bool,
     /// Longest encoding the model accepts.
@@ -30,6 +33,18 @@ pub struct TextTokenizer {
     /// The tokenizer without truncation, made on first use (`token_spans`): the tokenizers crate drops what
     /// truncation cuts off an encoding without special tokens.
     whole: OnceLock<Tokenizer>,
+    /// tokenizer_config.json's `model_max_length`, where it is a real length.
+    model_max_length: Option<usize>,
+    /// The tokenizer without truncation or post-processing (`encode_windows`), made on first use.
+    raw: OnceLock<Tokenizer>,
+}
+
+/// How transformers' question-answering pipeline cuts a context: windows of `length` tokens, question included,
+/// each overlapping the one before by `stride` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    pub length: usize,
+    pub stride: usize,
 }
 
 /// A special token in tokenizer_config.json is either a string or {"content": "..."}.
@@ -65,7 +80,13 @@ impl TextTokenizer {
             .into_iter()
             .chain(["[UNK]".to_string(), "<unk>".to_string()])
             .find_map(|t| inner.token_to_id(&t));
+        let cls_id = token_field(&config, "cls_token")
+            .into_iter()
+            .chain(["[CLS]".to_string(), "<s>".to_string()])
+            .find_map(|t| inner.token_to_id(&t));
         let cleanup = config.get("clean_up_tokenization_spaces").and_then(Value::as_bool).unwrap_or(false);
+        // transformers writes 1e30 when a tokenizer has no length of its own.
+        let model_max_length = config.get("model_max_length").and_then(Value::as_u64).map(|n| n as usize);
         // Truncate at the given limit or the file's own, within the model's; tasks that must not lose text refuse
         // instead (encode_whole).
         let limit = sequence_limit.or(inner.get_truncation().map(|t| t.max_length));
@@ -83,7 +104,19 @@ impl TextTokenizer {
             .map_err(|e| AiError::corrupt(format!("tokenizer.json: {e}")))?;
         inner.with_padding(None);
         let longest_token = longest_token(&inner);
-        Ok(TextTokenizer { inner, mask, pad_id, unk_id, cleanup, max_tokens, longest_token, whole: OnceLock::new() })
+        Ok(TextTokenizer {
+            inner,
+            mask,
+            pad_id,
+            unk_id,
+            cls_id,
+            cleanup,
+            max_tokens,
+            longest_token,
+            whole: OnceLock::new(),
+            model_max_length,
+            raw: OnceLock::new(),
+        })
     }
 
     /// Encodes one text with special tokens, truncated to `max_tokens`; offsets are in characters, as Python
@@ -109,12 +142,7 @@ impl TextTokenizer {
     /// the whole (but for a "word" of more than 32 kB, cut there).
     pub fn token_spans(&self, text: &str, between: &mut dyn FnMut()) -> Result<Vec<(usize, usize)>> {
         const PIECE: usize = 16 << 10;
-        let whole = self.whole.get_or_init(|| {
-            let mut whole = self.inner.clone();
-            // Only truncation is turned off, which cannot fail.
-            let _ = whole.with_truncation(None);
-            whole
-        });
+        let whole = self.whole();
         let mut spans = Vec::new();
         let (mut at, mut chars_before) = (0, 0);
         while at < text.len() {
@@ -135,6 +163,85 @@ impl TextTokenizer {
             between();
         }
         Ok(spans)
+    }
+
+    /// The question-answering pipeline's windows for this model: `min(model_max_length, 384)` tokens (and no more
+    /// than the model reads), overlapping by half that, at most 128.
+    pub fn windows(&self) -> Windows {
+        let length = self.model_max_length.unwrap_or(usize::MAX).min(384).min(self.max_tokens);
+        Windows { length, stride: (length / 2).min(128) }
+    }
+
+    /// A question and a context as the question-answering pipeline encodes them: the question, then as much of the
+    /// context as fits, and again with the rest of the context in further windows (`windows`), each starting
+    /// `stride` tokens before the last one ended. Offsets are in characters of their own text.
+    pub fn encode_windows(&self, question: &str, context: &str) -> Result<Vec<Encoding>> {
+        let Windows { length, stride } = self.windows();
+        let processor = self.inner.get_post_processor();
+        let pair = processor.map_or(0, |p| p.added_tokens(true));
+        // The tokenizers crate asserts (a panic) that each window leaves the context more than `stride` tokens.
+        let question_tokens = self.encode_plain(self.worth(question))?.len();
+        if question_tokens.saturating_add(pair).saturating_add(stride) >= length {
+            return Err(AiError::invalid(format!(
+                "the question is longer than the {} tokens this model reads beside a context",
+                length.saturating_sub(pair + stride + 1)
+            ))
+            .with_hint("Ask a shorter question."));
+        }
+        // Each context token is in at most this many windows.
+        let room = length - question_tokens - pair;
+        let copies = room.div_ceil(room - stride);
+        crate::budget::check(context.len().saturating_mul(ENCODING_BYTES_PER_CHAR).saturating_mul(copies), || {
+            format!("cutting a context of {} bytes into windows of {length} tokens", context.len())
+        })?;
+        // The steps of the crate's own pair encoding, taken one by one: asked for the pair with this truncation,
+        // the tokenizers crate (0.23.2) stops reading the context at `length` tokens and loses the windows past
+        // the first few.
+        let raw = self.raw.get_or_init(|| {
+            let mut raw = self.inner.clone();
+            // Turning truncation off cannot fail.
+            let _ = raw.with_truncation(None);
+            raw.with_post_processor(None::<PostProcessorWrapper>);
+            raw
+        });
+        let truncation = TruncationParams {
+            max_length: length - pair,
+            stride,
+            strategy: TruncationStrategy::OnlySecond,
+            ..Default::default()
+        };
+        let mut first = time(Phase::Tokenize, || {
+            let question = raw.encode_char_offsets(question, false)?;
+            let mut context = raw.encode_char_offsets(context, false)?;
+            // The second text's type, which the windows after the first keep.
+            context.set_type_ids(vec![1; context.len()]);
+            let (question, context) = truncate_encodings(question, Some(context), &truncation)?;
+            match processor {
+                Some(processor) => processor.process(question, context, true),
+                None => Ok(Encoding::merge(
+                    <dyn PostProcessor>::default_process(vec![question, context.unwrap_or_default()], true)?,
+                    false,
+                )),
+            }
+        })
+        .map_err(|e| AiError::invalid(format!("cannot tokenize the input: {e}")))?;
+        let rest = first.take_overflowing();
+        Ok(std::iter::once(first).chain(rest).collect())
+    }
+
+    /// `text`'s tokens without special tokens, truncated as `encode` truncates.
+    fn encode_plain(&self, text: &str) -> Result<Encoding> {
+        time(Phase::Tokenize, || self.inner.encode_char_offsets(text, false))
+            .map_err(|e| AiError::invalid(format!("cannot tokenize the input: {e}")))
+    }
+
+    fn whole(&self) -> &Tokenizer {
+        self.whole.get_or_init(|| {
+            let mut whole = self.inner.clone();
+            // Only truncation is turned off, which cannot fail.
+            let _ = whole.with_truncation(None);
+            whole
+        })
     }
 
     /// Special tokens the model's inputs carry around a text ([CLS] and [SEP], <s> and </s>).
@@ -206,6 +313,10 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 }
+
+/// Bytes an encoding holds per character of input read (ids, offsets, masks and the token strings of every piece),
+/// for the budget of encodings held at once.
+pub const ENCODING_BYTES_PER_CHAR: usize = 32;
 
 /// Special tokens `tokenizer` puts around a single text ([CLS] and [SEP], <s> and </s>).
 fn special_tokens(tokenizer: &Tokenizer) -> usize {

@@ -216,6 +216,10 @@ pub enum Head {
     TokenClassifier {
         out: Projection,
     },
+    /// Extractive question answering: a start and an end logit per token (`qa_outputs`).
+    QuestionAnswering {
+        out: Projection,
+    },
 }
 
 impl Encoder {
@@ -429,7 +433,7 @@ impl Head {
                     + if *tied { tied_decoder(decoder) } else { of(decoder) }
             }
             Head::SequenceClassifier { pre, out } => pre.as_ref().map_or(0, |(d, _)| of(d)) + of(out),
-            Head::TokenClassifier { out } => of(out),
+            Head::TokenClassifier { out } | Head::QuestionAnswering { out } => of(out),
         }
     }
 
@@ -494,6 +498,7 @@ impl Head {
                     pre: Some((projection(vb, "classifier.dense", h, h)?, Activation::Tanh)),
                     out: projection(vb, "classifier.out_proj", h, n_labels)?,
                 },
+                _ if has("qa_outputs.weight") => Head::QuestionAnswering { out: projection(vb, "qa_outputs", h, 2)? },
                 _ if has("classifier.weight") => {
                     let out = projection(vb, "classifier", h, n_labels)?;
                     let token_level = config.architecture.ends_with("ForTokenClassification");
@@ -539,6 +544,14 @@ impl Head {
     pub fn token_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let Head::TokenClassifier { out } = self else {
             return Err(AiError::internal("not a token-classification head"));
+        };
+        forward(|| Ok(out.forward(hidden)?))
+    }
+
+    /// Per-token answer start and end logits, (batch, seq, hidden) -> (batch, seq, 2).
+    pub fn span_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let Head::QuestionAnswering { out } = self else {
+            return Err(AiError::internal("not a question-answering head"));
         };
         forward(|| Ok(out.forward(hidden)?))
     }

@@ -45,6 +45,7 @@ impl Model {
             (Task::FillMask, Some(Head::MaskedLm { .. })) => self.tokenizer.mask.is_some(),
             (Task::TextClassification, Some(Head::SequenceClassifier { .. })) => true,
             (Task::TokenClassification, Some(Head::TokenClassifier { .. })) => true,
+            (Task::QuestionAnswering, Some(Head::QuestionAnswering { .. })) => true,
             _ => false,
         }
     }
@@ -55,6 +56,7 @@ impl Model {
             Some(Head::MaskedLm { .. }) => Task::FillMask,
             Some(Head::SequenceClassifier { .. }) => Task::TextClassification,
             Some(Head::TokenClassifier { .. }) => Task::TokenClassification,
+            Some(Head::QuestionAnswering { .. }) => Task::QuestionAnswering,
             None => Task::from_architecture(&self.config.architecture),
         }
     }
