@@ -251,8 +251,8 @@ mod tests {
         assert_eq!(
             e.hint.as_deref(),
             Some(
-                "Fine-tuning supports bert, distilbert and roberta (mlm, text-classification or token-classification), \
-                 gpt2, llama, mistral, qwen2 and qwen3 (clm) and t5 (seq2seq) models."
+                "Fine-tuning supports bert, distilbert, roberta and xlm-roberta (mlm, text-classification or \
+                 token-classification), gpt2, llama, mistral, qwen2 and qwen3 (clm) and t5 (seq2seq) models."
             )
         );
         let e = training("bert", Objective::Clm).err().unwrap();
