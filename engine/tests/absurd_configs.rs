@@ -215,7 +215,7 @@ fn absurd_decoder_configs_are_errors_or_answer() {
 
 #[test]
 fn absurd_seq2seq_configs_are_errors_or_answer() {
-    sweep(&["t5", "marian"], load_and_exercise);
+    sweep(&["t5", "marian", "bart"], load_and_exercise);
 }
 
 #[test]

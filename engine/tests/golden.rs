@@ -936,6 +936,18 @@ mod translation {
         check("marian", "translate");
     }
 
+    /// BART's learned positions and embedding norms, and bart-large-cnn's generation settings: a forced first
+    /// token, no repeated trigram, a minimum length and a length penalty.
+    #[test]
+    fn bart_summarization_matches_transformers() {
+        check("bart", "summarize");
+        let loaded = load(fixtures().join("models").join("bart"));
+        let m = loaded.translator().unwrap();
+        let s = &m.settings;
+        assert_eq!((s.forced_bos, s.min_length, s.no_repeat_ngram_size, s.num_beams), (Some(0), 6, 3, 4));
+        assert_eq!(m.summarization_prefix(), "");
+    }
+
     #[test]
     fn t5_prefixes_come_from_the_config_or_the_languages() {
         let loaded = load(fixtures().join("models").join("t5"));

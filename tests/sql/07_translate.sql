@@ -1,4 +1,4 @@
--- ai_translate and ai_summarize with the small T5 and Marian fixtures (greedy and beam ids checked against
+-- ai_translate and ai_summarize with the small T5, Marian and BART fixtures (greedy and beam ids checked against
 -- transformers' generate in engine/tests/golden.rs). Both learned a toy English-to-German word mapping.
 CREATE EXTENSION pg_ai;
 \i tests/sql/_helpers.psql
@@ -27,6 +27,12 @@ SELECT ai_translate('the cat sat in the park .', 'marian', max_tokens => 3);
 -- Summaries with T5's summarize: prefix.
 SELECT ai_summarize('the dog sat in the garden .', 't5');
 SELECT ai_summarize(ARRAY['carol lives in rome .', 'the dog sat in the garden .'], 't5', num_beams => 2);
+-- A BART summariser (trained to repeat the names three times) with bart-large-cnn's kind of generation config:
+-- its own 4 beams unless told otherwise, no trigram twice, at least 6 tokens.
+SELECT ai_load_model('bart', :'fixtures' || '/models/bart');
+SELECT ai_summarize('the cat sat in the park .', 'bart') AS four_beams,
+       ai_summarize('the cat sat in the park .', 'bart', num_beams => 1) AS greedy;
+SELECT ai_summarize(ARRAY['alice is eating bread .', NULL], 'bart', num_beams => 3);
 
 -- NULL in, NULL out.
 SELECT ai_translate(NULL::text, 't5') IS NULL AS null_input, ai_summarize('x', NULL) IS NULL AS null_model;

@@ -42,6 +42,11 @@ impl Beams {
         self.done
     }
 
+    /// What each running beam has generated so far.
+    pub fn outputs(&self) -> impl Iterator<Item = &[u32]> + '_ {
+        self.running.iter().map(|h| h.tokens.as_slice())
+    }
+
     /// The last token of each running beam, to feed next.
     pub fn last_tokens(&self) -> impl Iterator<Item = u32> + '_ {
         self.running.iter().map(|h| *h.tokens.last().expect("called after a step"))

@@ -1,4 +1,4 @@
-//! What T5 and Marian share: the encoder-decoder interface, the decoder's key/value cache, multi-head
+//! What T5, Marian and BART share: the encoder-decoder interface, the decoder's key/value cache, multi-head
 //! attention, and the generation settings read from generation_config.json.
 
 use crate::error::{AiError, Result};
@@ -119,6 +119,14 @@ pub struct GenerationSettings {
     pub pad: u32,
     /// Forced as the last token when max_tokens is reached (BART, Marian).
     pub forced_eos: Option<u32>,
+    /// Forced as the first token (BART's <s>).
+    pub forced_bos: Option<u32>,
+    /// No end token before the output (counting the decoder's start token) is this long.
+    pub min_length: usize,
+    /// No n-gram of this many tokens twice in an output (0: any).
+    pub no_repeat_ngram_size: usize,
+    /// Beams when the caller names no number (the model's num_beams, else 1: greedy).
+    pub num_beams: usize,
     /// Single tokens never generated (Marian forbids its pad token this way).
     pub bad_tokens: Vec<u32>,
     pub length_penalty: f32,
@@ -163,11 +171,16 @@ impl GenerationSettings {
             Some(Value::String(s)) if s == "never" => EarlyStopping::Never,
             _ => EarlyStopping::Heuristic,
         };
+        let count = |name: &str| field(name).and_then(Value::as_u64).map_or(0, |v| usize::try_from(v).unwrap_or(0));
         Ok(GenerationSettings {
             decoder_start: id("decoder_start_token_id").unwrap_or(pad),
             eos,
             pad,
             forced_eos: id("forced_eos_token_id"),
+            forced_bos: id("forced_bos_token_id"),
+            min_length: count("min_length"),
+            no_repeat_ngram_size: count("no_repeat_ngram_size"),
+            num_beams: count("num_beams").max(1),
             bad_tokens,
             length_penalty: field("length_penalty").and_then(Value::as_f64).unwrap_or(1.0) as f32,
             early_stopping,
@@ -178,26 +191,60 @@ impl GenerationSettings {
         self.eos.contains(&id)
     }
 
-    /// transformers' logits processors, applied to (rows, vocab) scores: forbidden tokens get -inf, and at the
-    /// last step allowed (`last_step`) a forced end token gets 0 and every other token -inf.
-    pub fn process(&self, scores: &Tensor, last_step: bool) -> Result<Tensor> {
+    /// transformers' logits processors, applied to (rows, vocab) scores, where row r has generated `outputs[r]` so
+    /// far (the start token not included) and `last_step` is the last step allowed: forbidden tokens (bad words,
+    /// an end token before min_length, a token that would repeat an n-gram) get -inf; a forced first token, or a
+    /// forced end token at the last step, gets 0 and every other token -inf.
+    pub fn process(&self, scores: &Tensor, outputs: &[&[u32]], last_step: bool) -> Result<Tensor> {
         let (rows, vocab) = scores.dims2()?;
-        if let Some(eos) = self.forced_eos.filter(|_| last_step) {
-            let mut forced = vec![f32::NEG_INFINITY; vocab];
-            if let Some(s) = forced.get_mut(eos as usize) {
+        let generated = outputs.first().map_or(0, |o| o.len());
+        let forced = match (self.forced_bos, self.forced_eos) {
+            (Some(bos), _) if generated == 0 => Some(bos),
+            (_, Some(eos)) if last_step => Some(eos),
+            _ => None,
+        };
+        if let Some(token) = forced {
+            let mut only = vec![f32::NEG_INFINITY; vocab];
+            if let Some(s) = only.get_mut(token as usize) {
                 *s = 0.0;
             }
-            return Ok(Tensor::from_vec(forced, (1, vocab), scores.device())?.repeat((rows, 1))?);
+            return Ok(Tensor::from_vec(only, (1, vocab), scores.device())?.repeat((rows, 1))?);
         }
-        if self.bad_tokens.is_empty() {
+        let too_short = generated + 1 < self.min_length;
+        let n = self.no_repeat_ngram_size;
+        let repeats = n > 0 && generated + 2 >= n;
+        if self.bad_tokens.is_empty() && !too_short && !repeats {
             return Ok(scores.clone());
         }
-        let mut bad = vec![0f32; vocab];
-        for &t in &self.bad_tokens {
-            if let Some(b) = bad.get_mut(t as usize) {
-                *b = f32::NEG_INFINITY;
+        if outputs.len() != rows {
+            return Err(AiError::internal("one output per row of scores"));
+        }
+        let mut banned = vec![0f32; rows * vocab];
+        for (row, output) in banned.chunks_mut(vocab).zip(outputs) {
+            let mut ban = |token: u32| {
+                if let Some(b) = row.get_mut(token as usize) {
+                    *b = f32::NEG_INFINITY;
+                }
+            };
+            self.bad_tokens.iter().for_each(|&t| ban(t));
+            if too_short {
+                self.eos.iter().for_each(|&t| ban(t));
+            }
+            if repeats {
+                repeated_ngram_ends(self.decoder_start, output, n).into_iter().for_each(ban);
             }
         }
-        Ok(scores.broadcast_add(&Tensor::from_vec(bad, (1, vocab), scores.device())?)?)
+        Ok((scores + Tensor::from_vec(banned, (rows, vocab), scores.device())?)?)
     }
+}
+
+/// The tokens that would end an n-gram already in `start` + `output` (transformers' NoRepeatNGramLogitsProcessor,
+/// which counts the decoder's start token as part of the sequence).
+fn repeated_ngram_ends(start: u32, output: &[u32], n: usize) -> Vec<u32> {
+    let sequence: Vec<u32> = std::iter::once(start).chain(output.iter().copied()).collect();
+    if sequence.len() + 1 < n {
+        return Vec::new();
+    }
+    let prefix = &sequence[sequence.len() + 1 - n..];
+    sequence.windows(n).filter(|w| &w[..n - 1] == prefix).map(|w| w[n - 1]).collect()
 }

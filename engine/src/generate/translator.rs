@@ -1,4 +1,4 @@
-//! A loaded T5 or Marian model answering translation and summarisation: task prefixes, batching with padding
+//! A loaded T5, Marian or BART model answering translation and summarisation: task prefixes, batching with padding
 //! masks, greedy decoding and beam search.
 
 use crate::error::{AiError, Result};
@@ -6,7 +6,7 @@ use crate::files::ModelFiles;
 use crate::generate::beam::Beams;
 use crate::generate::seq2seq::{token_column, DecoderCache, GenerationSettings, Memory, Seq2Seq};
 use crate::models::bert::var_builder;
-use crate::models::marian::Marian;
+use crate::models::marian::{Kind, Marian};
 use crate::models::t5::T5;
 use crate::tasks::{encode_all, in_batches};
 use crate::text::TextTokenizer;
@@ -21,6 +21,7 @@ pub const MAX_BEAMS: usize = 16;
 pub enum Family {
     T5,
     Marian,
+    Bart,
 }
 
 pub struct Translator {
@@ -30,7 +31,7 @@ pub struct Translator {
     pub tokenizer: TextTokenizer,
     pub settings: GenerationSettings,
     model: Box<dyn Seq2Seq>,
-    /// Marian's decoder has learned positions for this many tokens: generation ends there.
+    /// Marian's and BART's decoders have positions for this many tokens: generation ends there.
     decoder_limit: Option<usize>,
     pub parameter_bytes: usize,
 }
@@ -60,7 +61,7 @@ impl Translator {
         let parse =
             |what: &str, e: serde_json::Error| AiError::corrupt(format!("config.json is not a {what} config: {e}"));
         let vb = var_builder(&files.weights, &Device::Cpu)?;
-        // The longest input; Marian's decoder has learned positions for as many tokens, so its output stops there.
+        // The longest input; Marian's and BART's decoders have positions for as many tokens, so output stops there.
         let (model, parameters, max_tokens, decoder_limit): (Box<dyn Seq2Seq>, usize, usize, Option<usize>) =
             match family {
                 Family::T5 => {
@@ -70,8 +71,11 @@ impl Translator {
                     let parameters = m.parameter_count();
                     (Box::new(m), parameters, limit, None)
                 }
-                Family::Marian => {
-                    let m = Marian::load(&vb, serde_json::from_value(config.clone()).map_err(|e| parse("Marian", e))?)?;
+                Family::Marian | Family::Bart => {
+                    let (name, kind) =
+                        if family == Family::Bart { ("BART", Kind::Bart) } else { ("Marian", Kind::Marian) };
+                    let config = serde_json::from_value(config.clone()).map_err(|e| parse(name, e))?;
+                    let m = Marian::load(&vb, config, kind)?;
                     let (parameters, limit) = (m.parameter_count(), m.config.max_position_embeddings);
                     (Box::new(m), parameters, limit, Some(limit))
                 }
@@ -82,6 +86,7 @@ impl Translator {
             .unwrap_or(match family {
                 Family::T5 => "T5ForConditionalGeneration",
                 Family::Marian => "MarianMTModel",
+                Family::Bart => "BartForConditionalGeneration",
             })
             .to_string();
         Ok(Translator {
@@ -98,8 +103,11 @@ impl Translator {
 
     /// What goes before a text to translate it. T5 is told in words ("translate English to German: ",
     /// the prefix in config.json's task_specific_params when it has one); a multilingual Marian model is
-    /// told by a target-language token such as ">>fra<<"; a one-pair Marian model needs nothing.
+    /// told by a target-language token such as ">>fra<<"; a one-pair Marian model and BART need nothing.
     pub fn translation_prefix(&self, source: Option<&str>, target: Option<&str>) -> Result<String> {
+        if self.family == Family::Bart {
+            return Ok(String::new());
+        }
         if self.family == Family::Marian {
             return Ok(match target.map(|t| format!(">>{t}<<")) {
                 Some(token) if self.tokenizer.token_to_id(&token).is_some() => format!("{token} "),
@@ -142,12 +150,14 @@ impl Translator {
         }
     }
 
-    /// T5's "summarize: " (or the prefix its config names). Only T5 summarises.
+    /// What goes before a text to summarise it: the prefix the config names, else T5's "summarize: " (BART
+    /// summarisers take the text alone).
     pub fn summarization_prefix(&self) -> String {
+        let default = if self.family == Family::T5 { "summarize: " } else { "" };
         self.config
             .pointer("/task_specific_params/summarization/prefix")
             .and_then(Value::as_str)
-            .unwrap_or("summarize: ")
+            .unwrap_or(default)
             .to_string()
     }
 
@@ -209,8 +219,9 @@ impl Translator {
         for step in 0..max_tokens {
             between();
             let logits = forward(|| self.model.decode_step(&token_column(&tokens)?, &memory, &mut cache))?;
+            let so_far: Vec<&[u32]> = active.iter().map(|&i| outputs[i].as_slice()).collect();
             let next: Vec<u32> =
-                self.settings.process(&logits, step + 1 == max_tokens)?.argmax(D::Minus1)?.to_vec1()?;
+                self.settings.process(&logits, &so_far, step + 1 == max_tokens)?.argmax(D::Minus1)?.to_vec1()?;
             let mut keep = Vec::with_capacity(active.len());
             for (row, (&input, &token)) in active.iter().zip(&next).enumerate() {
                 outputs[input].push(token);
@@ -252,8 +263,9 @@ impl Translator {
             between();
             let logits = forward(|| self.model.decode_step(&token_column(&tokens)?, &memory, &mut cache))?;
             let vocab = logits.dim(1)?;
-            let scores =
-                s.process(&candle_nn::ops::log_softmax(&logits, D::Minus1)?, step + 1 == options.max_tokens)?;
+            let so_far: Vec<&[u32]> = active.iter().flat_map(|&i| searches[i].outputs()).collect();
+            let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            let scores = s.process(&log_probs, &so_far, step + 1 == options.max_tokens)?;
             let scores: Vec<f32> = scores.flatten_all()?.to_vec1()?;
             let mut rows = Vec::new();
             let mut still = Vec::new();

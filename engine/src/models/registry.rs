@@ -141,6 +141,14 @@ pub const MODEL_TYPES: &[ModelType] = &[
         load: |files, config, _| Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::Marian)?)),
         training: None,
     },
+    ModelType {
+        name: "bart",
+        tasks: &[Task::Summarization, Task::Translation],
+        int8: Int8Setting::None,
+        gpu: false,
+        load: |files, config, _| Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::Bart)?)),
+        training: None,
+    },
 ];
 
 /// Llama and its relatives (see llama::projected::Variant), on models::llama; `trains`: fine-tuned on
@@ -243,7 +251,7 @@ mod tests {
             e.hint.as_deref(),
             Some(
                 "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, mpnet, gpt2, llama, \
-                 mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, t5 or marian, and GGUF files of llama, qwen2 and \
+                 mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, t5, marian or bart, and GGUF files of llama, qwen2 and \
                  qwen3 models."
             )
         );

@@ -1,7 +1,9 @@
-//! Marian (opus-mt) translation models: a post-norm transformer with sinusoidal positions.
+//! The post-norm encoder-decoder of Marian (opus-mt translation models: sinusoidal positions) and BART
+//! (summarisers such as bart-large-cnn and distilbart-cnn: learned positions numbered from 2, and a layer norm on
+//! the embeddings of both stacks). The two differ in nothing else that inference sees.
 //!
 //! Written here rather than taken from candle-transformers, whose Marian has no encoder padding mask and
-//! caches the encoder's keys in a way that must be reset by hand between calls.
+//! caches the encoder's keys in a way that must be reset by hand between calls (and which has no BART).
 
 use crate::error::{AiError, Result};
 use crate::generate::seq2seq::{additive_mask, attend, cached, split_heads, DecoderCache, Memory, Seq2Seq};
@@ -119,12 +121,31 @@ impl Layer {
     }
 }
 
+/// Which of the two the weights are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Marian,
+    Bart,
+}
+
+/// Position embeddings added to the token embeddings.
+enum Positions {
+    /// Marian's, computed rather than read (transformers does not save them), shared by both stacks.
+    Sinusoidal(Tensor),
+    /// BART's own table per stack, whose row for position p is p + 2.
+    Learned { encoder: Tensor, decoder: Tensor },
+}
+
+/// BartLearnedPositionalEmbedding's offset: its first two rows are never used.
+const BART_POSITION_OFFSET: usize = 2;
+
 pub struct Marian {
     pub config: MarianConfig,
     encoder_embeddings: Embedding,
     decoder_embeddings: Embedding,
-    /// Sinusoidal, computed rather than read: transformers does not save them.
-    positions: Tensor,
+    positions: Positions,
+    /// BART's layernorm_embedding of the encoder and the decoder.
+    embedding_norms: Option<(LayerNorm, LayerNorm)>,
     encoder: Vec<Layer>,
     decoder: Vec<Layer>,
     lm_head: Linear,
@@ -133,7 +154,7 @@ pub struct Marian {
 }
 
 impl Marian {
-    pub fn load(vb: &VarBuilder, config: MarianConfig) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, config: MarianConfig, kind: Kind) -> Result<Self> {
         let c = &config;
         let act = Activation::parse(&c.activation_function)?;
         for heads in [c.encoder_attention_heads, c.decoder_attention_heads] {
@@ -142,10 +163,12 @@ impl Marian {
             }
         }
         let target_vocab = c.decoder_vocab_size.unwrap_or(c.vocab_size);
-        // The position table is computed, not read: its size comes from config.json alone.
-        crate::budget::check(crate::budget::product(&[c.max_position_embeddings, c.d_model, 4]), || {
-            format!("the position table of max_position_embeddings {}", c.max_position_embeddings)
-        })?;
+        // Marian's position table is computed, not read: its size comes from config.json alone.
+        if kind == Kind::Marian {
+            crate::budget::check(crate::budget::product(&[c.max_position_embeddings, c.d_model, 4]), || {
+                format!("the position table of max_position_embeddings {}", c.max_position_embeddings)
+            })?;
+        }
         let load = || -> candle_core::Result<Marian> {
             let m = vb.pp("model");
             let embedding = |name: &str, vocab: usize| -> candle_core::Result<Embedding> {
@@ -176,12 +199,28 @@ impl Marian {
             } else {
                 Tensor::zeros(target_vocab, candle_core::DType::F32, &Device::Cpu)?
             };
+            let (positions, embedding_norms) = match kind {
+                Kind::Marian => {
+                    (Positions::Sinusoidal(sinusoidal_positions(c.max_position_embeddings, c.d_model)?), None)
+                }
+                Kind::Bart => {
+                    let rows = c.max_position_embeddings.saturating_add(BART_POSITION_OFFSET);
+                    let table = |stack: &str| m.pp(stack).pp("embed_positions").get((rows, c.d_model), "weight");
+                    let norm =
+                        |stack: &str| candle_nn::layer_norm(c.d_model, 1e-5, m.pp(stack).pp("layernorm_embedding"));
+                    (
+                        Positions::Learned { encoder: table("encoder")?, decoder: table("decoder")? },
+                        Some((norm("encoder")?, norm("decoder")?)),
+                    )
+                }
+            };
             Ok(Marian {
                 encoder: stack("encoder", c.encoder_layers, c.encoder_attention_heads, c.encoder_ffn_dim, false)?,
                 decoder: stack("decoder", c.decoder_layers, c.decoder_attention_heads, c.decoder_ffn_dim, true)?,
                 encoder_embeddings,
                 decoder_embeddings,
-                positions: sinusoidal_positions(c.max_position_embeddings, c.d_model)?,
+                positions,
+                embedding_norms,
                 lm_head: Linear::new(head_weight, Some(bias)),
                 act,
                 embed_scale: if c.scale_embedding { (c.d_model as f64).sqrt() } else { 1.0 },
@@ -198,10 +237,19 @@ impl Marian {
             } else {
                 self.decoder_embeddings.embeddings().elem_count()
             };
-        embeddings + self.encoder.iter().chain(&self.decoder).map(Layer::parameter_count).sum::<usize>()
+        let positions = match &self.positions {
+            Positions::Sinusoidal(_) => 0,
+            Positions::Learned { encoder, decoder } => encoder.elem_count() + decoder.elem_count(),
+        };
+        let norms = self.embedding_norms.as_ref().map_or(0, |(e, d)| norm_size(e) + norm_size(d));
+        embeddings
+            + positions
+            + norms
+            + self.encoder.iter().chain(&self.decoder).map(Layer::parameter_count).sum::<usize>()
     }
 
-    fn embed(&self, table: &Embedding, ids: &Tensor, first_position: usize) -> Result<Tensor> {
+    /// The encoder's (or the decoder's) input: token embeddings, scaled, plus positions, then BART's norm.
+    fn embed(&self, decoder: bool, ids: &Tensor, first_position: usize) -> Result<Tensor> {
         let len = ids.dim(1)?;
         if first_position + len > self.config.max_position_embeddings {
             return Err(AiError::invalid(format!(
@@ -210,8 +258,19 @@ impl Marian {
             ))
             .with_hint("Split the text into shorter pieces, or lower max_tokens."));
         }
+        let table = if decoder { &self.decoder_embeddings } else { &self.encoder_embeddings };
         let x = (table.forward(ids)? * self.embed_scale)?;
-        Ok(x.broadcast_add(&self.positions.narrow(0, first_position, len)?)?)
+        let positions = match &self.positions {
+            Positions::Sinusoidal(table) => table.narrow(0, first_position, len)?,
+            Positions::Learned { encoder, decoder: d } => {
+                (if decoder { d } else { encoder }).narrow(0, first_position + BART_POSITION_OFFSET, len)?
+            }
+        };
+        let x = x.broadcast_add(&positions)?;
+        Ok(match &self.embedding_norms {
+            Some((e, d)) => (if decoder { d } else { e }).forward(&x)?,
+            None => x,
+        })
     }
 }
 
@@ -237,7 +296,7 @@ fn sinusoidal_positions(positions: usize, dim: usize) -> candle_core::Result<Ten
 impl Seq2Seq for Marian {
     fn encode(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let bias = additive_mask(mask)?;
-        let mut x = self.embed(&self.encoder_embeddings, ids, 0)?;
+        let mut x = self.embed(false, ids, 0)?;
         for layer in &self.encoder {
             let a = &layer.self_attention;
             let (q, k, v) = (a.heads(&a.q, &x)?, a.heads(&a.k, &x)?, a.heads(&a.v, &x)?);
@@ -249,7 +308,7 @@ impl Seq2Seq for Marian {
     }
 
     fn decode_step(&self, tokens: &Tensor, memory: &Memory, cache: &mut DecoderCache) -> Result<Tensor> {
-        let mut x = self.embed(&self.decoder_embeddings, tokens, cache.len)?;
+        let mut x = self.embed(true, tokens, cache.len)?;
         for (layer, kv) in self.decoder.iter().zip(cache.layers.iter_mut()) {
             let a = &layer.self_attention;
             let (k, v) = cached(&mut kv.self_kv, a.heads(&a.k, &x)?, a.heads(&a.v, &x)?)?;
