@@ -4,7 +4,7 @@
 use pg_ai_engine::files::ModelFiles;
 use pg_ai_engine::kernels::int8::Int8;
 use pg_ai_engine::models::{AnyModel, Model};
-use pg_ai_engine::tasks::classify::{classify, Scored};
+use pg_ai_engine::tasks::classify::{classify, Classifier, Scored};
 use pg_ai_engine::tasks::{answer::answer, embed::embed, fill_mask::fill_mask, ner::ner, rerank, zero_shot};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -106,14 +106,17 @@ fn mpnet_fill_mask_classification_and_embeddings_match_transformers() {
 }
 
 fn check_classify(name: &str) {
-    let m = model(name);
+    check_classify_with(name, &model(name));
+}
+
+fn check_classify_with(name: &str, m: &dyn Classifier) {
     let g = golden(name);
     let cases = cases(&g, "classify");
     let inputs: Vec<&str> = cases.iter().map(|c| c["input"].as_str().unwrap()).collect();
-    let batched = classify(&m, &inputs, &mut || ()).unwrap();
+    let batched = classify(m, &inputs, &mut || ()).unwrap();
     for (case, batch_answer) in cases.iter().zip(&batched) {
         let input = case["input"].as_str().unwrap();
-        let single = classify(&m, &[input], &mut || ()).unwrap().remove(0);
+        let single = classify(m, &[input], &mut || ()).unwrap().remove(0);
         check_scored(&single, batch_answer, &case["answers"], &format!("{name}: {input}"));
     }
 }
@@ -135,8 +138,22 @@ fn check_scored(single: &[Scored], batched: &[Scored], expected: &Value, what: &
 /// in one call (a long text among them, cut as the pipeline cuts it).
 #[test]
 fn zero_shot_matches_transformers_pipeline() {
-    let m = model("bert-nli");
-    let g = golden("bert-nli");
+    check_zero_shot("bert-nli", &model("bert-nli"));
+}
+
+/// BART's sequence classifier (as bart-large-mnli): the decoder's state at the last end token.
+#[test]
+fn bart_classifier_and_zero_shot_match_transformers_pipelines() {
+    let loaded = load(fixtures().join("models").join("bart-nli"));
+    let m = loaded.classifier().unwrap();
+    assert!(loaded.can(pg_ai_engine::models::Task::TextClassification));
+    assert!(!loaded.can(pg_ai_engine::models::Task::Summarization));
+    check_classify_with("bart-nli", m);
+    check_zero_shot("bart-nli", m);
+}
+
+fn check_zero_shot(name: &str, m: &dyn Classifier) {
+    let g = golden(name);
     for case in cases(&g, "zero_shot") {
         let input = case["input"].as_str().unwrap();
         let labels: Vec<&str> = case["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
@@ -145,8 +162,8 @@ fn zero_shot_matches_transformers_pipeline() {
             hypothesis_template: case["hypothesis_template"].as_str().unwrap(),
             multi_label: case["multi_label"].as_bool().unwrap(),
         };
-        let got = zero_shot::zero_shot(&m, &[input], &ask, &mut || ()).unwrap().remove(0);
-        let twice = zero_shot::zero_shot(&m, &[input, "the cat sat in the park ."], &ask, &mut || ()).unwrap();
+        let got = zero_shot::zero_shot(m, &[input], &ask, &mut || ()).unwrap().remove(0);
+        let twice = zero_shot::zero_shot(m, &[input, "the cat sat in the park ."], &ask, &mut || ()).unwrap();
         check_scored(&got, &twice[0], &case["answers"], input);
     }
 }

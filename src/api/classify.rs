@@ -12,7 +12,7 @@ use pgrx::prelude::*;
 #[pg_extern(stable, parallel_safe)]
 fn ai_classify(input: &str, model: &str) -> TableIterator<'static, (name!(label, String), name!(score, f32))> {
     let loaded = crate::store::model_for(model, Task::TextClassification);
-    let m = loaded.encoder().or_raise();
+    let m = loaded.classifier().or_raise();
     let answers = classify(m, &[input], &mut interrupts).or_raise();
     TableIterator::new(answers.into_iter().flatten().map(|s| (s.label, s.score)))
 }
@@ -25,7 +25,7 @@ fn ai_classify_array(
 ) -> TableIterator<'static, (name!(ord, i32), name!(label, String), name!(score, f32))> {
     let (positions, texts) = present(&inputs);
     let loaded = crate::store::model_for(model, Task::TextClassification);
-    let m = loaded.encoder().or_raise();
+    let m = loaded.classifier().or_raise();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let answers = classify(m, &texts, &mut interrupts).or_raise();
     TableIterator::new(rows_by_ord(positions, answers))
@@ -35,7 +35,7 @@ fn ai_classify_array(
 #[pg_extern(stable, parallel_safe)]
 fn ai_classify_label(input: &str, model: &str) -> String {
     let loaded = crate::store::model_for(model, Task::TextClassification);
-    let m = loaded.encoder().or_raise();
+    let m = loaded.classifier().or_raise();
     let mut answers = classify(m, &[input], &mut interrupts).or_raise();
     answers.remove(0).remove(0).label
 }
@@ -45,7 +45,7 @@ fn ai_classify_label(input: &str, model: &str) -> String {
 fn ai_classify_label_array(inputs: Array<&str>, model: &str) -> Vec<Option<String>> {
     let (positions, texts) = present(&inputs);
     let loaded = crate::store::model_for(model, Task::TextClassification);
-    let m = loaded.encoder().or_raise();
+    let m = loaded.classifier().or_raise();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let answers = classify(m, &texts, &mut interrupts).or_raise();
     best_labels(inputs.len(), positions, answers)
@@ -116,7 +116,7 @@ fn zero_shot_of<T: AsRef<str>>(
     let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
     let loaded = crate::store::model_for(model, Task::TextClassification);
     let ask = ZeroShot { labels: &labels, hypothesis_template, multi_label };
-    zero_shot(loaded.encoder().or_raise(), &texts, &ask, &mut interrupts).or_raise()
+    zero_shot(loaded.classifier().or_raise(), &texts, &ask, &mut interrupts).or_raise()
 }
 
 /// Every input's labels as rows (ord, label, score), `positions` being the inputs' places in their array.

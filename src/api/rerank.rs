@@ -23,7 +23,7 @@ fn ai_rerank(
     let (positions, texts) = present(&documents);
     let loaded = crate::store::model_for(model, Task::TextClassification);
     let documents: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let ranked = rerank(loaded.encoder().or_raise(), query, &documents, &mut interrupts).or_raise();
+    let ranked = rerank(loaded.classifier().or_raise(), query, &documents, &mut interrupts).or_raise();
     let keep = match top_k {
         None => ranked.len(),
         Some(k) if k >= 1 => k as usize,
@@ -38,5 +38,5 @@ fn ai_rerank(
 #[pg_extern(stable, parallel_safe)]
 fn ai_rerank_score(query: &str, document: &str, model: &str) -> f32 {
     let loaded = crate::store::model_for(model, Task::TextClassification);
-    relevance(loaded.encoder().or_raise(), query, &[document], &mut interrupts).or_raise()[0]
+    relevance(loaded.classifier().or_raise(), query, &[document], &mut interrupts).or_raise()[0]
 }

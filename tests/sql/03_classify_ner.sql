@@ -47,6 +47,13 @@ SELECT ord, label, round(score::numeric, 4) AS score
 FROM ai_zero_shot(ARRAY['i love eating pasta .', NULL, 'grace won the tennis game .'], ARRAY['pasta', 'tennis'], 'nli');
 SELECT ai_zero_shot_label(ARRAY['heavy snow is expected tonight .', NULL, 'i love eating pasta .'],
                           ARRAY['golf', 'snow', 'rice'], 'nli', 'this text is about {} .');
+-- A BART classifier with NLI labels, as bart-large-mnli (transformers' default zero-shot model): it classifies
+-- and answers zero-shot questions, and does not summarise.
+SELECT ai_load_model('bart-nli', :'fixtures' || '/models/bart-nli');
+SELECT label, round(score::numeric, 4) AS score FROM ai_classify('i love eating pasta .', 'bart-nli');
+SELECT label, round(score::numeric, 4) AS score
+FROM ai_zero_shot('grace won the tennis game .', ARRAY['rain', 'tennis'], 'bart-nli');
+SELECT pg_temp.try($$SELECT ai_summarize('grace won the tennis game .', 'bart-nli')$$) AS bart_classifier_summarising;
 
 -- Reranking: documents against a query, best first, with their positions in the array.
 SELECT ai_load_model('reranker', :'fixtures' || '/models/roberta-reranker');

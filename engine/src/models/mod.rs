@@ -21,6 +21,8 @@ use crate::kernels::int8::Int8;
 use crate::models::gguf::GgufModel;
 use crate::models::gpt2::Gpt2Model;
 use crate::models::llama::LlamaModel;
+use crate::models::marian::classifier::BartClassifier;
+use crate::tasks::classify::Classifier;
 use candle_core::Device;
 use registry::Int8Setting;
 
@@ -115,6 +117,8 @@ pub enum AnyModel {
     Llama(LlamaModel),
     Gguf(GgufModel),
     Seq2Seq(Translator),
+    /// BART's sequence classifier (an encoder-decoder read as a classifier).
+    BartClassifier(BartClassifier),
 }
 
 impl AnyModel {
@@ -159,7 +163,13 @@ impl AnyModel {
                 registry::find(model_type.unwrap_or("")).map_or(&[][..], |t| t.tasks)
             }
         };
-        tasks.contains(&task) && !matches!(self, AnyModel::Encoder(m) if !m.can(task))
+        let narrowed = match self {
+            AnyModel::Encoder(m) => m.can(task),
+            AnyModel::Seq2Seq(_) => task != Task::TextClassification,
+            AnyModel::BartClassifier(_) => task == Task::TextClassification,
+            _ => true,
+        };
+        tasks.contains(&task) && narrowed
     }
 
     pub fn default_task(&self) -> Task {
@@ -167,6 +177,7 @@ impl AnyModel {
             AnyModel::Encoder(m) => m.default_task(),
             AnyModel::Gpt2(_) | AnyModel::Llama(_) | AnyModel::Gguf(_) => Task::TextGeneration,
             AnyModel::Seq2Seq(_) => Task::Translation,
+            AnyModel::BartClassifier(_) => Task::TextClassification,
         }
     }
 
@@ -179,6 +190,7 @@ impl AnyModel {
             AnyModel::Llama(m) => m.architecture.clone(),
             AnyModel::Gguf(m) => m.architecture.clone(),
             AnyModel::Seq2Seq(m) => m.architecture.clone(),
+            AnyModel::BartClassifier(m) => m.architecture.clone(),
         }
     }
 
@@ -189,6 +201,7 @@ impl AnyModel {
             AnyModel::Llama(m) => &m.config,
             AnyModel::Gguf(m) => &m.metadata,
             AnyModel::Seq2Seq(m) => &m.config,
+            AnyModel::BartClassifier(m) => &m.config,
         }
     }
 
@@ -198,6 +211,7 @@ impl AnyModel {
             AnyModel::Gpt2(m) => m.parameters,
             AnyModel::Llama(m) => m.parameters,
             AnyModel::Encoder(m) => m.parameters,
+            AnyModel::BartClassifier(m) => m.parameters,
             // The translators hold f32 tensors.
             other => other.memory_bytes() / 4,
         }
@@ -210,6 +224,7 @@ impl AnyModel {
             AnyModel::Gpt2(m) => m.weight_bytes,
             AnyModel::Llama(m) => m.weight_bytes,
             AnyModel::Seq2Seq(m) => m.parameter_bytes,
+            AnyModel::BartClassifier(m) => m.parameters * 4,
             AnyModel::Gguf(m) => m.weight_bytes,
         }
     }
@@ -231,6 +246,15 @@ impl AnyModel {
         }
     }
 
+    /// The model as a text classifier, for classification, zero-shot classification and reranking.
+    pub fn classifier(&self) -> Result<&dyn Classifier> {
+        match self {
+            AnyModel::Encoder(m) => Ok(m),
+            AnyModel::BartClassifier(m) => Ok(m),
+            _ => Err(AiError::wrong_task("this model does not classify text")),
+        }
+    }
+
     pub fn causal(&self) -> Result<&dyn CausalLm> {
         match self {
             AnyModel::Gpt2(m) => Ok(m),
@@ -240,13 +264,14 @@ impl AnyModel {
                 .with_hint("Use a decoder model such as GPT-2 for ai_generate.")),
             AnyModel::Seq2Seq(_) => Err(AiError::wrong_task("a translation model does not continue a prompt")
                 .with_hint("Use ai_translate or ai_summarize with this model.")),
+            AnyModel::BartClassifier(_) => Err(AiError::wrong_task("a classifier cannot generate text")),
         }
     }
 
     pub fn translator(&self) -> Result<&Translator> {
         match self {
             AnyModel::Seq2Seq(m) => Ok(m),
-            _ => Err(AiError::wrong_task("only T5 and Marian models translate")),
+            _ => Err(AiError::wrong_task("only T5, Marian and BART models translate")),
         }
     }
 }

@@ -9,6 +9,7 @@ use super::gpt2::train::TrainableGpt2;
 use super::gpt2::Gpt2Model;
 use super::llama::train::TrainableLlama;
 use super::llama::LlamaModel;
+use super::marian::classifier::BartClassifier;
 use super::t5::train::TrainableT5;
 use super::{AnyModel, Model, Task};
 use crate::error::{listed, AiError, ErrorKind, Result};
@@ -143,10 +144,16 @@ pub const MODEL_TYPES: &[ModelType] = &[
     },
     ModelType {
         name: "bart",
-        tasks: &[Task::Summarization, Task::Translation],
+        tasks: &[Task::Summarization, Task::Translation, Task::TextClassification],
         int8: Int8Setting::None,
         gpu: false,
-        load: |files, config, _| Ok(AnyModel::Seq2Seq(Translator::load(files, config, Family::Bart)?)),
+        load: |files, config, _| {
+            Ok(if config.pointer("/architectures/0").and_then(Value::as_str) == Some("BartForSequenceClassification") {
+                AnyModel::BartClassifier(BartClassifier::load(files, config)?)
+            } else {
+                AnyModel::Seq2Seq(Translator::load(files, config, Family::Bart)?)
+            })
+        },
         training: None,
     },
 ];

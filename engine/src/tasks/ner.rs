@@ -52,7 +52,13 @@ pub fn ner(model: &Model, texts: &[&str], between: &mut dyn FnMut()) -> Result<V
                     } else {
                         encoding.get_tokens()[t].clone()
                     };
-                    tokens.push(Token { word, label: label_name(model, best), score: row[best], start, end });
+                    tokens.push(Token {
+                        word,
+                        label: label_name(&model.config.labels, best),
+                        score: row[best],
+                        start,
+                        end,
+                    });
                 }
                 group(model, tokens)
             })

@@ -1,10 +1,9 @@
 //! Zero-shot classification: an NLI model asked, for each candidate label, whether the text entails a hypothesis
 //! made from it ("This example is sport."), as transformers' zero-shot-classification pipeline asks.
 
-use super::classify::{pair_logits, Scored};
+use super::classify::{pair_logits, Classifier, Scored};
 use super::ranked;
 use crate::error::{AiError, Result};
-use crate::models::Model;
 
 /// transformers' default hypothesis.
 pub const DEFAULT_TEMPLATE: &str = "This example is {}.";
@@ -19,7 +18,12 @@ pub struct ZeroShot<'a> {
 }
 
 /// The labels of each text with their scores, best first.
-pub fn zero_shot(model: &Model, texts: &[&str], ask: &ZeroShot, between: &mut dyn FnMut()) -> Result<Vec<Vec<Scored>>> {
+pub fn zero_shot(
+    model: &dyn Classifier,
+    texts: &[&str],
+    ask: &ZeroShot,
+    between: &mut dyn FnMut(),
+) -> Result<Vec<Vec<Scored>>> {
     if ask.labels.is_empty() {
         return Err(AiError::invalid("zero-shot classification needs at least one candidate label"));
     }
@@ -32,7 +36,7 @@ pub fn zero_shot(model: &Model, texts: &[&str], ask: &ZeroShot, between: &mut dy
     }
     let entailment = entailment_id(model)?;
     // transformers takes the first label as contradiction, or the last where entailment is first.
-    let n_classes = model.config.labels.len();
+    let n_classes = model.labels().len();
     let contradiction = if entailment == 0 { n_classes - 1 } else { 0 };
     let hypotheses: Vec<String> = ask.labels.iter().map(|l| ask.hypothesis_template.replacen("{}", l, 1)).collect();
     let pairs: Vec<(&str, &str)> =
@@ -53,8 +57,8 @@ pub fn zero_shot(model: &Model, texts: &[&str], ask: &ZeroShot, between: &mut dy
 }
 
 /// The class whose label starts with "entail" (any case), as transformers finds it.
-fn entailment_id(model: &Model) -> Result<usize> {
-    let labels = &model.config.labels;
+fn entailment_id(model: &dyn Classifier) -> Result<usize> {
+    let labels = model.labels();
     labels.iter().position(|l| l.to_lowercase().starts_with("entail")).filter(|_| labels.len() >= 2).ok_or_else(|| {
         AiError::wrong_task("zero-shot classification needs an NLI model: its labels name no entailment class")
             .with_hint(

@@ -134,7 +134,8 @@ impl ModelConfig {
     }
 }
 
-fn read_labels(raw: &Value) -> Result<Vec<String>> {
+/// Labels in id order, from `id2label` (BART's sequence classifier reads them too).
+pub fn read_labels(raw: &Value) -> Result<Vec<String>> {
     let Some(map) = raw.get("id2label").and_then(Value::as_object) else {
         return Ok(Vec::new());
     };

@@ -5,6 +5,8 @@
 //! Written here rather than taken from candle-transformers, whose Marian has no encoder padding mask and
 //! caches the encoder's keys in a way that must be reset by hand between calls (and which has no BART).
 
+pub mod classifier;
+
 use crate::error::{AiError, Result};
 use crate::generate::seq2seq::{additive_mask, attend, cached, split_heads, DecoderCache, Memory, Seq2Seq};
 use crate::models::bert::Activation;
@@ -104,6 +106,11 @@ impl Layer {
             fc2: candle_nn::linear(ffn, d, vb.pp("fc2"))?,
             final_norm: norm("final_layer_norm")?,
         })
+    }
+
+    /// A decoder layer's cross-attention keys and values of the encoder's states.
+    fn memory_kv(&self, states: &Tensor) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+        self.cross.as_ref().map(|(a, _)| Ok((a.heads(&a.k, states)?, a.heads(&a.v, states)?))).transpose()
     }
 
     fn feed_forward(&self, x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
@@ -293,6 +300,45 @@ fn sinusoidal_positions(positions: usize, dim: usize) -> candle_core::Result<Ten
     Tensor::from_vec(table, (positions, dim), &Device::Cpu)
 }
 
+impl Marian {
+    /// One decoder layer over `x` given its self-attention keys and values (the cache's, this step's last, or the
+    /// whole sequence's with `causal` hiding later positions) and the memory's keys and values.
+    fn decoder_layer(
+        &self,
+        layer: &Layer,
+        x: Tensor,
+        (k, v): (&Tensor, &Tensor),
+        causal: Option<&Tensor>,
+        memory_kv: Option<&(Tensor, Tensor)>,
+        memory_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let a = &layer.self_attention;
+        let y = a.out.forward(&attend(&a.heads(&a.q, &x)?, k, v, a.scale, causal)?)?;
+        let mut x = layer.self_norm.forward(&(x + y)?)?;
+        if let (Some((a, norm)), Some((k, v))) = (&layer.cross, memory_kv) {
+            let y = a.out.forward(&attend(&a.heads(&a.q, &x)?, k, v, a.scale, Some(memory_mask))?)?;
+            x = norm.forward(&(x + y)?)?;
+        }
+        Ok(layer.feed_forward(&x, self.act)?)
+    }
+
+    /// The decoder's last hidden states (rows, len, d_model) for whole rows of decoder inputs, each position
+    /// seeing itself and those before it: what BART's sequence classifier reads.
+    pub fn decoder_states(&self, tokens: &Tensor, memory: &Memory) -> Result<Tensor> {
+        let len = tokens.dim(1)?;
+        let later: Vec<f32> = (0..len * len).map(|i| if i % len > i / len { -1e9 } else { 0.0 }).collect();
+        let causal = Tensor::from_vec(later, (1, 1, len, len), &Device::Cpu)?;
+        let mut x = self.embed(true, tokens, 0)?;
+        for layer in &self.decoder {
+            let a = &layer.self_attention;
+            let (k, v) = (a.heads(&a.k, &x)?, a.heads(&a.v, &x)?);
+            let memory_kv = layer.memory_kv(&memory.states)?;
+            x = self.decoder_layer(layer, x, (&k, &v), Some(&causal), memory_kv.as_ref(), &memory.mask)?;
+        }
+        Ok(x)
+    }
+}
+
 impl Seq2Seq for Marian {
     fn encode(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let bias = additive_mask(mask)?;
@@ -312,17 +358,10 @@ impl Seq2Seq for Marian {
         for (layer, kv) in self.decoder.iter().zip(cache.layers.iter_mut()) {
             let a = &layer.self_attention;
             let (k, v) = cached(&mut kv.self_kv, a.heads(&a.k, &x)?, a.heads(&a.v, &x)?)?;
-            let y = a.out.forward(&attend(&a.heads(&a.q, &x)?, &k, &v, a.scale, None)?)?;
-            x = layer.self_norm.forward(&(x + y)?)?;
-            if let Some((a, norm)) = &layer.cross {
-                if kv.cross_kv.is_none() {
-                    kv.cross_kv = Some((a.heads(&a.k, &memory.states)?, a.heads(&a.v, &memory.states)?));
-                }
-                let (k, v) = kv.cross_kv.as_ref().expect("set above");
-                let y = a.out.forward(&attend(&a.heads(&a.q, &x)?, k, v, a.scale, Some(&memory.mask))?)?;
-                x = norm.forward(&(x + y)?)?;
+            if kv.cross_kv.is_none() {
+                kv.cross_kv = layer.memory_kv(&memory.states)?;
             }
-            x = layer.feed_forward(&x, self.act)?;
+            x = self.decoder_layer(layer, x, (&k, &v), None, kv.cross_kv.as_ref(), &memory.mask)?;
         }
         cache.len += 1;
         Ok(self.lm_head.forward(&x.squeeze(1)?)?)
