@@ -203,8 +203,17 @@ fn sweep(names: &[&str], run: impl Fn(&Path) -> pg_ai_engine::error::Result<()>)
 
 #[test]
 fn absurd_encoder_configs_are_errors_or_answer() {
-    let encoders =
-        ["bert-mlm", "bert-classifier", "bert-ner", "bert-qa", "distilbert-mlm", "roberta-classifier", "mpnet-mlm"];
+    let encoders = [
+        "bert-mlm",
+        "bert-classifier",
+        "bert-ner",
+        "bert-qa",
+        "distilbert-mlm",
+        "roberta-classifier",
+        "mpnet-mlm",
+        "deberta-mlm",
+        "deberta-classifier",
+    ];
     sweep(&encoders, load_and_exercise);
 }
 

@@ -84,6 +84,16 @@ fn xlm_roberta_fill_mask_and_classification_match_transformers() {
     check_classify("xlm-roberta-classifier");
 }
 
+/// DeBERTa-v3 (fill-mask, NER: content-to-position and position-to-content scores over log buckets, shared
+/// projections, no absolute positions) and a DeBERTa-v2-style classifier (content-to-position only, projections
+/// of its own, absolute positions and token types).
+#[test]
+fn deberta_fill_mask_ner_and_classification_match_transformers() {
+    check_fill_mask("deberta-mlm");
+    check_ner("deberta-ner");
+    check_classify("deberta-classifier");
+}
+
 /// MPNet: RoBERTa's positions and heads with a relative position bias in every layer.
 #[test]
 fn mpnet_fill_mask_classification_and_embeddings_match_transformers() {
@@ -269,8 +279,12 @@ fn roberta_classify_matches_transformers() {
 
 #[test]
 fn ner_matches_transformers() {
-    let m = model("bert-ner");
-    let g = golden("bert-ner");
+    check_ner("bert-ner");
+}
+
+fn check_ner(name: &str) {
+    let m = model(name);
+    let g = golden(name);
     let cases = cases(&g, "ner");
     let inputs: Vec<&str> = cases.iter().map(|c| c["input"].as_str().unwrap()).collect();
     let batched = ner(&m, &inputs, &mut || ()).unwrap();

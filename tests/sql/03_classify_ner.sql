@@ -33,6 +33,13 @@ FROM ai_ner(ARRAY['in london , carol met dave smith .', NULL, 'nothing to see he
 SELECT substr(t, start_pos + 1, end_pos - start_pos) AS from_offsets
 FROM (VALUES ('erin and frank visited los angeles .')) v(t), ai_ner(t, 'tagger');
 
+-- DeBERTa-v3 (disentangled attention) tags entities, and a DeBERTa classifier labels texts.
+SELECT ai_load_model('deberta-tagger', :'fixtures' || '/models/deberta-ner');
+SELECT ai_load_model('deberta-topic', :'fixtures' || '/models/deberta-classifier');
+SELECT entity, label, start_pos, end_pos, round(score::numeric, 4) AS score
+FROM ai_ner('alice smith lives in new york .', 'deberta-tagger');
+SELECT ai_classify_label(ARRAY['grace won the tennis game .', 'heavy snow is expected tonight .'], 'deberta-topic');
+
 -- Zero-shot: labels given at the call, scored by an NLI model (entailment of "This example is <label>."). The
 -- fixture's NLI model is untrained (see make_fixtures.py): its answers are transformers', not sensible ones.
 SELECT ai_load_model('nli', :'fixtures' || '/models/bert-nli');

@@ -2,6 +2,7 @@
 //! it can be asked, in transformers' pipeline names), `LoadOptions`, and the registry of model types.
 
 pub mod bert;
+pub mod deberta;
 pub mod gguf;
 pub mod gpt2;
 pub mod llama;

@@ -101,6 +101,7 @@ pub const MODEL_TYPES: &[ModelType] = &[
     // Inference only so far (README, Status).
     encoder("camembert", BERT_DROPOUT, false),
     encoder("mpnet", BERT_DROPOUT, false),
+    encoder("deberta-v2", BERT_DROPOUT, false),
     ModelType {
         name: "gpt2",
         tasks: &[Task::TextGeneration],
@@ -257,9 +258,9 @@ mod tests {
         assert_eq!(
             e.hint.as_deref(),
             Some(
-                "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, mpnet, gpt2, llama, \
-                 mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, t5, marian or bart, and GGUF files of llama, qwen2 and \
-                 qwen3 models."
+                "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, mpnet, deberta-v2, \
+                 gpt2, llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, t5, marian or bart, and GGUF files of \
+                 llama, qwen2 and qwen3 models."
             )
         );
         let e = training("marian", Objective::Seq2Seq).err().unwrap();

@@ -2,6 +2,7 @@
 //! name the same quantities differently.
 
 use crate::error::{AiError, Result};
+use crate::models::deberta::DebertaConfig;
 use serde_json::Value;
 
 /// The encoder families pg_ai runs. They share one implementation (see models::bert).
@@ -12,6 +13,8 @@ pub enum Family {
     Roberta,
     /// RoBERTa's positions and heads, with a relative position bias in every layer's attention.
     MPNet,
+    /// DeBERTa-v2 and v3: disentangled attention (models::deberta).
+    Deberta,
 }
 
 impl Family {
@@ -21,6 +24,7 @@ impl Family {
             Family::DistilBert => "distilbert",
             Family::Roberta => "roberta",
             Family::MPNet => "mpnet",
+            Family::Deberta => "deberta",
         }
     }
 
@@ -47,6 +51,8 @@ pub struct ModelConfig {
     pub pad_token_id: usize,
     /// MPNet's relative position buckets (its attention bias table's rows); 0 for the others.
     pub relative_buckets: usize,
+    /// DeBERTa's attention and pooler settings.
+    pub deberta: Option<DebertaConfig>,
     /// Labels in id order, from `id2label`.
     pub labels: Vec<String>,
     /// "multi_label_classification" makes classification scores sigmoids instead of a softmax.
@@ -73,8 +79,10 @@ impl ModelConfig {
                 "distilbert" => Family::DistilBert,
                 "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
                 "mpnet" => Family::MPNet,
+                "deberta-v2" => Family::Deberta,
                 other => return Err(AiError::invalid(format!("model_type \"{other}\" is not supported")).with_hint(
-                    "pg_ai runs bert, distilbert, roberta and mpnet encoders (see the registry for every model type).",
+                    "pg_ai runs bert, distilbert, roberta, mpnet and deberta-v2 encoders (see the registry for every \
+                     model type).",
                 )),
             };
         let need = |names: &[&str]| {
@@ -97,6 +105,12 @@ impl ModelConfig {
             .and_then(Value::as_str)
             .unwrap_or("gelu")
             .to_string();
+        let max_positions = need(&["max_position_embeddings"])?;
+        let (layers, heads) = (need(&["num_hidden_layers", "n_layers"])?, need(&["num_attention_heads", "n_heads"])?);
+        let deberta = match family {
+            Family::Deberta => Some(DebertaConfig::from_value(&raw, max_positions, hidden_size, heads)?),
+            _ => None,
+        };
         Ok(ModelConfig {
             family,
             architecture: raw
@@ -107,11 +121,11 @@ impl ModelConfig {
                 .to_string(),
             vocab_size,
             hidden_size,
-            layers: need(&["num_hidden_layers", "n_layers"])?,
-            heads: need(&["num_attention_heads", "n_heads"])?,
+            layers,
+            heads,
             intermediate_size: need(&["intermediate_size", "hidden_dim"])?,
             activation,
-            max_positions: need(&["max_position_embeddings"])?,
+            max_positions,
             type_vocab_size: usize_field(&raw, &["type_vocab_size"]).unwrap_or(0),
             layer_norm_eps: raw.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12),
             pad_token_id,
@@ -119,6 +133,7 @@ impl ModelConfig {
                 Family::MPNet => usize_field(&raw, &["relative_attention_num_buckets"]).unwrap_or(32),
                 _ => 0,
             },
+            deberta,
             multi_label: raw.get("problem_type").and_then(Value::as_str) == Some("multi_label_classification"),
             labels,
             raw,

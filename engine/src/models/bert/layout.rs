@@ -109,6 +109,7 @@ impl Layout {
             Family::DistilBert => Ok(&DISTILBERT),
             Family::Roberta => Ok(&ROBERTA),
             Family::MPNet => Err(AiError::new(ErrorKind::Unsupported, "MPNet models cannot be trained here yet")),
+            Family::Deberta => Err(AiError::new(ErrorKind::Unsupported, "DeBERTa models cannot be trained here yet")),
         }
     }
 
@@ -142,7 +143,7 @@ impl Layout {
                     token_head: hidden,
                 }
             }
-            Family::Bert | Family::Roberta | Family::MPNet => {
+            Family::Bert | Family::Roberta | Family::MPNet | Family::Deberta => {
                 let hidden = f64_field(config, "hidden_dropout_prob", 0.1);
                 let head = f64_field(config, "classifier_dropout", hidden);
                 Dropouts {

@@ -1,11 +1,11 @@
-//! BERT, DistilBERT, RoBERTa and MPNet encoders with their task heads.
+//! BERT, DistilBERT, RoBERTa, MPNet and DeBERTa encoders with their task heads.
 //!
 //! Written here rather than taken from candle-transformers because pg_ai needs what those models
 //! lack: the sequence- and token-classification heads, the pooler, one padding-mask convention for
 //! all the families (so a batch answers exactly as single calls do), and one code path that the
 //! training work can later switch to differentiable ops. The families differ only in tensor names,
-//! RoBERTa's (and MPNet's) position offset, the classification head and MPNet's relative position bias,
-//! so one implementation serves all.
+//! RoBERTa's (and MPNet's) position offset, the classification head, MPNet's relative position bias and
+//! DeBERTa's position scores (models::deberta), so one implementation serves all.
 
 pub mod config;
 pub mod layout;
@@ -18,6 +18,7 @@ use crate::error::{AiError, Result};
 use crate::kernels::fused::{attention, Gelu, Heads, Span};
 use crate::kernels::int8::{bytes, Projection};
 use crate::models::bert::config::{Family, ModelConfig};
+use crate::models::deberta::Disentangled;
 use crate::models::position_buckets;
 use crate::timing::forward;
 use candle_core::{DType, Device, Module, Tensor};
@@ -81,6 +82,7 @@ impl Names {
             Family::DistilBert => &DISTILBERT_NAMES,
             Family::Bert | Family::Roberta => &BERT_NAMES,
             Family::MPNet => &MPNET_NAMES,
+            Family::Deberta => &DEBERTA_NAMES,
         }
     }
 }
@@ -111,6 +113,13 @@ const DISTILBERT_NAMES: Names = Names {
     ffn_in: "ffn.lin1",
     ffn_out: "ffn.lin2",
     output_norm: "output_layer_norm",
+};
+
+const DEBERTA_NAMES: Names = Names {
+    query: "attention.self.query_proj",
+    key: "attention.self.key_proj",
+    value: "attention.self.value_proj",
+    ..BERT_NAMES
 };
 
 const MPNET_NAMES: Names = Names {
@@ -171,12 +180,15 @@ pub struct Batch {
 enum Attend {
     Spans(Vec<Span>),
     Bias(Tensor),
+    /// DeBERTa: an additive padding mask, and the rows of the position tables each pair reads.
+    Disentangled(Tensor, (Tensor, Tensor)),
 }
 
 pub struct Encoder {
     family: Family,
     word_embeddings: Embedding,
-    position_embeddings: Embedding,
+    /// Absent in DeBERTa-v3, whose positions are relative only.
+    position_embeddings: Option<Embedding>,
     type_embeddings: Option<Embedding>,
     embeddings_norm: LayerNorm,
     layers: Vec<Layer>,
@@ -185,6 +197,8 @@ pub struct Encoder {
     position_offset: u32,
     /// MPNet's relative position bias, (buckets, heads), which every layer adds to its attention scores.
     relative_bias: Option<Tensor>,
+    /// DeBERTa's position scores.
+    disentangled: Option<Disentangled>,
 }
 
 /// MPNet's bias for every (query, key) pair of a sequence of `seq` tokens, (heads, seq, seq), from its table of
@@ -265,6 +279,13 @@ impl Encoder {
                     output_norm: layer_norm(&l, names.output_norm, h, eps)?,
                 });
             }
+            let disentangled = match &config.deberta {
+                Some(d) if d.relative => {
+                    let qkv: Vec<&Projection> = layers.iter().map(|l| &l.qkv).collect();
+                    Some(Disentangled::load(&base, d, h, config.heads, eps, &qkv)?)
+                }
+                _ => None,
+            };
             Ok(Encoder {
                 family: config.family,
                 word_embeddings: match emb("embeddings.word_embeddings", config.vocab_size)? {
@@ -272,7 +293,10 @@ impl Encoder {
                     table if int8 => Embedding::new(table.embeddings().to_dtype(DType::F16)?, h),
                     table => table,
                 },
-                position_embeddings: emb("embeddings.position_embeddings", config.max_positions)?,
+                position_embeddings: match &config.deberta {
+                    Some(d) if !d.absolute_positions => None,
+                    _ => Some(emb("embeddings.position_embeddings", config.max_positions)?),
+                },
                 type_embeddings,
                 embeddings_norm: layer_norm(&base, names.embeddings_norm, h, eps)?,
                 layers,
@@ -286,6 +310,7 @@ impl Encoder {
                     ),
                     _ => None,
                 },
+                disentangled,
             })
         };
         let mut encoder = load().map_err(|e| {
@@ -308,7 +333,9 @@ impl Encoder {
         // Padding is always on the right, so a plain range gives every real token its position.
         let positions = Tensor::arange(self.position_offset, self.position_offset + seq as u32, device)?;
         let mut x = self.word_embeddings.forward(&batch.ids.to_device(device)?)?.to_dtype(DType::F32)?;
-        x = x.broadcast_add(&self.position_embeddings.forward(&positions)?)?;
+        if let Some(table) = &self.position_embeddings {
+            x = x.broadcast_add(&table.forward(&positions)?)?;
+        }
         if let Some(types) = &self.type_embeddings {
             // RoBERTa has one type; its tokenizers mark a pair's second text as type 1, which transformers never
             // passes to it (RobertaTokenizer returns no token_type_ids).
@@ -317,7 +344,7 @@ impl Encoder {
             x = (x + types.forward(&ids.to_device(device)?)?)?;
         }
         x = self.embeddings_norm.forward(&x)?;
-        let attend = if cpu_kernels(device) && self.relative_bias.is_none() {
+        let attend = if cpu_kernels(device) && self.relative_bias.is_none() && self.disentangled.is_none() {
             // Each row's real tokens (padding is on the right) as a sequence of the (batch * seq) rows.
             let lengths = batch.mask.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?;
             let spans = lengths.iter().enumerate().map(|(r, &len)| Span { start: r * seq, len: len as usize });
@@ -326,20 +353,21 @@ impl Encoder {
             // Additive mask: 0 where attended, a large negative number over padding. (batch, 1, 1, seq)
             let mask = batch.mask.to_device(device)?.to_dtype(DType::F32)?;
             let padding = ((mask - 1.0)? * 1e30)?.unsqueeze(1)?.unsqueeze(1)?;
-            match &self.relative_bias {
+            match (&self.relative_bias, &self.disentangled) {
                 // (batch, heads, seq, seq), as MPNet's compute_position_bias: attention with a bias per pair of
-                // positions runs on candle's ops (pg_ai's fused attention takes none).
-                Some(table) => Attend::Bias(padding.broadcast_add(&relative_bias(table, seq)?.unsqueeze(0)?)?),
-                None => Attend::Bias(padding),
+                // positions runs on candle's ops (pg_ai's fused attention takes none), as DeBERTa's does.
+                (Some(table), _) => Attend::Bias(padding.broadcast_add(&relative_bias(table, seq)?.unsqueeze(0)?)?),
+                (None, Some(d)) => Attend::Disentangled(padding, d.indices(seq)?),
+                (None, None) => Attend::Bias(padding),
             }
         };
-        for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &attend)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward(i, layer, &x, &attend)?;
         }
         Ok(x)
     }
 
-    fn layer_forward(&self, l: &Layer, x: &Tensor, attend: &Attend) -> Result<Tensor> {
+    fn layer_forward(&self, index: usize, l: &Layer, x: &Tensor, attend: &Attend) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let d = h / self.heads;
         let qkv = l.qkv.forward(x)?;
@@ -352,12 +380,19 @@ impl Encoder {
                     Heads { heads: self.heads, kv_heads: self.heads, scale: 1.0 / (d as f64).sqrt(), causal: false };
                 attention(&part(0)?, &part(1)?, &part(2)?, &heads, spans, None)?.reshape((b, s, h))?
             }
-            Attend::Bias(bias) => {
+            Attend::Bias(bias) | Attend::Disentangled(bias, _) => {
                 let split = |t: Tensor| t.reshape((b, s, self.heads, d))?.transpose(1, 2)?.contiguous();
                 let q = split(qkv.narrow(2, 0, h)?)?;
                 let k = split(qkv.narrow(2, h, h)?)?;
                 let v = split(qkv.narrow(2, 2 * h, h)?)?;
-                let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
+                let mut scores = match (&self.disentangled, attend) {
+                    (Some(positions), Attend::Disentangled(_, indices)) => {
+                        let content = (q.matmul(&k.t()?)? / positions.content_scale(d))?;
+                        (content + positions.scores(index, &q, &k, indices)?)?
+                    }
+                    _ => (q.matmul(&k.t()?)? / (d as f64).sqrt())?,
+                };
+                scores = scores.broadcast_add(bias)?;
                 softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?
             }
         };
@@ -392,7 +427,7 @@ impl Encoder {
             })
             .sum();
         tensor(self.word_embeddings.embeddings())
-            + tensor(self.position_embeddings.embeddings())
+            + self.position_embeddings.as_ref().map_or(0, |p| tensor(p.embeddings()))
             + self.type_embeddings.as_ref().map_or(0, |t| tensor(t.embeddings()))
             + norm(&self.embeddings_norm)
             + layers
@@ -444,6 +479,7 @@ impl Head {
         let (h, v, eps) = (config.hidden_size, config.vocab_size, config.layer_norm_eps);
         let n_labels = config.labels.len().max(1);
         let act = Activation::parse(&config.activation)?;
+        let pooler_act = config.deberta.as_ref().map_or(Ok(Activation::Tanh), |d| Activation::parse(&d.pooler_act))?;
         let projection = |vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize| {
             project(linear(vb, name, in_dim, out_dim)?, int8)
         };
@@ -457,7 +493,8 @@ impl Head {
         let head = || -> candle_core::Result<Option<Head>> {
             let has = |name: &str| vb.contains_tensor(name);
             Ok(Some(match config.family {
-                Family::Bert if has("cls.predictions.transform.dense.weight") => {
+                // DeBERTa's "legacy" head has BERT's names.
+                Family::Bert | Family::Deberta if has("cls.predictions.transform.dense.weight") => {
                     let p = vb.pp("cls.predictions");
                     let bias =
                         if p.contains_tensor("bias") { p.get(v, "bias")? } else { p.pp("decoder").get(v, "bias")? };
@@ -476,6 +513,17 @@ impl Head {
                         transform: projection(vb, "vocab_transform", h, h)?,
                         act,
                         norm: layer_norm(vb, "vocab_layer_norm", h, eps)?,
+                        decoder,
+                        tied,
+                    }
+                }
+                Family::Deberta if has("lm_predictions.lm_head.dense.weight") => {
+                    let p = vb.pp("lm_predictions.lm_head");
+                    let (decoder, tied) = decoder(p.pp("decoder"), p.get(v, "bias")?)?;
+                    Head::MaskedLm {
+                        transform: projection(&p, "dense", h, h)?,
+                        act,
+                        norm: layer_norm(&p, "LayerNorm", h, eps)?,
                         decoder,
                         tied,
                     }
@@ -507,6 +555,8 @@ impl Head {
                     } else {
                         let pre = match config.family {
                             Family::DistilBert => (projection(vb, "pre_classifier", h, h)?, Activation::Relu),
+                            // DeBERTa's ContextPooler, outside the encoder, with an activation of its own.
+                            Family::Deberta => (projection(vb, "pooler.dense", h, h)?, pooler_act),
                             _ => (projection(&Encoder::base(vb, config), "pooler.dense", h, h)?, Activation::Tanh),
                         };
                         Head::SequenceClassifier { pre: Some(pre), out }
