@@ -213,6 +213,8 @@ fn absurd_encoder_configs_are_errors_or_answer() {
         "mpnet-mlm",
         "deberta-mlm",
         "deberta-classifier",
+        "modernbert-mlm",
+        "modernbert-classifier",
     ];
     sweep(&encoders, load_and_exercise);
 }

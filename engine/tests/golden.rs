@@ -94,6 +94,15 @@ fn deberta_fill_mask_ner_and_classification_match_transformers() {
     check_classify("deberta-classifier");
 }
 
+/// ModernBERT: pre-norm layers without biases, GeGLU, rotary positions, local layers within a window, its
+/// prediction head under fill-mask, NER and a classifier that pools by the mean.
+#[test]
+fn modernbert_fill_mask_ner_and_classification_match_transformers() {
+    check_fill_mask("modernbert-mlm");
+    check_ner("modernbert-ner");
+    check_classify("modernbert-classifier");
+}
+
 /// MPNet: RoBERTa's positions and heads with a relative position bias in every layer.
 #[test]
 fn mpnet_fill_mask_classification_and_embeddings_match_transformers() {

@@ -39,6 +39,11 @@ SELECT ai_load_model('deberta-topic', :'fixtures' || '/models/deberta-classifier
 SELECT entity, label, start_pos, end_pos, round(score::numeric, 4) AS score
 FROM ai_ner('alice smith lives in new york .', 'deberta-tagger');
 SELECT ai_classify_label(ARRAY['grace won the tennis game .', 'heavy snow is expected tonight .'], 'deberta-topic');
+-- ModernBERT (rotary positions, local and global layers) fills masks and labels texts.
+SELECT ai_load_model('modernbert', :'fixtures' || '/models/modernbert-mlm');
+SELECT ai_load_model('modernbert-topic', :'fixtures' || '/models/modernbert-classifier');
+SELECT token, round(score::numeric, 4) AS score FROM ai_fill_mask('the cat sat in the [MASK] .', 'modernbert') LIMIT 3;
+SELECT label, round(score::numeric, 4) AS score FROM ai_classify('i love eating pasta .', 'modernbert-topic');
 
 -- Zero-shot: labels given at the call, scored by an NLI model (entailment of "This example is <label>."). The
 -- fixture's NLI model is untrained (see make_fixtures.py): its answers are transformers', not sensible ones.

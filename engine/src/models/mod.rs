@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod gpt2;
 pub mod llama;
 pub mod marian;
+pub mod modernbert;
 pub mod position_buckets;
 pub mod registry;
 pub mod t5;

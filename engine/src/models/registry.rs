@@ -101,7 +101,9 @@ pub const MODEL_TYPES: &[ModelType] = &[
     // Inference only so far (README, Status).
     encoder("camembert", BERT_DROPOUT, false),
     encoder("mpnet", BERT_DROPOUT, false),
-    encoder("deberta-v2", BERT_DROPOUT, false),
+    // Their position scores and rotary tables are made on the CPU (models::deberta, models::modernbert).
+    ModelType { gpu: false, ..encoder("deberta-v2", BERT_DROPOUT, false) },
+    ModelType { gpu: false, ..encoder("modernbert", BERT_DROPOUT, false) },
     ModelType {
         name: "gpt2",
         tasks: &[Task::TextGeneration],
@@ -259,7 +261,7 @@ mod tests {
             e.hint.as_deref(),
             Some(
                 "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, mpnet, deberta-v2, \
-                 gpt2, llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, t5, marian or bart, and GGUF files of \
+                 modernbert, gpt2, llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, t5, marian or bart, and GGUF files of \
                  llama, qwen2 and qwen3 models."
             )
         );

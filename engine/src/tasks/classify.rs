@@ -32,7 +32,7 @@ impl Classifier for Model {
     }
     fn logits(&self, batch: &Batch) -> Result<Tensor> {
         let head = self.head.as_ref().ok_or_else(|| AiError::wrong_task("the model has no classification head"))?;
-        head.sequence_logits(&self.encoder.forward(batch)?)
+        head.sequence_logits(&self.encoder.forward(batch)?, &batch.mask)
     }
 }
 

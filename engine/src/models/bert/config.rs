@@ -15,6 +15,8 @@ pub enum Family {
     MPNet,
     /// DeBERTa-v2 and v3: disentangled attention (models::deberta).
     Deberta,
+    /// ModernBERT: a network of its own (models::modernbert) under the heads here.
+    ModernBert,
 }
 
 impl Family {
@@ -25,6 +27,7 @@ impl Family {
             Family::Roberta => "roberta",
             Family::MPNet => "mpnet",
             Family::Deberta => "deberta",
+            Family::ModernBert => "model",
         }
     }
 
@@ -80,8 +83,9 @@ impl ModelConfig {
                 "roberta" | "xlm-roberta" | "camembert" => Family::Roberta,
                 "mpnet" => Family::MPNet,
                 "deberta-v2" => Family::Deberta,
+                "modernbert" => Family::ModernBert,
                 other => return Err(AiError::invalid(format!("model_type \"{other}\" is not supported")).with_hint(
-                    "pg_ai runs bert, distilbert, roberta, mpnet and deberta-v2 encoders (see the registry for every \
+                    "pg_ai runs bert, distilbert, roberta, mpnet, deberta-v2 and modernbert encoders (see the registry for every \
                      model type).",
                 )),
             };
@@ -102,6 +106,7 @@ impl ModelConfig {
         let activation = raw
             .get("hidden_act")
             .or_else(|| raw.get("activation"))
+            .or_else(|| raw.get("hidden_activation"))
             .and_then(Value::as_str)
             .unwrap_or("gelu")
             .to_string();
@@ -127,7 +132,11 @@ impl ModelConfig {
             activation,
             max_positions,
             type_vocab_size: usize_field(&raw, &["type_vocab_size"]).unwrap_or(0),
-            layer_norm_eps: raw.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12),
+            layer_norm_eps: raw
+                .get("layer_norm_eps")
+                .or_else(|| raw.get("norm_eps"))
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-12),
             pad_token_id,
             relative_buckets: match family {
                 Family::MPNet => usize_field(&raw, &["relative_attention_num_buckets"]).unwrap_or(32),

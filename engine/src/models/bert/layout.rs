@@ -110,6 +110,9 @@ impl Layout {
             Family::Roberta => Ok(&ROBERTA),
             Family::MPNet => Err(AiError::new(ErrorKind::Unsupported, "MPNet models cannot be trained here yet")),
             Family::Deberta => Err(AiError::new(ErrorKind::Unsupported, "DeBERTa models cannot be trained here yet")),
+            Family::ModernBert => {
+                Err(AiError::new(ErrorKind::Unsupported, "ModernBERT models cannot be trained here yet"))
+            }
         }
     }
 
@@ -143,7 +146,7 @@ impl Layout {
                     token_head: hidden,
                 }
             }
-            Family::Bert | Family::Roberta | Family::MPNet | Family::Deberta => {
+            Family::Bert | Family::Roberta | Family::MPNet | Family::Deberta | Family::ModernBert => {
                 let hidden = f64_field(config, "hidden_dropout_prob", 0.1);
                 let head = f64_field(config, "classifier_dropout", hidden);
                 Dropouts {

@@ -19,6 +19,7 @@ use crate::kernels::fused::{attention, Gelu, Heads, Span};
 use crate::kernels::int8::{bytes, Projection};
 use crate::models::bert::config::{Family, ModelConfig};
 use crate::models::deberta::Disentangled;
+use crate::models::modernbert;
 use crate::models::position_buckets;
 use crate::timing::forward;
 use candle_core::{DType, Device, Module, Tensor};
@@ -83,6 +84,8 @@ impl Names {
             Family::Bert | Family::Roberta => &BERT_NAMES,
             Family::MPNet => &MPNET_NAMES,
             Family::Deberta => &DEBERTA_NAMES,
+            // Read by models::modernbert itself; training refuses it.
+            Family::ModernBert => &BERT_NAMES,
         }
     }
 }
@@ -222,18 +225,31 @@ pub enum Head {
         /// Whether the decoder's weight is the word embeddings (an 8-bit one is a copy of them).
         tied: bool,
     },
-    /// `pre` is BERT's pooler (tanh), DistilBERT's pre_classifier (relu) or RoBERTa's dense (tanh).
-    SequenceClassifier {
-        pre: Option<(Projection, Activation)>,
-        out: Projection,
-    },
-    TokenClassifier {
-        out: Projection,
-    },
+    /// `pre` is BERT's pooler (tanh), DistilBERT's pre_classifier (relu), RoBERTa's dense (tanh), DeBERTa's
+    /// ContextPooler or ModernBERT's head (with its norm after); ModernBERT may pool by the mean of the tokens
+    /// rather than the first.
+    SequenceClassifier { pre: Option<(Projection, Activation)>, norm: Option<LayerNorm>, mean: bool, out: Projection },
+    /// `pre`: ModernBERT's head before the output layer.
+    TokenClassifier { pre: Option<Transform>, out: Projection },
     /// Extractive question answering: a start and an end logit per token (`qa_outputs`).
-    QuestionAnswering {
-        out: Projection,
-    },
+    QuestionAnswering { pre: Option<Transform>, out: Projection },
+}
+
+/// A dense layer, its activation and a norm: ModernBERT's prediction head before its task's output layer.
+pub struct Transform {
+    dense: Projection,
+    act: Activation,
+    norm: LayerNorm,
+}
+
+impl Transform {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.norm.forward(&self.act.apply(&self.dense.forward(x)?)?)
+    }
+
+    fn count(&self, of: fn(&Projection) -> usize, tensor: fn(&Tensor) -> usize) -> usize {
+        of(&self.dense) + tensor(self.norm.weight()) + self.norm.bias().map_or(0, tensor)
+    }
 }
 
 impl Encoder {
@@ -467,8 +483,14 @@ impl Head {
                     + norm.bias().map_or(0, tensor)
                     + if *tied { tied_decoder(decoder) } else { of(decoder) }
             }
-            Head::SequenceClassifier { pre, out } => pre.as_ref().map_or(0, |(d, _)| of(d)) + of(out),
-            Head::TokenClassifier { out } | Head::QuestionAnswering { out } => of(out),
+            Head::SequenceClassifier { pre, norm, out, .. } => {
+                pre.as_ref().map_or(0, |(d, _)| of(d))
+                    + norm.as_ref().map_or(0, |n| tensor(n.weight()) + n.bias().map_or(0, tensor))
+                    + of(out)
+            }
+            Head::TokenClassifier { pre, out } | Head::QuestionAnswering { pre, out } => {
+                pre.as_ref().map_or(0, |t| t.count(of, tensor)) + of(out)
+            }
         }
     }
 
@@ -489,6 +511,41 @@ impl Head {
             // In f32 the embeddings themselves; to_dtype copies the f16 ones of an 8-bit encoder (then quantized).
             let weight = if tied { word_embeddings.to_dtype(DType::F32)? } else { vb.get((v, h), "weight")? };
             Ok((Projection::head(weight, Some(bias), int8, tied)?, tied))
+        };
+        // ModernBERT: its prediction head (dense, activation, norm; no biases by default) under every task's layer.
+        let classifier_act =
+            Activation::parse(config.raw.get("classifier_activation").and_then(|a| a.as_str()).unwrap_or("gelu"))?;
+        let modern_head = || -> candle_core::Result<Option<Head>> {
+            let has = |name: &str| vb.contains_tensor(name);
+            if !has("head.dense.weight") {
+                return Ok(None);
+            }
+            let dense = modernbert::projection(&vb.pp("head.dense"), h, h, int8)?;
+            let norm = modernbert::norm(&vb.pp("head.norm"), h, eps)?;
+            let classifier = || modernbert::projection(&vb.pp("classifier"), h, n_labels, int8);
+            let architecture = config.architecture.as_str();
+            Ok(Some(if has("classifier.weight") && architecture.ends_with("ForTokenClassification") {
+                Head::TokenClassifier { pre: Some(Transform { dense, act: classifier_act, norm }), out: classifier()? }
+            } else if has("classifier.weight") && architecture.ends_with("ForQuestionAnswering") {
+                let out = modernbert::projection(&vb.pp("classifier"), h, 2, int8)?;
+                Head::QuestionAnswering { pre: Some(Transform { dense, act: classifier_act, norm }), out }
+            } else if has("classifier.weight") {
+                let mean = config.raw.get("classifier_pooling").and_then(|p| p.as_str()) == Some("mean");
+                Head::SequenceClassifier {
+                    pre: Some((dense, classifier_act)),
+                    norm: Some(norm),
+                    mean,
+                    out: classifier()?,
+                }
+            } else {
+                let bias = if has("decoder.bias") {
+                    vb.get(v, "decoder.bias")?
+                } else {
+                    Tensor::zeros(v, DType::F32, &Device::Cpu)?
+                };
+                let (decoder, tied) = decoder(vb.pp("decoder"), bias)?;
+                Head::MaskedLm { transform: dense, act: classifier_act, norm, decoder, tied }
+            }))
         };
         let head = || -> candle_core::Result<Option<Head>> {
             let has = |name: &str| vb.contains_tensor(name);
@@ -544,14 +601,19 @@ impl Head {
                 }
                 family if family.roberta_like() && has("classifier.out_proj.weight") => Head::SequenceClassifier {
                     pre: Some((projection(vb, "classifier.dense", h, h)?, Activation::Tanh)),
+                    norm: None,
+                    mean: false,
                     out: projection(vb, "classifier.out_proj", h, n_labels)?,
                 },
-                _ if has("qa_outputs.weight") => Head::QuestionAnswering { out: projection(vb, "qa_outputs", h, 2)? },
+                Family::ModernBert => return modern_head(),
+                _ if has("qa_outputs.weight") => {
+                    Head::QuestionAnswering { pre: None, out: projection(vb, "qa_outputs", h, 2)? }
+                }
                 _ if has("classifier.weight") => {
                     let out = projection(vb, "classifier", h, n_labels)?;
                     let token_level = config.architecture.ends_with("ForTokenClassification");
                     if token_level {
-                        Head::TokenClassifier { out }
+                        Head::TokenClassifier { pre: None, out }
                     } else {
                         let pre = match config.family {
                             Family::DistilBert => (projection(vb, "pre_classifier", h, h)?, Activation::Relu),
@@ -559,7 +621,7 @@ impl Head {
                             Family::Deberta => (projection(vb, "pooler.dense", h, h)?, pooler_act),
                             _ => (projection(&Encoder::base(vb, config), "pooler.dense", h, h)?, Activation::Tanh),
                         };
-                        Head::SequenceClassifier { pre: Some(pre), out }
+                        Head::SequenceClassifier { pre: Some(pre), norm: None, mean: false, out }
                     }
                 }
                 _ => return Ok(None),
@@ -576,15 +638,24 @@ impl Head {
         forward(|| Ok(decoder.forward(&norm.forward(&act.apply(&transform.forward(hidden)?)?)?)?))
     }
 
-    /// Sequence logits from the first token's hidden state, (batch, seq, hidden) -> (batch, labels).
-    pub fn sequence_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let Head::SequenceClassifier { pre, out } = self else {
+    /// Sequence logits from the first token's hidden state (or the mean of the real tokens' ones),
+    /// (batch, seq, hidden) -> (batch, labels); `mask` (batch, seq) marks the real tokens.
+    pub fn sequence_logits(&self, hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let Head::SequenceClassifier { pre, norm, mean, out } = self else {
             return Err(AiError::internal("not a sequence-classification head"));
         };
         forward(|| {
-            let mut x = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+            let mut x = if *mean {
+                let mask = mask.to_dtype(DType::F32)?.to_device(hidden.device())?;
+                hidden.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?.broadcast_div(&mask.sum_keepdim(1)?)?
+            } else {
+                hidden.narrow(1, 0, 1)?.squeeze(1)?
+            };
             if let Some((dense, act)) = pre {
                 x = act.apply(&dense.forward(&x)?)?;
+            }
+            if let Some(norm) = norm {
+                x = norm.forward(&x)?;
             }
             Ok(out.forward(&x)?)
         })
@@ -592,18 +663,18 @@ impl Head {
 
     /// Per-token logits, (batch, seq, hidden) -> (batch, seq, labels).
     pub fn token_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let Head::TokenClassifier { out } = self else {
+        let Head::TokenClassifier { pre, out } = self else {
             return Err(AiError::internal("not a token-classification head"));
         };
-        forward(|| Ok(out.forward(hidden)?))
+        forward(|| Ok(out.forward(&pre.as_ref().map_or_else(|| Ok(hidden.clone()), |t| t.forward(hidden))?)?))
     }
 
     /// Per-token answer start and end logits, (batch, seq, hidden) -> (batch, seq, 2).
     pub fn span_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let Head::QuestionAnswering { out } = self else {
+        let Head::QuestionAnswering { pre, out } = self else {
             return Err(AiError::internal("not a question-answering head"));
         };
-        forward(|| Ok(out.forward(hidden)?))
+        forward(|| Ok(out.forward(&pre.as_ref().map_or_else(|| Ok(hidden.clone()), |t| t.forward(hidden))?)?))
     }
 }
 

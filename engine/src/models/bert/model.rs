@@ -1,18 +1,56 @@
 //! An encoder ready to answer: its config, tokenizer, encoder, task head and sentence pooling.
 
-use super::config::ModelConfig;
+use super::config::{Family, ModelConfig};
 use super::pooling::Pooling;
-use super::{var_builder, Encoder, Head};
+use super::{var_builder, Batch, Encoder, Head};
 use crate::error::Result;
 use crate::files::ModelFiles;
+use crate::models::modernbert::ModernBert;
 use crate::models::Task;
 use crate::text::TextTokenizer;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
+
+/// The layers under the head: BERT's encoder (and its kin's), or ModernBERT's.
+pub enum Network {
+    Bert(Encoder),
+    ModernBert(ModernBert),
+}
+
+impl Network {
+    /// Last hidden states, (batch, seq, hidden).
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        match self {
+            Network::Bert(e) => e.forward(batch),
+            Network::ModernBert(m) => m.forward(batch),
+        }
+    }
+
+    pub fn word_embeddings(&self) -> &Tensor {
+        match self {
+            Network::Bert(e) => e.word_embeddings(),
+            Network::ModernBert(m) => m.word_embeddings(),
+        }
+    }
+
+    fn parameter_count(&self) -> usize {
+        match self {
+            Network::Bert(e) => e.parameter_count(),
+            Network::ModernBert(m) => m.parameter_count(),
+        }
+    }
+
+    fn weight_bytes(&self) -> usize {
+        match self {
+            Network::Bert(e) => e.weight_bytes(),
+            Network::ModernBert(m) => m.weight_bytes(),
+        }
+    }
+}
 
 pub struct Model {
     pub config: ModelConfig,
     pub tokenizer: TextTokenizer,
-    pub encoder: Encoder,
+    pub encoder: Network,
     pub head: Option<Head>,
     pub pooling: Pooling,
     pub parameters: usize,
@@ -30,7 +68,10 @@ impl Model {
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let tokenizer = TextTokenizer::load(&files.dir, config.max_tokens(), sequence_limit)?;
         let vb = var_builder(&files.weights, device)?;
-        let encoder = Encoder::load(&vb, &config, int8)?;
+        let encoder = match config.family {
+            Family::ModernBert => Network::ModernBert(ModernBert::load(&vb, &config, int8)?),
+            _ => Network::Bert(Encoder::load(&vb, &config, int8)?),
+        };
         let head = Head::load(&vb, &config, encoder.word_embeddings(), int8)?;
         let pooling = Pooling::from_files(files)?;
         let parameters = encoder.parameter_count() + head.as_ref().map_or(0, Head::parameter_count);
