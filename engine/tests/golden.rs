@@ -77,11 +77,13 @@ fn roberta_fill_mask_matches_transformers() {
     check_fill_mask("roberta-mlm");
 }
 
-/// XLM-RoBERTa: RoBERTa's layers with a sentencepiece Unigram vocabulary (pieces that start words with "▁").
+/// XLM-RoBERTa (and CamemBERT, the same under its own names): RoBERTa's layers with a sentencepiece Unigram
+/// vocabulary (pieces that start words with "▁").
 #[test]
 fn xlm_roberta_fill_mask_and_classification_match_transformers() {
     check_fill_mask("xlm-roberta-mlm");
     check_classify("xlm-roberta-classifier");
+    check_fill_mask("camembert-mlm");
 }
 
 /// DeBERTa-v3 (fill-mask, NER: content-to-position and position-to-content scores over log buckets, shared

@@ -230,6 +230,14 @@ fn xlm_roberta_classification_step_matches_torch() {
 }
 
 #[test]
+fn camembert_mlm_step_matches_torch() {
+    let g = golden("camembert_mlm");
+    let model = TrainableBert::load(&model_dir("camembert-mlm")).unwrap();
+    assert!(model.fresh.is_empty(), "new parameters: {:?}", model.fresh);
+    check_against_torch(&model, &g, &batch(&g, false));
+}
+
+#[test]
 fn llama_clm_step_matches_torch() {
     let g = golden("llama_clm");
     let model = TrainableLlama::load(&model_dir("llama")).unwrap();

@@ -98,8 +98,8 @@ pub const MODEL_TYPES: &[ModelType] = &[
     encoder("distilbert", &["dropout", "attention_dropout", "seq_classif_dropout"], true),
     encoder("roberta", BERT_DROPOUT, true),
     encoder("xlm-roberta", BERT_DROPOUT, true),
+    encoder("camembert", BERT_DROPOUT, true),
     // Inference only so far (README, Status).
-    encoder("camembert", BERT_DROPOUT, false),
     encoder("mpnet", BERT_DROPOUT, false),
     // Their position scores and rotary tables are made on the CPU (models::deberta, models::modernbert).
     ModelType { gpu: false, ..encoder("deberta-v2", BERT_DROPOUT, false) },
@@ -269,8 +269,8 @@ mod tests {
         assert_eq!(
             e.hint.as_deref(),
             Some(
-                "Fine-tuning supports bert, distilbert, roberta and xlm-roberta (mlm, text-classification or \
-                 token-classification), gpt2, llama, mistral, qwen2 and qwen3 (clm) and t5 (seq2seq) models."
+                "Fine-tuning supports bert, distilbert, roberta, xlm-roberta and camembert (mlm, text-classification \
+                 or token-classification), gpt2, llama, mistral, qwen2 and qwen3 (clm) and t5 (seq2seq) models."
             )
         );
         let e = training("bert", Objective::Clm).err().unwrap();
