@@ -404,7 +404,7 @@ fn int8_encoders_stay_near_transformers() {
         worst = worst.max(change);
         assert!(change < 0.02, "{what}: {got} in int8 against transformers' {want}");
     };
-    for name in ["bert-mlm", "distilbert-mlm", "roberta-mlm"] {
+    for name in ["bert-mlm", "distilbert-mlm", "roberta-mlm", "deberta-mlm", "modernbert-mlm", "mpnet-mlm"] {
         let m = int8(name);
         for case in cases(&golden(name), "fill_mask") {
             let input = case["input"].as_str().unwrap();
@@ -414,11 +414,17 @@ fn int8_encoders_stay_near_transformers() {
             assert_eq!(all[0].token, expected[0]["token"].as_str().unwrap(), "{name}: {input}");
             for want in expected {
                 let got = all.iter().find(|f| f.token_id as u64 == want["token_id"].as_u64().unwrap()).unwrap();
-                near(got.score, &want["score"], input);
+                near(got.score, &want["score"], &format!("{name}: {input}"));
             }
         }
     }
-    for name in ["bert-classifier", "distilbert-classifier", "roberta-classifier"] {
+    for name in [
+        "bert-classifier",
+        "distilbert-classifier",
+        "roberta-classifier",
+        "deberta-classifier",
+        "modernbert-classifier",
+    ] {
         let m = int8(name);
         for case in cases(&golden(name), "classify") {
             let input = case["input"].as_str().unwrap();

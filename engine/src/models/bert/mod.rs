@@ -296,10 +296,7 @@ impl Encoder {
                 });
             }
             let disentangled = match &config.deberta {
-                Some(d) if d.relative => {
-                    let qkv: Vec<&Projection> = layers.iter().map(|l| &l.qkv).collect();
-                    Some(Disentangled::load(&base, d, h, config.heads, eps, &qkv)?)
-                }
+                Some(d) if d.relative => Some(Disentangled::load(&base, d, h, config.heads, eps, layers.len())?),
                 _ => None,
             };
             Ok(Encoder {

@@ -5,7 +5,6 @@
 //! (embeddings, projections, heads); this module holds what is DeBERTa's own.
 
 use crate::error::{AiError, Result};
-use crate::kernels::int8::Projection;
 use candle_core::{Module, Tensor, D};
 use candle_nn::VarBuilder;
 use serde_json::Value;
@@ -110,14 +109,15 @@ pub struct Disentangled {
 }
 
 impl Disentangled {
-    /// `base` is the encoder's VarBuilder; `qkv` each layer's fused query, key and value projection.
+    /// `base` is the encoder's VarBuilder. The projections are read in f32 whatever the layers are held in: they
+    /// run once, here.
     pub fn load(
         base: &VarBuilder,
         config: &DebertaConfig,
         hidden: usize,
         heads: usize,
         eps: f64,
-        qkv: &[&Projection],
+        layers: usize,
     ) -> candle_core::Result<Self> {
         let rows = config.span().saturating_mul(2);
         let mut table = base.pp("encoder.rel_embeddings").get((rows, hidden), "weight")?;
@@ -125,28 +125,20 @@ impl Disentangled {
             table = candle_nn::layer_norm(hidden, eps, base.pp("encoder.LayerNorm"))?.forward(&table)?;
         }
         let in_heads = |x: Tensor| x.reshape((rows, heads, hidden / heads))?.transpose(0, 1)?.contiguous();
-        let mut layers = Vec::new();
-        for (i, projection) in qkv.iter().enumerate() {
+        let mut tables = Vec::new(); // not sized by config.json, which may be damaged
+        for i in 0..layers {
             let own = base.pp(format!("encoder.layer.{i}.attention.self"));
-            let shared =
-                if config.share_att_key { Some(projection.forward(&table.unsqueeze(0)?)?.squeeze(0)?) } else { None };
-            let as_key = match (&shared, config.c2p) {
-                (_, false) => None,
-                (Some(qkv), true) => Some(in_heads(qkv.narrow(1, hidden, hidden)?)?),
-                (None, true) => {
-                    Some(in_heads(candle_nn::linear(hidden, hidden, own.pp("pos_key_proj"))?.forward(&table)?)?)
-                }
+            // v3 projects positions with the content's own query and key projections.
+            let (key, query) =
+                if config.share_att_key { ("key_proj", "query_proj") } else { ("pos_key_proj", "pos_query_proj") };
+            let project = |name: &str| -> candle_core::Result<Tensor> {
+                in_heads(candle_nn::linear(hidden, hidden, own.pp(name))?.forward(&table)?)
             };
-            let as_query = match (&shared, config.p2c) {
-                (_, false) => None,
-                (Some(qkv), true) => Some(in_heads(qkv.narrow(1, 0, hidden)?)?),
-                (None, true) => {
-                    Some(in_heads(candle_nn::linear(hidden, hidden, own.pp("pos_query_proj"))?.forward(&table)?)?)
-                }
-            };
-            layers.push((as_key, as_query));
+            let as_key = if config.c2p { Some(project(key)?) } else { None };
+            let as_query = if config.p2c { Some(project(query)?) } else { None };
+            tables.push((as_key, as_query));
         }
-        Ok(Disentangled { config: config.clone(), layers })
+        Ok(Disentangled { config: config.clone(), layers: tables })
     }
 
     /// The rows of the position table each pair of a `len`-token sequence reads, as (len, len) tables: for
