@@ -509,6 +509,26 @@ impl Head {
             let weight = if tied { word_embeddings.to_dtype(DType::F32)? } else { vb.get((v, h), "weight")? };
             Ok((Projection::head(weight, Some(bias), int8, tied)?, tied))
         };
+        // A masked-LM head: its dense layer and norm by name under `p`, its decoder under `decoder_vb`.
+        let masked_lm = |p: &VarBuilder,
+                         dense: &str,
+                         norm: &str,
+                         decoder_vb: VarBuilder,
+                         bias: Tensor,
+                         act: Activation|
+         -> candle_core::Result<Head> {
+            let (decoder, tied) = decoder(decoder_vb, bias)?;
+            Ok(Head::MaskedLm {
+                transform: projection(p, dense, h, h)?,
+                act,
+                norm: layer_norm(p, norm, h, eps)?,
+                decoder,
+                tied,
+            })
+        };
+        // The decoder's bias: beside the decoder, or in it.
+        let lm_bias =
+            |p: &VarBuilder| if p.contains_tensor("bias") { p.get(v, "bias") } else { p.pp("decoder").get(v, "bias") };
         // ModernBERT: its prediction head (dense, activation, norm; no biases by default) under every task's layer.
         let classifier_act =
             Activation::parse(config.raw.get("classifier_activation").and_then(|a| a.as_str()).unwrap_or("gelu"))?;
@@ -550,51 +570,20 @@ impl Head {
                 // DeBERTa's "legacy" head has BERT's names.
                 Family::Bert | Family::Deberta if has("cls.predictions.transform.dense.weight") => {
                     let p = vb.pp("cls.predictions");
-                    let bias =
-                        if p.contains_tensor("bias") { p.get(v, "bias")? } else { p.pp("decoder").get(v, "bias")? };
-                    let (decoder, tied) = decoder(p.pp("decoder"), bias)?;
-                    Head::MaskedLm {
-                        transform: projection(&p, "transform.dense", h, h)?,
-                        act,
-                        norm: layer_norm(&p, "transform.LayerNorm", h, eps)?,
-                        decoder,
-                        tied,
-                    }
+                    masked_lm(&p, "transform.dense", "transform.LayerNorm", p.pp("decoder"), lm_bias(&p)?, act)?
                 }
                 Family::DistilBert if has("vocab_transform.weight") => {
-                    let (decoder, tied) = decoder(vb.pp("vocab_projector"), vb.pp("vocab_projector").get(v, "bias")?)?;
-                    Head::MaskedLm {
-                        transform: projection(vb, "vocab_transform", h, h)?,
-                        act,
-                        norm: layer_norm(vb, "vocab_layer_norm", h, eps)?,
-                        decoder,
-                        tied,
-                    }
+                    let p = vb.pp("vocab_projector");
+                    masked_lm(vb, "vocab_transform", "vocab_layer_norm", p.clone(), p.get(v, "bias")?, act)?
                 }
                 Family::Deberta if has("lm_predictions.lm_head.dense.weight") => {
                     let p = vb.pp("lm_predictions.lm_head");
-                    let (decoder, tied) = decoder(p.pp("decoder"), p.get(v, "bias")?)?;
-                    Head::MaskedLm {
-                        transform: projection(&p, "dense", h, h)?,
-                        act,
-                        norm: layer_norm(&p, "LayerNorm", h, eps)?,
-                        decoder,
-                        tied,
-                    }
+                    masked_lm(&p, "dense", "LayerNorm", p.pp("decoder"), p.get(v, "bias")?, act)?
                 }
                 family if family.roberta_like() && has("lm_head.dense.weight") => {
                     let p = vb.pp("lm_head");
-                    let bias =
-                        if p.contains_tensor("bias") { p.get(v, "bias")? } else { p.pp("decoder").get(v, "bias")? };
-                    let (decoder, tied) = decoder(p.pp("decoder"), bias)?;
-                    Head::MaskedLm {
-                        transform: projection(&p, "dense", h, h)?,
-                        // RobertaLMHead and MPNetLMHead apply erf GELU whatever hidden_act says.
-                        act: Activation::Gelu,
-                        norm: layer_norm(&p, "layer_norm", h, eps)?,
-                        decoder,
-                        tied,
-                    }
+                    // RobertaLMHead and MPNetLMHead apply erf GELU whatever hidden_act says.
+                    masked_lm(&p, "dense", "layer_norm", p.pp("decoder"), lm_bias(&p)?, Activation::Gelu)?
                 }
                 family if family.roberta_like() && has("classifier.out_proj.weight") => Head::SequenceClassifier {
                     pre: Some((projection(vb, "classifier.dense", h, h)?, Activation::Tanh)),
