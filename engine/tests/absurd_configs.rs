@@ -231,7 +231,7 @@ fn absurd_seq2seq_configs_are_errors_or_answer() {
 
 #[test]
 fn absurd_configs_of_bases_to_fine_tune_are_errors_or_train() {
-    sweep(&["bert-mlm", "distilbert-mlm", "roberta-mlm"], |dir| finetune_briefly(dir, Objective::Mlm));
+    sweep(&["bert-mlm", "distilbert-mlm", "roberta-mlm", "deberta-mlm"], |dir| finetune_briefly(dir, Objective::Mlm));
     sweep(&["gpt2", "llama", "qwen3"], |dir| finetune_briefly(dir, Objective::Clm));
     sweep(&["t5"], |dir| finetune_briefly(dir, Objective::Seq2Seq));
 }

@@ -102,7 +102,7 @@ pub const MODEL_TYPES: &[ModelType] = &[
     // Inference only so far (README, Status).
     encoder("mpnet", BERT_DROPOUT, false),
     // Their position scores and rotary tables are made on the CPU (models::deberta, models::modernbert).
-    ModelType { gpu: false, ..encoder("deberta-v2", BERT_DROPOUT, false) },
+    ModelType { gpu: false, ..encoder("deberta-v2", BERT_DROPOUT, true) },
     ModelType { gpu: false, ..encoder("modernbert", BERT_DROPOUT, false) },
     ModelType {
         name: "gpt2",
@@ -269,8 +269,9 @@ mod tests {
         assert_eq!(
             e.hint.as_deref(),
             Some(
-                "Fine-tuning supports bert, distilbert, roberta, xlm-roberta and camembert (mlm, text-classification \
-                 or token-classification), gpt2, llama, mistral, qwen2 and qwen3 (clm) and t5 (seq2seq) models."
+                "Fine-tuning supports bert, distilbert, roberta, xlm-roberta, camembert and deberta-v2 (mlm, \
+                 text-classification or token-classification), gpt2, llama, mistral, qwen2 and qwen3 (clm) and t5 \
+                 (seq2seq) models."
             )
         );
         let e = training("bert", Objective::Clm).err().unwrap();

@@ -37,6 +37,11 @@ pub struct Packed {
 }
 
 impl Packed {
+    /// Each packed token's word embedding alone, for models without absolute positions: (tokens, dim).
+    pub fn words(&self, words: &Tensor) -> Result<Tensor> {
+        Ok(words.index_select(&Tensor::from_vec(self.ids.clone(), self.ids.len(), &Device::Cpu)?, 0)?)
+    }
+
     /// Each packed token's word embedding plus its position's (positions counted from `offset`): (tokens, dim).
     pub fn embeddings(&self, words: &Tensor, positions: &Tensor, offset: u32) -> Result<Tensor> {
         let n = self.ids.len();

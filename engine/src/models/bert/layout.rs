@@ -88,11 +88,26 @@ const ROBERTA: Layout = Layout {
     ..BERT
 };
 
+const DEBERTA: Layout = Layout {
+    family: Family::Deberta,
+    prefix: "deberta",
+    class: "DebertaV2",
+    bare: &["embeddings.", "encoder."],
+    names: Names::of(Family::Deberta),
+    // ContextPooler: dropout, dense and its activation (pooler_hidden_act, read at build), then the classifier.
+    seq_dense: "pooler.dense",
+    seq_act: Activation::Gelu,
+    seq_dropout_first: true,
+    ..BERT
+};
+
 /// Dropout probabilities, read from a family's own config keys.
 pub struct Dropouts {
     pub hidden: f64,
     pub attention: f64,
     pub sequence_head: f64,
+    /// Before the sequence head's dense layer, where the layout has dropout there.
+    pub before_pooler: f64,
     pub token_head: f64,
 }
 
@@ -109,7 +124,7 @@ impl Layout {
             Family::DistilBert => Ok(&DISTILBERT),
             Family::Roberta => Ok(&ROBERTA),
             Family::MPNet => Err(AiError::new(ErrorKind::Unsupported, "MPNet models cannot be trained here yet")),
-            Family::Deberta => Err(AiError::new(ErrorKind::Unsupported, "DeBERTa models cannot be trained here yet")),
+            Family::Deberta => Ok(&DEBERTA),
             Family::ModernBert => {
                 Err(AiError::new(ErrorKind::Unsupported, "ModernBERT models cannot be trained here yet"))
             }
@@ -143,16 +158,31 @@ impl Layout {
                     hidden,
                     attention: f64_field(config, "attention_dropout", 0.1),
                     sequence_head: f64_field(config, "seq_classif_dropout", 0.2),
+                    before_pooler: 0.0,
                     token_head: hidden,
                 }
             }
-            Family::Bert | Family::Roberta | Family::MPNet | Family::Deberta | Family::ModernBert => {
+            Family::Deberta => {
+                // DebertaV2ForSequenceClassification: cls_dropout (else hidden_dropout_prob) before the classifier,
+                // and its ContextPooler's pooler_dropout before the pooler; the tagger drops hidden_dropout_prob.
+                let hidden = f64_field(config, "hidden_dropout_prob", 0.1);
+                Dropouts {
+                    hidden,
+                    attention: f64_field(config, "attention_probs_dropout_prob", 0.1),
+                    sequence_head: f64_field(config, "cls_dropout", hidden),
+                    before_pooler: f64_field(config, "pooler_dropout", 0.0),
+                    token_head: hidden,
+                }
+            }
+            Family::Bert | Family::Roberta | Family::MPNet | Family::ModernBert => {
                 let hidden = f64_field(config, "hidden_dropout_prob", 0.1);
                 let head = f64_field(config, "classifier_dropout", hidden);
                 Dropouts {
                     hidden,
                     attention: f64_field(config, "attention_probs_dropout_prob", 0.1),
                     sequence_head: head,
+                    // RoBERTa's head drops the same before its dense layer.
+                    before_pooler: head,
                     token_head: head,
                 }
             }

@@ -1,14 +1,15 @@
 //! A differentiable BERT with transformers' tensor names, so that engine::models::bert loads what it saves:
 //! BertForMaskedLM (decoder tied to the word embeddings), BertForSequenceClassification and
-//! BertForTokenClassification, and the same three of DistilBERT and RoBERTa, which differ only in what
-//! family::Layout describes.
+//! BertForTokenClassification, and the same three of DistilBERT, RoBERTa (and XLM-RoBERTa, CamemBERT) and
+//! DeBERTa-v2/v3, which differ in what family::Layout describes and, for DeBERTa, in its disentangled attention.
 
 use crate::error::{AiError, Result};
 use crate::kernels::fused::{add_bias, Heads, Span};
 use crate::models::bert::config::{Family, ModelConfig};
 use crate::models::bert::layout::Layout;
+use crate::models::deberta::DebertaConfig;
 use crate::train::batch::{rows_of, Batch, Packed, Targets};
-use crate::train::nn::{attention, dropout, layer_norm, linear, Activation, Dropout};
+use crate::train::nn::{attention, attention_probs, dropout, layer_norm, linear, Activation, Dropout};
 use crate::train::options::ModelSize;
 use crate::train::params::{read_config, read_safetensors, ParamBuilder, Params};
 use crate::train::Trainable;
@@ -57,6 +58,16 @@ struct Layer {
     ffn_in: Pair,
     ffn_out: Pair,
     output_norm: Pair,
+    /// DeBERTa's own position projections, where it does not share the content's (share_att_key false).
+    position_key: Option<Pair>,
+    position_query: Option<Pair>,
+}
+
+/// DeBERTa's relative position embeddings (and their norm), which every layer's attention projects.
+struct Relative {
+    config: DebertaConfig,
+    table: Tensor,
+    norm: Option<Pair>,
 }
 
 enum Head {
@@ -70,7 +81,8 @@ enum Head {
     Classifier {
         pre: Pair,
         act: Activation,
-        dropout_first: bool,
+        /// Dropout before `pre` (RoBERTa's head, DeBERTa's pooler), if any.
+        dropout_first: Option<f64>,
         out: Pair,
         dropout: f64,
     },
@@ -88,12 +100,14 @@ pub struct TrainableBert {
     /// Parameters initialised here rather than read from the base (a new head, say).
     pub fresh: Vec<String>,
     word: Tensor,
-    position: Tensor,
+    /// Absent in DeBERTa-v3, whose positions are relative only.
+    position: Option<Tensor>,
     /// Where positions start (RoBERTa's pad_token_id + 1).
     position_offset: usize,
     token_type: Option<Tensor>,
     embeddings_norm: Pair,
     layers: Vec<Layer>,
+    relative: Option<Relative>,
     head: Head,
     heads: usize,
     eps: f64,
@@ -203,15 +217,19 @@ impl TrainableBert {
         )?;
         // RoBERTa's position embeddings have a padding row too (zero when new; never used for a real token).
         let position_pad = (position_offset > 0).then_some(c.pad_token_id);
-        let position = b.embedding(
-            &format!("{base}.embeddings.position_embeddings.weight"),
-            c.max_positions,
-            h,
-            std,
-            position_pad,
-        )?;
+        let position = match &c.deberta {
+            Some(d) if !d.absolute_positions => None,
+            _ => Some(b.embedding(
+                &format!("{base}.embeddings.position_embeddings.weight"),
+                c.max_positions,
+                h,
+                std,
+                position_pad,
+            )?),
+        };
         let token_types = format!("{base}.embeddings.token_type_embeddings.weight");
-        let token_type = if layout.token_types {
+        // DeBERTa-v3 has no token types (type_vocab_size 0).
+        let token_type = if layout.token_types && (c.deberta.is_none() || c.type_vocab_size > 0) {
             Some(b.embedding(&token_types, c.type_vocab_size.max(1), h, std, None)?)
         } else {
             None
@@ -220,10 +238,36 @@ impl TrainableBert {
         let lin = |b: &mut ParamBuilder, name: String, d_in: usize, d_out: usize| -> Result<Pair> {
             Ok((b.normal(&format!("{name}.weight"), &[d_out, d_in], std)?, b.bias(&format!("{name}.bias"), d_out)?))
         };
+        let relative = match &c.deberta {
+            Some(d) if d.relative => Some(Relative {
+                config: d.clone(),
+                table: b.embedding(
+                    &format!("{base}.encoder.rel_embeddings.weight"),
+                    d.span().saturating_mul(2),
+                    h,
+                    std,
+                    None,
+                )?,
+                norm: if d.norm_relative { Some(b.norm(&format!("{base}.encoder.LayerNorm"), h)?) } else { None },
+            }),
+            _ => None,
+        };
+        // DeBERTa's own position projections (share_att_key false), where its attention reads positions that way.
+        let own_positions = |kind: bool| relative.as_ref().is_some_and(|r| !r.config.share_att_key && kind);
+        let (own_key, own_query) = (
+            own_positions(relative.as_ref().is_some_and(|r| r.config.c2p)),
+            own_positions(relative.as_ref().is_some_and(|r| r.config.p2c)),
+        );
         let mut layers = Vec::new();
         for i in 0..c.layers {
             let p = format!("{base}.{}.{i}", layout.names.layer);
+            let position_key =
+                if own_key { Some(lin(&mut b, format!("{p}.attention.self.pos_key_proj"), h, h)?) } else { None };
+            let position_query =
+                if own_query { Some(lin(&mut b, format!("{p}.attention.self.pos_query_proj"), h, h)?) } else { None };
             layers.push(Layer {
+                position_key,
+                position_query,
                 query: lin(&mut b, format!("{p}.{}", layout.names.query), h, h)?,
                 key: lin(&mut b, format!("{p}.{}", layout.names.key), h, h)?,
                 value: lin(&mut b, format!("{p}.{}", layout.names.value), h, h)?,
@@ -245,8 +289,11 @@ impl TrainableBert {
             },
             BertTask::Classifier(labels) => Head::Classifier {
                 pre: lin(&mut b, layout.seq_dense.into(), h, h)?,
-                act: layout.seq_act,
-                dropout_first: layout.seq_dropout_first,
+                act: match &c.deberta {
+                    Some(d) => Activation::parse(&d.pooler_act)?,
+                    None => layout.seq_act,
+                },
+                dropout_first: layout.seq_dropout_first.then_some(dropouts.before_pooler),
                 out: lin(&mut b, layout.seq_out.into(), h, labels.len())?,
                 dropout: dropouts.sequence_head,
             },
@@ -278,6 +325,7 @@ impl TrainableBert {
             word,
             position,
             position_offset,
+            relative,
             token_type,
             embeddings_norm,
             layers,
@@ -293,11 +341,16 @@ impl TrainableBert {
 
     /// Last hidden states of the batch's real tokens, packed: (tokens, hidden).
     pub fn hidden(&self, batch: &Batch, packed: &Packed, mut d: Option<&mut Dropout>) -> Result<Tensor> {
-        if self.position_offset + batch.len > self.position.dim(0)? {
-            let len = batch.len;
-            return Err(AiError::internal(format!("a batch of {len} tokens exceeds the position embeddings")));
-        }
-        let mut x = packed.embeddings(&self.word, &self.position, self.position_offset as u32)?;
+        let mut x = match &self.position {
+            Some(position) => {
+                if self.position_offset + batch.len > position.dim(0)? {
+                    let len = batch.len;
+                    return Err(AiError::internal(format!("a batch of {len} tokens exceeds the position embeddings")));
+                }
+                packed.embeddings(&self.word, position, self.position_offset as u32)?
+            }
+            None => packed.words(&self.word)?,
+        };
         if let Some(token_type) = &self.token_type {
             // Single-sentence inputs: every token is of type 0.
             x = add_bias(&x, &token_type.get(0)?)?;
@@ -315,13 +368,74 @@ impl TrainableBert {
         let heads = Heads { heads: self.heads, kv_heads: self.heads, scale, causal: false };
         let project = |p: &Pair| linear(x, &p.0, Some(&p.1));
         let qkv = (&project(&l.query)?, &project(&l.key)?, &project(&l.value)?);
-        let context = attention(qkv, &heads, spans, d, self.attention_dropout)?;
+        let context = match &self.relative {
+            Some(relative) => self.disentangled(relative, l, qkv, spans, d)?,
+            None => attention(qkv, &heads, spans, d, self.attention_dropout)?,
+        };
         let a = linear(&context, &l.attention_out.0, Some(&l.attention_out.1))?;
         let a = if self.attention_out_dropout { dropout(d, &a, self.hidden_dropout)? } else { a };
         let x = layer_norm(&(a + x)?, &l.attention_norm, self.eps)?;
         let f = self.act.apply(&linear(&x, &l.ffn_in.0, Some(&l.ffn_in.1))?)?;
         let f = dropout(d, &linear(&f, &l.ffn_out.0, Some(&l.ffn_out.1))?, self.hidden_dropout)?;
         layer_norm(&(f + x)?, &l.output_norm, self.eps)
+    }
+}
+
+impl TrainableBert {
+    /// DeBERTa's attention, sequence by sequence on candle's differentiable operations: the content scores plus
+    /// the content-to-position and position-to-content ones (models::deberta computes the same at inference),
+    /// over (tokens, hidden) queries, keys and values; (tokens, hidden) out.
+    fn disentangled(
+        &self,
+        r: &Relative,
+        l: &Layer,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        spans: &[Span],
+        d: &mut Option<&mut Dropout>,
+    ) -> Result<Tensor> {
+        let (heads, h) = (self.heads, q.dim(1)?);
+        let head_size = h / heads;
+        let table = match &r.norm {
+            Some(norm) => layer_norm(&r.table, norm, self.eps)?,
+            None => r.table.clone(),
+        };
+        let in_heads = |x: &Tensor| -> Result<Tensor> {
+            let n = x.dim(0)?;
+            Ok(x.reshape((n, heads, head_size))?.transpose(0, 1)?.contiguous()?)
+        };
+        let shared = r.config.share_att_key;
+        let position = |own: &Option<Pair>, content: &Pair| -> Result<Tensor> {
+            let p = if shared {
+                content
+            } else {
+                own.as_ref().ok_or_else(|| AiError::internal("no position projection"))?
+            };
+            in_heads(&linear(&table, &p.0, Some(&p.1))?)
+        };
+        let as_key = if r.config.c2p { Some(position(&l.position_key, &l.key)?) } else { None };
+        let as_query = if r.config.p2c { Some(position(&l.position_query, &l.query)?) } else { None };
+        let scale = 1.0 / ((head_size * r.config.scale_factor()) as f64).sqrt();
+        let mut out = Vec::with_capacity(spans.len());
+        for s in spans {
+            let n = s.len;
+            let (qs, ks, vs) = (
+                in_heads(&q.narrow(0, s.start, n)?)?,
+                in_heads(&k.narrow(0, s.start, n)?)?,
+                in_heads(&v.narrow(0, s.start, n)?)?,
+            );
+            let (c2p, p2c) = r.config.position_rows(n)?;
+            let index = |t: Tensor| t.unsqueeze(0)?.broadcast_as((heads, n, n))?.contiguous();
+            let mut scores = qs.matmul(&ks.t()?)?;
+            if let Some(positions) = &as_key {
+                scores = (scores + qs.matmul(&positions.t()?)?.gather(&index(c2p)?, 2)?)?;
+            }
+            if let Some(positions) = &as_query {
+                scores = (scores + ks.matmul(&positions.t()?)?.gather(&index(p2c)?, 2)?.transpose(1, 2)?)?;
+            }
+            let probs = dropout(d, &attention_probs(&scores, scale, None)?, self.attention_dropout)?;
+            out.push(probs.matmul(&vs)?.transpose(0, 1)?.reshape((n, h))?);
+        }
+        Ok(Tensor::cat(&out, 0)?)
     }
 }
 
@@ -346,8 +460,8 @@ impl Trainable for TrainableBert {
                 }
                 let starts: Vec<u32> = packed.spans.iter().map(|s| s.start as u32).collect();
                 let mut first = rows_of(&hidden, &starts)?;
-                if *dropout_first {
-                    first = dropout(&mut d, &first, *p)?;
+                if let Some(before) = dropout_first {
+                    first = dropout(&mut d, &first, *before)?;
                 }
                 let pooled = act.apply(&linear(&first, &pre.0, Some(&pre.1))?)?;
                 linear(&dropout(&mut d, &pooled, *p)?, &out.0, Some(&out.1))

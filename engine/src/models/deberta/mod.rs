@@ -68,8 +68,23 @@ impl DebertaConfig {
         })
     }
 
+    /// The rows of the position table each pair of a `len`-token sequence reads, as (len, len) tables: for
+    /// content-to-position, at [query][key], the bucket of query minus key; for position-to-content, at
+    /// [key][query], that of key minus query, negated; both moved to start at 0 and clamped to the table.
+    pub fn position_rows(&self, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let span = self.span() as i64;
+        let row = |b: i64| (b + span).clamp(0, 2 * span - 1) as u32;
+        let distance = |d: i64| bucket(d, self.buckets, self.max_distance);
+        let table = |f: &dyn Fn(i64) -> u32| -> candle_core::Result<Tensor> {
+            let n = len as i64;
+            let cells: Vec<u32> = (0..n).flat_map(|r| (0..n).map(move |c| r - c)).map(f).collect();
+            Tensor::from_vec(cells, (len, len), &candle_core::Device::Cpu)
+        };
+        Ok((table(&|d| row(distance(d)))?, table(&|d| row(-distance(d)))?))
+    }
+
     /// Rows of the relative embeddings on each side of zero (att_span).
-    fn span(&self) -> usize {
+    pub fn span(&self) -> usize {
         if self.buckets > 0 {
             self.buckets
         } else {
@@ -141,19 +156,9 @@ impl Disentangled {
         Ok(Disentangled { config: config.clone(), layers: tables })
     }
 
-    /// The rows of the position table each pair of a `len`-token sequence reads, as (len, len) tables: for
-    /// content-to-position, at [query][key], the bucket of query minus key; for position-to-content, at
-    /// [key][query], that of key minus query, negated; both moved to start at 0 and clamped to the table.
+    /// DebertaConfig::position_rows.
     pub fn indices(&self, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let span = self.config.span() as i64;
-        let row = |b: i64| (b + span).clamp(0, 2 * span - 1) as u32;
-        let distance = |d: i64| bucket(d, self.config.buckets, self.config.max_distance);
-        let table = |f: &dyn Fn(i64) -> u32| -> candle_core::Result<Tensor> {
-            let n = len as i64;
-            let cells: Vec<u32> = (0..n).flat_map(|r| (0..n).map(move |c| r - c)).map(f).collect();
-            Tensor::from_vec(cells, (len, len), &candle_core::Device::Cpu)
-        };
-        Ok((table(&|d| row(distance(d)))?, table(&|d| row(-distance(d)))?))
+        self.config.position_rows(len)
     }
 
     /// What the content scores q·k are divided by: sqrt(head size x the scale factor).
