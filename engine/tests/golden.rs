@@ -269,6 +269,7 @@ fn check_answers(name: &str) {
 fn question_answering_matches_transformers_pipeline() {
     check_answers("bert-qa");
     check_answers("roberta-qa");
+    check_answers("modernbert-qa");
     let e = answer(&model("bert-ner"), &[("who?", "bob")], 1, 15, &mut || ()).unwrap_err();
     assert_eq!(e.message, "not a question-answering head");
 }
