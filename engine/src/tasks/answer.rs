@@ -7,6 +7,7 @@
 use super::in_batches;
 use crate::error::{AiError, Result};
 use crate::models::Model;
+use std::collections::hash_map::{Entry, HashMap};
 use tokenizers::Encoding;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,17 +47,25 @@ pub fn answer(
         Ok(rows.iter().zip(spans).map(|(&i, row)| row[..encodings[i].len()].to_vec()).collect())
     })?;
     let mut answers: Vec<Vec<Answer>> = vec![Vec::new(); pairs.len()];
-    for ((window, logits), &i) in encodings.iter().zip(&logits).zip(&owner) {
-        let context: Vec<char> = pairs[i].1.chars().collect();
-        let cls = tokenizer.cls_id;
-        for (s, e, score) in best_spans(window, logits, cls, top_k * 2 + 10, max_answer_len) {
+    // Per pair: its context's characters, and where each answer text (in lower case) stands among its answers.
+    let mut context: Vec<char> = Vec::new();
+    let mut found: HashMap<String, usize> = HashMap::new();
+    for (w, ((window, logits), &i)) in encodings.iter().zip(&logits).zip(&owner).enumerate() {
+        if w == 0 || owner[w - 1] != i {
+            context = pairs[i].1.chars().collect();
+            found.clear();
+        }
+        let candidates = top_k.saturating_mul(2).saturating_add(10);
+        for (s, e, score) in best_spans(window, logits, tokenizer.cls_id, candidates, max_answer_len) {
             let (start, end) = word_bounds(window, s, e);
             let (start, end) = (start.min(context.len()), end.min(context.len()));
             let text: String = context[start..end.max(start)].iter().collect();
-            let lower = text.to_lowercase();
-            match answers[i].iter_mut().find(|a| a.text.to_lowercase() == lower) {
-                Some(same) => same.score += score as f64,
-                None => answers[i].push(Answer { text, score: score as f64, start, end }),
+            match found.entry(text.to_lowercase()) {
+                Entry::Occupied(at) => answers[i][*at.get()].score += score as f64,
+                Entry::Vacant(slot) => {
+                    slot.insert(answers[i].len());
+                    answers[i].push(Answer { text, score: score as f64, start, end });
+                }
             }
         }
     }

@@ -55,7 +55,7 @@ impl DebertaConfig {
         let max_relative = int("max_relative_positions").filter(|&m| m >= 1).map_or(max_positions, |m| m as usize);
         let buckets = int("position_buckets").filter(|&b| b > 0).map_or(0, |b| b as usize);
         let norm = raw.get("norm_rel_ebd").and_then(Value::as_str).unwrap_or("none").to_lowercase();
-        Ok(DebertaConfig {
+        let config = DebertaConfig {
             absolute_positions: flag("position_biased_input", true),
             relative: flag("relative_attention", false),
             buckets,
@@ -65,7 +65,11 @@ impl DebertaConfig {
             share_att_key: flag("share_att_key", false),
             norm_relative: norm.split('|').any(|k| k.trim() == "layer_norm"),
             pooler_act: raw.get("pooler_hidden_act").and_then(Value::as_str).unwrap_or("gelu").to_string(),
-        })
+        };
+        if config.relative && config.span() == 0 {
+            return Err(AiError::corrupt("config.json: relative attention over no positions"));
+        }
+        Ok(config)
     }
 
     /// The rows of the position table each pair of a `len`-token sequence reads, as (len, len) tables: for

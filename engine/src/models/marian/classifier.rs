@@ -75,11 +75,12 @@ impl BartClassifier {
         let mut shifted = Vec::with_capacity(rows * len);
         let mut last_ends = Vec::with_capacity(rows);
         for (r, row) in ids.iter().enumerate() {
-            shifted.push(self.decoder_start);
-            shifted.extend_from_slice(&row[..len - 1]);
+            // A row with an end token is not empty.
             let end = row.iter().rposition(|&t| t == self.eos).ok_or_else(|| {
                 AiError::invalid("the input has no end token").with_hint("The tokenizer must end texts with </s>.")
             })?;
+            shifted.push(self.decoder_start);
+            shifted.extend_from_slice(&row[..len - 1]);
             last_ends.push((r * len + end) as u32);
         }
         let shifted = Tensor::from_vec(shifted, (rows, len), &Device::Cpu)?;

@@ -135,6 +135,10 @@ impl ModernBert {
         let (b, seq) = batch.ids.dims2()?;
         let h = self.word_embeddings.embeddings().dim(1)?;
         let d = h / self.heads;
+        // Attention runs over padded rows as a whole: the scores and their softmax, (rows, heads, seq, seq) each,
+        // and the window's mask.
+        let scores = crate::budget::product(&[b, self.heads, seq, seq, 4, 3]);
+        crate::budget::check(scores, || format!("ModernBERT's attention over {b} rows of {seq} tokens"))?;
         let mut x = self.word_embeddings.forward(&batch.ids)?.to_dtype(DType::F32)?;
         x = self.embeddings_norm.forward(&x)?;
         let padding = ((batch.mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((b, 1, 1, seq))?;
