@@ -891,46 +891,32 @@ fn token_classifier_finetuned_from_a_masked_lm() {
     std::fs::remove_dir_all(out).unwrap();
 }
 
-#[test]
-fn classifier_and_tagger_finetuned_from_an_xlm_roberta_masked_lm() {
-    // Its sentencepiece (Unigram) vocabulary: pre-split words must give the pieces the running text gives.
+/// A classifier and a tagger fine-tuned from the masked LM `base`, a sentencepiece model (`class` names its
+/// architectures). These tiny vocabularies cut most words into a bare "▁" and letters; only a word's first piece
+/// is trained (as transformers' examples do), so the held-out scores, which read first pieces, are the check, and
+/// the saved tagger must load as one.
+fn classifier_and_tagger_from(base: &str, class: &str) {
     let mut rows = Rows::labelled(&food_or_sport());
-    let out = scratch("ft-xlmr-cls");
+    let out = scratch(&format!("ft-{base}-cls"));
     let o = options(json!({"epochs": 10, "learning_rate": 2e-3, "test_size": 0.2, "batch_size": 8}));
-    let base = model_dir("xlm-roberta-mlm");
     let outcome =
-        finetune(&base, Objective::TextClassification, &mut rows, &o, &mut Recorder::default(), &out).unwrap();
-    check_classifier(&outcome, &out, "XLMRobertaForSequenceClassification");
+        finetune(&model_dir(base), Objective::TextClassification, &mut rows, &o, &mut Recorder::default(), &out)
+            .unwrap();
+    check_classifier(&outcome, &out, &format!("{class}ForSequenceClassification"));
     std::fs::remove_dir_all(out).unwrap();
-
-    // This tiny vocabulary cuts most words into a bare "▁" and letters; only a word's first piece is trained (as
-    // transformers' examples do), so the held-out scores, which read first pieces, are the check, and the saved
-    // tagger must load as one.
-    let out = finetune_tagger("xlm-roberta-mlm", "XLMRobertaForTokenClassification", 40);
+    let out = finetune_tagger(base, &format!("{class}ForTokenClassification"), 40);
     assert!(encoder(&out).can(Task::TokenClassification));
     std::fs::remove_dir_all(out).unwrap();
 }
 
 #[test]
+fn classifier_and_tagger_finetuned_from_an_xlm_roberta_masked_lm() {
+    classifier_and_tagger_from("xlm-roberta-mlm", "XLMRoberta");
+}
+
+#[test]
 fn classifier_and_tagger_finetuned_from_a_deberta_masked_lm() {
-    let mut rows = Rows::labelled(&food_or_sport());
-    let out = scratch("ft-deberta-cls");
-    let o = options(json!({"epochs": 10, "learning_rate": 2e-3, "test_size": 0.2, "batch_size": 8}));
-    let outcome = finetune(
-        &model_dir("deberta-mlm"),
-        Objective::TextClassification,
-        &mut rows,
-        &o,
-        &mut Recorder::default(),
-        &out,
-    )
-    .unwrap();
-    check_classifier(&outcome, &out, "DebertaV2ForSequenceClassification");
-    std::fs::remove_dir_all(out).unwrap();
-    // A sentencepiece vocabulary as small as XLM-RoBERTa's fixture's: the held-out scores are the check.
-    let out = finetune_tagger("deberta-mlm", "DebertaV2ForTokenClassification", 40);
-    assert!(encoder(&out).can(Task::TokenClassification));
-    std::fs::remove_dir_all(out).unwrap();
+    classifier_and_tagger_from("deberta-mlm", "DebertaV2");
 }
 
 #[test]
