@@ -25,8 +25,14 @@ use crate::models::gpt2::Gpt2Model;
 use crate::models::llama::LlamaModel;
 use crate::models::marian::classifier::BartClassifier;
 use crate::tasks::classify::Classifier;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use registry::Int8Setting;
+
+/// A LayerNorm's weight and bias (where it has one), measured by `tensor` (elements or bytes): the models' parameter
+/// and memory counts share it.
+pub fn layer_norm_size(n: &candle_nn::LayerNorm, tensor: fn(&Tensor) -> usize) -> usize {
+    tensor(n.weight()) + n.bias().map_or(0, tensor)
+}
 
 /// What a model can be asked to do, in the names transformers' pipelines use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,8 +19,8 @@ use crate::kernels::fused::{attention, Gelu, Heads, Span};
 use crate::kernels::int8::{bytes, Projection};
 use crate::models::bert::config::{Family, ModelConfig};
 use crate::models::deberta::Disentangled;
-use crate::models::modernbert;
 use crate::models::position_buckets;
+use crate::models::{layer_norm_size, modernbert};
 use crate::timing::forward;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, Linear, VarBuilder};
@@ -248,7 +248,7 @@ impl Transform {
     }
 
     fn count(&self, of: fn(&Projection) -> usize, tensor: fn(&Tensor) -> usize) -> usize {
-        of(&self.dense) + tensor(self.norm.weight()) + self.norm.bias().map_or(0, tensor)
+        of(&self.dense) + layer_norm_size(&self.norm, tensor)
     }
 }
 
@@ -429,7 +429,7 @@ impl Encoder {
 
     /// Sums `of` over the projections and `tensor` over the other tensors.
     fn count(&self, of: fn(&Projection) -> usize, tensor: fn(&Tensor) -> usize) -> usize {
-        let norm = |n: &LayerNorm| tensor(n.weight()) + n.bias().map_or(0, tensor);
+        let norm = |n: &LayerNorm| layer_norm_size(n, tensor);
         let layers: usize = self
             .layers
             .iter()
@@ -475,14 +475,11 @@ impl Head {
     ) -> usize {
         match self {
             Head::MaskedLm { transform, norm, decoder, tied, .. } => {
-                of(transform)
-                    + tensor(norm.weight())
-                    + norm.bias().map_or(0, tensor)
-                    + if *tied { tied_decoder(decoder) } else { of(decoder) }
+                of(transform) + layer_norm_size(norm, tensor) + if *tied { tied_decoder(decoder) } else { of(decoder) }
             }
             Head::SequenceClassifier { pre, norm, out, .. } => {
                 pre.as_ref().map_or(0, |(d, _)| of(d))
-                    + norm.as_ref().map_or(0, |n| tensor(n.weight()) + n.bias().map_or(0, tensor))
+                    + norm.as_ref().map_or(0, |n| layer_norm_size(n, tensor))
                     + of(out)
             }
             Head::TokenClassifier { pre, out } | Head::QuestionAnswering { pre, out } => {

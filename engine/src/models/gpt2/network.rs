@@ -4,6 +4,7 @@
 use crate::error::{AiError, Result};
 use crate::generate::kv_cache::{causal_mask, CachedDecoder, KvCache};
 use crate::kernels::int8::{bytes, Projection};
+use crate::models::layer_norm_size;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, VarBuilder};
 use serde_json::Value;
@@ -134,7 +135,7 @@ impl Gpt2 {
 
     /// Sums `of` over the projections and `tensor` over the other tensors.
     fn count(&self, of: fn(&Projection) -> usize, tensor: fn(&Tensor) -> usize) -> usize {
-        let norm = |n: &LayerNorm| tensor(n.weight()) + n.bias().map_or(0, tensor);
+        let norm = |n: &LayerNorm| layer_norm_size(n, tensor);
         let blocks: usize = self
             .blocks
             .iter()

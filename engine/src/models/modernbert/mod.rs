@@ -7,6 +7,7 @@ use crate::error::{AiError, Result};
 use crate::kernels::int8::{bytes, Projection};
 use crate::models::bert::config::ModelConfig;
 use crate::models::bert::{Activation, Batch};
+use crate::models::layer_norm_size;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, VarBuilder};
 use serde_json::Value;
@@ -185,7 +186,7 @@ impl ModernBert {
     }
 
     fn count(&self, of: fn(&Projection) -> usize, tensor: fn(&Tensor) -> usize) -> usize {
-        let norm = |n: &LayerNorm| tensor(n.weight()) + n.bias().map_or(0, tensor);
+        let norm = |n: &LayerNorm| layer_norm_size(n, tensor);
         let layers: usize = self
             .layers
             .iter()
