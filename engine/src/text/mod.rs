@@ -55,6 +55,15 @@ fn token_field(config: &Value, name: &str) -> Option<String> {
     }
 }
 
+/// A special token and its id: the one tokenizer_config.json names under `field`, else the first of the usual
+/// spellings (BERT's, RoBERTa's) that the vocabulary holds.
+fn special_token(tokenizer: &Tokenizer, config: &Value, field: &str, usual: [&str; 2]) -> Option<(String, u32)> {
+    token_field(config, field)
+        .into_iter()
+        .chain(usual.map(str::to_string))
+        .find_map(|t| tokenizer.token_to_id(&t).map(|id| (t, id)))
+}
+
 impl TextTokenizer {
     /// Loads `dir`'s tokenizer, which reads at most `model_max_tokens` (the model's positions), and at most
     /// tokenizer.json's own truncation or, where given, `sequence_limit` instead (sentence-transformers'
@@ -68,22 +77,13 @@ impl TextTokenizer {
                 .map_err(|e| AiError::corrupt(format!("tokenizer_config.json is not valid JSON: {e}")))?,
             Err(_) => Value::Null,
         };
-        let mask = token_field(&config, "mask_token")
-            .into_iter()
-            .chain(["[MASK]".to_string(), "<mask>".to_string()])
-            .find_map(|t| inner.token_to_id(&t).map(|id| (t, id)));
+        let mask = special_token(&inner, &config, "mask_token", ["[MASK]", "<mask>"]);
         let pad_id = token_field(&config, "pad_token")
             .and_then(|t| inner.token_to_id(&t))
             .or_else(|| inner.get_padding().map(|p| p.pad_id))
             .unwrap_or(0);
-        let unk_id = token_field(&config, "unk_token")
-            .into_iter()
-            .chain(["[UNK]".to_string(), "<unk>".to_string()])
-            .find_map(|t| inner.token_to_id(&t));
-        let cls_id = token_field(&config, "cls_token")
-            .into_iter()
-            .chain(["[CLS]".to_string(), "<s>".to_string()])
-            .find_map(|t| inner.token_to_id(&t));
+        let unk_id = special_token(&inner, &config, "unk_token", ["[UNK]", "<unk>"]).map(|(_, id)| id);
+        let cls_id = special_token(&inner, &config, "cls_token", ["[CLS]", "<s>"]).map(|(_, id)| id);
         let cleanup = config.get("clean_up_tokenization_spaces").and_then(Value::as_bool).unwrap_or(false);
         // transformers writes 1e30 when a tokenizer has no length of its own.
         let model_max_length = config.get("model_max_length").and_then(Value::as_u64).map(|n| n as usize);
