@@ -117,8 +117,8 @@ pub fn init() {
     );
     GucRegistry::define_bool_guc(
         c"pg_ai.int8_encoders",
-        c"Holds the weights of BERT, DistilBERT and RoBERTa models and their task heads as 8-bit blocks (Q8_0).",
-        c"40% of the memory, single rows 2-3x faster; answers move slightly (README). For models loaded after.",
+        c"Holds the weights of encoder models and their task heads in 8 bits.",
+        c"40% of the memory; faster with AVX-512 VNNI, slower without it; answers move slightly (README). For models loaded after.",
         &INT8_ENCODERS,
         GucContext::Userset,
         GucFlags::default(),

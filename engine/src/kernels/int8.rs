@@ -201,7 +201,8 @@ impl Module for Projection {
             },
             Projection::Quantized { weight, bias, padding, extra_rows } => {
                 let mut y = match padding {
-                    0 => weight.forward(x)?,
+                    // candle's quantized product reads its input in place (a pooler's first tokens are strided).
+                    0 => weight.forward(&x.contiguous()?)?,
                     &p => weight.forward(&x.pad_with_zeros(D::Minus1, 0, p)?)?,
                 };
                 if *extra_rows > 0 {
@@ -326,6 +327,26 @@ mod tests {
     }
 
     /// Rows of 48 are not whole blocks: they stay in f32 and answer exactly.
+    /// Every kind of projection takes a strided input, as a classifier's pooler reads each row's first token.
+    #[test]
+    fn strided_inputs_answer_as_contiguous_ones() {
+        for (n, k) in [(15, 64), (16, 384), (30, 256)] {
+            let weight = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            let hidden = Tensor::randn(0f32, 1.0, (4, 5, k), &Device::Cpu).unwrap();
+            let first = hidden.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+            assert!(!first.is_contiguous());
+            for int8 in [false, true] {
+                for p in [Projection::new(weight.clone(), None, int8), Projection::batched(weight.clone(), None, int8)]
+                {
+                    let p = p.unwrap();
+                    let want = p.forward(&first.contiguous().unwrap()).unwrap();
+                    let got = p.forward(&first).unwrap();
+                    assert_eq!(got.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap());
+                }
+            }
+        }
+    }
+
     #[test]
     fn rows_that_are_not_whole_blocks_stay_in_f32() {
         let (exact, int8, x) = project(16, 48);

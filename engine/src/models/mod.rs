@@ -8,6 +8,7 @@ pub mod gpt2;
 pub mod llama;
 pub mod marian;
 pub mod modernbert;
+pub mod packed;
 pub mod position_buckets;
 pub mod registry;
 pub mod t5;

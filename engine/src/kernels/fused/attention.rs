@@ -34,6 +34,39 @@ pub struct Heads {
     pub scale: f64,
     /// Whether a token attends only to itself and those before it (a decoder).
     pub causal: bool,
+    /// Scores added by position, if any.
+    pub bias: Option<PairBias>,
+}
+
+/// A score added to each (query, key) pair's scaled score by the pair's positions in their sequence, the same in
+/// every sequence: MPNet's relative position bias, a sliding window's mask (-inf outside it; each query must see
+/// one key at least). A constant: no gradient flows to it.
+#[derive(Debug, Clone)]
+pub struct PairBias {
+    /// (heads, size, size), or (1, size, size) for one bias that every head adds.
+    values: Arc<Vec<f32>>,
+    heads: usize,
+    size: usize,
+}
+
+impl PairBias {
+    /// The bias of `heads` heads (or 1 for all) over sequences of up to `size` tokens, from (heads, size, size)
+    /// values.
+    pub fn new(values: Vec<f32>, heads: usize, size: usize) -> Result<Self> {
+        if Some(values.len()) != heads.checked_mul(size).and_then(|n| n.checked_mul(size)) {
+            return Err(AiError::internal(format!(
+                "attention: {} bias values for {heads} heads of {size}²",
+                values.len()
+            )));
+        }
+        Ok(PairBias { values: Arc::new(values), heads, size })
+    }
+
+    /// Query row `i`'s biases of head `h` over keys 0..n.
+    fn row(&self, h: usize, i: usize, n: usize) -> &[f32] {
+        let start = ((h % self.heads) * self.size + i) * self.size;
+        &self.values[start..start + n]
+    }
 }
 
 /// Self-attention of the packed sequences `spans` (which do not overlap): q (tokens, heads * dim), k and v
@@ -56,14 +89,20 @@ pub fn attention(
         && width.is_multiple_of(heads)
         && v.dims() == k.dims()
         && k.dims() == [tokens, width / heads * kv_heads]
-        && spans.iter().all(|s| s.start + s.len <= tokens);
+        && spans.iter().all(|s| s.start + s.len <= tokens)
+        && shape
+            .bias
+            .as_ref()
+            .is_none_or(|b| (b.heads == 1 || b.heads == heads) && spans.iter().all(|s| s.len <= b.size));
     if !fits {
         return Err(AiError::internal(format!(
-            "attention: {heads} query and {kv_heads} key heads over {} sequences do not fit q {:?}, k {:?}, v {:?}",
+            "attention: {heads} query and {kv_heads} key heads over {} sequences do not fit q {:?}, k {:?}, v {:?} \
+             (or a bias of {:?} heads and size)",
             spans.len(),
             q.dims(),
             k.dims(),
-            v.dims()
+            v.dims(),
+            shape.bias.as_ref().map(|b| (b.heads, b.size))
         )));
     }
     let mut factor_starts = Vec::with_capacity(spans.len() * heads + 1);
@@ -83,7 +122,10 @@ pub fn attention(
         dim: width / heads,
         scale: shape.scale as f32,
         causal: shape.causal,
+        bias: shape.bias.clone(),
         dropout: dropout.map(|d| (Arc::new(d), factor_starts)),
+        // Inference needs no probabilities kept for a backward pass: (sequences, heads, len, len) of them.
+        keep: q.track_op() || k.track_op() || v.track_op(),
         probs: OnceLock::new(),
     };
     Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
@@ -101,8 +143,11 @@ struct Attention {
     dim: usize,
     scale: f32,
     causal: bool,
+    bias: Option<PairBias>,
     /// The factors, and where each (sequence, head)'s start.
     dropout: Option<(Arc<Vec<f32>>, Vec<usize>)>,
+    /// Whether to keep the probabilities for a backward pass.
+    keep: bool,
     /// The probabilities before dropout, per (sequence, head), that the forward pass computed for the backward.
     probs: OnceLock<Vec<Vec<f32>>>,
 }
@@ -143,7 +188,8 @@ impl Attention {
         for (i, (p, s)) in probs.chunks_mut(n).zip(scores.chunks(n)).enumerate() {
             // A causal row sees keys 0..=i; the rest keep probability 0.
             let seen = if self.causal { i + 1 } else { n };
-            softmax_row(&mut p[..seen], &s[..seen], self.scale, None);
+            let bias = self.bias.as_ref().map(|b| b.row(h, i, seen));
+            softmax_row(&mut p[..seen], &s[..seen], self.scale, bias);
         }
         let dropped = match self.factors(task) {
             Some(f) => {
@@ -154,7 +200,7 @@ impl Attention {
         };
         let mut out = vec![0f32; n * d];
         product((n, d, n), &mut out, View::rows(0, d), dropped, View::rows(0, n), v, kv, false, Threads::One);
-        (probs, out)
+        (if self.keep { probs } else { Vec::new() }, out)
     }
 
     /// Writes each (sequence, head)'s (len, dim) block into its rows and columns of a (tokens, heads * dim)
@@ -239,7 +285,7 @@ impl CustomOp3 for Attention {
         let results: Vec<(Vec<f32>, Vec<f32>)> =
             (0..self.spans.len() * self.heads).into_par_iter().map(|task| self.head(task, q, k, v)).collect();
         let (probs, outs): (Vec<_>, Vec<_>) = results.into_iter().unzip();
-        if self.probs.set(probs).is_err() {
+        if self.keep && self.probs.set(probs).is_err() {
             bail!("attention: an op computed twice");
         }
         let tokens = ql.dims()[0];
@@ -309,6 +355,11 @@ mod tests {
         if shape.causal {
             scores = scores.broadcast_add(&crate::train::nn::causal_mask(n).unwrap()).unwrap();
         }
+        if let Some(b) = &shape.bias {
+            let all = Tensor::from_vec(b.values.to_vec(), (b.heads, b.size, b.size), &Device::Cpu).unwrap();
+            let own = all.narrow(1, 0, n).unwrap().narrow(2, 0, n).unwrap();
+            scores = scores.broadcast_add(&own.unsqueeze(0).unwrap()).unwrap();
+        }
         let mut probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
         if let Some(f) = factors {
             probs = (probs * f).unwrap();
@@ -328,8 +379,17 @@ mod tests {
         for (heads, kv_heads) in [(2, 2), (4, 2), (3, 1)] {
             let inputs =
                 [random(&[10, heads * 3], 32), random(&[10, kv_heads * 3], 33), random(&[10, kv_heads * 3], 34)];
-            for (causal, dropout) in [(false, false), (true, false), (false, true), (true, true)] {
-                let shape = Heads { heads, kv_heads, scale: 0.7, causal };
+            // No bias; one per head, as MPNet's; and one for every head, a window of one token each side.
+            let per_head = random(&[heads * 6 * 6], 36).to_vec1::<f32>().unwrap();
+            let window = (0..36).map(|i: usize| if (i / 6).abs_diff(i % 6) > 1 { f32::NEG_INFINITY } else { 0.0 });
+            let biases = [
+                None,
+                Some(PairBias::new(per_head, heads, 6).unwrap()),
+                Some(PairBias::new(window.collect(), 1, 6).unwrap()),
+            ];
+            let cases = [(false, false), (true, false), (false, true), (true, true)];
+            for ((causal, dropout), bias) in cases.into_iter().flat_map(|c| biases.iter().map(move |b| (c, b))) {
+                let shape = Heads { heads, kv_heads, scale: 0.7, causal, bias: bias.clone() };
                 let factors: Vec<Option<Tensor>> = spans
                     .iter()
                     .map(|s| {
@@ -372,12 +432,34 @@ mod tests {
     fn heads_that_do_not_fit_are_refused() {
         let q = random(&[2, 6], 1);
         let spans = [Span { start: 0, len: 2 }];
-        let shape = Heads { heads: 4, kv_heads: 2, scale: 1.0, causal: false };
+        let shape = Heads { heads: 4, kv_heads: 2, scale: 1.0, causal: false, bias: None };
         assert!(attention(&q, &q, &q, &shape, &spans, None).is_err());
-        let shape = Heads { heads: 3, kv_heads: 2, scale: 1.0, causal: false };
+        let shape = Heads { heads: 3, kv_heads: 2, scale: 1.0, causal: false, bias: None };
         assert!(attention(&q, &q, &q, &shape, &spans, None).is_err());
-        let shape = Heads { heads: 2, kv_heads: 2, scale: 1.0, causal: false };
+        let shape = Heads { heads: 2, kv_heads: 2, scale: 1.0, causal: false, bias: None };
         assert!(attention(&q, &q, &q, &shape, &[Span { start: 1, len: 2 }], None).is_err());
         assert!(attention(&q, &q, &q, &shape, &spans, Some(vec![1.0; 7])).is_err());
+        // A bias shorter than a sequence, or of another number of heads.
+        let bias = |heads, size| Some(PairBias::new(vec![0.0; heads * size * size], heads, size).unwrap());
+        let shape = Heads { bias: bias(2, 1), ..shape };
+        assert!(attention(&q, &q, &q, &shape, &spans, None).is_err());
+        let shape = Heads { bias: bias(3, 2), ..shape };
+        assert!(attention(&q, &q, &q, &shape, &spans, None).is_err());
+        assert!(PairBias::new(vec![0.0; 7], 2, 2).is_err());
+    }
+
+    #[test]
+    fn inference_on_plain_tensors_answers_as_composed() {
+        // Plain tensors (no variables): the path that keeps no probabilities for a backward pass.
+        let (q, k, v) = (random(&[4, 6], 1), random(&[4, 6], 2), random(&[4, 6], 3));
+        let bias = PairBias::new(random(&[2 * 4 * 4], 4).to_vec1::<f32>().unwrap(), 2, 4).unwrap();
+        let shape = Heads { heads: 2, kv_heads: 2, scale: 0.5, causal: false, bias: Some(bias) };
+        let spans = [Span { start: 0, len: 3 }, Span { start: 3, len: 1 }];
+        let fused = attention(&q, &k, &v, &shape, &spans, None).unwrap();
+        let part = |x: &Tensor, s: &Span| x.narrow(0, s.start, s.len).unwrap();
+        let expected: Vec<Tensor> =
+            spans.iter().map(|s| composed(&part(&q, s), &part(&k, s), &part(&v, s), &shape, None)).collect();
+        let gap = (fused - Tensor::cat(&expected, 0).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(gap.to_scalar::<f32>().unwrap() < 1e-5);
     }
 }

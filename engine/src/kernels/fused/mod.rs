@@ -17,7 +17,7 @@ mod attention;
 mod gemm;
 mod linear;
 
-pub use attention::{attention, probabilities, Heads, Span};
+pub use attention::{attention, probabilities, Heads, PairBias, Span};
 pub use linear::{linear, Stored};
 
 type CandleResult<T> = candle_core::Result<T>;

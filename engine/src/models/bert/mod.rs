@@ -15,10 +15,11 @@ pub mod train;
 
 use crate::device::cpu_kernels;
 use crate::error::{AiError, Result};
-use crate::kernels::fused::{attention, Gelu, Heads, Span};
+use crate::kernels::fused::{attention, Gelu, Heads, PairBias, Span};
 use crate::kernels::int8::{bytes, Projection};
 use crate::models::bert::config::{Family, ModelConfig};
 use crate::models::deberta::Disentangled;
+use crate::models::packed::Packed;
 use crate::models::position_buckets;
 use crate::models::{layer_norm_size, modernbert};
 use crate::timing::forward;
@@ -177,11 +178,12 @@ pub struct Batch {
     pub mask: Tensor,
 }
 
-/// How a layer's attention leaves out padding: by the rows' lengths (pg_ai's attention, CPU) or an additive mask
-/// (candle's ops, any device: see engine::device). The padding tokens' own states differ between the two, and
-/// nothing reads them.
+/// How a layer's attention leaves out padding: by the rows' spans in packed tokens (pg_ai's attention, CPU) or an
+/// additive mask over padded rows (candle's ops, any device: see engine::device). The padding tokens' own states
+/// differ between the two, and nothing reads them.
 enum Attend {
-    Spans(Vec<Span>),
+    /// With MPNet's relative position bias.
+    Spans(Vec<Span>, Option<PairBias>),
     Bias(Tensor),
     /// DeBERTa: an additive padding mask, and the rows of the position tables each pair reads.
     Disentangled(Tensor, (Tensor, Tensor)),
@@ -357,18 +359,29 @@ impl Encoder {
             x = (x + types.forward(&ids.to_device(device)?)?)?;
         }
         x = self.embeddings_norm.forward(&x)?;
-        let attend = if cpu_kernels(device) && self.relative_bias.is_none() && self.disentangled.is_none() {
-            // Each row's real tokens (padding is on the right) as a sequence of the (batch * seq) rows.
-            let lengths = batch.mask.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?;
-            let spans = lengths.iter().enumerate().map(|(r, &len)| Span { start: r * seq, len: len as usize });
-            Attend::Spans(spans.collect())
+        let mut packed = None;
+        let attend = if cpu_kernels(device) && self.disentangled.is_none() {
+            // The layers read the real tokens only, packed (1, tokens, hidden); attention keeps the rows apart.
+            let Some(rows) = Packed::of(&batch.mask)? else {
+                return Ok(x); // no real token: nothing reads padding's states
+            };
+            x = rows.pack(&x)?.unsqueeze(0)?;
+            let bias = match &self.relative_bias {
+                Some(table) => {
+                    let values = relative_bias(table, seq)?.flatten_all()?.to_vec1::<f32>()?;
+                    Some(PairBias::new(values, self.heads, seq)?)
+                }
+                None => None,
+            };
+            let spans = rows.spans().to_vec();
+            packed = Some(rows);
+            Attend::Spans(spans, bias)
         } else {
             // Additive mask: 0 where attended, a large negative number over padding. (batch, 1, 1, seq)
             let mask = batch.mask.to_device(device)?.to_dtype(DType::F32)?;
             let padding = ((mask - 1.0)? * 1e30)?.unsqueeze(1)?.unsqueeze(1)?;
             match (&self.relative_bias, &self.disentangled) {
-                // (batch, heads, seq, seq), as MPNet's compute_position_bias: attention with a bias per pair of
-                // positions runs on candle's ops (pg_ai's fused attention takes none), as DeBERTa's does.
+                // (batch, heads, seq, seq), as MPNet's compute_position_bias.
                 (Some(table), _) => Attend::Bias(padding.broadcast_add(&relative_bias(table, seq)?.unsqueeze(0)?)?),
                 (None, Some(d)) => Attend::Disentangled(padding, d.indices(seq)?),
                 (None, None) => Attend::Bias(padding),
@@ -377,7 +390,10 @@ impl Encoder {
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward(i, layer, &x, &attend)?;
         }
-        Ok(x)
+        match packed {
+            Some(rows) => rows.unpack(&x.squeeze(0)?),
+            None => Ok(x),
+        }
     }
 
     fn layer_forward(&self, index: usize, l: &Layer, x: &Tensor, attend: &Attend) -> Result<Tensor> {
@@ -386,11 +402,11 @@ impl Encoder {
         let qkv = l.qkv.forward(x)?;
         let context = match attend {
             // pg_ai's attention: the (row, head) pairs in parallel, each over the row's real tokens only.
-            Attend::Spans(spans) => {
+            Attend::Spans(spans, bias) => {
                 let part =
                     |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i * h, h)?.contiguous()?.reshape((b * s, h))?) };
-                let heads =
-                    Heads { heads: self.heads, kv_heads: self.heads, scale: 1.0 / (d as f64).sqrt(), causal: false };
+                let scale = 1.0 / (d as f64).sqrt();
+                let heads = Heads { heads: self.heads, kv_heads: self.heads, scale, causal: false, bias: bias.clone() };
                 attention(&part(0)?, &part(1)?, &part(2)?, &heads, spans, None)?.reshape((b, s, h))?
             }
             Attend::Bias(bias) | Attend::Disentangled(bias, _) => {

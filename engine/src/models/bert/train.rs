@@ -365,7 +365,7 @@ impl TrainableBert {
     fn layer(&self, l: &Layer, x: &Tensor, spans: &[Span], d: &mut Option<&mut Dropout>) -> Result<Tensor> {
         let h = x.dim(1)?;
         let scale = 1.0 / ((h / self.heads) as f64).sqrt();
-        let heads = Heads { heads: self.heads, kv_heads: self.heads, scale, causal: false };
+        let heads = Heads { heads: self.heads, kv_heads: self.heads, scale, causal: false, bias: None };
         let project = |p: &Pair| linear(x, &p.0, Some(&p.1));
         let qkv = (&project(&l.query)?, &project(&l.key)?, &project(&l.value)?);
         let context = match &self.relative {

@@ -165,7 +165,7 @@ impl TrainableGpt2 {
     fn block(&self, b: &Block, x: &Tensor, spans: &[Span], d: &mut Option<&mut Dropout>) -> Result<Tensor> {
         let h = x.dim(1)?;
         let scale = 1.0 / ((h / self.heads) as f64).sqrt();
-        let heads = Heads { heads: self.heads, kv_heads: self.heads, scale, causal: true };
+        let heads = Heads { heads: self.heads, kv_heads: self.heads, scale, causal: true, bias: None };
         let normed = layer_norm(x, &b.ln_1, self.eps)?;
         // c_attn's columns are the query, key and value projections side by side: narrowing the weight (h x 3h)
         // costs less than narrowing its output (a value per token), and the attention reads each in place.

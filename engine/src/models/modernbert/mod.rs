@@ -1,15 +1,17 @@
 //! ModernBERT (`modernbert`): pre-norm encoder layers without biases, a gated GELU (GeGLU) feed-forward, rotary
 //! positions with one base for global layers and another for local ones, local layers that attend within a
-//! window, and a final norm, as transformers' ModernBertModel computes them (its padded path: the unpadded one
-//! gives the same states for the real tokens). The task heads are models::bert's, with ModernBERT's names.
+//! window, and a final norm, as transformers' ModernBertModel computes them. Attention reads each row's real tokens
+//! only, as transformers' unpadded path does; the projections still run over padded rows. The task heads are models::bert's, with ModernBERT's names.
 
 use crate::error::{AiError, Result};
+use crate::kernels::fused::{attention, Heads, PairBias};
 use crate::kernels::int8::{bytes, Projection};
 use crate::models::bert::config::ModelConfig;
 use crate::models::bert::{Activation, Batch};
 use crate::models::layer_norm_size;
+use crate::models::packed::Packed;
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{ops::softmax_last_dim, Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde_json::Value;
 
 struct Layer {
@@ -133,35 +135,49 @@ impl ModernBert {
     }
 
     fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
-        let (b, seq) = batch.ids.dims2()?;
+        let seq = batch.ids.dim(1)?;
         let h = self.word_embeddings.embeddings().dim(1)?;
         let d = h / self.heads;
-        // Attention runs over padded rows as a whole: the scores and their softmax, (rows, heads, seq, seq) each,
-        // and the window's mask.
-        let scores = crate::budget::product(&[b, self.heads, seq, seq, 4, 3]);
-        crate::budget::check(scores, || format!("ModernBERT's attention over {b} rows of {seq} tokens"))?;
+        // pg_ai's attention holds a (sequence, head)'s scores and probabilities, seq² floats each, on every
+        // thread at once, beside the window's mask.
+        let threads = rayon::current_num_threads();
+        let scores = crate::budget::product(&[2 * threads + 1, seq, seq, 4]);
+        crate::budget::check(scores, || format!("ModernBERT's attention over rows of {seq} tokens"))?;
         let mut x = self.word_embeddings.forward(&batch.ids)?.to_dtype(DType::F32)?;
         x = self.embeddings_norm.forward(&x)?;
-        let padding = ((batch.mask.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((b, 1, 1, seq))?;
-        let outside: Vec<f32> =
-            (0..seq * seq).map(|i| if (i / seq).abs_diff(i % seq) > self.window { -1e30 } else { 0.0 }).collect();
-        let local_mask = padding.broadcast_add(&Tensor::from_vec(outside, (1, 1, seq, seq), &Device::Cpu)?)?;
-        let global = self.rotary(seq, d, self.global_theta)?;
-        let local = self.rotary(seq, d, self.local_theta)?;
+        // The layers read the real tokens only, packed (1, tokens, hidden), as transformers' unpadded path does.
+        let Some(rows) = Packed::of(&batch.mask)? else {
+            return Ok(self.final_norm.forward(&x)?); // no real token: nothing reads padding's states
+        };
+        let mut x = rows.pack(&x)?.unsqueeze(0)?;
+        let tokens = x.dim(1)?;
+        let positions = Tensor::new(rows.positions(), &Device::Cpu)?;
+        let outside = (0..seq * seq).map(|i| match (i / seq).abs_diff(i % seq) > self.window {
+            true => f32::NEG_INFINITY,
+            false => 0.0,
+        });
+        let scale = 1.0 / (d as f64).sqrt();
+        let global = Heads { heads: self.heads, kv_heads: self.heads, scale, causal: false, bias: None };
+        let local = Heads { bias: Some(PairBias::new(outside.collect(), 1, seq)?), ..global.clone() };
+        // Each token's angles by its position in its row.
+        let angles = |theta| -> Result<(Tensor, Tensor)> {
+            let (cos, sin) = self.rotary(seq, d, theta)?;
+            Ok((cos.index_select(&positions, 0)?, sin.index_select(&positions, 0)?))
+        };
+        let global_rotary = angles(self.global_theta)?;
+        let local_rotary = angles(self.local_theta)?;
         for layer in &self.layers {
             let normed = match &layer.attention_norm {
                 Some(n) => n.forward(&x)?,
                 None => x.clone(),
             };
-            let qkv = layer.qkv.forward(&normed)?.reshape((b, seq, 3, self.heads, d))?;
-            let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
-            let (cos, sin) = if layer.local { &local } else { &global };
-            let q = candle_nn::rotary_emb::rope(&part(0)?, cos, sin)?;
-            let k = candle_nn::rotary_emb::rope(&part(1)?, cos, sin)?;
-            let v = part(2)?;
-            let mask = if layer.local { &local_mask } else { &padding };
-            let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(mask)?;
-            let context = softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((b, seq, h))?;
+            let qkv = layer.qkv.forward(&normed)?.reshape((1, tokens, 3, self.heads, d))?;
+            let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.contiguous();
+            let ((cos, sin), heads) = if layer.local { (&local_rotary, &local) } else { (&global_rotary, &global) };
+            let q = candle_nn::rotary_emb::rope_thd(&part(0)?, cos, sin)?.reshape((tokens, h))?;
+            let k = candle_nn::rotary_emb::rope_thd(&part(1)?, cos, sin)?.reshape((tokens, h))?;
+            let v = part(2)?.reshape((tokens, h))?;
+            let context = attention(&q, &k, &v, heads, rows.spans(), None)?.unsqueeze(0)?;
             x = (x + layer.attention_out.forward(&context)?)?;
             let both = layer.mlp_in.forward(&layer.mlp_norm.forward(&x)?)?;
             let inter = both.dim(D::Minus1)? / 2;
@@ -169,7 +185,7 @@ impl ModernBert {
                 (self.activation.apply(&both.narrow(D::Minus1, 0, inter)?)? * both.narrow(D::Minus1, inter, inter)?)?;
             x = (x + layer.mlp_out.forward(&gated)?)?;
         }
-        Ok(self.final_norm.forward(&x)?)
+        rows.unpack(&self.final_norm.forward(&x)?.squeeze(0)?)
     }
 
     pub fn word_embeddings(&self) -> &Tensor {
