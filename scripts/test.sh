@@ -44,6 +44,9 @@ if grep -E "terminated by signal|PANIC" "$PG_AI_CLUSTER/server.log"; then
     exit 1
 fi
 
+echo "== pgvector: derived embeddings searched through an HNSW index (tests/pgvector.sh)"
+tests/pgvector.sh
+
 echo "== many connections (benches/concurrency.sh)"
 benches/concurrency.sh
 
@@ -55,6 +58,9 @@ tests/kill_backend.sh
 
 echo "== training jobs resume after a restart (tests/job_resume.sh)"
 tests/job_resume.sh
+
+echo "== derived columns end derived after a crash, a killed and a terminated worker (tests/derive_resume.sh)"
+tests/derive_resume.sh
 
 echo "== read replica (tests/replica.sh)"
 tests/replica.sh

@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod api;
+mod derivations;
 pub use pg_ai_engine as engine;
 mod error;
 mod guc;
@@ -19,6 +20,7 @@ mod store;
 mod training;
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!("../sql/derivations.sql", name = "derivations", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

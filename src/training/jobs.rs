@@ -384,7 +384,7 @@ fn set_status(id: i64, status: &str, error: Option<&str>) {
     .unwrap_or_else(|e| error!("cannot update ai.jobs: {e}"));
 }
 
-fn error_report(e: pg_sys::panic::CaughtError) -> (PgSqlErrorCode, String) {
+pub(crate) fn error_report(e: pg_sys::panic::CaughtError) -> (PgSqlErrorCode, String) {
     match e {
         pg_sys::panic::CaughtError::PostgresError(report)
         | pg_sys::panic::CaughtError::ErrorReport(report)

@@ -117,6 +117,7 @@ pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
         })
         .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot read ai.jobs: {e}"))
     });
+    start_derivations(&database);
     for worker in jobs {
         let id = worker.job;
         // A worker logs in as the job's owner; a role that no longer can would make it fail before it could
@@ -136,6 +137,49 @@ pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
             log!("pg_ai: resuming job {id} in database \"{database}\"");
         } else {
             warning!("pg_ai: no background worker slot to resume job {id} in database \"{database}\"");
+        }
+    }
+}
+
+/// Starts the workers of the active derivations of the database this worker is connected to, if it has pg_ai.
+fn start_derivations(database: &str) {
+    let derivations: Vec<(i64, i64, i64)> = BackgroundWorker::transaction(|| {
+        Spi::connect_mut(|client| {
+            client.update("SET search_path = pg_catalog, pg_temp", None, &[])?;
+            let installed = client
+                .select("SELECT to_regproc('ai.derivation_worker_alive') IS NOT NULL", None, &[])?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false);
+            if !installed {
+                return Ok(Vec::new());
+            }
+            let rows = client.select(
+                "SELECT id, owner::oid::bigint,
+                        (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())::bigint
+                 FROM ai.derivations WHERE status = 'active' AND NOT ai.derivation_worker_alive(pid) ORDER BY id",
+                None,
+                &[],
+            )?;
+            rows.map(|row| {
+                Ok((
+                    row.get::<i64>(1)?.unwrap_or_default(),
+                    row.get::<i64>(2)?.unwrap_or_default(),
+                    row.get::<i64>(3)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+        .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot read ai.derivations: {e}"))
+    });
+    for (id, owner, database_oid) in derivations {
+        let refused = BackgroundWorker::transaction(|| cannot_run_jobs(owner));
+        match refused {
+            Some(reason) => warning!("pg_ai: derivation {id} in database \"{database}\" cannot start: {reason}"),
+            None if crate::derivations::try_start(id, database_oid, owner) => {
+                log!("pg_ai: starting derivation {id} in database \"{database}\"")
+            }
+            None => warning!("pg_ai: no background worker slot for derivation {id} in database \"{database}\""),
         }
     }
 }

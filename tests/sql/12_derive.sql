@@ -1,0 +1,177 @@
+-- Derived columns (ai_derive): declaration errors, backfill, writes that queue, a background worker that derives,
+-- pause, resume, change and drop.
+CREATE EXTENSION pg_ai;
+\i tests/sql/_helpers.psql
+SELECT ai_load_model('topic', :'fixtures' || '/models/bert-classifier') \g /dev/null
+SELECT ai_load_model('tagger', :'fixtures' || '/models/bert-ner') \g /dev/null
+SELECT ai_load_model('minilm', :'root' || '/.models/all-MiniLM-L6-v2') \g /dev/null
+SELECT ai_load_model('t5', :'fixtures' || '/models/t5') \g /dev/null
+-- Waits until the derivation of `target` has nothing due (at most two minutes); its status row then.
+CREATE FUNCTION wait_for(target name) RETURNS TABLE (status text, queued bigint, failed bigint, done bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..1200 LOOP
+        EXIT WHEN NOT EXISTS (SELECT FROM ai.derivation_queue AS q JOIN ai.derivations AS d ON d.id = q.derivation
+                              WHERE d.target_column = wait_for.target
+                                AND (q.retry_at IS NULL OR q.retry_at <= clock_timestamp()));
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    RETURN QUERY SELECT s.status, s.queued, s.failed, s.done FROM ai.derivation_status AS s
+                 WHERE s.target = wait_for.target;
+END $$;
+
+CREATE TABLE notes (id int PRIMARY KEY, body text, topic text, topics jsonb, entities jsonb, embedding real[],
+                    summary text, n int);
+INSERT INTO notes (id, body) VALUES (1, 'bob bought fresh cheese .'), (2, 'the rugby team played well .'),
+                                    (3, NULL);
+
+-- Declarations that cannot work.
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'topic', 'body', 'label', 'topic')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'topic', 'body', 'classify_label', 'nosuch')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'topic', 'body', 'classify_label', 'minilm')$$);
+SELECT pg_temp.try($$SELECT ai_derive('nosuch', 'topic', 'body', 'classify_label', 'topic')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'nosuch', 'body', 'classify_label', 'topic')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'topic', 'nosuch', 'classify_label', 'topic')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'n', 'body', 'classify_label', 'topic')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'topic', 'n', 'classify_label', 'topic')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'id', 'body', 'classify_label', 'topic')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'embedding', 'body', 'classify_label', 'topic')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'topic', 'body', 'classify_label', 'topic', '{"max_tokens": 5}')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'topic', 'body', 'classify_label', 'topic', '{"batch_size": 0}')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'summary', 'body', 'generate', 'topic', '{"prompt": "no slot"}')$$);
+CREATE TABLE keyless (body text, topic text);
+SELECT pg_temp.try($$SELECT ai_derive('keyless', 'topic', 'body', 'classify_label', 'topic')$$);
+CREATE VIEW notes_view AS SELECT * FROM notes;
+SELECT pg_temp.try($$SELECT ai_derive('notes_view', 'topic', 'body', 'classify_label', 'topic')$$);
+SELECT count(*) AS derivations FROM ai.derivations;
+
+-- Existing rows are derived in the background; NULL stays NULL.
+SELECT ai_derive('notes', 'topic', 'body', 'classify_label', 'topic') > 0 AS declared;
+SELECT * FROM wait_for('topic');
+SELECT id, topic, topic IS NOT DISTINCT FROM ai_classify_label(body, 'topic') AS as_called FROM notes ORDER BY id;
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'topic', 'body', 'classify_label', 'topic')$$);
+SELECT pg_temp.try($$SELECT ai_derive('notes', 'body', 'topic', 'classify_label', 'topic')$$);
+
+-- Writes only queue: the INSERT returns before any row is derived.
+BEGIN;
+INSERT INTO notes (id, body) SELECT i, 'we watched the golf match number ' || i || ' .' FROM generate_series(10, 59) AS i;
+SELECT count(*) AS queued_in_transaction FROM ai.derivation_queue;
+ROLLBACK;
+SELECT count(*) AS queued_after_rollback FROM ai.derivation_queue;
+INSERT INTO notes (id, body) SELECT i, CASE WHEN i % 2 = 0 THEN 'heavy snow is expected tonight .'
+                                            ELSE 'i love eating pasta .' END FROM generate_series(10, 209) AS i;
+SELECT * FROM wait_for('topic');
+SELECT topic, count(*), bool_and(topic = ai_classify_label(body, 'topic')) AS as_called
+FROM notes WHERE id >= 10 GROUP BY topic ORDER BY topic;
+
+-- Only a change of the source queues a row; a changed source is derived again; deleted rows leave the queue.
+UPDATE notes SET n = 1 WHERE id = 1;
+SELECT count(*) AS queued_by_other_columns FROM ai.derivation_queue;
+UPDATE notes SET body = 'the rugby team played well .' WHERE id = 1;
+SELECT * FROM wait_for('topic');
+SELECT topic = ai_classify_label('the rugby team played well .', 'topic') AS rederived FROM notes WHERE id = 1;
+SELECT ai_pause_derivation('notes', 'topic');
+SELECT pg_sleep(1.5);
+INSERT INTO notes (id, body) VALUES (300, 'grace won the tennis game .'), (301, 'the bread was delicious .');
+DELETE FROM notes WHERE id = 301;
+SELECT status, queued FROM ai.derivation_status WHERE target = 'topic';
+SELECT topic FROM notes WHERE id = 300;
+SELECT ai_resume_derivation('notes', 'topic');
+SELECT * FROM wait_for('topic');
+SELECT topic = ai_classify_label(body, 'topic') AS derived_after_resume FROM notes WHERE id = 300;
+TRUNCATE notes;
+SELECT count(*) AS queued_after_truncate FROM ai.derivation_queue;
+
+-- Every task's values, as the task's own function gives them.
+INSERT INTO notes (id, body) VALUES (1, 'Bob Walker flew to New York yesterday.'), (2, 'i love eating pasta .'),
+                                    (3, NULL);
+SELECT ai_derive('notes', 'topics', 'body', 'classify', 'topic') > 0 AS declared;
+SELECT ai_derive('notes', 'entities', 'body', 'ner', 'tagger') > 0 AS declared;
+SELECT ai_derive('notes', 'embedding', 'body', 'embed', 'minilm', '{"batch_size": 1}') > 0 AS declared;
+SELECT ai_derive('notes', 'summary', 'body', 'summarize', 't5', '{"max_tokens": 8}') > 0 AS declared;
+SELECT status, queued, failed, done FROM wait_for('topics') UNION ALL
+SELECT status, queued, failed, done FROM wait_for('entities') UNION ALL
+SELECT status, queued, failed, done FROM wait_for('embedding') UNION ALL
+SELECT status, queued, failed, done FROM wait_for('summary');
+SELECT id, topics -> 0 ->> 'label' AS best, jsonb_array_length(topics) AS labels,
+       jsonb_path_query_array(entities, '$[*].entity') AS entities, summary, cardinality(embedding) AS dimensions
+FROM notes ORDER BY id;
+-- The same values as each task's function gives (scores and embeddings to 1e-6: batches round differently).
+SELECT bool_and(d.label = c.label AND abs(d.score - c.score) < 1e-6) AND count(*) = 6 AS classify_as_called
+FROM notes AS n, LATERAL ROWS FROM (jsonb_to_recordset(n.topics) AS (label text, score real)) WITH ORDINALITY
+                                                                                               AS d(label, score, i),
+     LATERAL (SELECT label, score, row_number() OVER () AS i FROM ai_classify(n.body, 'topic')) AS c
+WHERE c.i = d.i;
+SELECT bool_and(d.entity = e.entity AND d.label = e.label AND d.start_pos = e.start_pos AND d.end_pos = e.end_pos
+                AND abs(d.score - e.score) < 1e-6) AND count(*) = 7 AS ner_as_called
+FROM notes AS n,
+     LATERAL ROWS FROM (jsonb_to_recordset(n.entities)
+                        AS (entity text, label text, start_pos int, end_pos int, score real))
+             WITH ORDINALITY AS d(entity, label, start_pos, end_pos, score, i),
+     LATERAL (SELECT *, row_number() OVER () AS i FROM ai_ner(n.body, 'tagger')) AS e
+WHERE e.i = d.i;
+SELECT bool_and((SELECT max(abs(a - b)) FROM unnest(embedding, ai_embed(body, 'minilm')) AS u(a, b)) < 1e-6)
+           AS embedding_as_called,
+       bool_and(summary = ai_summarize(body, 't5', 8)) AS summary_as_called
+FROM notes WHERE body IS NOT NULL;
+SELECT count(*) FILTER (WHERE topics IS NULL AND entities IS NULL AND embedding IS NULL AND summary IS NULL)
+       AS null_from_null
+FROM notes WHERE body IS NULL;
+
+-- A change of model or options derives every row again.
+SELECT ai_change_derivation('notes', 'summary', options => '{"max_tokens": 3}');
+SELECT status, queued, failed FROM wait_for('summary');
+SELECT summary = ai_summarize(body, 't5', 3) AS with_new_options FROM notes WHERE id = 1;
+SELECT pg_temp.try($$SELECT ai_change_derivation('notes', 'summary', model => 'topic')$$);
+SELECT pg_temp.try($$SELECT ai_change_derivation('notes', 'nosuch')$$);
+
+-- Dropping a derivation leaves its values, and writes no longer queue.
+SELECT ai_drop_derivation('notes', 'summary');
+INSERT INTO notes (id, body) VALUES (4, 'grace won the tennis game .');
+SELECT count(*) AS queued_for_dropped FROM ai.derivation_queue AS q
+WHERE NOT EXISTS (SELECT FROM ai.derivations AS d WHERE d.id = q.derivation);
+SELECT summary IS NOT NULL AS kept FROM notes WHERE id = 1;
+SELECT ai_drop_derivation('notes', target) FROM ai.derivation_status ORDER BY target;
+SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgrelid = 'notes'::regclass;
+-- The workers end with their derivations.
+SELECT pg_sleep(1.5);
+SELECT count(*) AS workers FROM pg_stat_activity WHERE backend_type = 'pg_ai derivation';
+
+-- Roles: the worker runs as the declaring role; roles that may write the table queue rows through the triggers;
+-- other roles see nothing and can change nothing.
+CREATE ROLE ai_deriver LOGIN;
+CREATE ROLE ai_writer;
+CREATE ROLE ai_stranger;
+CREATE ROLE ai_nologin;
+SELECT ai_grant_model('topic', 'ai_deriver') AND ai_grant_model('topic', 'ai_nologin') AS granted;
+CREATE TABLE owned (id int PRIMARY KEY, body text, topic text);
+ALTER TABLE owned OWNER TO ai_deriver;
+GRANT INSERT ON owned TO ai_writer;
+CREATE TABLE kept (id int PRIMARY KEY, body text, topic text);
+ALTER TABLE kept OWNER TO ai_nologin;
+SET ROLE ai_nologin;
+SELECT pg_temp.try($$SELECT ai_derive('kept', 'topic', 'body', 'classify_label', 'topic')$$) AS no_login;
+SET ROLE ai_stranger;
+SELECT pg_temp.try($$SELECT ai_derive('owned', 'topic', 'body', 'classify_label', 'topic')$$) AS not_the_owner;
+SET ROLE ai_deriver;
+SELECT ai_derive('owned', 'topic', 'body', 'classify_label', 'topic') > 0 AS declared;
+SET ROLE ai_writer;
+INSERT INTO owned VALUES (1, 'the bread was delicious .'), (2, 'the fog will last all day .');
+SELECT count(*) AS writer_sees_queued FROM ai.derivation_queue;
+SET ROLE ai_stranger;
+SELECT count(*) AS stranger_sees_derivations FROM ai.derivation_status;
+SELECT pg_temp.try($$INSERT INTO ai.derivation_queue (derivation, key)
+                     SELECT max(id), '{"id": 1}' FROM ai.derivations$$) AS stranger_queues;
+SELECT pg_temp.try($$SELECT ai_pause_derivation('owned', 'topic')$$) AS stranger_pauses;
+SELECT pg_temp.try($$SELECT ai_drop_derivation('owned', 'topic')$$) AS stranger_drops;
+RESET ROLE;
+SELECT status, queued, failed, done FROM wait_for('topic');
+SELECT id, topic = ai_classify_label(body, 'topic') AS derived_as_owner FROM owned ORDER BY id;
+SELECT usename AS worker_role FROM pg_stat_activity WHERE backend_type = 'pg_ai derivation';
+SET ROLE ai_deriver;
+SELECT ai_drop_derivation('owned', 'topic');
+RESET ROLE;
+SELECT pg_sleep(1.5);
+DROP TABLE owned, kept;
+DELETE FROM ai.model_users;
+DROP ROLE ai_deriver, ai_writer, ai_stranger, ai_nologin;
