@@ -122,6 +122,19 @@ FROM notes WHERE body IS NULL;
 SELECT ai_change_derivation('notes', 'summary', options => '{"max_tokens": 3}');
 SELECT status, queued, failed FROM wait_for('summary');
 SELECT summary = ai_summarize(body, 't5', 3) AS with_new_options FROM notes WHERE id = 1;
+-- A row whose model call fails keeps its queue entry with the error, to be tried again later, and does not hold
+-- back the others; a change of its source replaces it.
+INSERT INTO notes (id, body) VALUES (5, repeat('word ', 600)), (6, 'grace won the tennis game .');
+SELECT status, queued, failed FROM wait_for('summary');
+SELECT last_error, rows_per_second > 0 AS has_speed, lag > interval '0' AS has_lag
+FROM ai.derivation_status WHERE target = 'summary';
+SELECT q.attempts > 0 AS tried, q.retry_at > q.queued_at AS waits, q.error
+FROM ai.derivation_queue AS q JOIN ai.derivations AS d ON d.id = q.derivation WHERE d.target_column = 'summary';
+SELECT summary IS NULL AS failed_row_not_derived FROM notes WHERE id = 5;
+SELECT summary = ai_summarize(body, 't5', 3) AS other_row_derived FROM notes WHERE id = 6;
+UPDATE notes SET body = 'the bread was delicious .' WHERE id = 5;
+SELECT status, queued, failed FROM wait_for('summary');
+SELECT summary = ai_summarize(body, 't5', 3) AS derived_after_change FROM notes WHERE id = 5;
 SELECT pg_temp.try($$SELECT ai_change_derivation('notes', 'summary', model => 'topic')$$);
 SELECT pg_temp.try($$SELECT ai_change_derivation('notes', 'nosuch')$$);
 
