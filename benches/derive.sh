@@ -42,6 +42,7 @@ wait_drained() {
 model=.models/bench-families/bert-base
 [ -f .models/all-MiniLM-L6-v2/tokenizer.json ] || scripts/fetch-minilm.sh
 [ -f "$model/config.json" ] || "${PYTHON:-python3}" benches/families.py make .models/bench-families .models/all-MiniLM-L6-v2
+chmod -R a+rX "$model"   # the server reads it as its own user
 scripts/cluster.sh start >/dev/null
 scripts/cluster.sh sql -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
 sql -o /dev/null <<SQL

@@ -41,7 +41,9 @@ fn ai_classify_label(input: &str, model: &str) -> String {
 }
 
 /// The best label of each input, in input order; NULL stays NULL.
-#[pg_extern(stable, parallel_safe, name = "ai_classify_label")]
+// Volatile, though its answers are not: the planner evaluates a stable function of constants once more to
+// estimate unnest(f(ARRAY[...])), running the model twice.
+#[pg_extern(volatile, parallel_safe, name = "ai_classify_label")]
 fn ai_classify_label_array(inputs: Array<&str>, model: &str) -> Vec<Option<String>> {
     let (positions, texts) = present(&inputs);
     let loaded = crate::store::model_for(model, Task::TextClassification);
@@ -91,7 +93,9 @@ fn ai_zero_shot_array(
 }
 
 /// The best candidate label of each input, in input order; NULL stays NULL.
-#[pg_extern(stable, parallel_safe, name = "ai_zero_shot_label")]
+// Volatile, though its answers are not: the planner evaluates a stable function of constants once more to
+// estimate unnest(f(ARRAY[...])), running the model twice.
+#[pg_extern(volatile, parallel_safe, name = "ai_zero_shot_label")]
 fn ai_zero_shot_label_array(
     inputs: Array<&str>,
     labels: Array<&str>,

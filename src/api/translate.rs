@@ -63,7 +63,9 @@ fn ai_translate(
 }
 
 /// The array form: one batch through the model; NULL elements stay NULL.
-#[pg_extern(stable, parallel_safe, name = "ai_translate")]
+// Volatile, though its answers are not: the planner evaluates a stable function of constants once more to
+// estimate unnest(f(ARRAY[...])), running the model twice.
+#[pg_extern(volatile, parallel_safe, name = "ai_translate")]
 fn ai_translate_array(
     inputs: Option<Array<&str>>,
     model: Option<&str>,
@@ -93,7 +95,9 @@ fn ai_summarize(
 }
 
 /// The array form of ai_summarize; NULL elements stay NULL.
-#[pg_extern(stable, parallel_safe, name = "ai_summarize")]
+// Volatile, though its answers are not: the planner evaluates a stable function of constants once more to
+// estimate unnest(f(ARRAY[...])), running the model twice.
+#[pg_extern(volatile, parallel_safe, name = "ai_summarize")]
 fn ai_summarize_array(
     inputs: Option<Array<&str>>,
     model: Option<&str>,

@@ -51,6 +51,10 @@ FROM embedded_in_parallel AS p JOIN embedded_serially AS s USING (id);
 -- Every model function declares its parallel safety and volatility.
 SELECT proname, provolatile, proparallel, count(*) AS forms
 FROM pg_proc WHERE proname LIKE 'ai\_%' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+-- An array form over constants runs the model once: one timing NOTICE, none from the planner's estimate of unnest.
+SET pg_ai.timing = on;
+SELECT count(*) FROM unnest(ai_classify_label(ARRAY['i love pasta .', 'it snows .'], 'topic'));
+RESET pg_ai.timing;
 
 -- Random text as arguments: an answer or a clean error, never an internal error or a crash.
 SELECT ai_load_model('mlm', :'fixtures' || '/models/bert-mlm');
