@@ -11,15 +11,7 @@ name="derivations resume"
 source tests/lib.sh
 db() { sql -d pg_ai_derive -c "$1"; }
 
-restore_settings() {
-    sql -c "ALTER SYSTEM RESET shared_preload_libraries" || true
-    scripts/cluster.sh stop
-    scripts/cluster.sh start
-}
-trap restore_settings EXIT
-sql -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_ai'"
-scripts/cluster.sh stop
-scripts/cluster.sh start
+preload_pg_ai
 
 sql -c "DROP DATABASE IF EXISTS pg_ai_derive WITH (FORCE)" -c "CREATE DATABASE pg_ai_derive"
 sql -d pg_ai_derive -o /dev/null <<SQL

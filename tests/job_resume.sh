@@ -11,15 +11,7 @@ source tests/lib.sh
 db() { sql -d pg_ai_resume -c "$1"; }
 options='{"max_steps": 1500, "checkpoint_every": 25, "dropout": 0.1, "log_every": 100000}'
 
-restore_settings() {
-    sql -c "ALTER SYSTEM RESET shared_preload_libraries" || true
-    scripts/cluster.sh stop
-    scripts/cluster.sh start
-}
-trap restore_settings EXIT
-sql -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_ai'"
-scripts/cluster.sh stop
-scripts/cluster.sh start
+preload_pg_ai
 
 sql -c "DROP DATABASE IF EXISTS pg_ai_resume WITH (FORCE)" -c "CREATE DATABASE pg_ai_resume"
 sql -d pg_ai_resume -o /dev/null <<SQL
