@@ -116,12 +116,23 @@ pub extern "C-unwind" fn ai_derivation_main(argument: pg_sys::Datum) {
             Err(message) => {
                 // SAFETY: abort whatever transaction the error left open before recording why.
                 unsafe { pg_sys::AbortCurrentTransaction() };
-                BackgroundWorker::transaction(|| {
-                    let _ = Spi::run_with_args(
-                        "UPDATE ai.derivations SET last_error = $2 WHERE id = $1",
-                        &[id.into(), message.as_str().into()],
-                    );
-                });
+                // Recording it fails too where pg_ai (or the derivation) was dropped meanwhile: then the worker ends.
+                let recorded = PgTryBuilder::new(|| {
+                    BackgroundWorker::transaction(|| {
+                        Spi::run_with_args(
+                            "UPDATE ai.derivations SET last_error = $2 WHERE id = $1",
+                            &[id.into(), message.as_str().into()],
+                        )
+                        .is_ok()
+                    })
+                })
+                .catch_others(|_| false)
+                .execute();
+                if !recorded {
+                    // SAFETY: as above.
+                    unsafe { pg_sys::AbortCurrentTransaction() };
+                    return;
+                }
                 failures = (failures + 1).min(6);
                 if !BackgroundWorker::wait_latch(Some(MOST_BACKOFF.min(Duration::from_secs(1 << failures)))) {
                     return;

@@ -188,3 +188,19 @@ SELECT pg_sleep(1.5);
 DROP TABLE owned, kept;
 DELETE FROM ai.model_users;
 DROP ROLE ai_deriver, ai_writer, ai_stranger, ai_nologin;
+
+-- Dropping pg_ai drops the triggers with it and ends the workers.
+SELECT ai_derive('notes', 'topic', 'body', 'classify_label', 'topic') > 0 AS declared;
+SELECT status, queued FROM wait_for('topic');
+SELECT count(*) AS workers_before FROM pg_stat_activity WHERE backend_type = 'pg_ai derivation';
+DROP EXTENSION pg_ai CASCADE;
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'pg_ai derivation');
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT count(*) AS workers_after FROM pg_stat_activity WHERE backend_type = 'pg_ai derivation';
+SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgrelid = 'notes'::regclass;
