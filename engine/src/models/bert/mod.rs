@@ -15,7 +15,7 @@ pub mod train;
 
 use crate::device::cpu_kernels;
 use crate::error::{AiError, Result};
-use crate::kernels::fused::{attention, Gelu, Heads, PairBias, Span};
+use crate::kernels::fused::{attention, Gelu, Heads, PairBias};
 use crate::kernels::int8::{bytes, Projection};
 use crate::models::bert::config::{Family, ModelConfig};
 use crate::models::deberta::Disentangled;
@@ -182,8 +182,8 @@ pub struct Batch {
 /// additive mask over padded rows (candle's ops, any device: see engine::device). The padding tokens' own states
 /// differ between the two, and nothing reads them.
 enum Attend {
-    /// With MPNet's relative position bias.
-    Spans(Vec<Span>, Option<PairBias>),
+    /// The batch's real tokens, with MPNet's relative position bias.
+    Packed(Packed, Option<PairBias>),
     Bias(Tensor),
     /// DeBERTa: an additive padding mask, and the rows of the position tables each pair reads.
     Disentangled(Tensor, (Tensor, Tensor)),
@@ -359,7 +359,6 @@ impl Encoder {
             x = (x + types.forward(&ids.to_device(device)?)?)?;
         }
         x = self.embeddings_norm.forward(&x)?;
-        let mut packed = None;
         let attend = if cpu_kernels(device) && self.disentangled.is_none() {
             // The layers read the real tokens only, packed (1, tokens, hidden); attention keeps the rows apart.
             let Some(rows) = Packed::of(&batch.mask)? else {
@@ -373,9 +372,7 @@ impl Encoder {
                 }
                 None => None,
             };
-            let spans = rows.spans().to_vec();
-            packed = Some(rows);
-            Attend::Spans(spans, bias)
+            Attend::Packed(rows, bias)
         } else {
             // Additive mask: 0 where attended, a large negative number over padding. (batch, 1, 1, seq)
             let mask = batch.mask.to_device(device)?.to_dtype(DType::F32)?;
@@ -390,9 +387,9 @@ impl Encoder {
         for (i, layer) in self.layers.iter().enumerate() {
             x = self.layer_forward(i, layer, &x, &attend)?;
         }
-        match packed {
-            Some(rows) => rows.unpack(&x.squeeze(0)?),
-            None => Ok(x),
+        match attend {
+            Attend::Packed(rows, _) => rows.unpack(&x.squeeze(0)?),
+            _ => Ok(x),
         }
     }
 
@@ -402,12 +399,12 @@ impl Encoder {
         let qkv = l.qkv.forward(x)?;
         let context = match attend {
             // pg_ai's attention: the (row, head) pairs in parallel, each over the row's real tokens only.
-            Attend::Spans(spans, bias) => {
+            Attend::Packed(rows, bias) => {
                 let part =
                     |i: usize| -> Result<Tensor> { Ok(qkv.narrow(2, i * h, h)?.contiguous()?.reshape((b * s, h))?) };
                 let scale = 1.0 / (d as f64).sqrt();
                 let heads = Heads { heads: self.heads, kv_heads: self.heads, scale, causal: false, bias: bias.clone() };
-                attention(&part(0)?, &part(1)?, &part(2)?, &heads, spans, None)?.reshape((b, s, h))?
+                attention(&part(0)?, &part(1)?, &part(2)?, &heads, rows.spans(), None)?.reshape((b, s, h))?
             }
             Attend::Bias(bias) | Attend::Disentangled(bias, _) => {
                 let split = |t: Tensor| t.reshape((b, s, self.heads, d))?.transpose(1, 2)?.contiguous();
