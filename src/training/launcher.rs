@@ -1,6 +1,7 @@
 //! Resuming training jobs after a restart, when pg_ai is in shared_preload_libraries: the launcher starts
 //! with the server (and again after a crash restart), removes what killed processes left in the data
-//! directory, and has each database's interrupted jobs started again (see jobs.rs for the jobs themselves).
+//! directory, and has each database's interrupted jobs started again (see jobs.rs for the jobs themselves), and
+//! the workers of its active derivations (src/derivations.rs).
 
 use super::jobs::{cannot_run_jobs, try_start_worker, Worker};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
@@ -71,7 +72,8 @@ pub extern "C-unwind" fn ai_launcher_main(_argument: pg_sys::Datum) {
     while BackgroundWorker::wait_latch(None) {}
 }
 
-/// Resumes the interrupted jobs of one database (if it has pg_ai), and records the end of those whose
+/// Starts the workers of one database's active derivations and resumes its interrupted jobs (if it has pg_ai),
+/// and records the end of the jobs whose
 /// cancel request the stop interrupted.
 #[pg_guard]
 #[no_mangle]
