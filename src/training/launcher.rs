@@ -73,8 +73,7 @@ pub extern "C-unwind" fn ai_launcher_main(_argument: pg_sys::Datum) {
 }
 
 /// Starts the workers of one database's active derivations and resumes its interrupted jobs (if it has pg_ai),
-/// and records the end of the jobs whose
-/// cancel request the stop interrupted.
+/// and records the end of the jobs whose cancel request the stop interrupted.
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
