@@ -7,7 +7,7 @@
 
 use crate::engine::error::{AiError, ErrorKind};
 use crate::error::raise;
-use crate::training::jobs::cannot_run_jobs;
+use crate::training::jobs::{cannot_run_jobs, current_database};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -42,9 +42,7 @@ mod ai {
                     .with_hint("Give the role LOGIN and CONNECT on the database."),
             );
         }
-        // SAFETY: MyDatabaseId is set once the backend has connected, before any SQL function runs.
-        let database = i64::from(unsafe { pg_sys::MyDatabaseId }.to_u32());
-        if !try_start(id, database, owner) {
+        if !try_start(id, current_database(), owner) {
             raise(
                 AiError::internal("cannot start a background worker for the derivation")
                     .with_hint("All background worker slots are taken; raise max_worker_processes."),

@@ -110,7 +110,8 @@ pub(crate) fn resume(id: i64) -> bool {
     }
 }
 
-fn current_database() -> i64 {
+/// The oid of the database this backend or worker is connected to.
+pub(crate) fn current_database() -> i64 {
     // SAFETY: MyDatabaseId is set once the backend has connected, before any SQL function runs.
     unsafe { pg_sys::MyDatabaseId }.to_u32().into()
 }

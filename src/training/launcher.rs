@@ -3,7 +3,7 @@
 //! directory, and has each database's interrupted jobs started again (see jobs.rs for the jobs themselves), and
 //! the workers of its active derivations (src/derivations.rs).
 
-use super::jobs::{cannot_run_jobs, try_start_worker, Worker};
+use super::jobs::{cannot_run_jobs, current_database, try_start_worker, Worker};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -80,17 +80,13 @@ pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    let jobs: Vec<Worker> = BackgroundWorker::transaction(|| {
+    // The jobs to resume and the derivations whose workers to start, read in one transaction.
+    let (jobs, derivations) = BackgroundWorker::transaction(|| {
         Spi::connect_mut(|client| {
             // This worker is a superuser: nothing a database's users created may stand in for a built-in.
             client.update("SET search_path = pg_catalog, pg_temp", None, &[])?;
-            let installed = client
-                .select("SELECT to_regproc('ai.job_worker_alive') IS NOT NULL", None, &[])?
-                .first()
-                .get_one::<bool>()?
-                .unwrap_or(false);
-            if !installed {
-                return Ok(Vec::new());
+            if !has_function(client, "ai.job_worker_alive")? {
+                return Ok((Vec::new(), Vec::new()));
             }
             client.update(
                 "UPDATE ai.jobs SET status = 'cancelled', error = 'the job was cancelled', finished_at = clock_timestamp()
@@ -107,18 +103,33 @@ pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
                 None,
                 &[],
             )?;
-            rows.map(|row| {
-                Ok(Worker {
-                    job: row.get::<i64>(1)?.unwrap_or_default(),
-                    owner: row.get::<i64>(2)?.unwrap_or_default(),
-                    database: row.get::<i64>(3)?.unwrap_or_default(),
+            let jobs = rows
+                .map(|row| {
+                    Ok(Worker {
+                        job: row.get::<i64>(1)?.unwrap_or_default(),
+                        owner: row.get::<i64>(2)?.unwrap_or_default(),
+                        database: row.get::<i64>(3)?.unwrap_or_default(),
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()?;
+            // A catalog made before derived columns existed has no ai.derivations.
+            let derivations = match has_function(client, "ai.derivation_worker_alive")? {
+                false => Vec::new(),
+                true => client
+                    .select(
+                        "SELECT id, owner::oid::bigint FROM ai.derivations
+                         WHERE status = 'active' AND NOT ai.derivation_worker_alive(pid) ORDER BY id",
+                        None,
+                        &[],
+                    )?
+                    .map(|row| Ok((row.get::<i64>(1)?.unwrap_or_default(), row.get::<i64>(2)?.unwrap_or_default())))
+                    .collect::<Result<Vec<_>, pgrx::spi::Error>>()?,
+            };
+            Ok((jobs, derivations))
         })
-        .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot read ai.jobs: {e}"))
+        .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot read ai.jobs and ai.derivations: {e}"))
     });
-    start_derivations(&database);
+    start_derivations(&database, derivations);
     for worker in jobs {
         let id = worker.job;
         // A worker logs in as the job's owner; a role that no longer can would make it fail before it could
@@ -142,45 +153,23 @@ pub extern "C-unwind" fn ai_resume_main(_argument: pg_sys::Datum) {
     }
 }
 
-/// Starts the workers of the active derivations of the database this worker is connected to, if it has pg_ai.
-fn start_derivations(database: &str) {
-    let derivations: Vec<(i64, i64, i64)> = BackgroundWorker::transaction(|| {
-        Spi::connect_mut(|client| {
-            client.update("SET search_path = pg_catalog, pg_temp", None, &[])?;
-            let installed = client
-                .select("SELECT to_regproc('ai.derivation_worker_alive') IS NOT NULL", None, &[])?
-                .first()
-                .get_one::<bool>()?
-                .unwrap_or(false);
-            if !installed {
-                return Ok(Vec::new());
-            }
-            let rows = client.select(
-                "SELECT id, owner::oid::bigint,
-                        (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())::bigint
-                 FROM ai.derivations WHERE status = 'active' AND NOT ai.derivation_worker_alive(pid) ORDER BY id",
-                None,
-                &[],
-            )?;
-            rows.map(|row| {
-                Ok((
-                    row.get::<i64>(1)?.unwrap_or_default(),
-                    row.get::<i64>(2)?.unwrap_or_default(),
-                    row.get::<i64>(3)?.unwrap_or_default(),
-                ))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-        })
-        .unwrap_or_else(|e: pgrx::spi::Error| error!("cannot read ai.derivations: {e}"))
-    });
-    for (id, owner, database_oid) in derivations {
+/// Starts the workers of `derivations` (id, owner) of the database this worker is connected to.
+fn start_derivations(database: &str, derivations: Vec<(i64, i64)>) {
+    for (id, owner) in derivations {
         let refused = BackgroundWorker::transaction(|| cannot_run_jobs(owner));
         match refused {
             Some(reason) => warning!("pg_ai: derivation {id} in database \"{database}\" cannot start: {reason}"),
-            None if crate::derivations::try_start(id, database_oid, owner) => {
+            None if crate::derivations::try_start(id, current_database(), owner) => {
                 log!("pg_ai: starting derivation {id} in database \"{database}\"")
             }
             None => warning!("pg_ai: no background worker slot for derivation {id} in database \"{database}\""),
         }
     }
+}
+
+/// Whether the function `name` exists: whether this database has pg_ai's catalog (or the part of it made by a
+/// newer version).
+fn has_function(client: &pgrx::spi::SpiClient, name: &str) -> Result<bool, pgrx::spi::Error> {
+    let found = client.select("SELECT to_regproc($1) IS NOT NULL", None, &[name.into()])?.first().get_one::<bool>()?;
+    Ok(found.unwrap_or(false))
 }
