@@ -393,7 +393,7 @@ END $$;
 
 CREATE FUNCTION @extschema@.ai_derive(tbl regclass, target name, source name, task text, model text,
                                       options jsonb DEFAULT '{}') RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d ai.derivations;
     keys name[] := ai.check_derivation(tbl, target, source, task, model, options);
@@ -416,8 +416,13 @@ CREATE FUNCTION @extschema@.ai_change_derivation(tbl regclass, target name, mode
                                                  options jsonb DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    d ai.derivations := ai.derivation_of(tbl, target);
+    d ai.derivations;
 BEGIN
+    -- Not strict: a NULL model or options leaves it as it is; a NULL table or target changes nothing.
+    IF tbl IS NULL OR target IS NULL THEN
+        RETURN;
+    END IF;
+    d := ai.derivation_of(tbl, target);
     d.model := coalesce(model, d.model);
     d.options := coalesce(options, d.options);
     PERFORM ai.check_derivation(tbl, target, d.source_column, d.task, d.model, d.options);
@@ -430,7 +435,7 @@ END $$;
 COMMENT ON FUNCTION @extschema@.ai_change_derivation IS 'Changes a derivation''s model or options and derives every row again';
 
 CREATE FUNCTION @extschema@.ai_pause_derivation(tbl regclass, target name) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d ai.derivations := ai.derivation_of(tbl, target);
 BEGIN
@@ -439,7 +444,7 @@ END $$;
 COMMENT ON FUNCTION @extschema@.ai_pause_derivation IS 'Stops deriving after the batch at hand; changes stay queued';
 
 CREATE FUNCTION @extschema@.ai_resume_derivation(tbl regclass, target name) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d ai.derivations := ai.derivation_of(tbl, target);
 BEGIN
@@ -449,7 +454,7 @@ END $$;
 COMMENT ON FUNCTION @extschema@.ai_resume_derivation IS 'Derives again after a pause, or starts a stopped derivation''s worker';
 
 CREATE FUNCTION @extschema@.ai_drop_derivation(tbl regclass, target name) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d ai.derivations := ai.derivation_of(tbl, target);
     event text;

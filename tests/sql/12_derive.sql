@@ -43,6 +43,15 @@ CREATE TABLE keyless (body text, topic text);
 SELECT pg_temp.try($$SELECT ai_derive('keyless', 'topic', 'body', 'classify_label', 'topic')$$);
 CREATE VIEW notes_view AS SELECT * FROM notes;
 SELECT pg_temp.try($$SELECT ai_derive('notes_view', 'topic', 'body', 'classify_label', 'topic')$$);
+-- NULL in, NULL out, and nothing declared.
+SELECT ai_derive(NULL, 'topic', 'body', 'classify_label', 'topic') IS NULL AS null_table,
+       ai_derive('notes', 'topic', 'body', NULL, 'topic') IS NULL AS null_task,
+       ai_derive('notes', 'topic', 'body', 'classify_label', NULL) IS NULL AS null_model,
+       ai_derive('notes', 'topic', 'body', 'classify_label', 'topic', NULL) IS NULL AS null_options;
+SELECT ai_pause_derivation(NULL, 'topic') IS NULL AS null_pause, ai_resume_derivation('notes', NULL) IS NULL AS null_resume,
+       ai_drop_derivation(NULL, NULL) IS NULL AS null_drop;
+SELECT pg_temp.try($$SELECT ai_change_derivation(NULL, 'topic')$$) AS null_change_changes_nothing;
+SELECT pg_temp.try($$SELECT ai_derive('notes', '', 'body', 'classify_label', 'topic')$$) AS empty_target;
 SELECT count(*) AS derivations FROM ai.derivations;
 
 -- Existing rows are derived in the background; NULL stays NULL.
