@@ -64,3 +64,6 @@ tests/derive_resume.sh
 
 echo "== read replica (tests/replica.sh)"
 tests/replica.sh
+
+echo "== Citus: a coordinator and two workers (tests/citus.sh)"
+tests/citus.sh

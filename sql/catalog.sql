@@ -140,28 +140,39 @@ SELECT pg_catalog.pg_extension_config_dump('ai.model_users', '');
 -- register models as itself and drop only its own (or those of roles it is a member of). A role sees (and may
 -- use) a model, with its files and how it was trained, only if it owns it or it is granted to it. Superusers
 -- and the tables' owner are not bound by these policies.
+-- The policies that look at another table call these functions (as the caller, so under the other table's own
+-- policies) instead of holding a subquery: Citus refuses subqueries in the policies of its tables, and
+-- ai_distribute_models makes these tables Citus reference tables.
+CREATE FUNCTION ai.granted_to_me(model text) RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM ai.model_users AS u
+                   WHERE u.model = $1 AND (u.grantee::oid = 0 OR pg_catalog.pg_has_role(u.grantee, 'USAGE')))
+$$;
+CREATE FUNCTION ai.model_visible(model text) RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM ai.models AS m WHERE m.name = $1)
+$$;
+CREATE FUNCTION ai.model_mine(model text) RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM ai.models AS m WHERE m.name = $1 AND pg_catalog.pg_has_role(m.owner, 'MEMBER'))
+$$;
 ALTER TABLE ai.models ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owners_and_users_read ON ai.models FOR SELECT USING (
-    pg_catalog.pg_has_role(owner, 'MEMBER')
-    OR EXISTS (SELECT FROM ai.model_users AS u
-               WHERE u.model = name AND (u.grantee::oid = 0 OR pg_catalog.pg_has_role(u.grantee, 'USAGE'))));
+    pg_catalog.pg_has_role(owner, 'MEMBER') OR ai.granted_to_me(name));
 CREATE POLICY register_as_self ON ai.models FOR INSERT WITH CHECK (pg_catalog.pg_has_role(owner, 'MEMBER'));
 CREATE POLICY owner_changes ON ai.models FOR UPDATE USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
 CREATE POLICY owner_drops ON ai.models FOR DELETE USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
 ALTER TABLE ai.model_files ENABLE ROW LEVEL SECURITY;
-CREATE POLICY users_read ON ai.model_files FOR SELECT USING (EXISTS (SELECT FROM ai.models AS m WHERE m.name = model));
-CREATE POLICY owner_writes ON ai.model_files FOR ALL USING (
-    EXISTS (SELECT FROM ai.models AS m WHERE m.name = model AND pg_catalog.pg_has_role(m.owner, 'MEMBER')));
+CREATE POLICY users_read ON ai.model_files FOR SELECT USING (ai.model_visible(model));
+CREATE POLICY owner_writes ON ai.model_files FOR ALL USING (ai.model_mine(model));
 ALTER TABLE ai.model_users ENABLE ROW LEVEL SECURITY;
 -- A role sees the grants to it (or to everyone) and those it made; not a private model's other users. (This
 -- policy must not read ai.models, whose own policy reads this table.)
 CREATE POLICY grantees_and_grantors_read ON ai.model_users FOR SELECT USING (
     grantee::oid = 0 OR pg_catalog.pg_has_role(grantee, 'USAGE') OR pg_catalog.pg_has_role(grantor, 'MEMBER'));
 CREATE POLICY owner_grants ON ai.model_users FOR INSERT WITH CHECK (
-    pg_catalog.pg_has_role(grantor, 'MEMBER')
-    AND EXISTS (SELECT FROM ai.models AS m WHERE m.name = model AND pg_catalog.pg_has_role(m.owner, 'MEMBER')));
-CREATE POLICY owner_revokes ON ai.model_users FOR DELETE USING (
-    EXISTS (SELECT FROM ai.models AS m WHERE m.name = model AND pg_catalog.pg_has_role(m.owner, 'MEMBER')));
+    pg_catalog.pg_has_role(grantor, 'MEMBER') AND ai.model_mine(model));
+CREATE POLICY owner_revokes ON ai.model_users FOR DELETE USING (ai.model_mine(model));
 
 -- Lets `grantee` ('public': everyone) use the model `model`; only its owner's roles may. True if it was not yet.
 CREATE FUNCTION ai_grant_model(model text, grantee text DEFAULT 'public') RETURNS boolean

@@ -287,6 +287,12 @@ BEGIN
     IF (SELECT relkind FROM pg_class WHERE oid = tbl) <> 'r' THEN
         RAISE EXCEPTION '"%" is not a table', tbl USING ERRCODE = '42809';
     END IF;
+    -- Its triggers would fire on the workers' shards, where no derivation worker reads their queue.
+    IF ai.is_citus_table(tbl) THEN
+        RAISE EXCEPTION 'derived columns are not supported on Citus tables such as %', tbl
+            USING ERRCODE = 'feature_not_supported',
+            HINT = 'Fill the column with UPDATE ... FROM (SELECT key, ai_...(source, model) FROM the table): see "Scaling out" in pg_ai''s README.';
+    END IF;
     SELECT array_agg(a.attname ORDER BY k.n) INTO keys
     FROM pg_index AS i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n), pg_attribute AS a
     WHERE i.indrelid = tbl AND i.indisprimary AND a.attrelid = tbl AND a.attnum = k.attnum;

@@ -20,6 +20,7 @@ mod store;
 mod training;
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["catalog"]);
 extension_sql_file!("../sql/derivations.sql", name = "derivations", finalize);
 
 #[pg_guard]

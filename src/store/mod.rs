@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod catalog;
 pub mod checkpoints;
+pub mod citus;
 mod read_only;
 pub mod rollback;
 pub mod stored_files;

@@ -284,10 +284,12 @@ pub(crate) fn train_now(request: &Request, start: Start) -> String {
     crate::guc::load_options().placement.device().or_raise();
     let started = Instant::now();
     let scratch = Scratch::new();
-    let outcome = Spi::connect(|client| {
-        let query = request.rows_query(client);
-        let mut rows = Rows { client, query: &query };
-        start.train(request.objective, &mut rows, &options, &mut SqlProgress { model: request.name }, &scratch.0)
+    let outcome = crate::store::citus::reading_training_source(|| {
+        Spi::connect(|client| {
+            let query = request.rows_query(client);
+            let mut rows = Rows { client, query: &query };
+            start.train(request.objective, &mut rows, &options, &mut SqlProgress { model: request.name }, &scratch.0)
+        })
     });
     register(request, &scratch.0, outcome.or_raise(), started)
 }

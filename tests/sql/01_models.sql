@@ -97,3 +97,6 @@ SELECT ai_load_model(NULL, '/x') IS NULL AS null_name, ai_load_model('x', NULL) 
 
 SELECT ai_drop_model('from-cache');
 SELECT name FROM ai.models ORDER BY name;
+
+-- The catalog becomes Citus reference tables only where Citus is (tests/citus.sh runs it on a cluster).
+SELECT pg_temp.try('SELECT ai_distribute_models()') AS without_citus;
