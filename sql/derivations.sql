@@ -8,9 +8,12 @@ CREATE TABLE ai.derivations (
     -- regclass, so that pg_dump writes the table's name (and pg_upgrade keeps the oid).
     source_table  regclass NOT NULL,
     source_column name NOT NULL,
+    -- A column of source_table, or for task embed_chunks the name of the table of chunks (target_table).
     target_column name NOT NULL,
+    target_table  regclass,
     task          text NOT NULL
-                  CHECK (task IN ('embed', 'classify_label', 'classify', 'ner', 'summarize', 'translate', 'generate')),
+                  CHECK (task IN ('embed', 'classify_label', 'classify', 'ner', 'summarize', 'translate', 'generate',
+                                  'embed_chunks')),
     model         text NOT NULL,
     options       jsonb NOT NULL DEFAULT '{}',
     -- The table's primary key: what the queue records of a row.
@@ -24,7 +27,8 @@ CREATE TABLE ai.derivations (
     last_batch_seconds double precision,
     last_error    text,
     created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
-    UNIQUE (source_table, target_column)
+    UNIQUE (source_table, target_column),
+    CHECK ((task = 'embed_chunks') = (target_table IS NOT NULL))
 );
 COMMENT ON TABLE ai.derivations IS 'Columns derived by a model from another column (ai_derive)';
 -- pg_dump carries derivations and their queues (the triggers come with the tables).
@@ -63,7 +67,7 @@ ALTER TABLE ai.derivation_queue ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON ai.derivation_queue FOR ALL USING (
     EXISTS (SELECT FROM ai.derivations AS d WHERE d.id = derivation AND pg_catalog.pg_has_role(d.owner, 'MEMBER')));
 CREATE POLICY writers_queue ON ai.derivation_queue FOR INSERT
-    WITH CHECK (ai.may_queue(derivation, current_user, 'INSERT, UPDATE'));
+    WITH CHECK (ai.may_queue(derivation, current_user, 'INSERT, UPDATE, DELETE, TRUNCATE'));
 CREATE POLICY readers_see ON ai.derivation_queue FOR SELECT USING (ai.may_queue(derivation, current_user, 'SELECT'));
 CREATE POLICY readers_unqueue ON ai.derivation_queue FOR DELETE
     USING (ai.may_queue(derivation, current_user, 'SELECT'));
@@ -101,6 +105,25 @@ BEGIN
                         WHERE q.derivation = $1 AND q.key = %s', ai.key_of(columns, 'o.')) USING this;
     ELSE -- TRUNCATE
         DELETE FROM ai.derivation_queue AS q WHERE q.derivation = this;
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- A chunk derivation's DELETE and TRUNCATE triggers: the chunks of deleted rows must go, so the rows are queued
+-- (the worker finds them gone), and a TRUNCATE queues the key 'null', for which the worker removes every chunk
+-- whose row is gone. TG_ARGV as for ai.queue_derivation.
+CREATE FUNCTION ai.queue_removed_chunks() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    this bigint := TG_ARGV[0]::bigint;
+    columns name[] := TG_ARGV[1:]::name[];
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        EXECUTE format('INSERT INTO ai.derivation_queue (derivation, key) SELECT $1, %s FROM old_rows AS o',
+                       ai.key_of(columns, 'o.')) USING this;
+    ELSE -- TRUNCATE
+        DELETE FROM ai.derivation_queue AS q WHERE q.derivation = this;
+        INSERT INTO ai.derivation_queue (derivation, key) VALUES (this, 'null');
     END IF;
     RETURN NULL;
 END $$;
@@ -147,6 +170,9 @@ DECLARE
     empty text := CASE WHEN task IN ('classify', 'ner') THEN '[]' END;
     result text[];
 BEGIN
+    IF task = 'embed_chunks' THEN
+        RETURN ai.derive_chunks(model, options, texts);
+    END IF;
     EXECUTE format('SELECT array_agg(CASE WHEN $1[s.ord] IS NOT NULL THEN coalesce(v.value::text, $4) END ORDER BY s.ord)
                     FROM generate_series(1, cardinality($1)) AS s(ord) LEFT JOIN (%s) AS v(ord, value) USING (ord)',
                    ai.derivation_query(task))
@@ -186,6 +212,9 @@ BEGIN
         DELETE FROM ai.derivations WHERE id = d.id;
         RETURN -1;
     END IF;
+    IF EXISTS (SELECT FROM ai.derivation_queue WHERE derivation = d.id AND key = 'null') THEN
+        PERFORM ai.remove_orphan_chunks(d);
+    END IF;
     batch_size := coalesce((d.options->>'batch_size')::int, 64);
     tbl := d.source_table::regclass::text;
     match := format('(%s) = (%s)',
@@ -195,6 +224,7 @@ BEGIN
     EXECUTE format(
         'WITH due AS (SELECT key, min(id) AS first FROM ai.derivation_queue
                       WHERE derivation = $1 AND (retry_at IS NULL OR retry_at <= clock_timestamp())
+                        AND key <> ''null''
                       GROUP BY key ORDER BY first LIMIT $2)
          SELECT (SELECT array_agg(q.id) FROM ai.derivation_queue AS q JOIN due USING (key) WHERE q.derivation = $1),
                 array_agg(due.key ORDER BY due.first),
@@ -224,15 +254,19 @@ BEGIN
             END;
         END LOOP;
     END;
-    EXECUTE format(
-        'UPDATE %s AS t SET %I = r.value::%s::%s
-         FROM unnest($1, $2, $3, $4) AS r(key, source, value, failed), jsonb_populate_record(NULL::%s, r.key) AS k
-         WHERE NOT r.failed AND %s AND t.%I::text IS NOT DISTINCT FROM r.source',
-        tbl, d.target_column, ai.derivation_value_type(d.task),
-        (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute AS a
-         WHERE a.attrelid = d.source_table AND a.attname = d.target_column),
-        tbl, match, d.source_column)
-        USING keys, sources, derived, failed;
+    IF d.task = 'embed_chunks' THEN
+        PERFORM ai.write_chunks(d, keys, sources, derived, failed);
+    ELSE
+        EXECUTE format(
+            'UPDATE %s AS t SET %I = r.value::%s::%s
+             FROM unnest($1, $2, $3, $4) AS r(key, source, value, failed), jsonb_populate_record(NULL::%s, r.key) AS k
+             WHERE NOT r.failed AND %s AND t.%I::text IS NOT DISTINCT FROM r.source',
+            tbl, d.target_column, ai.derivation_value_type(d.task),
+            (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute AS a
+             WHERE a.attrelid = d.source_table AND a.attname = d.target_column),
+            tbl, match, d.source_column)
+            USING keys, sources, derived, failed;
+    END IF;
     DELETE FROM ai.derivation_queue AS q
     WHERE q.id = ANY (ids) AND q.key <> ALL (SELECT k FROM unnest(keys, failed) AS f(k, bad) WHERE f.bad);
     UPDATE ai.derivations
@@ -248,8 +282,10 @@ END $$;
 CREATE FUNCTION ai.check_derivation(tbl regclass, target name, source name, task text, model text, options jsonb)
 RETURNS name[] LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    tasks text[] := ARRAY['embed', 'classify_label', 'classify', 'ner', 'summarize', 'translate', 'generate'];
+    tasks text[] := ARRAY['embed', 'classify_label', 'classify', 'ner', 'summarize', 'translate', 'generate',
+                          'embed_chunks'];
     allowed text[] := ARRAY['batch_size'] || CASE task
+        WHEN 'embed_chunks' THEN ARRAY['max_tokens', 'overlap']
         WHEN 'summarize' THEN ARRAY['max_tokens', 'num_beams']
         WHEN 'translate' THEN ARRAY['max_tokens', 'num_beams', 'source_lang', 'target_lang']
         WHEN 'generate' THEN ARRAY['max_tokens', 'prompt']
@@ -280,6 +316,11 @@ BEGIN
         RAISE EXCEPTION 'batch_size, max_tokens and num_beams must be whole numbers from 1 to 100000'
             USING ERRCODE = '22023';
     END IF;
+    IF options ? 'overlap' AND (jsonb_typeof(options->'overlap') <> 'number'
+                                OR (options->>'overlap')::numeric NOT BETWEEN 0 AND 100000
+                                OR (options->>'overlap')::numeric <> trunc((options->>'overlap')::numeric)) THEN
+        RAISE EXCEPTION 'overlap must be a whole number from 0 to 100000' USING ERRCODE = '22023';
+    END IF;
     IF task = 'generate' AND coalesce(strpos(options->>'prompt', '{}'), 0) = 0 THEN
         RAISE EXCEPTION 'a generate derivation needs a prompt with {} where the source goes' USING ERRCODE = '22023',
             HINT = 'For example options => ''{"prompt": "Summarize in one line: {}"}''.';
@@ -307,6 +348,15 @@ BEGIN
     END IF;
     IF source_type NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype) THEN
         RAISE EXCEPTION 'source column "%" is of type %, not text', source, source_type USING ERRCODE = '42804';
+    END IF;
+    IF task = 'embed_chunks' THEN
+        IF NOT has_column_privilege(tbl, source, 'SELECT')
+           OR EXISTS (SELECT FROM unnest(keys) AS k WHERE NOT has_column_privilege(tbl, k, 'SELECT')) THEN
+            RAISE EXCEPTION 'permission denied to derive chunks of %.%', tbl, source USING ERRCODE = '42501',
+                HINT = 'The worker runs as you: it reads the key and source columns.';
+        END IF;
+        PERFORM ai.check_chunk_table(tbl, target, keys, model, options);
+        RETURN keys;
     END IF;
     SELECT * INTO target_attr FROM pg_attribute
     WHERE attrelid = tbl AND attname = target AND attnum > 0 AND NOT attisdropped;
@@ -359,6 +409,7 @@ DECLARE
     olds text := (SELECT string_agg(format('OLD.%I', c), ', ') FROM unnest(d.key_columns) AS c);
     news text := (SELECT string_agg(format('NEW.%I', c), ', ') FROM unnest(d.key_columns) AS c);
     columns text := (SELECT string_agg(format('%I', c), ', ') FROM unnest(d.source_column || d.key_columns) AS c);
+    removal text := CASE WHEN d.task = 'embed_chunks' THEN 'ai.queue_removed_chunks' ELSE 'ai.queue_derivation' END;
 BEGIN
     EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
                     FOR EACH STATEMENT EXECUTE FUNCTION ai.queue_derivation(%s)',
@@ -369,10 +420,10 @@ BEGIN
                    'pg_ai_derivation_' || d.id || '_update', columns, tbl, d.source_column, d.source_column,
                    olds, news, args);
     EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows
-                    FOR EACH STATEMENT EXECUTE FUNCTION ai.queue_derivation(%s)',
-                   'pg_ai_derivation_' || d.id || '_delete', tbl, args);
-    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION ai.queue_derivation(%s)',
-                   'pg_ai_derivation_' || d.id || '_truncate', tbl, args);
+                    FOR EACH STATEMENT EXECUTE FUNCTION %s(%s)',
+                   'pg_ai_derivation_' || d.id || '_delete', tbl, removal, args);
+    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s(%s)',
+                   'pg_ai_derivation_' || d.id || '_truncate', tbl, removal, args);
 END $$;
 
 -- Queues every row of a derivation's table.
@@ -408,9 +459,14 @@ BEGIN
         RAISE EXCEPTION 'column %.% is derived already', tbl, target USING ERRCODE = '42710',
             HINT = 'ai_change_derivation changes its model or options.';
     END IF;
-    PERFORM ai.require_no_chain(tbl, target, source);
-    INSERT INTO ai.derivations (source_table, source_column, target_column, task, model, options, key_columns)
-    VALUES (tbl, source, target, task, model, options, keys) RETURNING * INTO d;
+    IF task <> 'embed_chunks' THEN
+        PERFORM ai.require_no_chain(tbl, target, source);
+    END IF;
+    INSERT INTO ai.derivations (source_table, source_column, target_column, target_table, task, model, options,
+                                key_columns)
+    VALUES (tbl, source, target, CASE WHEN task = 'embed_chunks' THEN ai.chunk_table(tbl, target) END, task, model, options,
+            keys)
+    RETURNING * INTO d;
     PERFORM ai.create_derivation_triggers(d);
     PERFORM ai.queue_all(d);
     PERFORM ai.start_derivation_worker(d.id);
@@ -431,7 +487,8 @@ BEGIN
     d := ai.derivation_of(tbl, target);
     d.model := coalesce(model, d.model);
     d.options := coalesce(options, d.options);
-    PERFORM ai.check_derivation(tbl, target, d.source_column, d.task, d.model, d.options);
+    PERFORM ai.check_derivation(tbl, coalesce(d.target_table::text, target)::name, d.source_column, d.task, d.model,
+                                d.options);
     UPDATE ai.derivations SET model = d.model, options = d.options, status = 'active', last_error = NULL
     WHERE id = d.id;
     DELETE FROM ai.derivation_queue WHERE derivation = d.id;
@@ -478,7 +535,7 @@ COMMENT ON FUNCTION @extschema@.ai_drop_derivation IS 'Stops keeping a column de
 CREATE FUNCTION ai.require_no_chain(tbl regclass, target name, source name) RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT FROM ai.derivations AS d WHERE d.source_table = tbl
+    IF EXISTS (SELECT FROM ai.derivations AS d WHERE d.source_table = tbl AND d.target_table IS NULL
                AND (d.source_column = target OR d.target_column = source)) THEN
         RAISE EXCEPTION 'derivations of table % cannot chain: % or % is another derivation''s source or target',
             tbl, target, source USING ERRCODE = '55000';

@@ -21,7 +21,8 @@ mod training;
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
 extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["catalog"]);
-extension_sql_file!("../sql/derivations.sql", name = "derivations", finalize);
+extension_sql_file!("../sql/derivations.sql", name = "derivations", requires = ["catalog"]);
+extension_sql_file!("../sql/derivation_chunks.sql", name = "derivation_chunks", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -68,6 +68,24 @@ by_cosine=$(db "SELECT string_agg(id::text, ',') FROM (SELECT id FROM docs
 plan=$(db "SET enable_seqscan = off; EXPLAIN SELECT id FROM docs ORDER BY embedding <=> $query::vector LIMIT 3")
 grep -q "Index Scan using docs_embedding_idx" <<<"$plan" || fail "the search did not use the HNSW index: $plan"
 
+# Chunks into a table with a vector(384) column (its dimension checked too), searched by the nearest passage.
+db "CREATE TABLE doc_chunks (id int, ord int, chunk text, embedding vector(384), PRIMARY KEY (id, ord))
+    ; CREATE TABLE wrong_chunks (id int, ord int, chunk text, embedding vector(3))" >/dev/null
+wrong=$(db "DO \$\$ BEGIN PERFORM ai_derive('docs', 'wrong_chunks', 'body', 'embed_chunks', 'minilm');
+            EXCEPTION WHEN OTHERS THEN RAISE WARNING '%: %', SQLSTATE, SQLERRM; END \$\$" 2>&1 | grep -o '22023: .*' || true)
+[ "$wrong" = '22023: column "embedding" of table public.wrong_chunks is vector(3), and model minilm gives 384 dimensions' ] ||
+    fail "a vector(3) table of chunks was not refused: $wrong"
+db "SELECT ai_derive('docs', 'doc_chunks', 'body', 'embed_chunks', 'minilm', '{\"max_tokens\": 4}')" >/dev/null
+for _ in $(seq 600); do
+    [ "$(db "SELECT sum(queued) FROM ai.derivation_status")" = 0 ] && break
+    sleep 0.1
+done
+expected=$(db "SELECT count(*) FROM docs, ai_chunk(body, 'minilm', 4)")
+[ "$(db "SELECT count(*) FROM doc_chunks")" = "$expected" ] || fail "the chunks were not all derived"
+nearest=$(db "SELECT id FROM doc_chunks ORDER BY embedding <=> $query::vector LIMIT 1")
+[ "$nearest" = 1 ] || fail "the nearest passage is from row $nearest"
+db "SELECT ai_drop_derivation('docs', 'doc_chunks')" >/dev/null
+
 db "SELECT ai_drop_derivation('docs', 'embedding')" >/dev/null
 sql -c "DROP DATABASE pg_ai_vector WITH (FORCE)"
-echo "ok   pgvector: derived vector(384) embeddings, searched through an HNSW index as the cosine ranks them"
+echo "ok   pgvector: derived vector(384) embeddings, searched through an HNSW index as the cosine ranks them, and chunks"

@@ -159,6 +159,55 @@ SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgrelid = 'notes'::regcla
 SELECT pg_sleep(1.5);
 SELECT count(*) AS workers FROM pg_stat_activity WHERE backend_type = 'pg_ai derivation';
 
+-- Chunks: one row per chunk of each row's text, in a table keyed by the row's primary key.
+CREATE TABLE docs (id int PRIMARY KEY, body text, title text);
+CREATE TABLE doc_chunks (id int, ord int, chunk text, start_pos int, end_pos int, embedding real[],
+                         PRIMARY KEY (id, ord));
+INSERT INTO docs (id, body) VALUES
+    (1, 'The museum opens a new wing of modern art this spring. Its garden cafe serves soup and fresh bread. '
+        || 'Tickets for the opening week sold out within an hour.'),
+    (2, 'A short note.'), (3, NULL);
+SELECT pg_temp.try($$SELECT ai_derive('docs', 'nosuch', 'body', 'embed_chunks', 'minilm')$$) AS no_table;
+SELECT pg_temp.try($$SELECT ai_derive('docs', 'docs', 'body', 'embed_chunks', 'minilm')$$) AS the_source;
+CREATE TABLE text_keyed (id text, ord int, chunk text, embedding real[]);
+SELECT pg_temp.try($$SELECT ai_derive('docs', 'text_keyed', 'body', 'embed_chunks', 'minilm')$$) AS key_type;
+CREATE TABLE no_embedding (id int, ord int, chunk text);
+SELECT pg_temp.try($$SELECT ai_derive('docs', 'no_embedding', 'body', 'embed_chunks', 'minilm')$$) AS no_embedding;
+SELECT pg_temp.try($$SELECT ai_derive('docs', 'doc_chunks', 'body', 'embed_chunks', 't5')$$) AS cannot_embed;
+SELECT pg_temp.try($$SELECT ai_derive('docs', 'doc_chunks', 'body', 'embed_chunks', 'minilm', '{"overlap": -1}')$$)
+       AS negative_overlap;
+SELECT pg_temp.try($$SELECT ai_derive('docs', 'doc_chunks', 'body', 'embed_chunks', 'minilm',
+                                      '{"max_tokens": 8, "overlap": 8}')$$) AS overlap_of_all;
+SELECT pg_temp.try($$SELECT ai_derive('docs', 'doc_chunks', 'body', 'embed_chunks', 'minilm', '{"prompt": "{}"}')$$)
+       AS other_option;
+DROP TABLE text_keyed, no_embedding;
+SELECT ai_derive('docs', 'doc_chunks', 'body', 'embed_chunks', 'minilm', '{"max_tokens": 16, "overlap": 4}') > 0
+       AS declared;
+SELECT * FROM wait_for('doc_chunks');
+SELECT id, ord, chunk, start_pos, end_pos, cardinality(embedding) AS dimensions FROM doc_chunks ORDER BY id, ord;
+-- The chunks ai_chunk cuts, each embedded as ai_embed embeds it (to 1e-6: batches round differently).
+SELECT count(*) = (SELECT count(*) FROM doc_chunks)
+       AND bool_and(c.chunk = x.chunk AND c.start_pos = x.start_pos AND c.end_pos = x.end_pos
+                    AND (SELECT max(abs(a - b)) FROM unnest(c.embedding, ai_embed(x.chunk, 'minilm')) AS u(a, b)) < 1e-6)
+       AS as_called
+FROM docs AS d, ai_chunk(d.body, 'minilm', 16, 4) AS x JOIN doc_chunks AS c ON c.ord = x.ord WHERE c.id = d.id;
+-- A changed text replaces its row's chunks; another column queues nothing; deleted and truncated rows lose theirs.
+UPDATE docs SET title = 'art' WHERE id = 1;
+SELECT count(*) AS queued_by_other_columns FROM ai.derivation_queue;
+UPDATE docs SET body = 'The museum closes early on Mondays.' WHERE id = 1;
+SELECT * FROM wait_for('doc_chunks');
+SELECT id, ord, chunk FROM doc_chunks WHERE id = 1 ORDER BY ord;
+DELETE FROM docs WHERE id = 2;
+SELECT * FROM wait_for('doc_chunks');
+SELECT id, ord, chunk FROM doc_chunks ORDER BY id, ord;
+TRUNCATE docs;
+INSERT INTO docs (id, body) VALUES (4, 'Written after the truncate.');
+SELECT * FROM wait_for('doc_chunks');
+SELECT id, ord, chunk FROM doc_chunks ORDER BY id, ord;
+SELECT ai_drop_derivation('docs', 'doc_chunks');
+SELECT pg_sleep(1.5);
+DROP TABLE docs, doc_chunks;
+
 -- Roles: the worker runs as the declaring role; roles that may write the table queue rows through the triggers;
 -- other roles see nothing and can change nothing.
 CREATE ROLE ai_deriver LOGIN;
