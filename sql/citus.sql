@@ -35,7 +35,8 @@ BEGIN
         RETURN false;
     END IF;
     IF NOT pg_has_role((SELECT relowner FROM pg_class WHERE oid = 'ai.models'::regclass), 'USAGE') THEN
-        RAISE EXCEPTION 'must be the owner of pg_ai''s catalog to distribute it' USING ERRCODE = 'insufficient_privilege',
+        RAISE EXCEPTION 'must be the owner of pg_ai''s catalog to distribute it'
+            USING ERRCODE = 'insufficient_privilege',
             HINT = 'Run it as the role that created the extension pg_ai (usually a superuser).';
     END IF;
     -- A worker's own catalog becomes an empty shell beside the reference tables' copy: models registered there

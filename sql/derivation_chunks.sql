@@ -50,11 +50,13 @@ BEGIN
     FOR c IN SELECT k AS name, format_type(s.atttypid, s.atttypmod) AS types, true AS required
              FROM unnest(keys) AS k JOIN pg_attribute AS s ON s.attrelid = tbl AND s.attname = k
              UNION ALL SELECT cc.name, array_to_string(cc.types, ', '), cc.required FROM ai.chunk_columns() AS cc LOOP
-        SELECT * INTO a FROM pg_attribute WHERE attrelid = child AND attname = c.name AND attnum > 0 AND NOT attisdropped;
+        SELECT * INTO a FROM pg_attribute
+        WHERE attrelid = child AND attname = c.name AND attnum > 0 AND NOT attisdropped;
         IF NOT FOUND THEN
             CONTINUE WHEN NOT c.required;
             RAISE EXCEPTION 'column "%" of table % does not exist', c.name, child USING ERRCODE = '42703',
-                HINT = 'A table of chunks has the source''s key columns, then ord, chunk and embedding (start_pos and end_pos if you like).';
+                HINT = 'A table of chunks has the source''s key columns, then ord, chunk and embedding '
+                       '(start_pos and end_pos if you like).';
         END IF;
         type_name := CASE WHEN (SELECT typname FROM pg_type WHERE oid = a.atttypid) = 'vector' THEN 'vector'
                           WHEN c.name = ANY (keys) THEN format_type(a.atttypid, a.atttypmod)
@@ -96,7 +98,8 @@ BEGIN
            array_agg(c.end_pos ORDER BY s.i, c.ord)
     INTO positions, ords, chunks, starts, ends
     FROM unnest(texts) WITH ORDINALITY AS s(text, i),
-         @extschema@.ai_chunk(s.text, model, (options->>'max_tokens')::int, coalesce((options->>'overlap')::int, 0)) AS c;
+         @extschema@.ai_chunk(s.text, model, (options->>'max_tokens')::int,
+                              coalesce((options->>'overlap')::int, 0)) AS c;
     -- One array call embeds the chunks of every text together.
     SELECT array_agg(CASE WHEN texts[s.i] IS NOT NULL THEN coalesce(v.chunks, '[]')::text END ORDER BY s.i)
     INTO result

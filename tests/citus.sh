@@ -106,7 +106,8 @@ distributed=$(answers notes topic)
 [ "$distributed" = "$(answers local_notes topic)" ] && [ -n "$distributed" ] ||
     fail "the distributed table answers otherwise than the local one: $distributed"
 plan=$(on 0 -c "EXPLAIN (VERBOSE, COSTS OFF) SELECT ai_classify_label(body, 'topic') FROM notes")
-grep -q "Task Count: 32" <<<"$plan" && grep -Eq "Query: SELECT .*ai_classify_label\(body, 'topic'::text\).* FROM public.notes_[0-9]+ notes" <<<"$plan" ||
+task="Query: SELECT .*ai_classify_label\(body, 'topic'::text\).* FROM public.notes_[0-9]+ notes"
+grep -q "Task Count: 32" <<<"$plan" && grep -Eq "$task" <<<"$plan" ||
     fail "the call does not run in the workers' tasks: $plan"
 # Each worker's backend keeps the model: within one session (one connection per worker), the second query's
 # calls go on counting from the first's.
@@ -222,4 +223,5 @@ for i in 0 1 2; do
     [ "$(on "$i" -c "SELECT count(*) FROM pg_namespace WHERE nspname = 'ai'")" = 0 ] ||
         fail "node $i kept pg_ai's schema after DROP EXTENSION"
 done
-echo "ok   citus: models on every node, reads on the workers as local ones, WITH ... UPDATE, INSERT triggers, training from a distributed table, a worker added later"
+echo "ok   citus: models on every node, reads on the workers as local ones, WITH ... UPDATE, INSERT triggers," \
+    "training from a distributed table, a worker added later"
