@@ -332,7 +332,8 @@ BEGIN
     IF ai.is_citus_table(tbl) THEN
         RAISE EXCEPTION 'derived columns are not supported on Citus tables such as %', tbl
             USING ERRCODE = 'feature_not_supported',
-            HINT = 'Fill the column with UPDATE ... FROM (SELECT key, ai_...(source, model) FROM the table): see "Scaling out" in pg_ai''s README.';
+            HINT = 'Fill the column with WITH v AS (SELECT key, ai_...(source, model) FROM the table) UPDATE ... '
+                   'FROM v: see "Scaling out" in pg_ai''s README.';
     END IF;
     SELECT array_agg(a.attname ORDER BY k.n) INTO keys
     FROM pg_index AS i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n), pg_attribute AS a
@@ -459,13 +460,14 @@ BEGIN
         RAISE EXCEPTION 'column %.% is derived already', tbl, target USING ERRCODE = '42710',
             HINT = 'ai_change_derivation changes its model or options.';
     END IF;
+    -- A table of chunks feeds no column of the table.
     IF task <> 'embed_chunks' THEN
-        PERFORM ai.require_no_chain(tbl, target, source);
+        PERFORM ai.require_no_loop(tbl, target, source);
     END IF;
     INSERT INTO ai.derivations (source_table, source_column, target_column, target_table, task, model, options,
                                 key_columns)
-    VALUES (tbl, source, target, CASE WHEN task = 'embed_chunks' THEN ai.chunk_table(tbl, target) END, task, model, options,
-            keys)
+    VALUES (tbl, source, target, CASE WHEN task = 'embed_chunks' THEN ai.chunk_table(tbl, target) END, task, model,
+            options, keys)
     RETURNING * INTO d;
     PERFORM ai.create_derivation_triggers(d);
     PERFORM ai.queue_all(d);
@@ -530,15 +532,21 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION @extschema@.ai_drop_derivation IS 'Stops keeping a column derived; its values stay';
 
--- A column may be derived from a source that no derivation writes, into a target that none reads: a chain could
--- loop.
-CREATE FUNCTION ai.require_no_chain(tbl regclass, target name, source name) RETURNS void LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
+-- Derivations of one table may chain (one's target another's source: a change runs down the chain, each
+-- worker deriving from what the one before wrote), but not loop: refuses deriving `target` from `source` when
+-- `target` feeds, through derivations of the table, back into `source`. Security definer: it must see every
+-- role's derivations of the table, and tells the caller no more than that.
+CREATE FUNCTION ai.require_no_loop(tbl regclass, target name, source name) RETURNS void LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT FROM ai.derivations AS d WHERE d.source_table = tbl AND d.target_table IS NULL
-               AND (d.source_column = target OR d.target_column = source)) THEN
-        RAISE EXCEPTION 'derivations of table % cannot chain: % or % is another derivation''s source or target',
-            tbl, target, source USING ERRCODE = '55000';
+    IF EXISTS (WITH RECURSIVE fed (col) AS (
+                   SELECT target
+                   UNION
+                   SELECT d.target_column FROM ai.derivations AS d JOIN fed ON d.source_column = fed.col
+                   WHERE d.source_table = tbl AND d.target_table IS NULL)
+               SELECT FROM fed WHERE col = source) THEN
+        RAISE EXCEPTION 'deriving %.% from % would make a loop: % is derived, through other derivations, from %',
+            tbl, target, source, source, target USING ERRCODE = '55000';
     END IF;
 END $$;
 

@@ -159,6 +159,27 @@ SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgrelid = 'notes'::regcla
 SELECT pg_sleep(1.5);
 SELECT count(*) AS workers FROM pg_stat_activity WHERE backend_type = 'pg_ai derivation';
 
+-- Chains: a derived column may be another's source, never in a loop; a change runs down the chain.
+CREATE TABLE chained (id int PRIMARY KEY, body text, chain_summary text, chain_topic text);
+INSERT INTO chained (id, body) VALUES (1, 'grace won the tennis game .'), (2, 'i love eating pasta .');
+SELECT ai_derive('chained', 'chain_summary', 'body', 'summarize', 't5', '{"max_tokens": 8}') > 0 AS declared;
+SELECT ai_derive('chained', 'chain_topic', 'chain_summary', 'classify_label', 'topic') > 0 AS declared;
+SELECT pg_temp.try($$SELECT ai_derive('chained', 'body', 'chain_topic', 'summarize', 't5')$$) AS a_loop;
+SELECT status, queued, failed FROM wait_for('chain_summary') UNION ALL
+SELECT status, queued, failed FROM wait_for('chain_topic');
+SELECT id, chain_summary = ai_summarize(body, 't5', 8) AS summarized,
+       chain_topic = ai_classify_label(chain_summary, 'topic') AS classified_from_the_summary
+FROM chained ORDER BY id;
+UPDATE chained SET body = 'the bread was delicious .' WHERE id = 1;
+SELECT status, queued, failed FROM wait_for('chain_summary') UNION ALL
+SELECT status, queued, failed FROM wait_for('chain_topic');
+SELECT chain_summary = ai_summarize(body, 't5', 8) AS summarized_again,
+       chain_topic = ai_classify_label(chain_summary, 'topic') AS classified_again
+FROM chained WHERE id = 1;
+SELECT ai_drop_derivation('chained', 'chain_summary'), ai_drop_derivation('chained', 'chain_topic');
+SELECT pg_sleep(1.5);
+DROP TABLE chained;
+
 -- Chunks: one row per chunk of each row's text, in a table keyed by the row's primary key.
 CREATE TABLE docs (id int PRIMARY KEY, body text, title text);
 CREATE TABLE doc_chunks (id int, ord int, chunk text, start_pos int, end_pos int, embedding real[],
