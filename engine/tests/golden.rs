@@ -603,6 +603,19 @@ mod generation {
         check_greedy("mistral");
     }
 
+    /// Mistral whose every layer attends through a window of 5 positions: generation runs past it, and one prompt
+    /// is longer than it.
+    #[test]
+    fn mistral_with_a_sliding_window_matches_transformers() {
+        check_greedy("mistral-window");
+    }
+
+    /// Qwen2 with use_sliding_window: its first layer attends to everything, its second through a window of 5.
+    #[test]
+    fn qwen2_with_a_sliding_window_on_some_layers_matches_transformers() {
+        check_greedy("qwen2-window");
+    }
+
     /// Phi-3: query, key and value in one tensor, gate and up in one, half of each head rotating.
     #[test]
     fn phi3_greedy_ids_and_logits_match_transformers() {

@@ -74,6 +74,19 @@ impl<M: CachedDecoder> Decoder for Session<'_, M> {
 }
 
 /// (seq, past + seq) additive mask: token i sees the past and itself, nothing after. None for one token.
+/// causal_mask for layers that attend through a sliding window: query i sees key j only where
+/// i - window < j <= i, as transformers' sliding-window masks have it; None where no key is hidden.
+pub(crate) fn sliding_mask(seq: usize, past: usize, window: usize) -> candle_core::Result<Option<Tensor>> {
+    let total = past + seq;
+    if total <= window {
+        return causal_mask(seq, past);
+    }
+    let hidden = |i: usize, j: usize| j > past + i || j + window <= past + i;
+    let mask: Vec<f32> =
+        (0..seq).flat_map(|i| (0..total).map(move |j| if hidden(i, j) { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (seq, total), &Device::Cpu).map(Some)
+}
+
 pub(crate) fn causal_mask(seq: usize, past: usize) -> candle_core::Result<Option<Tensor>> {
     if seq == 1 {
         return Ok(None);

@@ -11,7 +11,7 @@ use crate::files::ModelFiles;
 use crate::generate::kv_cache;
 use crate::generate::{CausalLm, Decoder, TextCodec};
 use crate::models::bert::var_builder;
-use crate::models::llama::projected::{head_dim, Gemma, ProjectedLlama, Variant};
+use crate::models::llama::projected::{head_dim, Gemma, ProjectedLlama, Variant, Window};
 use crate::text::decoder::DecoderTokenizer;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama::{Cache, Config, Llama, LlamaConfig, LlamaEosToks};
@@ -42,8 +42,7 @@ impl LlamaModel {
             .map_err(|e| AiError::corrupt(format!("config.json is not a Llama configuration: {e}")))?;
         let variant = variant(&config)?;
         let gemma = gemma(&config);
-        let mut llama_config = parsed.clone().into_config(false);
-        llama_config.max_position_embeddings = context(&config, llama_config.max_position_embeddings);
+        let llama_config = parsed.clone().into_config(false);
         let eos_ids = match parsed.eos_token_id {
             Some(LlamaEosToks::Single(id)) => vec![id],
             Some(LlamaEosToks::Multiple(ids)) => ids,
@@ -72,10 +71,14 @@ impl LlamaModel {
         // pg_ai's Llama has transformers' default rotary embeddings only: llama3-scaled models stay on candle's, in
         // f32.
         let (weights, weight_bytes) = if c.rope_scaling.is_none() {
-            let model = ProjectedLlama::load(&vb, c, variant, gemma, int8).map_err(mismatch)?;
+            let model =
+                ProjectedLlama::load(&vb, c, variant, gemma, int8).map_err(mismatch)?.with_window(window(&config));
             let bytes = model.weight_bytes();
             (Weights::Projected(model), bytes)
         } else if variant == Variant::default() && gemma.is_none() {
+            // candle's Llama has full attention only.
+            let mut llama_config = llama_config;
+            llama_config.max_position_embeddings = context(&config, llama_config.max_position_embeddings);
             let model = Llama::load(vb, &llama_config).map_err(mismatch)?;
             (Weights::Candle { model, config: llama_config }, parameters.saturating_mul(4))
         } else {
@@ -140,17 +143,6 @@ fn gemma(config: &Value) -> Option<Gemma> {
         return None;
     }
     let number = |key: &str| config.get(key).and_then(Value::as_f64);
-    let layers = config.get("num_hidden_layers").and_then(Value::as_u64).unwrap_or(0) as usize;
-    let sliding_layers = match config.get("layer_types").and_then(Value::as_array) {
-        Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
-        // Without layer_types, as transformers fills it in: Gemma 2 every other layer from the first, Gemma 3 all
-        // but every sliding_window_pattern-th (6).
-        None if model_type == "gemma2" => (0..layers).map(|i| i % 2 == 0).collect(),
-        None => {
-            let pattern = config.get("sliding_window_pattern").and_then(Value::as_u64).unwrap_or(6).max(1) as usize;
-            (0..layers).map(|i| (i + 1) % pattern != 0).collect()
-        }
-    };
     let head_dim = number("head_dim").unwrap_or(256.0);
     Some(Gemma {
         query_pre_attn_scalar: number("query_pre_attn_scalar").unwrap_or(head_dim),
@@ -162,22 +154,50 @@ fn gemma(config: &Value) -> Option<Gemma> {
             .and_then(Value::as_f64)
             .filter(|_| model_type == "gemma3_text")
             .map(|theta| theta as f32),
-        sliding_layers,
+        sliding_layers: sliding_layers(config),
     })
 }
 
-/// The positions the model may see. Layers of sliding attention (Qwen2 and Qwen3 with use_sliding_window, or
-/// transformers 5's layer_types) attend to the last sliding_window positions only; up to that many, that is all of
-/// them, and pg_ai, which has full attention only, answers exactly as they do.
+/// Which layers are of the sliding-window kind: transformers 5's layer_types where config.json has them, else as
+/// transformers fills them in: Mistral and Phi-3 every layer, Qwen2 and Qwen3 (with use_sliding_window) the layers
+/// from max_window_layers on, Gemma 2 every other layer from the first, Gemma 3 all but every
+/// sliding_window_pattern-th (6).
+fn sliding_layers(config: &Value) -> Vec<bool> {
+    let layers = config.get("num_hidden_layers").and_then(Value::as_u64).unwrap_or(0) as usize;
+    if let Some(types) = config.get("layer_types").and_then(Value::as_array) {
+        return types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect();
+    }
+    let flag = |key: &str| config.get(key).and_then(Value::as_bool).unwrap_or(false);
+    let number = |key: &str, default: u64| config.get(key).and_then(Value::as_u64).unwrap_or(default) as usize;
+    match config.get("model_type").and_then(Value::as_str) {
+        Some("mistral" | "phi3") => vec![true; layers],
+        Some("qwen2" | "qwen3") if flag("use_sliding_window") => {
+            (0..layers).map(|i| i >= number("max_window_layers", 0)).collect()
+        }
+        Some("gemma2") => (0..layers).map(|i| i % 2 == 0).collect(),
+        Some("gemma3_text") => {
+            let pattern = number("sliding_window_pattern", 6).max(1);
+            (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+        }
+        _ => vec![false; layers],
+    }
+}
+
+/// The sliding window the model's layers attend through, if any: sliding_window positions (null: none) in the
+/// layers `sliding_layers` marks.
+fn window(config: &Value) -> Option<Window> {
+    let size = config.get("sliding_window").and_then(Value::as_u64)? as usize;
+    let layers = sliding_layers(config);
+    layers.contains(&true).then_some(Window { size, layers })
+}
+
+/// The positions a model of full attention only may see of a model with sliding-window layers (`window`): those
+/// layers attend to the last sliding_window positions only, so up to that many full attention answers exactly as
+/// they do. Training (and candle's Llama)
+/// keeps to it; pg_ai's own Llama attends through the window (`window`).
 pub(crate) fn context(config: &Value, max_position_embeddings: usize) -> usize {
-    let window = config.get("sliding_window").and_then(Value::as_u64).map(|w| w as usize);
-    let sliding_layers = config
-        .get("layer_types")
-        .and_then(Value::as_array)
-        .is_some_and(|types| types.iter().any(|t| t.as_str() == Some("sliding_attention")));
-    let sliding = sliding_layers || config.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false);
-    match window {
-        Some(w) if sliding && w > 0 => max_position_embeddings.min(w),
+    match window(config) {
+        Some(w) if w.size > 0 => max_position_embeddings.min(w.size),
         _ => max_position_embeddings,
     }
 }

@@ -9,7 +9,7 @@
 //! change besides a `Gemma`.
 
 use crate::error::Result;
-use crate::generate::kv_cache::{causal_mask, CachedDecoder, KvCache};
+use crate::generate::kv_cache::{causal_mask, sliding_mask, CachedDecoder, KvCache};
 use crate::kernels::int8::{bytes, Projection};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{ops::softmax_last_dim, rotary_emb::rope, Embedding, RmsNorm, VarBuilder};
@@ -43,6 +43,14 @@ pub struct Gemma {
     pub local_rope_theta: Option<f32>,
     /// Which layers attend through a sliding window (config.json's layer_types).
     pub sliding_layers: Vec<bool>,
+}
+
+/// Attention through a sliding window: the layers marked attend to the last `size` positions only (Mistral's and
+/// Phi-3's every layer, Qwen2's and Qwen3's from max_window_layers on, Gemma's local layers).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Window {
+    pub size: usize,
+    pub layers: Vec<bool>,
 }
 
 /// One decoder layer's weights.
@@ -84,6 +92,7 @@ pub struct ProjectedLlama {
     gemma: Option<Gemma>,
     /// Gemma 3's frequencies for its sliding-window layers.
     local_inverse_frequencies: Option<Vec<f32>>,
+    window: Option<Window>,
 }
 
 impl ProjectedLlama {
@@ -218,7 +227,14 @@ impl ProjectedLlama {
             context: c.max_position_embeddings,
             gemma: None,
             local_inverse_frequencies: None,
+            window: None,
         })
+    }
+
+    /// Makes the layers that `window` marks attend through it.
+    pub fn with_window(mut self, window: Option<Window>) -> Self {
+        self.window = window.filter(|w| w.size > 0);
+        self
     }
 
     /// Bytes of the weights in memory.
@@ -345,6 +361,10 @@ impl CachedDecoder for ProjectedLlama {
             None => None,
         };
         let mask = causal_mask(seq, past)?;
+        let local_mask = match &self.window {
+            Some(w) => sliding_mask(seq, past, w.size)?,
+            None => None,
+        };
         let input = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
         let mut x = self.embeddings.forward(&input)?.to_dtype(DType::F32)?;
         if self.gemma.is_some() {
@@ -357,7 +377,11 @@ impl CachedDecoder for ProjectedLlama {
                 (Some(local), true) => local,
                 _ => &global,
             };
-            x = self.layer_forward(layer, &x, kv, cos, sin, mask.as_ref())?;
+            let mask = match &self.window {
+                Some(w) if w.layers.get(i) == Some(&true) => local_mask.as_ref(),
+                _ => mask.as_ref(),
+            };
+            x = self.layer_forward(layer, &x, kv, cos, sin, mask)?;
         }
         let last = self.norm.forward(&x.narrow(1, seq - 1, 1)?)?;
         let mut logits = self.head.forward(&last)?.squeeze(0)?.squeeze(0)?;
