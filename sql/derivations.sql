@@ -278,8 +278,10 @@ BEGIN
 END $$;
 
 -- Checks a derivation's declaration (or change) before anything is written, and runs the task once on a short
--- text, as the caller: a model that cannot do the task fails here with its own error.
-CREATE FUNCTION ai.check_derivation(tbl regclass, target name, source name, task text, model text, options jsonb)
+-- text, as the caller: a model that cannot do the task fails here with its own error. `fill`: for ai_fill, which
+-- writes once and has no triggers, so Citus tables do.
+CREATE FUNCTION ai.check_derivation(tbl regclass, target name, source name, task text, model text, options jsonb,
+                                    fill boolean DEFAULT false)
 RETURNS name[] LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tasks text[] := ARRAY['embed', 'classify_label', 'classify', 'ner', 'summarize', 'translate', 'generate',
@@ -329,11 +331,10 @@ BEGIN
         RAISE EXCEPTION '"%" is not a table', tbl USING ERRCODE = '42809';
     END IF;
     -- Its triggers would fire on the workers' shards, where no derivation worker reads their queue.
-    IF ai.is_citus_table(tbl) THEN
+    IF NOT fill AND ai.is_citus_table(tbl) THEN
         RAISE EXCEPTION 'derived columns are not supported on Citus tables such as %', tbl
             USING ERRCODE = 'feature_not_supported',
-            HINT = 'Fill the column with WITH v AS (SELECT key, ai_...(source, model) FROM the table) UPDATE ... '
-                   'FROM v: see "Scaling out" in pg_ai''s README.';
+            HINT = 'ai_fill fills the column once, with the model running on the workers.';
     END IF;
     SELECT array_agg(a.attname ORDER BY k.n) INTO keys
     FROM pg_index AS i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n), pg_attribute AS a
@@ -349,6 +350,10 @@ BEGIN
     END IF;
     IF source_type NOT IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype) THEN
         RAISE EXCEPTION 'source column "%" is of type %, not text', source, source_type USING ERRCODE = '42804';
+    END IF;
+    IF task = 'embed_chunks' AND fill THEN
+        RAISE EXCEPTION 'ai_fill fills a column: task embed_chunks writes a table of chunks' USING ERRCODE = '22023',
+            HINT = 'ai_derive keeps a table of chunks.';
     END IF;
     IF task = 'embed_chunks' THEN
         IF NOT has_column_privilege(tbl, source, 'SELECT')
@@ -475,6 +480,37 @@ BEGIN
     RETURN d.id;
 END $$;
 COMMENT ON FUNCTION @extschema@.ai_derive IS 'Keeps a column derived from another by a model, in the background';
+
+-- One value of ai.derive_values, for a query's rows: ai_fill's, which Citus runs on the workers.
+CREATE FUNCTION ai.derive_one(task text, model text, options jsonb, source text) RETURNS text LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT (ai.derive_values(task, model, options, ARRAY[source]))[1]
+$$;
+
+-- Fills `target` of every row of `tbl` from `source` once, now, in the caller's transaction and with the caller's
+-- rights: the values a derivation writes, without queue, triggers or worker. On a Citus distributed table the
+-- model runs on the workers, next to the shards (Citus refuses a model call with a column in UPDATE). Returns the
+-- rows written.
+CREATE FUNCTION @extschema@.ai_fill(tbl regclass, target name, source name, task text, model text,
+                                    options jsonb DEFAULT '{}') RETURNS bigint
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keys name[] := ai.check_derivation(tbl, target, source, task, model, options, fill => true);
+    written bigint;
+BEGIN
+    EXECUTE format(
+        'WITH v AS (SELECT %s, ai.derive_one($1, $2, $3, t.%I::text) AS value FROM %s AS t)
+         UPDATE %s AS t SET %I = v.value::%s::%s FROM v WHERE (%s) = (%s)',
+        (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(keys) AS k), source, tbl, tbl, target,
+        ai.derivation_value_type(task),
+        (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute AS a WHERE a.attrelid = tbl AND a.attname = target),
+        (SELECT string_agg(format('t.%I', k), ', ') FROM unnest(keys) AS k),
+        (SELECT string_agg(format('v.%I', k), ', ') FROM unnest(keys) AS k))
+        USING task, model, options;
+    GET DIAGNOSTICS written = ROW_COUNT;
+    RETURN written;
+END $$;
+COMMENT ON FUNCTION @extschema@.ai_fill IS 'Fills a column from another by a model, once (on Citus tables too)';
 
 CREATE FUNCTION @extschema@.ai_change_derivation(tbl regclass, target name, model text DEFAULT NULL,
                                                  options jsonb DEFAULT NULL) RETURNS void

@@ -2,8 +2,8 @@
 # pg_ai on Citus: a coordinator and two workers on loopback, the second added after models exist. Models reach
 # every node through ai_distribute_models's reference tables (registered, trained, granted, dropped on the
 # coordinator); reads of a distributed table run the model on the workers (EXPLAIN shows the call in their
-# tasks) and answer as a local table does, from each worker's cache; a column fills through WITH ... UPDATE and
-# through an INSERT trigger; training (in the call and in a job) reads a distributed table; derived columns are
+# tasks) and answer as a local table does, from each worker's cache; a column fills through ai_fill, WITH ...
+# UPDATE and an INSERT trigger; training (in the call and in a job) reads a distributed table; derived columns are
 # refused; DROP EXTENSION ... CASCADE leaves nothing behind. Citus is built
 # from ../shared/vendor when the server does not have it (never copied into this repository); without either
 # the test says that it skipped. Run as root by scripts/test.sh, with pg_ai installed; CITUS_KEEP=1 leaves the
@@ -121,17 +121,22 @@ read -r first second <<<"$(on 0 -c "SET citus.max_adaptive_executor_pool_size = 
 echo "calls counted by the workers' cached models: $first after one query, $second after two"
 [ "$second" -gt "$first" ] || fail "the workers loaded the model again"
 
-# Writes: Citus refuses a model call with a column in UPDATE; the values come from a CTE, a query that Citus runs
-# on the workers before the UPDATE.
+# Writes: Citus refuses a model call with a column in UPDATE; ai_fill computes the values in a query that Citus
+# runs on the workers, and updates from it (as does the WITH ... UPDATE the README shows).
 plain=$(error_of "UPDATE notes SET topic = ai_classify_label(body, 'topic')")
 [ "$plain" = "0A000: STABLE functions used in UPDATE queries cannot be called with column references" ] ||
     fail "a plain UPDATE: $plain"
+filled=$(on 0 -c "SELECT ai_fill('notes', 'topic', 'body', 'classify_label', 'topic')")
+[ "$filled" = 16 ] || fail "ai_fill wrote $filled rows of 16"
+filled=$(on 0 -c "SELECT string_agg(id || ' ' || topic, '; ' ORDER BY id) FROM notes")
+expected=$(on 0 -c "SELECT string_agg(id || ' ' || ai_classify_label(body, 'topic'), '; ' ORDER BY id) FROM local_notes")
+[ "$filled" = "$expected" ] || fail "ai_fill wrote $filled, not $expected"
 on 0 -o /dev/null <<'SQL'
+UPDATE notes SET topic = NULL;
 WITH labelled AS (SELECT id, ai_classify_label(body, 'topic') AS topic FROM notes)
 UPDATE notes SET topic = labelled.topic FROM labelled WHERE notes.id = labelled.id;
 SQL
 filled=$(on 0 -c "SELECT string_agg(id || ' ' || topic, '; ' ORDER BY id) FROM notes")
-expected=$(on 0 -c "SELECT string_agg(id || ' ' || ai_classify_label(body, 'topic'), '; ' ORDER BY id) FROM local_notes")
 [ "$filled" = "$expected" ] || fail "WITH ... UPDATE filled $filled, not $expected"
 # An INSERT trigger, which Citus runs on the workers' shards.
 on 0 -o /dev/null <<'SQL'
@@ -223,5 +228,5 @@ for i in 0 1 2; do
     [ "$(on "$i" -c "SELECT count(*) FROM pg_namespace WHERE nspname = 'ai'")" = 0 ] ||
         fail "node $i kept pg_ai's schema after DROP EXTENSION"
 done
-echo "ok   citus: models on every node, reads on the workers as local ones, WITH ... UPDATE, INSERT triggers," \
+echo "ok   citus: models on every node, reads on the workers as local ones, ai_fill, INSERT triggers," \
     "training from a distributed table, a worker added later"

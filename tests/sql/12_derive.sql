@@ -159,6 +159,24 @@ SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgrelid = 'notes'::regcla
 SELECT pg_sleep(1.5);
 SELECT count(*) AS workers FROM pg_stat_activity WHERE backend_type = 'pg_ai derivation';
 
+-- ai_fill: the same values once, now, without a queue; NULL in, NULL out.
+CREATE TABLE filled (id int PRIMARY KEY, body text, topic text, entities jsonb, embedding real[]);
+INSERT INTO filled (id, body) VALUES (1, 'Bob Walker flew to New York yesterday.'), (2, 'i love eating pasta .'),
+                                     (3, NULL);
+SELECT ai_fill('filled', 'topic', 'body', 'classify_label', 'topic') AS rows,
+       ai_fill('filled', 'entities', 'body', 'ner', 'tagger') AS rows,
+       ai_fill('filled', 'embedding', 'body', 'embed', 'minilm') AS rows;
+SELECT id, topic IS NOT DISTINCT FROM ai_classify_label(body, 'topic') AS classified,
+       jsonb_path_query_array(entities, '$[*].entity') AS entities,
+       (SELECT max(abs(a - b)) FROM unnest(embedding, ai_embed(body, 'minilm')) AS u(a, b)) < 1e-6 AS embedded
+FROM filled ORDER BY id;
+SELECT count(*) AS queued FROM ai.derivation_queue;
+SELECT pg_temp.try($$SELECT ai_fill('filled', 'topic', 'body', 'embed_chunks', 'minilm')$$) AS chunks;
+SELECT pg_temp.try($$SELECT ai_fill('filled', 'embedding', 'body', 'classify_label', 'topic')$$) AS wrong_type;
+SELECT ai_fill(NULL, 'topic', 'body', 'classify_label', 'topic') IS NULL AS null_table,
+       ai_fill('filled', 'topic', 'body', 'classify_label', NULL) IS NULL AS null_model;
+DROP TABLE filled;
+
 -- Chains: a derived column may be another's source, never in a loop; a change runs down the chain.
 CREATE TABLE chained (id int PRIMARY KEY, body text, chain_summary text, chain_topic text);
 INSERT INTO chained (id, body) VALUES (1, 'grace won the tennis game .'), (2, 'i love eating pasta .');
