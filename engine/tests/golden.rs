@@ -563,6 +563,17 @@ mod generation {
         case: &Value,
         options: &GenerateOptions,
     ) -> (Vec<u32>, Vec<f32>) {
+        answer_within(m, file, case, options, 0.01)
+    }
+
+    /// answer_as_llama_cpp with the logits within `share` of their spread.
+    fn answer_within(
+        m: &dyn CausalLm,
+        file: &str,
+        case: &Value,
+        options: &GenerateOptions,
+        share: f32,
+    ) -> (Vec<u32>, Vec<f32>) {
         let prompt = case["prompt"].as_str().unwrap();
         let ids = m.codec().encode_prompt(prompt).unwrap();
         assert_eq!(ids, as_ids(&case["prompt_ids"]), "{file}: the ids of {prompt:?}");
@@ -574,9 +585,33 @@ mod generation {
         let spread = want.iter().cloned().fold(f32::MIN, f32::max) - want.iter().cloned().fold(f32::MAX, f32::min);
         let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         eprintln!("{file} {prompt:?}: largest difference from llama.cpp {worst:.5} of a spread of {spread:.3}");
-        assert!(worst < 0.01 * spread, "{file} {prompt:?}: {worst} of {spread}");
+        assert!(worst < share * spread, "{file} {prompt:?}: {worst} of {spread}");
         assert_eq!(greedy, as_ids(&case["greedy_ids"]), "{file}: llama.cpp's greedy ids for {prompt:?}");
         (greedy, logits)
+    }
+
+    /// A Llama whose GGUF vocabulary is a sentencepiece BPE with byte fallback (tokenizer.ggml.model "llama", as Llama
+    /// 2, Mistral 7B and TinyLlama files have), in F32 and Q8_0: the prompts' ids (the start token, a space before the
+    /// text, doubled spaces, characters of no piece as their bytes), the greedy ids and their text are llama.cpp's;
+    /// the next-token logits within 1% of their spread in F32 (measured: 0.02% at most), 2% in Q8_0 (measured: 1.06%
+    /// after the prompt of byte pieces, which training hardly touched; 0.7% at most after the others).
+    #[test]
+    fn sentencepiece_gguf_files_answer_as_llama_cpp() {
+        let llama_cpp = golden("gguf-spm");
+        let options = GenerateOptions { max_tokens: 20, ..Default::default() };
+        for kind in ["f32", "q8_0"] {
+            let file = format!("spm-llama-{kind}.gguf");
+            let path = fixtures().join("gguf").join(&file);
+            let loaded =
+                AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap(), &Default::default())
+                    .unwrap();
+            let m = loaded.causal().unwrap();
+            for case in llama_cpp[&file].as_array().unwrap() {
+                answer_within(m, &file, case, &options, if kind == "f32" { 0.01 } else { 0.02 });
+                let (_, pieces) = run(m, case["prompt"].as_str().unwrap(), &options);
+                assert_eq!(pieces.concat(), case["greedy_text"].as_str().unwrap(), "{file}: {}", case["prompt"]);
+            }
+        }
     }
 
     /// k-quants (blocks of 256 weights, llama.cpp's Q4_K_M, Q5_K_M and Q6_K mixes) of a Llama of hidden size 256,

@@ -1,6 +1,8 @@
 //! Quantized decoders from a GGUF file (Llama, SmolLM2, Qwen2, Qwen3: the architectures in `ARCHITECTURES`), with
 //! the tokenizer and chat template the file itself carries.
 
+mod sentencepiece;
+
 use crate::error::{AiError, Result};
 use crate::generate::kv_cache;
 use crate::generate::{CausalLm, Decoder, TextCodec};
@@ -260,8 +262,12 @@ pub fn as_transformers<R: Read + Seek>(
     Ok((tensors, config, variant))
 }
 
-/// The file's tokenizer, splitting texts as llama.cpp does.
+/// The file's tokenizer, splitting texts as llama.cpp does: a byte-level BPE (candle reads it), or a sentencepiece
+/// vocabulary (tokenizer.ggml.model "llama", which candle does not).
 pub fn tokenizer(content: &gguf_file::Content) -> candle_core::Result<Tokenizer> {
+    if content.metadata.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).is_some_and(|m| m == "llama") {
+        return sentencepiece::tokenizer(content);
+    }
     let mut tokenizer = Tokenizer::from_gguf(content)?;
     let pre = content.metadata.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned();
     split_as_llama_cpp(&mut tokenizer, pre.as_deref().unwrap_or_default())?;
