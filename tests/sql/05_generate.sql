@@ -46,6 +46,10 @@ SELECT ai_load_model('qwen2', :'fixtures' || '/models/qwen2'), ai_load_model('qw
        ai_load_model('mistral-gguf', :'fixtures' || '/gguf/mistral-q8_0.gguf');
 SELECT name, task, architecture FROM ai.models WHERE name ~ '^(qwen|mistral|phi|gemma)' ORDER BY name;
 SELECT name, ai_generate('bob lives in', name) FROM ai.models WHERE name ~ '^(qwen|mistral|phi|gemma)' ORDER BY name;
+-- A GGUF file whose vocabulary is a sentencepiece BPE (Llama 2's kind): the text continues as llama.cpp's does
+-- (engine/tests/golden.rs checks the ids), with the space its first piece carries.
+SELECT ai_load_model('spm-gguf', :'fixtures' || '/gguf/spm-llama-q8_0.gguf') \g /dev/null
+SELECT ai_generate('bob lives in', 'spm-gguf'), ai_generate('zoë ate', 'spm-gguf');
 
 -- pg_ai.int8_decoders holds GPT-2 and Llama weights as 8-bit blocks, for models loaded after the change: a half
 -- to a third of the memory (token embeddings are also held in f16 or f32 for lookup) and faster generation;
