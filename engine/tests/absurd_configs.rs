@@ -292,5 +292,5 @@ fn gguf_sweep(names: &[&str]) {
 
 #[test]
 fn absurd_gguf_metadata_is_an_error_or_answers() {
-    gguf_sweep(&["llama-q8_0.gguf", "qwen3-f32.gguf", "qwen2-q8_0.gguf", "spm-llama-q8_0.gguf"]);
+    gguf_sweep(&["llama-q8_0.gguf", "qwen3-f32.gguf", "qwen2-q8_0.gguf", "spm-llama-q8_0.gguf", "spm-phi3-q8_0.gguf"]);
 }

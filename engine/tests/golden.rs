@@ -590,17 +590,19 @@ mod generation {
         (greedy, logits)
     }
 
-    /// A Llama whose GGUF vocabulary is a sentencepiece BPE with byte fallback (tokenizer.ggml.model "llama", as Llama
-    /// 2, Mistral 7B and TinyLlama files have), in F32 and Q8_0: the prompts' ids (the start token, a space before the
-    /// text, doubled spaces, characters of no piece as their bytes), the greedy ids and their text are llama.cpp's;
+    /// A Llama and a Phi-3 (the phi3 architecture: query, key and value in one tensor, gate and up in one, half of each
+    /// head rotating) whose GGUF vocabularies are sentencepiece BPEs with byte fallback (tokenizer.ggml.model
+    /// "llama", as Llama 2, Mistral 7B, TinyLlama and Phi-3 files have), in F32 and Q8_0: the prompts' ids (the start
+    /// token, a space before the text, doubled spaces, characters of no piece as their bytes), the greedy ids and
+    /// their text are llama.cpp's;
     /// the next-token logits within 1% of their spread in F32 (measured: 0.02% at most), 2% in Q8_0 (measured: 1.06%
     /// after the prompt of byte pieces, which training hardly touched; 0.7% at most after the others).
     #[test]
     fn sentencepiece_gguf_files_answer_as_llama_cpp() {
         let llama_cpp = golden("gguf-spm");
         let options = GenerateOptions { max_tokens: 20, ..Default::default() };
-        for kind in ["f32", "q8_0"] {
-            let file = format!("spm-llama-{kind}.gguf");
+        for (name, kind) in ["spm-llama", "spm-phi3"].into_iter().flat_map(|n| [(n, "f32"), (n, "q8_0")]) {
+            let file = format!("{name}-{kind}.gguf");
             let path = fixtures().join("gguf").join(&file);
             let loaded =
                 AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap(), &Default::default())
@@ -612,6 +614,36 @@ mod generation {
                 assert_eq!(pieces.concat(), case["greedy_text"].as_str().unwrap(), "{file}: {}", case["prompt"]);
             }
         }
+    }
+
+    /// A Phi-3 file with LongRoPE's factors (rope_factors_long and _short, as the 128k-context models carry) is
+    /// refused with a hint rather than answered as if its positions were not rescaled.
+    #[test]
+    fn long_rope_gguf_files_are_refused() {
+        use candle_core::quantized::gguf_file;
+        let source = fixtures().join("gguf").join("spm-phi3-q8_0.gguf");
+        let mut file = std::fs::File::open(&source).unwrap();
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        let mut tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+            .tensor_infos
+            .keys()
+            .map(|t| (t.clone(), content.tensor(&mut file, t, &candle_core::Device::Cpu).unwrap()))
+            .collect();
+        let factors = candle_core::Tensor::ones(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        for name in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+            let factors = candle_core::quantized::QTensor::quantize(&factors, candle_core::quantized::GgmlDType::F32);
+            tensors.push((name.to_string(), factors.unwrap()));
+        }
+        let written = std::env::temp_dir().join(format!("pg_ai-long-rope-{}.gguf", std::process::id()));
+        let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensor_refs: Vec<_> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        gguf_file::write(&mut std::fs::File::create(&written).unwrap(), &metadata, &tensor_refs).unwrap();
+        let refused =
+            AnyModel::load(&ModelFiles::locate(written.to_str().unwrap(), None).unwrap(), &Default::default());
+        std::fs::remove_file(&written).unwrap();
+        let error = refused.err().expect("a LongRoPE file was loaded");
+        assert_eq!(error.kind, pg_ai_engine::error::ErrorKind::Unsupported);
+        assert!(error.to_string().contains("rescales its rotary positions (LongRoPE)"), "{error}");
     }
 
     /// k-quants (blocks of 256 weights, llama.cpp's Q4_K_M, Q5_K_M and Q6_K mixes) of a Llama of hidden size 256,

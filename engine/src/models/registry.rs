@@ -262,7 +262,7 @@ mod tests {
             Some(
                 "pg_ai runs models of type bert, distilbert, roberta, xlm-roberta, camembert, mpnet, deberta-v2, \
                  modernbert, gpt2, llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, t5, marian or bart, and GGUF files of \
-                 llama, qwen2 and qwen3 models."
+                 llama, qwen2, qwen3 and phi3 models."
             )
         );
         let e = training("marian", Objective::Seq2Seq).err().unwrap();

@@ -1,9 +1,9 @@
-//! Quantized decoders from a GGUF file (Llama, SmolLM2, Qwen2, Qwen3: the architectures in `ARCHITECTURES`), with
+//! Quantized decoders from a GGUF file (Llama, SmolLM2, Qwen2, Qwen3, Phi-3: the architectures in `ARCHITECTURES`), with
 //! the tokenizer and chat template the file itself carries.
 
 mod sentencepiece;
 
-use crate::error::{AiError, Result};
+use crate::error::{AiError, ErrorKind, Result};
 use crate::generate::kv_cache;
 use crate::generate::{CausalLm, Decoder, TextCodec};
 use crate::kernels::int8::Projection;
@@ -56,9 +56,11 @@ const ARCHITECTURES: &[Architecture] = &[
     Architecture { name: "llama", interleaved: true },
     Architecture { name: "qwen2", interleaved: false },
     Architecture { name: "qwen3", interleaved: false },
+    // Query, key and value in one tensor (attn_qkv), gate and up in one (ffn_up), NEOX rotation of part of each head.
+    Architecture { name: "phi3", interleaved: false },
 ];
 
-/// "llama, qwen2 and qwen3", for hints.
+/// "llama, qwen2, qwen3 and phi3", for hints.
 pub fn architectures() -> String {
     crate::error::listed(ARCHITECTURES.iter().map(|a| a.name), "and")
 }
@@ -150,9 +152,20 @@ impl GgufModel {
         let content = gguf_file::Content::read(&mut file).map_err(corrupt)?;
         let parameters = content.tensor_infos.values().map(|t| t.shape.elem_count()).sum();
         let architecture = architecture_of(&content).map_err(|e| {
-            AiError::invalid(e.to_string())
-                .with_hint(format!("pg_ai reads GGUF files of {} models (Llama, SmolLM2, Qwen).", architectures()))
+            AiError::invalid(e.to_string()).with_hint(format!(
+                "pg_ai reads GGUF files of {} models (Llama, SmolLM2, Mistral, Qwen, Phi-3).",
+                architectures()
+            ))
         })?;
+        // Phi-3's long-context files rescale their rotary angles by tensors of factors (LongRoPE), which pg_ai's
+        // Llama does not read: refused rather than answered otherwise than llama.cpp answers.
+        if content.tensor_infos.keys().any(|t| t.starts_with("rope_factors_")) {
+            return Err(AiError::new(
+                ErrorKind::Unsupported,
+                format!("{} rescales its rotary positions (LongRoPE), which pg_ai does not read", path.display()),
+            )
+            .with_hint("Phi-3 files of 4k context run; the long-context (128k) ones do not yet."));
+        }
         let mut metadata = Map::new();
         for (key, value) in &content.metadata {
             if let Some(v) = scalar(value).filter(|_| !key.starts_with("tokenizer.")) {
@@ -224,15 +237,23 @@ pub fn as_transformers<R: Read + Seek>(
         tensors.insert("lm_head.weight".to_string(), read("output.weight", None)?);
     }
     let (heads, kv_heads) = (Some(config.num_attention_heads), Some(config.num_key_value_heads));
+    let fused = fused(content);
     for i in 0..config.num_hidden_layers {
         let (hf, blk) = (format!("model.layers.{i}"), format!("blk.{i}"));
-        let mut parts = vec![
-            ("self_attn.q_proj.weight", "attn_q.weight", heads),
-            ("self_attn.k_proj.weight", "attn_k.weight", kv_heads),
-            ("self_attn.v_proj.weight", "attn_v.weight", None),
-            ("mlp.gate_proj.weight", "ffn_gate.weight", None),
-            ("mlp.up_proj.weight", "ffn_up.weight", None),
-        ];
+        let mut parts = match fused {
+            // Phi-3's names, which ProjectedLlama::load reads as they are.
+            true => vec![
+                ("self_attn.qkv_proj.weight", "attn_qkv.weight", None),
+                ("mlp.gate_up_proj.weight", "ffn_up.weight", None),
+            ],
+            false => vec![
+                ("self_attn.q_proj.weight", "attn_q.weight", heads),
+                ("self_attn.k_proj.weight", "attn_k.weight", kv_heads),
+                ("self_attn.v_proj.weight", "attn_v.weight", None),
+                ("mlp.gate_proj.weight", "ffn_gate.weight", None),
+                ("mlp.up_proj.weight", "ffn_up.weight", None),
+            ],
+        };
         parts.extend([
             ("self_attn.o_proj.weight", "attn_output.weight", None),
             ("mlp.down_proj.weight", "ffn_down.weight", None),
@@ -318,11 +339,18 @@ fn as_stored<R: Read + Seek>(content: &gguf_file::Content, file: &mut R) -> cand
         true => rotate_half_rows(t, heads),
         false => Ok(t),
     };
+    let fused = fused(content);
     let mut layers = Vec::new();
     for i in 0..config.num_hidden_layers {
         let mut part = |name: &str| stored(&format!("blk.{i}.{name}"));
-        let q = in_order(part("attn_q.weight")?, config.num_attention_heads)?;
-        let k = in_order(part("attn_k.weight")?, config.num_key_value_heads)?;
+        let (qkv, gate_up) = match fused {
+            true => (vec![part("attn_qkv.weight")?], vec![part("ffn_up.weight")?]),
+            false => {
+                let q = in_order(part("attn_q.weight")?, config.num_attention_heads)?;
+                let k = in_order(part("attn_k.weight")?, config.num_key_value_heads)?;
+                (vec![q, k, part("attn_v.weight")?], vec![part("ffn_gate.weight")?, part("ffn_up.weight")?])
+            }
+        };
         let qkv_bias = match variant.qkv_bias {
             true => {
                 let q = in_order(part("attn_q.bias")?, config.num_attention_heads)?.dequantize(&Device::Cpu)?;
@@ -336,12 +364,12 @@ fn as_stored<R: Read + Seek>(content: &gguf_file::Content, file: &mut R) -> cand
         let (query_norm, key_norm) = (head_norm("attn_q_norm.weight")?, head_norm("attn_k_norm.weight")?);
         layers.push(Layer {
             attention_norm: norm(part("attn_norm.weight")?)?,
-            qkv: Projection::stored(vec![q, k, part("attn_v.weight")?], qkv_bias)?,
+            qkv: Projection::stored(qkv, qkv_bias)?,
             query_norm,
             key_norm,
             attention_out: Projection::stored(vec![part("attn_output.weight")?], out_bias)?,
             mlp_norm: norm(part("ffn_norm.weight")?)?,
-            gate_up: Projection::stored(vec![part("ffn_gate.weight")?, part("ffn_up.weight")?], None)?,
+            gate_up: Projection::stored(gate_up, None)?,
             down: Projection::stored(vec![part("ffn_down.weight")?], None)?,
             attention_out_norm: None,
             mlp_out_norm: None,
@@ -357,6 +385,12 @@ fn as_stored<R: Read + Seek>(content: &gguf_file::Content, file: &mut R) -> cand
         false => stored("output.weight")?,
     };
     ProjectedLlama::new(&config, variant, lookup, layers, output_norm, Projection::stored(vec![head], None)?, false)
+}
+
+/// Whether the file holds query, key and value as one tensor and gate and up as another (Phi-3), as llama.cpp's
+/// converter writes a model whose safetensors do.
+fn fused(content: &gguf_file::Content) -> bool {
+    content.tensor_infos.contains_key("blk.0.attn_qkv.weight")
 }
 
 /// The rows of a query or key weight (or the values of its bias), which llama.cpp's converter interleaves within
