@@ -616,6 +616,33 @@ mod generation {
         }
     }
 
+    /// A Llama with Llama 3.1's rope scaling (rope_type llama3, written as the converter writes it: a rope_freqs
+    /// tensor of factors dividing the rotary frequencies), in F32 and Q8_0, answers as llama.cpp does on each file,
+    /// and in F32 as transformers does (1e-4; without the factors the logits move by up to 6e-3).
+    #[test]
+    fn llama3_rope_scaling_gguf_files_answer_as_transformers_and_llama_cpp() {
+        let llama_cpp = golden("gguf");
+        let transformers = golden("llama3rope");
+        let options = GenerateOptions { max_tokens: 20, ..Default::default() };
+        for kind in ["f32", "q8_0"] {
+            let file = format!("llama3rope-{kind}.gguf");
+            let path = fixtures().join("gguf").join(&file);
+            let loaded =
+                AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap(), &Default::default())
+                    .unwrap();
+            for (case, reference) in llama_cpp[&file].as_array().unwrap().iter().zip(cases(&transformers, "generate")) {
+                let (greedy, logits) = answer_as_llama_cpp(loaded.causal().unwrap(), &file, case, &options);
+                if kind == "f32" {
+                    assert_eq!(reference["prompt"], case["prompt"]);
+                    for (got, want) in logits.iter().zip(reference["next_token_logits"].as_array().unwrap()) {
+                        close(*got, want, &file);
+                    }
+                    assert_eq!(greedy, as_ids(&reference["greedy_ids"]), "{file}: transformers' greedy ids");
+                }
+            }
+        }
+    }
+
     /// A Phi-3 file with LongRoPE's factors (rope_factors_long and _short, as the 128k-context models carry) is
     /// refused with a hint rather than answered as if its positions were not rescaled.
     #[test]

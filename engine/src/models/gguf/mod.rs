@@ -198,6 +198,7 @@ impl GgufModel {
             } else {
                 as_stored(&content, &mut file)
             }
+            .and_then(|model| with_rope_freqs(model, &content, &mut file))
             .map_err(corrupt)?;
             let bytes = model.weight_bytes();
             (Held::Projected { model, requantised }, bytes)
@@ -385,6 +386,20 @@ fn as_stored<R: Read + Seek>(content: &gguf_file::Content, file: &mut R) -> cand
         false => stored("output.weight")?,
     };
     ProjectedLlama::new(&config, variant, lookup, layers, output_norm, Projection::stored(vec![head], None)?, false)
+}
+
+/// `model` with its rotary frequencies divided by the file's rope_freqs factors, where it has them (Llama 3.1 and
+/// 3.2 files: their rope scaling as the converter writes it, a factor per frequency).
+fn with_rope_freqs<R: Read + Seek>(
+    model: ProjectedLlama,
+    content: &gguf_file::Content,
+    file: &mut R,
+) -> candle_core::Result<ProjectedLlama> {
+    if !content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Ok(model);
+    }
+    let factors = content.tensor(file, "rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?;
+    model.with_frequency_factors(&factors.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// Whether the file holds query, key and value as one tensor and gate and up as another (Phi-3), as llama.cpp's

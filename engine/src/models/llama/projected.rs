@@ -231,6 +231,22 @@ impl ProjectedLlama {
         })
     }
 
+    /// Divides each rotary frequency by its factor (a GGUF's rope_freqs: Llama 3.1's rope scaling, as llama.cpp's
+    /// converter writes it), one per pair of rotating dimensions.
+    pub fn with_frequency_factors(mut self, factors: &[f32]) -> candle_core::Result<Self> {
+        if factors.len() != self.inverse_frequencies.len() || factors.iter().any(|f| !f.is_finite() || *f <= 0.0) {
+            candle_core::bail!(
+                "rope_freqs holds {} factors for {} rotary frequencies, each finite and above 0",
+                factors.len(),
+                self.inverse_frequencies.len()
+            )
+        }
+        for (frequency, factor) in self.inverse_frequencies.iter_mut().zip(factors) {
+            *frequency /= factor;
+        }
+        Ok(self)
+    }
+
     /// Makes the layers that `window` marks attend through it.
     pub fn with_window(mut self, window: Option<Window>) -> Self {
         self.window = window.filter(|w| w.size > 0);
