@@ -73,7 +73,6 @@ impl<M: CachedDecoder> Decoder for Session<'_, M> {
     }
 }
 
-/// (seq, past + seq) additive mask: token i sees the past and itself, nothing after. None for one token.
 /// causal_mask for layers that attend through a sliding window: query i sees key j only where
 /// i - window < j <= i, as transformers' sliding-window masks have it; None where no key is hidden.
 pub(crate) fn sliding_mask(seq: usize, past: usize, window: usize) -> candle_core::Result<Option<Tensor>> {
@@ -87,6 +86,7 @@ pub(crate) fn sliding_mask(seq: usize, past: usize, window: usize) -> candle_cor
     Tensor::from_vec(mask, (seq, total), &Device::Cpu).map(Some)
 }
 
+/// (seq, past + seq) additive mask: token i sees the past and itself, nothing after. None for one token.
 pub(crate) fn causal_mask(seq: usize, past: usize) -> candle_core::Result<Option<Tensor>> {
     if seq == 1 {
         return Ok(None);

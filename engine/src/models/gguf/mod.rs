@@ -172,8 +172,7 @@ impl GgufModel {
                 metadata.insert(key.clone(), v);
             }
         }
-        let eos_id = content.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
-        let codec = DecoderTokenizer::new(tokenizer(&content).map_err(corrupt)?, eos_id.into_iter().collect())?;
+        let codec = DecoderTokenizer::new(tokenizer(&content).map_err(corrupt)?, end_ids(&content))?;
         let chat_template = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
         // Why: candle multiplies Q4_1, Q5_1 and Q8_1 weights with a scalar loop (SmolLM2's Q4_1 prompt went through
         // about ten times slower than PyTorch). Q8_0 has SIMD kernels, and holds each block of 32 weights to within
@@ -400,6 +399,31 @@ fn with_rope_freqs<R: Read + Seek>(
     }
     let factors = content.tensor(file, "rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?;
     model.with_frequency_factors(&factors.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// The tokens that end a generation, as llama.cpp finds them: the file's end-of-text token first (the chat
+/// templates' eos_token), its end-of-turn and end-of-message tokens, and the control tokens whose text llama.cpp
+/// takes for an end of turn where the file does not name one (Phi-3's <|end|>, ChatML's <|im_end|>, Llama 3's
+/// <|eot_id|>, Gemma's <end_of_turn>).
+fn end_ids(content: &gguf_file::Content) -> Vec<u32> {
+    const END_TEXTS: [&str; 8] =
+        ["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "_<EOT>", "<|eom_id|>"];
+    let id = |key: &str| content.metadata.get(&format!("tokenizer.ggml.{key}")).and_then(|v| v.to_u32().ok());
+    let mut ids: Vec<u32> = ["eos_token_id", "eot_token_id", "eom_token_id"].into_iter().filter_map(id).collect();
+    let tokens = content.metadata.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok());
+    let types = content.metadata.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok());
+    if let (Some(tokens), Some(types)) = (tokens, types) {
+        for (i, (token, kind)) in tokens.iter().zip(types).enumerate() {
+            // Control tokens (type 3) only: a normal piece with such a text is text.
+            let control = kind.to_i32().is_ok_and(|k| k == 3);
+            if control && token.to_string().is_ok_and(|t| END_TEXTS.contains(&t.as_str())) {
+                ids.push(i as u32);
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    ids
 }
 
 /// Whether the file holds query, key and value as one tensor and gate and up as another (Phi-3), as llama.cpp's
