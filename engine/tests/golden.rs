@@ -528,10 +528,7 @@ mod generation {
         for name in ["llama", "qwen2", "qwen3", "mistral"] {
             for kind in ["f32", "q8_0"] {
                 let file = format!("{name}-{kind}.gguf");
-                let path = fixtures().join("gguf").join(&file);
-                let loaded =
-                    AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap(), &Default::default())
-                        .unwrap();
+                let loaded = gguf_fixture(&file);
                 let m = loaded.causal().unwrap();
                 let transformers = golden(name);
                 for (case, reference) in
@@ -549,6 +546,12 @@ mod generation {
                 }
             }
         }
+    }
+
+    /// tests/fixtures/gguf/`file`, loaded as SQL loads it.
+    fn gguf_fixture(file: &str) -> AnyModel {
+        let path = fixtures().join("gguf").join(file);
+        AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap(), &Default::default()).unwrap()
     }
 
     fn as_ids(v: &Value) -> Vec<u32> {
@@ -603,10 +606,7 @@ mod generation {
         let options = GenerateOptions { max_tokens: 20, ..Default::default() };
         for (name, kind) in ["spm-llama", "spm-phi3"].into_iter().flat_map(|n| [(n, "f32"), (n, "q8_0")]) {
             let file = format!("{name}-{kind}.gguf");
-            let path = fixtures().join("gguf").join(&file);
-            let loaded =
-                AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap(), &Default::default())
-                    .unwrap();
+            let loaded = gguf_fixture(&file);
             let m = loaded.causal().unwrap();
             // Phi-3's end of turn ends a generation, as llama.cpp takes its text for one; so does the end of text.
             if name == "spm-phi3" {
@@ -632,10 +632,7 @@ mod generation {
         let options = GenerateOptions { max_tokens: 20, ..Default::default() };
         for kind in ["f32", "q8_0"] {
             let file = format!("llama3rope-{kind}.gguf");
-            let path = fixtures().join("gguf").join(&file);
-            let loaded =
-                AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap(), &Default::default())
-                    .unwrap();
+            let loaded = gguf_fixture(&file);
             for (case, reference) in llama_cpp[&file].as_array().unwrap().iter().zip(cases(&transformers, "generate")) {
                 let (greedy, logits) = answer_as_llama_cpp(loaded.causal().unwrap(), &file, case, &options);
                 if kind == "f32" {
@@ -687,10 +684,7 @@ mod generation {
         let options = GenerateOptions { max_tokens: 20, ..Default::default() };
         for kind in ["q4_k_m", "q5_k_m", "q6_k"] {
             let file = format!("llama256-{kind}.gguf");
-            let path = fixtures().join("gguf").join(&file);
-            let loaded =
-                AnyModel::load(&ModelFiles::locate(path.to_str().unwrap(), None).unwrap(), &Default::default())
-                    .unwrap();
+            let loaded = gguf_fixture(&file);
             for case in llama_cpp[&file].as_array().unwrap() {
                 answer_as_llama_cpp(loaded.causal().unwrap(), &file, case, &options);
             }
