@@ -204,6 +204,14 @@ BEGIN
     SELECT * INTO d FROM ai.derivations WHERE id = derivation_id AND status = 'active'
         AND pg_catalog.pg_has_role(owner, 'MEMBER');
     IF NOT FOUND THEN
+        -- The worker lets go of a paused derivation in this transaction, so that ai_resume_derivation starts a
+        -- new one once it commits; resumed meanwhile (the row lock orders the two), it goes on instead.
+        UPDATE ai.derivations SET pid = NULL
+        WHERE id = derivation_id AND pid = pg_catalog.pg_backend_pid() AND status <> 'active';
+        IF NOT FOUND AND EXISTS (SELECT FROM ai.derivations WHERE id = derivation_id AND status = 'active'
+                                 AND pid = pg_catalog.pg_backend_pid()) THEN
+            RETURN 0;
+        END IF;
         RETURN -1;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_class WHERE oid = d.source_table) THEN
