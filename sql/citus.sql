@@ -48,7 +48,7 @@ BEGIN
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                 HINT = 'pg_ai must be installed on every node (CREATE EXTENSION pg_ai on the coordinator does it).';
         ELSIF node.result <> '0' THEN
-            RAISE EXCEPTION 'worker %:% has % models of its own', node.nodename, node.nodeport, node.result
+            RAISE EXCEPTION 'worker %:% has % model(s) of its own', node.nodename, node.nodeport, node.result
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                 HINT = 'Drop them there (ai_drop_model), then register them on the coordinator.';
         END IF;

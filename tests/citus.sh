@@ -76,6 +76,12 @@ SQL
 # Only the catalog's owner distributes it.
 refused=$(error_of "SET ROLE alice; SELECT ai_distribute_models()")
 [ "$refused" = "42501: must be the owner of pg_ai's catalog to distribute it" ] || fail "alice distributed: $refused"
+# A worker's own models would be hidden behind the reference tables: refused until they are gone.
+on 1 -o /dev/null -c "SELECT ai_load_model('own', '$PWD/tests/fixtures/models/bert-classifier', store => true)"
+refused=$(error_of "SELECT ai_distribute_models()")
+[ "$refused" = "55000: worker 127.0.0.1:${ports[1]} has 1 model(s) of its own" ] ||
+    fail "a worker's own model did not stop the distribution: $refused"
+on 1 -o /dev/null -c "SELECT ai_drop_model('own')"
 [ "$(on 0 -c "SELECT ai_distribute_models()")" = t ] || fail "the catalog was not distributed"
 [ "$(on 0 -c "SELECT ai_distribute_models()")" = f ] || fail "a second ai_distribute_models did something"
 # The model registered before reaches the worker as data.
