@@ -113,8 +113,12 @@ fn exercise(model: &AnyModel) {
 
 /// A copy of `model`'s directory whose config.json is `config`.
 fn with_config(model: &Path, config: &Value, case: usize) -> PathBuf {
+    // A directory of its own per call: the sweeps run side by side in one process over the same models, and a
+    // copy made onto another sweep's hard link would truncate the fixture itself.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let name = model.file_name().unwrap().to_str().unwrap();
-    let dir = std::env::temp_dir().join(format!("pg_ai-absurd-{}-{name}-{case}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("pg_ai-absurd-{}-{name}-{case}-{call}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(model).unwrap() {
