@@ -45,7 +45,7 @@ stop() {
 fail() { echo "FAIL $name: $*"; tail -n 20 "$root"/*.log; exit 1; }
 # psql on a node (0: the coordinator): bare values, stopping at the first error.
 on() { local i=$1; shift; as_postgres psql -X -q -At -v ON_ERROR_STOP=1 -h "$root" -p "${ports[$i]}" -U postgres "$@"; }
-# The SQLSTATE and message of a statement that must fail, as alice on the coordinator unless told otherwise.
+# The SQLSTATE and message of a statement that must fail on the coordinator.
 error_of() {
     on 0 -c "DO \$\$ BEGIN EXECUTE \$q\$$1\$q\$; EXCEPTION WHEN OTHERS THEN RAISE WARNING '%: %', SQLSTATE, SQLERRM; END \$\$" \
         2>&1 | sed -n 's/^WARNING:  //p'
