@@ -41,7 +41,7 @@ impl LlamaModel {
         let parsed: LlamaConfig = serde_json::from_value(top_level_rope(config.clone())?)
             .map_err(|e| AiError::corrupt(format!("config.json is not a Llama configuration: {e}")))?;
         let variant = variant(&config)?;
-        let gemma = gemma(&config);
+        let gemma = gemma(&config)?;
         let llama_config = parsed.clone().into_config(false);
         let eos_ids = match parsed.eos_token_id {
             Some(LlamaEosToks::Single(id)) => vec![id],
@@ -72,13 +72,13 @@ impl LlamaModel {
         // f32.
         let (weights, weight_bytes) = if c.rope_scaling.is_none() {
             let model =
-                ProjectedLlama::load(&vb, c, variant, gemma, int8).map_err(mismatch)?.with_window(window(&config));
+                ProjectedLlama::load(&vb, c, variant, gemma, int8).map_err(mismatch)?.with_window(window(&config)?);
             let bytes = model.weight_bytes();
             (Weights::Projected(model), bytes)
         } else if variant == Variant::default() && gemma.is_none() {
             // candle's Llama has full attention only.
             let mut llama_config = llama_config;
-            llama_config.max_position_embeddings = context(&config, llama_config.max_position_embeddings);
+            llama_config.max_position_embeddings = context(&config, llama_config.max_position_embeddings)?;
             let model = Llama::load(vb, &llama_config).map_err(mismatch)?;
             (Weights::Candle { model, config: llama_config }, parameters.saturating_mul(4))
         } else {
@@ -137,14 +137,14 @@ fn rotary_dims(config: &Value, head_dim: usize) -> Option<usize> {
 }
 
 /// What Gemma 2 and 3 (model_type gemma2, gemma3_text) change (see projected::Gemma); None for other models.
-fn gemma(config: &Value) -> Option<Gemma> {
-    let model_type = config.get("model_type").and_then(Value::as_str)?;
+fn gemma(config: &Value) -> Result<Option<Gemma>> {
+    let Some(model_type) = config.get("model_type").and_then(Value::as_str) else { return Ok(None) };
     if !matches!(model_type, "gemma2" | "gemma3_text") {
-        return None;
+        return Ok(None);
     }
     let number = |key: &str| config.get(key).and_then(Value::as_f64);
     let head_dim = number("head_dim").unwrap_or(256.0);
-    Some(Gemma {
+    Ok(Some(Gemma {
         query_pre_attn_scalar: number("query_pre_attn_scalar").unwrap_or(head_dim),
         attention_softcap: number("attn_logit_softcapping"),
         final_softcap: number("final_logit_softcapping"),
@@ -154,22 +154,24 @@ fn gemma(config: &Value) -> Option<Gemma> {
             .and_then(Value::as_f64)
             .filter(|_| model_type == "gemma3_text")
             .map(|theta| theta as f32),
-        sliding_layers: sliding_layers(config),
-    })
+        sliding_layers: sliding_layers(config)?,
+    }))
 }
 
 /// Which layers are of the sliding-window kind: transformers 5's layer_types where config.json has them, else as
 /// transformers fills them in: Mistral and Phi-3 every layer, Qwen2 and Qwen3 (with use_sliding_window) the layers
 /// from max_window_layers on, Gemma 2 every other layer from the first, Gemma 3 all but every
-/// sliding_window_pattern-th (6).
-fn sliding_layers(config: &Value) -> Vec<bool> {
-    let layers = config.get("num_hidden_layers").and_then(Value::as_u64).unwrap_or(0) as usize;
+/// sliding_window_pattern-th (6). A flag per layer of config.json's num_hidden_layers, not yet checked against the
+/// weights: refused (53200) where the flags alone would take more than a call may.
+fn sliding_layers(config: &Value) -> Result<Vec<bool>> {
     if let Some(types) = config.get("layer_types").and_then(Value::as_array) {
-        return types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect();
+        return Ok(types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect());
     }
+    let layers = config.get("num_hidden_layers").and_then(Value::as_u64).unwrap_or(0) as usize;
+    crate::budget::check(layers, || format!("the layer kinds of num_hidden_layers {layers}"))?;
     let flag = |key: &str| config.get(key).and_then(Value::as_bool).unwrap_or(false);
     let number = |key: &str, default: u64| config.get(key).and_then(Value::as_u64).unwrap_or(default) as usize;
-    match config.get("model_type").and_then(Value::as_str) {
+    Ok(match config.get("model_type").and_then(Value::as_str) {
         Some("mistral" | "phi3") => vec![true; layers],
         Some("qwen2" | "qwen3") if flag("use_sliding_window") => {
             (0..layers).map(|i| i >= number("max_window_layers", 0)).collect()
@@ -180,26 +182,25 @@ fn sliding_layers(config: &Value) -> Vec<bool> {
             (0..layers).map(|i| (i + 1) % pattern != 0).collect()
         }
         _ => vec![false; layers],
-    }
+    })
 }
 
 /// The sliding window the model's layers attend through, if any: sliding_window positions (null: none) in the
 /// layers `sliding_layers` marks.
-fn window(config: &Value) -> Option<Window> {
-    let size = config.get("sliding_window").and_then(Value::as_u64)? as usize;
-    let layers = sliding_layers(config);
-    layers.contains(&true).then_some(Window { size, layers })
+fn window(config: &Value) -> Result<Option<Window>> {
+    let Some(size) = config.get("sliding_window").and_then(Value::as_u64) else { return Ok(None) };
+    let layers = sliding_layers(config)?;
+    Ok(layers.contains(&true).then_some(Window { size: size as usize, layers }))
 }
 
 /// The positions a model of full attention only may see of a model with sliding-window layers (`window`): those
 /// layers attend to the last sliding_window positions only, so up to that many full attention answers exactly as
-/// they do. Training (and candle's Llama)
-/// keeps to it; pg_ai's own Llama attends through the window (`window`).
-pub(crate) fn context(config: &Value, max_position_embeddings: usize) -> usize {
-    match window(config) {
+/// they do. Training (and candle's Llama) keeps to it; pg_ai's own Llama attends through the window (`window`).
+pub(crate) fn context(config: &Value, max_position_embeddings: usize) -> Result<usize> {
+    Ok(match window(config)? {
         Some(w) if w.size > 0 => max_position_embeddings.min(w.size),
         _ => max_position_embeddings,
-    }
+    })
 }
 
 /// transformers 5 writes the rotary settings under `rope_parameters`; candle reads `rope_theta` and
@@ -281,5 +282,25 @@ impl CausalLm for LlamaModel {
 
     fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layer kinds follow transformers' rules, and config.json's layer count is not trusted with an
+    /// allocation: the flags of 2^40 layers are refused (53200) before they are asked of the allocator.
+    #[test]
+    fn sliding_layers_follow_transformers_and_refuse_absurd_counts() {
+        let qwen = serde_json::json!({"model_type": "qwen2", "num_hidden_layers": 4, "use_sliding_window": true,
+                                      "max_window_layers": 2});
+        assert_eq!(sliding_layers(&qwen).unwrap(), [false, false, true, true]);
+        let gemma3 = serde_json::json!({"model_type": "gemma3_text", "num_hidden_layers": 6});
+        assert_eq!(sliding_layers(&gemma3).unwrap(), [true, true, true, true, true, false]);
+        let absurd = serde_json::json!({"model_type": "gemma2", "num_hidden_layers": 1u64 << 40});
+        assert_eq!(sliding_layers(&absurd).unwrap_err().kind, ErrorKind::OutOfMemory);
+        let absurd = serde_json::json!({"model_type": "mistral", "num_hidden_layers": 1u64 << 40, "sliding_window": 8});
+        assert_eq!(context(&absurd, 64).unwrap_err().kind, ErrorKind::OutOfMemory);
     }
 }

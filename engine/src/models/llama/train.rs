@@ -192,7 +192,7 @@ impl TrainableLlama {
         let group = heads / kv_heads;
         let kv_of_head: Vec<u32> = (0..heads).map(|h| (h / group) as u32).collect();
         let inv_freq = inverse_frequencies(&rope(&config), head_dim)?;
-        let positions = super::context(&config, int("max_position_embeddings").unwrap_or(2048));
+        let positions = super::context(&config, int("max_position_embeddings").unwrap_or(2048))?;
         let architecture = match model_type.as_str() {
             "qwen2" => "Qwen2ForCausalLM",
             "qwen3" => "Qwen3ForCausalLM",
