@@ -35,28 +35,26 @@ pub struct NewModel<'a> {
 
 pub fn find(name: &str) -> Option<CatalogEntry> {
     let mut found = None;
-    super::citus::reading_catalog(|| {
-        super::read_only::for_each_row(
-            "SELECT name, source, stored, sha256, created_at::text, files_sha256, owner::text, xmin::text::bigint
-             FROM ai.models WHERE name = $1",
-            &[name],
-            |row| {
-                found = Some(CatalogEntry {
-                    name: row.get::<String>(1).unwrap_or_default(),
-                    source: row.get::<String>(2).unwrap_or_default(),
-                    stored: row.get::<bool>(3).unwrap_or(false),
-                    sha256: row.get::<String>(4).unwrap_or_default(),
-                    created_at: row.get::<String>(5).unwrap_or_default(),
-                    files_sha256: row.get::<String>(6),
-                    owner: row.get::<String>(7).unwrap_or_default(),
-                    registered_here: row.get::<i64>(8).is_some_and(|xmin| {
-                        // SAFETY: asks whether an xid belongs to this transaction or one of its subtransactions.
-                        unsafe { pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(xmin as u32)) }
-                    }),
-                })
-            },
-        )
-    });
+    super::read_only::for_each_row(
+        "SELECT name, source, stored, sha256, created_at::text, files_sha256, owner::text, xmin::text::bigint
+         FROM ai.models WHERE name = $1",
+        &[name],
+        |row| {
+            found = Some(CatalogEntry {
+                name: row.get::<String>(1).unwrap_or_default(),
+                source: row.get::<String>(2).unwrap_or_default(),
+                stored: row.get::<bool>(3).unwrap_or(false),
+                sha256: row.get::<String>(4).unwrap_or_default(),
+                created_at: row.get::<String>(5).unwrap_or_default(),
+                files_sha256: row.get::<String>(6),
+                owner: row.get::<String>(7).unwrap_or_default(),
+                registered_here: row.get::<i64>(8).is_some_and(|xmin| {
+                    // SAFETY: asks whether an xid belongs to this transaction or one of its subtransactions.
+                    unsafe { pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(xmin as u32)) }
+                }),
+            })
+        },
+    );
     found
 }
 
@@ -145,13 +143,11 @@ pub fn insert_file_chunk(model: &str, path: &str, chunk: i32, data: &[u8]) {
 
 /// Calls `f` with each stored file chunk of `model`, in path and chunk order, a few chunks in memory at a time.
 pub fn for_each_file_chunk(model: &str, mut f: impl FnMut(&str, &[u8])) {
-    super::citus::reading_catalog(|| {
-        super::read_only::for_each_row(
-            "SELECT path, data FROM ai.model_files WHERE model = $1 ORDER BY path COLLATE \"C\", chunk",
-            &[model],
-            |row| f(&row.get::<String>(1).unwrap_or_default(), row.get::<&[u8]>(2).unwrap_or_default()),
-        )
-    });
+    super::read_only::for_each_row(
+        "SELECT path, data FROM ai.model_files WHERE model = $1 ORDER BY path COLLATE \"C\", chunk",
+        &[model],
+        |row| f(&row.get::<String>(1).unwrap_or_default(), row.get::<&[u8]>(2).unwrap_or_default()),
+    );
 }
 
 /// The current role, as regrole writes it.

@@ -37,9 +37,10 @@ pub fn for_each_row(query: &str, args: &[&str], mut f: impl FnMut(&Row)) {
     let mut types: Vec<pg_sys::Oid> = vec![pg_sys::TEXTOID; args.len()];
     let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.into_datum().expect("a text datum")).collect();
     let nulls: Vec<std::ffi::c_char> = vec![b' ' as std::ffi::c_char; args.len()];
+    // On Citus the catalog's tables are reference tables, which a worker's shard query may read (store::citus).
     // SAFETY: standard SPI protocol; errors raised inside are Postgres ERRORs that abort the transaction,
     // which also closes the SPI connection and the portal.
-    unsafe {
+    super::citus::reading_catalog(|| unsafe {
         pg_sys::SPI_connect();
         let portal = pg_sys::SPI_cursor_open_with_args(
             std::ptr::null(),
@@ -65,5 +66,5 @@ pub fn for_each_row(query: &str, args: &[&str], mut f: impl FnMut(&Row)) {
         }
         pg_sys::SPI_cursor_close(portal);
         pg_sys::SPI_finish();
-    }
+    })
 }
