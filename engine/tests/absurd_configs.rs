@@ -298,3 +298,25 @@ fn gguf_sweep(names: &[&str]) {
 fn absurd_gguf_metadata_is_an_error_or_answers() {
     gguf_sweep(&["llama-q8_0.gguf", "qwen3-f32.gguf", "qwen2-q8_0.gguf", "spm-llama-q8_0.gguf", "spm-phi3-q8_0.gguf"]);
 }
+
+/// A GGUF sentencepiece vocabulary decides how many merge candidates there are (a piece of n characters has n - 1
+/// cuts): a piece of 6 million characters is refused against the budget before the candidates are held.
+#[test]
+fn absurd_sentencepiece_pieces_are_refused() {
+    use candle_core::quantized::gguf_file::{self, Value as Meta};
+    pg_ai_engine::budget::set_limit(BUDGET);
+    let strings = |s: Vec<String>| Meta::Array(s.into_iter().map(Meta::String).collect());
+    let metadata = [
+        ("tokenizer.ggml.model", Meta::String("llama".to_string())),
+        ("tokenizer.ggml.tokens", strings(vec!["<unk>".to_string(), "a".repeat(6_000_000)])),
+        ("tokenizer.ggml.scores", Meta::Array(vec![Meta::F32(0.0), Meta::F32(0.0)])),
+        ("tokenizer.ggml.token_type", Meta::Array(vec![Meta::I32(2), Meta::I32(1)])),
+    ];
+    let mut written = Vec::new();
+    let metadata: Vec<(&str, &Meta)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    gguf_file::write(&mut std::io::Cursor::new(&mut written), &metadata, &[]).unwrap();
+    let content = gguf_file::Content::read(&mut std::io::Cursor::new(&written)).unwrap();
+    let refused = pg_ai_engine::models::gguf::tokenizer(&content).err().expect("the piece was not refused");
+    assert!(refused.to_string().contains("the merges of 6000003 cuts of pieces would take"), "{refused}");
+    assert!(LARGEST.swap(0, Ordering::Relaxed) < BUDGET, "the candidates were allocated before the check");
+}

@@ -58,7 +58,7 @@ pub fn tokenizer(content: &Content) -> Result<Tokenizer> {
     for (i, token) in tokens.iter().enumerate() {
         vocab.entry(token.clone()).or_insert(i as u32);
     }
-    let merges = merges(&tokens, &scores, &types, &vocab);
+    let merges = merges(&tokens, &scores, &types, &vocab)?;
     let mut bpe = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
     if let Some(unknown) = name_of(id("unknown_token_id")?.or(Some(0)))? {
         bpe = bpe.unk_token(unknown).fuse_unk(true);
@@ -104,9 +104,16 @@ pub fn tokenizer(content: &Content) -> Result<Tokenizer> {
 }
 
 /// Every pair of pieces that joins into a normal or user-defined piece, ranked by that piece's score, highest
-/// first (ties by the pieces' ids, as transformers' converter orders them).
-fn merges(tokens: &[String], scores: &[f32], types: &[i64], vocab: &Vocab) -> Vec<(String, String)> {
-    let mut ranked: Vec<(f32, u32, u32, &str, &str)> = Vec::new();
+/// first (ties by the pieces' ids, as transformers' converter orders them). The file decides how many pairs
+/// there are (a piece of n characters has n - 1 cuts): beyond the budget they are refused before they are held.
+fn merges(tokens: &[String], scores: &[f32], types: &[i64], vocab: &Vocab) -> Result<Vec<(String, String)>> {
+    type Ranked<'a> = (f32, u32, u32, &'a str, &'a str);
+    let refused = |e: crate::error::AiError| candle_core::Error::Msg(e.to_string());
+    let cuts = tokens.iter().fold(0usize, |n, t| n.saturating_add(t.chars().count().saturating_sub(1)));
+    let entry = std::mem::size_of::<Ranked>();
+    crate::budget::check(cuts.saturating_mul(entry), || format!("the merges of {cuts} cuts of pieces"))
+        .map_err(refused)?;
+    let mut ranked: Vec<Ranked> = Vec::new();
     let mut seen = HashSet::new();
     for ((token, score), kind) in tokens.iter().zip(scores).zip(types) {
         if !matches!(*kind, NORMAL | USER_DEFINED) || !seen.insert(token.as_str()) {
@@ -120,7 +127,10 @@ fn merges(tokens: &[String], scores: &[f32], types: &[i64], vocab: &Vocab) -> Ve
         }
     }
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    ranked.into_iter().map(|(_, _, _, l, r)| (l.to_string(), r.to_string())).collect()
+    let text = ranked.iter().fold(0usize, |n, (_, _, _, l, r)| n.saturating_add(l.len() + r.len()));
+    let bytes = text.saturating_add(ranked.len().saturating_mul(std::mem::size_of::<(String, String)>()));
+    crate::budget::check(bytes, || format!("{} merges", ranked.len())).map_err(refused)?;
+    Ok(ranked.into_iter().map(|(_, _, _, l, r)| (l.to_string(), r.to_string())).collect())
 }
 
 fn integer(value: &Value) -> Result<i64> {
