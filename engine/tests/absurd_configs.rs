@@ -316,7 +316,7 @@ fn absurd_sentencepiece_pieces_are_refused() {
     let metadata: Vec<(&str, &Meta)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     gguf_file::write(&mut std::io::Cursor::new(&mut written), &metadata, &[]).unwrap();
     let content = gguf_file::Content::read(&mut std::io::Cursor::new(&written)).unwrap();
-    let refused = pg_ai_engine::models::gguf::tokenizer(&content).err().expect("the piece was not refused");
+    let refused = pg_ai_engine::models::gguf::tokenizer(&content).expect_err("the piece was not refused");
     assert!(refused.to_string().contains("the merges of 6000003 cuts of pieces would take"), "{refused}");
     assert!(LARGEST.swap(0, Ordering::Relaxed) < BUDGET, "the candidates were allocated before the check");
 }
